@@ -1,0 +1,66 @@
+# One command to run the stack, one to test it. `make help` lists the rest.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEPS := $(VENV)/.deps-installed
+SERVICE_ENV := PYTHONPATH=rt-detr-service
+MODEL_VARIANT ?= r18vd
+
+.PHONY: help run serve test models deps system system-test up down logs push soak bench lint clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
+
+$(DEPS): rt-detr-service/requirements.txt tests/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r rt-detr-service/requirements.txt -r tests/requirements.txt
+	touch $@
+
+deps: $(DEPS) ## create .venv with the pinned Python dependencies
+
+system: ## install the Debian packages `make run` needs (GStreamer test camera)
+	bash scripts/setup-system.sh run
+
+system-test: ## install the Debian packages `make test` needs (adds chromium, deck, shellcheck, ffmpeg)
+	bash scripts/setup-system.sh test
+
+run: deps system ## set up, then run the service with a local test camera; prints key and curl lines
+	PY=$(PY) bash scripts/run-native.sh
+
+serve: deps ## run only the service (settings from the environment / .env)
+	$(SERVICE_ENV) $(PY) -m rtdetr_service
+
+test: deps system-test ## set up, then run every test (CPU only)
+	$(SERVICE_ENV) $(PY) -m pytest
+
+models: deps ## download official RT-DETRv2 weights into models/ (MODEL_VARIANT=r18vd|r34vd|r50vd|r101vd)
+	$(SERVICE_ENV) $(PY) scripts/download_models.py $(MODEL_VARIANT)
+
+up: ## docker compose: start MediaMTX, Kong and the service (GPU host)
+	docker compose up -d --build
+
+down: ## docker compose: stop the stack
+	docker compose down
+
+logs: ## docker compose: follow the logs
+	docker compose logs -f --tail=100
+
+push: ## loop-push a clip to an RTSP URL with ffmpeg (CLIP=..., URL=...)
+	bash scripts/push.sh
+
+soak: ## push + N sessions, watch memory and fps for a while, then a verdict
+	bash scripts/soak.sh
+
+bench: deps ## pipeline vs baseline benchmark (needs a CUDA GPU for the real figures)
+	$(SERVICE_ENV) $(PY) bench/bench_pipeline.py
+
+lint: deps ## ruff on Python, shellcheck on shell scripts
+	$(PY) -m pip install -q --disable-pip-version-check ruff==0.14.6
+	$(PY) -m ruff check rt-detr-service tests bench scripts
+	shellcheck scripts/*.sh
+
+clean: ## remove the venv and run files
+	rm -rf $(VENV) .run test-artifacts

@@ -1,0 +1,37 @@
+"""Liveness, readiness (model loaded? trained?) and Prometheus metrics. No key needed."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", summary="Liveness")
+async def health() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/ready", summary="Readiness: model loaded and warmed up; says whether weights are trained")
+async def ready(request: Request) -> JSONResponse:
+    state = request.app.state
+    worker = state.manager.worker
+    if worker is None:
+        detail = state.model_error or "model loading"
+        return JSONResponse({"ready": False, "detail": detail, "model": None}, status_code=503)
+    return JSONResponse(
+        {
+            "ready": True,
+            "model": worker.detector.info.as_dict(),
+            "jpeg_encoder": state.manager.encoder.backend,
+            "sessions": len(state.manager.list()),
+            "max_sessions": state.settings.max_sessions,
+        }
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

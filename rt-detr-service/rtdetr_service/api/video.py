@@ -1,0 +1,145 @@
+"""Control API: start, stop, status and list sessions (API key required)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..alerts import AlertRule
+from ..auth import require_api_key
+from ..errors import ApiError
+from ..session import SessionManager, SessionOptions
+
+router = APIRouter(prefix="/api/v1/video", tags=["video"], dependencies=[Depends(require_api_key)])
+
+
+class AlertRuleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    classes: list[str] = Field(["person"], max_length=80, description="Class names that alert; [] = every class.")
+    min_confidence: float = Field(0.5, ge=0.0, le=1.0, description="Lowest confidence that alerts.")
+    cooldown_s: float = Field(10.0, ge=0.0, le=86400.0, description="Quiet time per class after an alert.")
+    zones: list[list[tuple[float, float]]] | None = Field(
+        None,
+        max_length=16,
+        description="Polygons in 0..1 image coordinates; objects must stand inside one to alert.",
+    )
+
+    @field_validator("zones")
+    @classmethod
+    def _zones_are_polygons(cls, zones):
+        for zone in zones or ():
+            if len(zone) < 3:
+                raise ValueError("each zone needs at least 3 points")
+            if any(not (0.0 <= v <= 1.0) for point in zone for v in point):
+                raise ValueError("zone coordinates must be between 0 and 1")
+        return zones
+
+
+class StartRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stream_url: str = Field(..., min_length=1, max_length=2048, examples=["rtsp://127.0.0.1:8554/camera"])
+    enable_drawing: bool = Field(True, description="Send annotated JPEG frames to viewers.")
+    confidence_threshold: float | None = Field(None, ge=0.0, le=1.0, description="Default: DEFAULT_CONFIDENCE.")
+    classes: list[str] | None = Field(None, max_length=80, description="Only these class names; null = all.")
+    alert: AlertRuleIn | None = Field(default_factory=AlertRuleIn, description="null turns alerts off.")
+    jpeg_quality: int | None = Field(None, ge=1, le=100, description="Default: JPEG_QUALITY.")
+
+
+class StopRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: str = Field(..., min_length=1, max_length=64)
+
+
+def _manager(request: Request) -> SessionManager:
+    return request.app.state.manager
+
+
+def _check_classes(names: list[str] | None, known: tuple[str, ...], field: str) -> frozenset[str] | None:
+    if names is None:
+        return None
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ApiError(422, "invalid_request", f"{field}: unknown class name(s) {', '.join(unknown)}")
+    return frozenset(names)
+
+
+@router.post("/start", summary="Open a stream and start analysing it")
+async def start(body: StartRequest, request: Request) -> dict:
+    manager = _manager(request)
+    settings = manager.settings
+    if manager.worker is None:
+        raise ApiError(503, "model_not_ready", "The model is still loading; retry in a few seconds")
+    known = manager.worker.detector.info.class_names
+    classes = _check_classes(body.classes, known, "classes")
+    rule = None
+    if body.alert is not None:
+        rule = AlertRule(
+            classes=_check_classes(body.alert.classes, known, "alert.classes") or frozenset(),
+            min_confidence=body.alert.min_confidence,
+            cooldown_s=body.alert.cooldown_s,
+            zones=tuple(np.asarray(z, dtype=np.float64) for z in body.alert.zones or ()),
+        )
+    options = SessionOptions(
+        stream_url=body.stream_url,
+        enable_drawing=body.enable_drawing,
+        confidence_threshold=(
+            body.confidence_threshold if body.confidence_threshold is not None else settings.default_confidence
+        ),
+        classes=classes,
+        alert_rule=rule,
+        jpeg_quality=body.jpeg_quality or settings.jpeg_quality,
+    )
+    session = await manager.start(options)
+    info = session.stream
+    message = f"Session started: {info.width}x{info.height} {info.codec} at {info.fps:g} fps"
+    if session.model.warning:
+        message += f". WARNING: {session.model.warning}"
+    return {
+        "session_id": session.id,
+        "status": session.state.value,
+        "message": message,
+        "websocket_path": session.websocket_path,
+        "viewer_token": session.viewer_token,
+        "stream": info.as_dict(),
+        "model": session.model.as_dict(),
+    }
+
+
+async def _stop(manager: SessionManager, session_id: str) -> dict:
+    session = await asyncio.to_thread(manager.stop, session_id)
+    stats = session.stats()
+    return {
+        "session_id": session.id,
+        "status": "stopped",
+        "message": f"Session stopped after {stats['frames_decoded']} frames ({stats['frames_inferred']} analysed)",
+    }
+
+
+@router.post("/stop", summary="Stop a session")
+async def stop(body: StopRequest, request: Request) -> dict:
+    return await _stop(_manager(request), body.session_id)
+
+
+@router.delete("/sessions/{session_id}", summary="Stop a session (REST form of /stop)")
+async def delete_session(session_id: str, request: Request) -> dict:
+    return await _stop(_manager(request), session_id)
+
+
+@router.get("/status/{session_id}", summary="State, stream and statistics of one session")
+async def status(session_id: str, request: Request) -> dict:
+    return _manager(request).get(session_id).status()
+
+
+@router.get("/sessions", summary="Every session of this replica")
+async def sessions(request: Request) -> dict:
+    return {
+        "sessions": [
+            dict(s.status(), websocket_path=s.websocket_path) for s in _manager(request).list()
+        ]
+    }

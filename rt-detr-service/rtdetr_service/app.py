@@ -1,0 +1,119 @@
+"""The FastAPI application: settings, model loading in the lifespan, routers, viewer page."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from . import __version__
+from .api import health, video, ws
+from .batcher import InferenceWorker
+from .config import DEFAULT_MODEL, Settings
+from .detector import load_detector, warm_up
+from .encode import JpegEncoder
+from .errors import install_error_handlers
+from .hub import Hub
+from .metrics import Metrics
+from .session import SessionManager
+
+log = logging.getLogger(__name__)
+
+
+def _load_model(app: FastAPI, settings: Settings, ready: threading.Event) -> None:
+    """Runs on a thread so /health answers while a large model loads and compiles."""
+    state = app.state
+    try:
+        if settings.cpu_threads:
+            torch.set_num_threads(settings.cpu_threads)
+        detector = load_detector(
+            settings.resolved_model(),
+            is_default=settings.model == DEFAULT_MODEL,
+            device=settings.device,
+            half=settings.half,
+            input_size=settings.input_size,
+            compile_model=settings.compile,
+        )
+        warm_up(detector)
+        state.manager.encoder = JpegEncoder(detector.info.device)
+        worker = InferenceWorker(
+            detector,
+            max_batch=settings.max_batch,
+            batch_wait_s=settings.batch_wait_ms / 1000.0,
+            on_batch=state.metrics.batch,
+        )
+        worker.start()
+        info = detector.info
+        state.metrics.model_info.labels(info.name, info.backend, info.device, info.dtype, str(info.trained).lower()).set(1)
+        state.manager.attach_worker(worker)
+        if not info.trained:
+            log.warning("!!! %s !!!", info.warning)
+        log.info("ready: %s on %s (%s), JPEG via %s", info.name, info.device, info.dtype, state.manager.encoder.backend)
+    except Exception as exc:  # noqa: BLE001 - reported by /ready and the log; the process stays up to say so
+        state.model_error = f"Model failed to load: {exc}"
+        log.error("%s", state.model_error, exc_info=not isinstance(exc, RuntimeError))
+    finally:
+        ready.set()
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    settings: Settings = app.state.settings
+    app.state.hub = Hub()
+    app.state.metrics = Metrics()
+    app.state.model_error = None
+    app.state.manager = SessionManager(settings, app.state.hub, JpegEncoder("cpu"), app.state.metrics)
+    app.state.metrics.watch_sessions(app.state.manager.list)
+    app.state.model_ready = threading.Event()
+    loader = threading.Thread(
+        target=_load_model, args=(app, settings, app.state.model_ready), name="model-loader", daemon=True
+    )
+    loader.start()
+    try:
+        yield
+    finally:
+        stopped = app.state.manager.stop_all("service shutting down")
+        for session in stopped:
+            session.join(settings.read_timeout_s + 1.0)
+        loader.join(timeout=1.0)
+        worker = app.state.manager.worker
+        if worker is not None:
+            worker.stop()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        log.info("shut down: %d session(s) stopped", len(stopped))
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = FastAPI(
+        title="rt-detr-service",
+        version=__version__,
+        summary="Real-time RT-DETRv2 analysis of RTSP streams",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(video.router)
+    app.include_router(ws.router)
+
+    frontend = settings.frontend_dir
+    if (frontend / "ui").is_dir():
+        app.mount("/ui", StaticFiles(directory=frontend / "ui"), name="ui")
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        page = frontend / "index.html"
+        if page.is_file():
+            return FileResponse(page, headers={"Cache-Control": "no-cache"})
+        return JSONResponse(
+            {"error": "not_found", "detail": f"No viewer page at {page}; the API is at /docs"}, status_code=404
+        )
+
+    return app

@@ -1,0 +1,99 @@
+"""Service settings: one pydantic-settings class, read from the environment and `.env`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MODEL = "models/rtdetr_v2_r18vd"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; environment variables use the upper-case field names."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="forbid", validate_default=True)
+
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated API keys for the control routes (`apikey` / `X-API-Key` header).",
+    )
+    auth_disabled: bool = Field(
+        False,
+        description="Accept control calls without a key. Only behind a gateway that authenticates (Kong).",
+    )
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 in containers).")
+    port: int = Field(8080, ge=1, le=65535, description="HTTP port.")
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="Weights directory, hub id such as PekingU/rtdetr_v2_r18vd, or an ultralytics .pt file.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Inference device.")
+    half: bool = Field(True, description="fp16 inference on CUDA (ignored on the CPU).")
+    compile: bool = Field(False, description="torch.compile the model on CUDA (slow start, faster batches).")
+    input_size: int = Field(640, ge=320, le=1280, multiple_of=32, description="Square model input size.")
+    max_sessions: int = Field(16, ge=1, le=256, description="Concurrent sessions; more is refused with 429.")
+    max_batch: int = Field(32, ge=1, le=256, description="Most frames in one forward pass.")
+    batch_wait_ms: float = Field(
+        2.0, ge=0.0, le=50.0, description="How long the worker waits for more sessions' frames to fill a batch."
+    )
+    cpu_threads: int = Field(0, ge=0, le=256, description="torch CPU threads (0 = torch default).")
+    open_timeout_s: float = Field(10.0, gt=0, le=120, description="Bound on opening a stream.")
+    read_timeout_s: float = Field(5.0, gt=0, le=120, description="A stream silent this long is reconnected.")
+    reconnect_min_s: float = Field(0.5, gt=0, le=60, description="First reconnect delay.")
+    reconnect_max_s: float = Field(10.0, gt=0, le=600, description="Cap of the exponential reconnect delay.")
+    default_confidence: float = Field(0.5, ge=0.0, le=1.0, description="Detection threshold when a start call sets none.")
+    jpeg_quality: int = Field(75, ge=1, le=100, description="Default JPEG quality of annotated frames.")
+    max_viewers: int = Field(16, ge=1, le=1000, description="WebSocket viewers per session.")
+    allowed_schemes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["rtsp", "rtsps"],
+        description="Stream URL schemes accepted (comma-separated); FFmpeg gets a matching protocol whitelist.",
+    )
+    frontend_dir: Path = Field(REPO_ROOT / "frontend", description="Viewer page directory served at `/`.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("allowed_schemes", mode="before")
+    @classmethod
+    def _split_schemes(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [s.strip() for s in value.split(",") if s.strip()]
+        return value
+
+    @field_validator("allowed_schemes")
+    @classmethod
+    def _only_network_schemes(cls, value: list[str]) -> list[str]:
+        lowered = [s.lower() for s in value]
+        bad = sorted(set(lowered) - {"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "srt"})
+        if bad:
+            raise ValueError(f"ALLOWED_SCHEMES may only name network protocols, not {', '.join(bad)}")
+        if not lowered:
+            raise ValueError("ALLOWED_SCHEMES must name at least one scheme")
+        return lowered
+
+    @model_validator(mode="after")
+    def _auth_is_deliberate(self) -> Settings:
+        if not self.api_keys and not self.auth_disabled:
+            raise ValueError(
+                "API_KEYS is empty: set API_KEYS=key1,key2, or AUTH_DISABLED=true only behind a gateway "
+                "that checks keys itself"
+            )
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("RECONNECT_MAX_S must be >= RECONNECT_MIN_S")
+        return self
+
+    def resolved_model(self) -> str:
+        """MODEL as a path relative to the repository when it names a local file or folder."""
+        path = Path(self.model)
+        if not path.is_absolute() and (REPO_ROOT / path).exists():
+            return str(REPO_ROOT / path)
+        return self.model

@@ -1,0 +1,307 @@
+"""RT-DETRv2 behind one narrow method: a batch of BGR frames in, detections in source pixels out.
+
+Two backends: the official RT-DETRv2 through `transformers` (the default) and ultralytics
+`RTDETR` for `.pt` checkpoints. Pre- and post-processing run on the model's device.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .coco import COCO_CLASSES
+from .types import Detection, ModelInfo
+
+log = logging.getLogger(__name__)
+
+# Written into config.json of weights we generate ourselves, so a random-weight model saved with
+# save_pretrained is never mistaken for a trained one.
+UNTRAINED_MARKER = "rtdetr_service_untrained"
+TOP_K = 300
+
+
+class ModelLoadError(RuntimeError):
+    """MODEL names weights that cannot be loaded; the message says what to do."""
+
+
+class Detector(Protocol):
+    """What the inference worker needs of a model."""
+
+    info: ModelInfo
+
+    def detect(self, images: Sequence[np.ndarray], thresholds: Sequence[float]) -> list[list[Detection]]:
+        """Detect objects in each BGR uint8 image; boxes in that image's pixels, scores >= its threshold."""
+        ...
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` picks CUDA when present; asking for CUDA without one is an error, not a silent fallback."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("DEVICE=cuda but torch sees no CUDA device; use DEVICE=auto or DEVICE=cpu")
+    return torch.device(device)
+
+
+def postprocess(
+    logits: torch.Tensor,
+    pred_boxes: torch.Tensor,
+    sizes: torch.Tensor,
+    top_k: int = TOP_K,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RT-DETR focal-loss decoding on the device.
+
+    logits (B, Q, C) and pred_boxes (B, Q, 4, normalised cx, cy, w, h) → per image the top_k
+    (score, label, box) over all query×class pairs, boxes as x1, y1, x2, y2 in pixels of `sizes`
+    (B, 2 as height, width), clipped to the image.
+    """
+    batch, queries, classes = logits.shape
+    scores = logits.float().sigmoid().flatten(1)
+    k = min(top_k, queries * classes)
+    top_scores, flat_index = scores.topk(k, dim=1)
+    labels = flat_index % classes
+    query_index = flat_index // classes
+    boxes = pred_boxes.float().gather(1, query_index.unsqueeze(-1).expand(-1, -1, 4))
+    cx, cy, w, h = boxes.unbind(-1)
+    xyxy = torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), dim=-1)
+    hw = sizes.to(xyxy.device, torch.float32)
+    scale = torch.stack((hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]), dim=-1).unsqueeze(1)
+    xyxy = xyxy.clamp(0.0, 1.0) * scale
+    return top_scores, labels, xyxy
+
+
+def to_detections(
+    scores: np.ndarray, labels: np.ndarray, boxes: np.ndarray, threshold: float, names: Sequence[str]
+) -> list[Detection]:
+    """Host-side: keep scores >= threshold (they arrive sorted) and build Detection objects."""
+    keep = scores >= threshold
+    out = []
+    for score, label, box in zip(scores[keep], labels[keep], boxes[keep]):
+        label = int(label)
+        name = names[label] if 0 <= label < len(names) else str(label)
+        x1, y1, x2, y2 = (float(v) for v in box)
+        out.append(Detection(label, name, (x1, y1, max(x1, x2), max(y1, y2)), float(score)))
+    return out
+
+
+class TransformersRTDetr:
+    """Official RT-DETRv2 (`RTDetrV2ForObjectDetection`), batched, pre/post-processing on the device."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        info: ModelInfo,
+        device: torch.device,
+        dtype: torch.dtype,
+        input_size: int,
+    ) -> None:
+        self.model = model
+        self.info = info
+        self.device = device
+        self.dtype = dtype
+        self.input_size = input_size
+        # One model instance serves every session; the worker is its only caller, but benchmarks and
+        # tests may call detect() from other threads, so calls are serialised.
+        self._lock = threading.Lock()
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """BGR uint8 HxWx3 → RGB (B, 3, S, S) in [0, 1], resized on the device."""
+        size = (self.input_size, self.input_size)
+        batch = []
+        for image in images:
+            tensor = torch.from_numpy(np.ascontiguousarray(image))
+            if self.device.type == "cuda":
+                tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+            chw = tensor.permute(2, 0, 1).flip(0).unsqueeze(0).to(self.dtype)
+            # antialias matches the PIL bilinear resize the official image processor uses.
+            resized = F.interpolate(chw, size=size, mode="bilinear", align_corners=False, antialias=True)
+            batch.append(resized)
+        pixels = torch.cat(batch).div_(255.0)
+        if self.device.type == "cuda":
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        return pixels
+
+    @torch.inference_mode()
+    def detect(self, images: Sequence[np.ndarray], thresholds: Sequence[float]) -> list[list[Detection]]:
+        if not images:
+            return []
+        if len(thresholds) != len(images):
+            raise ValueError("one threshold per image is required")
+        with self._lock:
+            pixels = self.preprocess(images)
+            outputs = self.model(pixel_values=pixels)
+            sizes = torch.tensor([img.shape[:2] for img in images])
+            scores, labels, boxes = postprocess(outputs.logits, outputs.pred_boxes, sizes)
+            scores, labels, boxes = scores.cpu().numpy(), labels.cpu().numpy(), boxes.cpu().numpy()
+        names = self.info.class_names
+        return [to_detections(scores[i], labels[i], boxes[i], thresholds[i], names) for i in range(len(images))]
+
+
+class UltralyticsRTDetr:
+    """RT-DETR checkpoints in ultralytics' `.pt` format (e.g. models/rt-detr.pt)."""
+
+    def __init__(self, path: str, device: torch.device, half: bool, input_size: int) -> None:
+        try:
+            from ultralytics import RTDETR
+        except ImportError as exc:
+            raise ModelLoadError(
+                f"MODEL={path} is an ultralytics checkpoint but ultralytics is not installed: "
+                "run `make deps-ultralytics` or use a transformers RT-DETRv2 weights directory"
+            ) from exc
+        self._model = RTDETR(path)
+        self._device = device
+        self._half = half and device.type == "cuda"
+        self._input_size = input_size
+        self._lock = threading.Lock()
+        names = self._model.names
+        class_names = tuple(names[i] for i in sorted(names)) if isinstance(names, dict) else tuple(names)
+        self.info = ModelInfo(
+            name=Path(path).name,
+            backend="ultralytics",
+            device=str(device),
+            trained=True,
+            class_names=class_names,
+            dtype="float16" if self._half else "float32",
+        )
+
+    def detect(self, images: Sequence[np.ndarray], thresholds: Sequence[float]) -> list[list[Detection]]:
+        if not images:
+            return []
+        with self._lock:
+            results = self._model.predict(
+                list(images),
+                imgsz=self._input_size,
+                conf=min(thresholds),
+                half=self._half,
+                device=str(self._device),
+                verbose=False,
+            )
+        out = []
+        for result, threshold in zip(results, thresholds):
+            boxes = result.boxes
+            out.append(
+                to_detections(
+                    boxes.conf.cpu().numpy(),
+                    boxes.cls.cpu().numpy().astype(np.int64),
+                    boxes.xyxy.cpu().numpy(),
+                    threshold,
+                    self.info.class_names,
+                )
+            )
+        return out
+
+
+def r18vd_config():
+    """RT-DETRv2-S (r18vd) architecture, COCO 80 classes: used when no trained weights exist."""
+    from transformers import RTDetrResNetConfig, RTDetrV2Config
+
+    backbone = RTDetrResNetConfig(
+        hidden_sizes=[64, 128, 256, 512],
+        depths=[2, 2, 2, 2],
+        layer_type="basic",
+        out_features=["stage2", "stage3", "stage4"],
+    )
+    return RTDetrV2Config(
+        backbone_config=backbone,
+        encoder_in_channels=[128, 256, 512],
+        hidden_expansion=0.5,
+        decoder_layers=3,
+        id2label=dict(enumerate(COCO_CLASSES)),
+        label2id={name: i for i, name in enumerate(COCO_CLASSES)},
+    )
+
+
+def random_weights_model(config, seed: int = 0):
+    """A random-weight RT-DETRv2 of the given architecture, marked untrained."""
+    from transformers import RTDetrV2ForObjectDetection
+
+    setattr(config, UNTRAINED_MARKER, True)
+    torch.manual_seed(seed)
+    return RTDetrV2ForObjectDetection(config)
+
+
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def _load_transformers(
+    spec: str, is_default: bool, device: torch.device, half: bool, input_size: int, compile_model: bool
+) -> TransformersRTDetr:
+    from transformers import RTDetrV2ForObjectDetection
+
+    path = Path(spec)
+    if path.exists() or (not is_default and HUB_ID.match(spec)):
+        try:
+            model = RTDetrV2ForObjectDetection.from_pretrained(spec)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"Cannot load RT-DETRv2 weights from MODEL={spec}: {exc}") from exc
+        name = path.name if path.exists() else spec
+    elif is_default:
+        log.warning(
+            "!!! No trained weights at %s: running a RANDOM-WEIGHT RT-DETRv2-S. Detections are meaningless. "
+            "Run `make models` where there is internet. !!!",
+            spec,
+        )
+        model = random_weights_model(r18vd_config())
+        name = "rtdetr_v2_r18vd architecture (random weights)"
+    else:
+        raise ModelLoadError(f"MODEL={spec} does not exist: give a weights directory, a hub id or a .pt file")
+
+    trained = not getattr(model.config, UNTRAINED_MARKER, False)
+    dtype = torch.float16 if (half and device.type == "cuda") else torch.float32
+    model = model.to(device=device, dtype=dtype).eval()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        model = model.to(memory_format=torch.channels_last)
+    if compile_model and device.type == "cuda":
+        model = torch.compile(model, mode="max-autotune-no-cudagraphs", dynamic=False)
+    id2label = model.config.id2label
+    class_names = tuple(str(id2label[i]) for i in sorted(id2label))
+    info = ModelInfo(
+        name=name,
+        backend="transformers",
+        device=str(device),
+        trained=trained,
+        class_names=class_names,
+        dtype=str(dtype).removeprefix("torch."),
+    )
+    return TransformersRTDetr(model, info, device, dtype, input_size)
+
+
+def load_detector(
+    spec: str,
+    *,
+    is_default: bool = False,
+    device: str = "auto",
+    half: bool = True,
+    input_size: int = 640,
+    compile_model: bool = False,
+) -> Detector:
+    """Load MODEL: a `.pt` file → ultralytics; a weights directory or hub id → transformers.
+
+    Only the default MODEL may be missing: then a random-weight model of the same architecture
+    runs, marked untrained everywhere. Any other unloadable MODEL is an error.
+    """
+    torch_device = resolve_device(device)
+    if spec.endswith(".pt"):
+        if not Path(spec).is_file():
+            raise ModelLoadError(f"MODEL={spec} does not exist")
+        detector: Detector = UltralyticsRTDetr(spec, torch_device, half, input_size)
+    else:
+        detector = _load_transformers(spec, is_default, torch_device, half, input_size, compile_model)
+    level = logging.INFO if detector.info.trained else logging.WARNING
+    log.log(level, "model loaded: %s", detector.info.as_dict())
+    return detector
+
+
+def warm_up(detector: Detector, sizes: Sequence[tuple[int, int]] = ((720, 1280),), batch: int = 1) -> None:
+    """One forward pass per size so the first real frame does not pay for lazy initialisation."""
+    for h, w in sizes:
+        images = [np.zeros((h, w, 3), np.uint8)] * batch
+        detector.detect(images, [1.0] * batch)

@@ -1,0 +1,60 @@
+"""A size-1 slot that keeps only the newest item: the rule for live video."""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class LatestSlot(Generic[T]):
+    """Holds at most one item; a put replaces the unread item and counts it as dropped."""
+
+    def __init__(self, on_put: Callable[[], None] | None = None) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._item: T | None = None
+        self._closed = False
+        self._on_put = on_put
+        self.dropped = 0
+        self.put_count = 0
+
+    def put(self, item: T) -> bool:
+        """Store item, replacing any unread one. Returns True if an older item was dropped."""
+        with self._cond:
+            if self._closed:
+                return False
+            replaced = self._item is not None
+            if replaced:
+                self.dropped += 1
+            self._item = item
+            self.put_count += 1
+            self._cond.notify_all()
+        if self._on_put is not None:
+            self._on_put()
+        return replaced
+
+    def take(self) -> T | None:
+        """Remove and return the item, or None at once if the slot is empty."""
+        with self._cond:
+            item, self._item = self._item, None
+            return item
+
+    def get(self, timeout: float | None = None) -> T | None:
+        """Wait up to timeout for an item; None on timeout or when closed."""
+        with self._cond:
+            if self._item is None and not self._closed:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            return item
+
+    def close(self) -> None:
+        """Wake every waiter; later puts are ignored."""
+        with self._cond:
+            self._closed = True
+            self._item = None
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# `make run`: a local test camera plus the service with API keys on, in the foreground.
+# The camera is the GStreamer RTSP test server (scripts/test_camera.py); set CAMERA=none to use
+# your own stream instead. Ctrl-C stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PY:-.venv/bin/python}
+PORT=${PORT:-8080}
+CAMERA=${CAMERA:-gstreamer}
+CAMERA_PORT=${CAMERA_PORT:-8554}
+export PORT PYTHONPATH=rt-detr-service${PYTHONPATH:+:$PYTHONPATH}
+mkdir -p .run
+
+if [ -z "${API_KEYS:-}" ] && ! grep -qs '^API_KEYS=' .env; then
+  # A key of this machine's own, kept out of git and out of logs; printed once below.
+  if [ ! -s .run/api_key ]; then
+    (umask 077; "$PY" -c 'import secrets; print(secrets.token_urlsafe(24))' > .run/api_key)
+  fi
+  API_KEYS=$(cat .run/api_key)
+  export API_KEYS
+fi
+key=${API_KEYS:-$(grep -s '^API_KEYS=' .env | head -n1 | cut -d= -f2-)}
+key=${key%%,*}
+
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+stream_url="rtsp://127.0.0.1:${CAMERA_PORT}/camera"
+if [ "$CAMERA" = gstreamer ]; then
+  if (exec 3<>"/dev/tcp/127.0.0.1/${CAMERA_PORT}") 2>/dev/null; then
+    echo "Port ${CAMERA_PORT} is taken: stop what listens there, or run with CAMERA_PORT=<free port>" >&2
+    exit 1
+  fi
+  : > .run/camera.log
+  /usr/bin/python3 scripts/test_camera.py --port "$CAMERA_PORT" >.run/camera.log 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do
+    grep -q '^READY' .run/camera.log && break
+    kill -0 "${pids[0]}" 2>/dev/null || { cat .run/camera.log >&2; exit 1; }
+    sleep 0.1
+  done
+fi
+
+cat <<EOT
+
+  rt-detr-service on http://127.0.0.1:${PORT}   (viewer page: http://127.0.0.1:${PORT}/)
+  API key:      ${key}
+  Test camera:  ${stream_url}
+
+  Start a session (the answer holds session_id and websocket_path):
+    curl -s -X POST http://127.0.0.1:${PORT}/api/v1/video/start -H "apikey: ${key}" -H 'Content-Type: application/json' -d '{"stream_url": "${stream_url}", "enable_drawing": true}'
+  Watch it:  ws://127.0.0.1:${PORT}/ws/stream/<session_id>?token=<viewer_token>   (the websocket_path above)
+  Status:    curl -s http://127.0.0.1:${PORT}/api/v1/video/status/<session_id> -H "apikey: ${key}"
+  Stop:      curl -s -X POST http://127.0.0.1:${PORT}/api/v1/video/stop -H "apikey: ${key}" -H 'Content-Type: application/json' -d '{"session_id": "<session_id>"}'
+
+EOT
+
+"$PY" -m rtdetr_service &
+pids+=($!)
+wait "${pids[-1]}"

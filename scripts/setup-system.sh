@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the stack relies on, only those missing.
+#   setup-system.sh run   - the GStreamer test camera (make run)
+#   setup-system.sh test  - plus Chromium for browser tests, deck for kong.yml, shellcheck, ffmpeg
+set -euo pipefail
+
+profile=${1:-run}
+packages=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+          gstreamer1.0-plugins-ugly)
+if [ "$profile" = test ]; then
+  packages+=(chromium deck shellcheck ffmpeg)
+fi
+
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "Installing system packages: ${missing[*]}"
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null; then
+    sudo_cmd=(sudo)
+  else
+    echo "Not root and no sudo: install these Debian packages first: ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+"${sudo_cmd[@]}" apt-get update -q
+DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
