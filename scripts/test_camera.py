@@ -37,6 +37,7 @@ def main() -> int:
     parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--pattern", default="ball")
+    parser.add_argument("--audio-only", action="store_true", help="serve a stream with no video track")
     args = parser.parse_args()
 
     Gst.init(None)
@@ -44,7 +45,10 @@ def main() -> int:
     server.set_address(args.host)
     server.set_service(str(args.port))
     factory = GstRtspServer.RTSPMediaFactory()
-    factory.set_launch(pipeline(args.width, args.height, args.fps, args.pattern))
+    if args.audio_only:
+        factory.set_launch("( audiotestsrc is-live=true ! alawenc ! rtppcmapay name=pay0 pt=8 )")
+    else:
+        factory.set_launch(pipeline(args.width, args.height, args.fps, args.pattern))
     factory.set_shared(True)
     server.get_mount_points().add_factory(args.mount, factory)
     if server.attach(None) == 0:

@@ -35,9 +35,10 @@ def free_port() -> int:
 class RtspCamera:
     """The GStreamer test camera as a subprocess that can be stopped and restarted on its port."""
 
-    def __init__(self, port: int, width: int = 320, height: int = 240, fps: int = 15) -> None:
+    def __init__(self, port: int, width: int = 320, height: int = 240, fps: int = 15, pattern: str = "ball") -> None:
         self.port = port
-        self.args = ["--port", str(port), "--width", str(width), "--height", str(height), "--fps", str(fps)]
+        self.args = ["--port", str(port), "--width", str(width), "--height", str(height), "--fps", str(fps),
+                     "--pattern", pattern]
         self.url = f"rtsp://127.0.0.1:{port}/camera"
         self.proc: subprocess.Popen | None = None
 

@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from .alerts import Alert, AlertEngine, AlertRule
 from .annotate import Annotator
@@ -88,6 +88,7 @@ class Session:
         model: ModelInfo,
         metrics: Metrics | None = None,
         clock=time.monotonic,
+        reader_factory: Callable[..., StreamReader] = StreamReader,
     ) -> None:
         self.id = str(uuid.uuid4())
         self.viewer_token = secrets.token_urlsafe(24)
@@ -111,7 +112,7 @@ class Session:
         self._results = LatestSlot[tuple[Frame, list[Detection]]]()
         self._stop = threading.Event()
         self._publisher = threading.Thread(target=self._publish_loop, name=f"publisher-{self.id[:8]}", daemon=True)
-        self._reader = StreamReader(
+        self._reader = reader_factory(
             options.stream_url,
             on_frame=self._on_frame,
             on_state=self._on_reader_state,
@@ -398,15 +399,22 @@ class SessionManager:
     def attach_worker(self, worker: InferenceWorker) -> None:
         self.worker = worker
 
-    async def start(self, options: SessionOptions) -> Session:
-        """Open the stream, then run the session; on any failure nothing is left behind."""
+    async def start(
+        self, options: SessionOptions, *, reader_factory: Callable[..., StreamReader] | None = None
+    ) -> Session:
+        """Open the stream, then run the session; on any failure nothing is left behind.
+
+        `reader_factory` replaces the network reader (benchmarks feed paced local files through
+        it); URLs given to the default reader must pass the scheme check.
+        """
         worker = self.worker
         if worker is None:
             raise SessionError("model_not_ready", 503, "The model is still loading; retry in a few seconds")
-        try:
-            validate_stream_url(options.stream_url, self.settings.allowed_schemes)
-        except StreamError as exc:
-            raise SessionError(exc.kind.value, 422, str(exc)) from exc
+        if reader_factory is None:
+            try:
+                validate_stream_url(options.stream_url, self.settings.allowed_schemes)
+            except StreamError as exc:
+                raise SessionError(exc.kind.value, 422, str(exc)) from exc
         with self._lock:
             if len(self._sessions) + self._opening >= self.settings.max_sessions:
                 raise SessionError(
@@ -423,6 +431,7 @@ class SessionManager:
             encoder=self.encoder,
             model=worker.detector.info,
             metrics=self.metrics,
+            reader_factory=reader_factory or StreamReader,
         )
         try:
             try:

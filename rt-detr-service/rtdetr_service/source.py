@@ -29,6 +29,9 @@ _TRANSPORT_PROTOCOLS = {
 }
 
 
+END_OF_STREAM = "End of stream"
+
+
 class StreamErrorKind(enum.Enum):
     UNSUPPORTED_URL = "unsupported_url"
     UNAVAILABLE = "stream_unavailable"
@@ -112,6 +115,9 @@ class StreamReader:
         reconnect_min: float,
         reconnect_max: float,
         name: str = "reader",
+        realtime: bool = False,
+        loop: bool = False,
+        whitelist: str | None = None,
     ) -> None:
         self.url = url
         self._on_frame = on_frame
@@ -120,6 +126,11 @@ class StreamReader:
         self._read_timeout = read_timeout
         self._reconnect_min = reconnect_min
         self._reconnect_max = reconnect_max
+        # realtime/loop/whitelist serve local files (benchmarks, soak clips): paced at their frame
+        # rate like `ffmpeg -re`, looped like `-stream_loop -1`. Network streams need none of them.
+        self._realtime = realtime
+        self._loop = loop
+        self._whitelist = whitelist or protocol_whitelist(url)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._container: av.container.InputContainer | None = None
@@ -164,7 +175,7 @@ class StreamReader:
         options = {
             "rtsp_transport": "tcp",
             "rtsp_flags": "prefer_tcp",
-            "protocol_whitelist": protocol_whitelist(self.url),
+            "protocol_whitelist": self._whitelist,
             # FFmpeg's own socket I/O timeout (microseconds) backs up PyAV's interrupt timeout.
             "timeout": str(int(self._read_timeout * 1_000_000)),
             "fflags": "nobuffer",
@@ -223,7 +234,8 @@ class StreamReader:
                         if self._stop.wait(delay):
                             break
                         continue
-                    self.reconnects += 1
+                    if failures or not self._loop:
+                        self.reconnects += 1
                     failures = 0
                     self._on_state("running", None)
                     log.info("reconnected to %s", redact_url(self.url))
@@ -231,6 +243,8 @@ class StreamReader:
                 self._close()
                 if self._stop.is_set():
                     break
+                if self._loop and error == END_OF_STREAM:
+                    continue
                 failures += 1
                 delay = self._backoff(failures)
                 self._on_state("reconnecting", f"{error}; reconnecting in {delay:.1f} s")
@@ -246,17 +260,27 @@ class StreamReader:
     def _decode_until_error(self) -> str:
         container = self._container
         stream = container.streams.video[0]
+        time_base = float(stream.time_base) if stream.time_base else 0.0
+        clock_start: float | None = None
+        pts_start = 0.0
         try:
             for packet in container.demux(stream):
                 if self._stop.is_set():
                     return "stopped"
                 for frame in packet.decode():
+                    if self._realtime and frame.pts is not None and time_base:
+                        pts = frame.pts * time_base
+                        if clock_start is None:
+                            clock_start, pts_start = time.monotonic(), pts
+                        delay = clock_start + (pts - pts_start) - time.monotonic()
+                        if delay > 0 and self._stop.wait(delay):
+                            return "stopped"
                     image = frame.to_ndarray(format="bgr24")
                     self._frame_index += 1
                     self._on_frame(Frame(image, self._frame_index, time.time(), time.monotonic()))
                     if self._stop.is_set():
                         return "stopped"
-            return "End of stream"
+            return END_OF_STREAM
         except av.error.ExitError:
             return f"No data for {self._read_timeout:.1f} s"
         except (av.error.FFmpegError, OSError) as exc:

@@ -1,0 +1,50 @@
+"""Settings: defaults, environment parsing, bounds, and errors that name the key."""
+
+import pytest
+from pydantic import ValidationError
+
+from rtdetr_service.config import Settings
+
+
+def make(**values) -> Settings:
+    return Settings(_env_file=None, **values)
+
+
+def test_defaults_and_key_list(monkeypatch):
+    monkeypatch.setenv("API_KEYS", " k1 , k2 ,")
+    settings = Settings(_env_file=None)
+    assert [k.get_secret_value() for k in settings.api_keys] == ["k1", "k2"]
+    assert settings.port == 8080 and settings.device == "auto" and settings.max_sessions == 16
+    assert settings.allowed_schemes == ["rtsp", "rtsps"]
+    assert "k1" not in repr(settings)  # keys never leak through repr/logging
+
+
+def test_refuses_to_run_open_by_accident():
+    with pytest.raises(ValidationError, match="API_KEYS is empty"):
+        make()
+    assert make(auth_disabled=True).api_keys == []
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("port", 0), ("port", 70000), ("max_sessions", 0), ("device", "tpu"), ("input_size", 641),
+     ("default_confidence", 1.5), ("jpeg_quality", 0), ("allowed_schemes", "rtsp,file")],
+)
+def test_out_of_range_values_name_the_key(key, value):
+    with pytest.raises(ValidationError) as info:
+        make(api_keys="k", **{key: value})
+    assert key in str(info.value)
+
+
+def test_unknown_keys_are_refused():
+    with pytest.raises(ValidationError, match="extra"):
+        make(api_keys="k", max_sesions=3)
+
+
+def test_environment_overrides(monkeypatch):
+    monkeypatch.setenv("API_KEYS", "k")
+    monkeypatch.setenv("PORT", "9000")
+    monkeypatch.setenv("DEVICE", "cpu")
+    monkeypatch.setenv("MAX_SESSIONS", "3")
+    settings = Settings(_env_file=None)
+    assert (settings.port, settings.device, settings.max_sessions) == (9000, "cpu", 3)
