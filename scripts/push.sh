@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Loop-push a video clip to an RTSP server forever (the soak-test camera).
+#
+# Usage: scripts/push.sh [CLIP]
+# Environment (all optional):
+#   CLIP         video file to push; default: a generated testsrc2 clip (cached)
+#   URL          RTSP publish URL; default: the compose MediaMTX on this host,
+#                rtsp://publisher:$MEDIAMTX_PUBLISH_PASS@localhost:8554/camera
+#   MEDIAMTX_PUBLISH_PASS  publisher password used in the default URL (default demo-publish)
+#   CACHE_DIR    where the generated clip is kept (default .run/clips in the repository)
+#   GEN_SIZE     generated clip size (default 1280x720)
+#   GEN_FPS      generated clip frame rate (default 30)
+#   GEN_SECONDS  generated clip length before it loops (default 60)
+#   FFMPEG       ffmpeg binary (default ffmpeg)
+set -euo pipefail
+
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
+  usage
+  exit 0
+fi
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CLIP="${1:-${CLIP:-}}"
+URL="${URL:-rtsp://publisher:${MEDIAMTX_PUBLISH_PASS:-demo-publish}@localhost:8554/camera}"
+CACHE_DIR="${CACHE_DIR:-${repo_root}/.run/clips}"
+GEN_SIZE="${GEN_SIZE:-1280x720}"
+GEN_FPS="${GEN_FPS:-30}"
+GEN_SECONDS="${GEN_SECONDS:-60}"
+FFMPEG="${FFMPEG:-ffmpeg}"
+
+if ! command -v "$FFMPEG" >/dev/null 2>&1; then
+  echo "push: '$FFMPEG' not found; install FFmpeg (apt-get install ffmpeg) or set FFMPEG" >&2
+  exit 2
+fi
+
+# Never print the password of the publish URL.
+redacted_url="$(printf '%s' "$URL" | sed -E 's#(rtsps?://)[^/@]*@#\1***@#')"
+
+if [[ -z "$CLIP" ]]; then
+  mkdir -p "$CACHE_DIR"
+  CLIP="${CACHE_DIR}/testsrc2-${GEN_SIZE}-${GEN_FPS}.mp4"
+  if [[ ! -s "$CLIP" ]]; then
+    echo "push: generating ${GEN_SECONDS} s ${GEN_SIZE} ${GEN_FPS} fps test clip at $CLIP"
+    tmp="${CLIP}.tmp.mp4"
+    # One keyframe a second so a reader joining mid-loop decodes within a second.
+    "$FFMPEG" -hide_banner -loglevel error -y \
+      -f lavfi -i "testsrc2=size=${GEN_SIZE}:rate=${GEN_FPS}" -t "$GEN_SECONDS" \
+      -c:v libx264 -preset veryfast -tune zerolatency -g "$GEN_FPS" -pix_fmt yuv420p \
+      "$tmp"
+    mv "$tmp" "$CLIP"
+  fi
+elif [[ ! -f "$CLIP" ]]; then
+  echo "push: clip '$CLIP' does not exist" >&2
+  exit 2
+fi
+
+echo "push: looping $CLIP -> $redacted_url (Ctrl-C to stop)"
+exec "$FFMPEG" -hide_banner -loglevel warning -re -stream_loop -1 -i "$CLIP" \
+  -c copy -f rtsp -rtsp_transport tcp "$URL"

@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# Soak test: push a clip, start N sessions, watch fps / latency / memory, then a verdict.
+#
+# Usage: scripts/soak.sh            (exit 0 = PASS, 1 = FAIL, 2 = could not run)
+# Environment (all optional):
+#   BASE_URL      service or gateway URL (default http://localhost:8000, Kong in compose)
+#   API_KEY       control API key (default demo-key-change-me, the demo consumer)
+#   STREAM_URL    stream the SERVICE opens (default rtsp://viewer:demo-read@mediamtx:8554/camera;
+#                 natively use rtsp://viewer:demo-read@localhost:8554/camera)
+#   SESSIONS      number of sessions on that stream (default 4)
+#   DURATION      seconds to watch after the warm-up (default 600)
+#   WARMUP        seconds ignored before judging (default 30)
+#   INTERVAL      seconds between samples (default 5)
+#   FPS_RATIO     pass if mean inference fps >= FPS_RATIO x mean source fps (default 0.9)
+#   MAX_MEM_GROWTH_MB  pass if service RSS grows less than this after warm-up (default 512)
+#   METRICS_URL   Prometheus URL of the service; default: read /metrics inside the compose
+#                 container (metrics are not routed through Kong); "none" skips the memory check
+#   PUSH          local = run scripts/push.sh in the background (default), none = a camera
+#                 already publishes
+#   PUSH_URL      where PUSH=local publishes (default rtsp://publisher:demo-publish@localhost:8554/camera)
+set -euo pipefail
+
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
+  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+  exit 0
+fi
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BASE_URL="${BASE_URL:-http://localhost:8000}"
+BASE_URL="${BASE_URL%/}"
+API_KEY="${API_KEY:-demo-key-change-me}"
+STREAM_URL="${STREAM_URL:-rtsp://viewer:demo-read@mediamtx:8554/camera}"
+SESSIONS="${SESSIONS:-4}"
+DURATION="${DURATION:-600}"
+WARMUP="${WARMUP:-30}"
+INTERVAL="${INTERVAL:-5}"
+FPS_RATIO="${FPS_RATIO:-0.9}"
+MAX_MEM_GROWTH_MB="${MAX_MEM_GROWTH_MB:-512}"
+METRICS_URL="${METRICS_URL:-}"
+PUSH="${PUSH:-local}"
+PUSH_URL="${PUSH_URL:-rtsp://publisher:demo-publish@localhost:8554/camera}"
+PYTHON="${PYTHON:-python3}"
+
+for cmd in curl "$PYTHON"; do
+  command -v "$cmd" >/dev/null 2>&1 || { echo "soak: '$cmd' is required" >&2; exit 2; }
+done
+for n in SESSIONS DURATION WARMUP INTERVAL MAX_MEM_GROWTH_MB; do
+  [[ "${!n}" =~ ^[0-9]+$ ]] || { echo "soak: $n must be a whole number, got '${!n}'" >&2; exit 2; }
+done
+(( SESSIONS >= 1 && INTERVAL >= 1 )) || { echo "soak: SESSIONS and INTERVAL must be >= 1" >&2; exit 2; }
+
+workdir="$(mktemp -d)"
+samples="$workdir/samples.tsv"
+session_ids=()
+push_pid=""
+
+# JSON field extraction without jq: json_get FILE dotted.path
+json_get() {
+  "$PYTHON" - "$1" "$2" <<'PY'
+import json, sys
+try:
+    value = json.load(open(sys.argv[1]))
+    for part in sys.argv[2].split("."):
+        value = value[part]
+except Exception:
+    value = ""
+print("" if value is None else value)
+PY
+}
+
+api() {  # api METHOD PATH [JSON_BODY] -> body in $workdir/resp.json, prints the HTTP status
+  local method="$1" path="$2" body="${3:-}"
+  local args=(-sS -o "$workdir/resp.json" -w '%{http_code}' -X "$method"
+    -H "apikey: ${API_KEY}" --max-time 30 "${BASE_URL}${path}")
+  if [[ -n "$body" ]]; then
+    args+=(-H 'Content-Type: application/json' --data "$body")
+  fi
+  curl "${args[@]}" || echo 000
+}
+
+rss_bytes() {  # service resident memory from prometheus-client's process collector
+  local text=""
+  if [[ "$METRICS_URL" == "none" ]]; then
+    return 0
+  elif [[ -n "$METRICS_URL" ]]; then
+    text="$(curl -sS --max-time 10 "$METRICS_URL" 2>/dev/null || true)"
+  elif command -v docker >/dev/null 2>&1; then
+    text="$(docker compose -f "$repo_root/docker-compose.yml" exec -T rt-detr-service python -c \
+      "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8080/metrics', timeout=5).read().decode())" \
+      2>/dev/null || true)"
+  fi
+  printf '%s\n' "$text" | awk '/^process_resident_memory_bytes /{printf "%.0f\n", $2; exit}'
+}
+
+# shellcheck disable=SC2317  # invoked by the EXIT trap
+cleanup() {
+  local id code
+  trap - EXIT INT TERM
+  for id in "${session_ids[@]}"; do
+    code="$(api POST /api/v1/video/stop "{\"session_id\": \"$id\"}")"
+    echo "soak: stopped session $id (HTTP $code)"
+  done
+  if [[ -n "$push_pid" ]]; then
+    kill "$push_pid" 2>/dev/null || true
+    wait "$push_pid" 2>/dev/null || true
+  fi
+  rm -rf "$workdir"
+}
+trap cleanup EXIT
+trap 'echo "soak: interrupted"; exit 130' INT TERM
+
+if [[ "$PUSH" == "local" ]]; then
+  URL="$PUSH_URL" "$repo_root/scripts/push.sh" >"$workdir/push.log" 2>&1 &
+  push_pid=$!
+  sleep 3
+  if ! kill -0 "$push_pid" 2>/dev/null; then
+    echo "soak: the pusher exited:" >&2
+    cat "$workdir/push.log" >&2
+    exit 2
+  fi
+elif [[ "$PUSH" != "none" ]]; then
+  echo "soak: PUSH must be 'local' or 'none'" >&2
+  exit 2
+fi
+
+body="{\"stream_url\": \"${STREAM_URL}\", \"enable_drawing\": false}"
+for ((i = 1; i <= SESSIONS; i++)); do
+  code="$(api POST /api/v1/video/start "$body")"
+  if [[ "$code" != "200" ]]; then
+    echo "soak: start $i failed with HTTP $code: $(cat "$workdir/resp.json" 2>/dev/null)" >&2
+    exit 2
+  fi
+  session_ids+=("$(json_get "$workdir/resp.json" session_id)")
+  echo "soak: started session ${session_ids[-1]}"
+done
+
+total=$((WARMUP + DURATION))
+echo "soak: ${SESSIONS} session(s), warm-up ${WARMUP} s, watching ${DURATION} s, sample every ${INTERVAL} s"
+printf 'elapsed\tsession\tstate\tsource_fps\tinference_fps\tdropped\tp99_ms\trss_mb\n'
+start_s=$SECONDS
+while :; do
+  elapsed=$((SECONDS - start_s))
+  rss="$(rss_bytes)"
+  rss_mb=""
+  [[ -n "$rss" ]] && rss_mb=$((rss / 1048576))
+  for id in "${session_ids[@]}"; do
+    code="$(api GET "/api/v1/video/status/$id")"
+    if [[ "$code" == "200" ]]; then
+      f="$workdir/resp.json"
+      row="$(printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s' "$elapsed" "$id" "$(json_get "$f" state)" \
+        "$(json_get "$f" stats.source_fps)" "$(json_get "$f" stats.inference_fps)" \
+        "$(json_get "$f" stats.dropped_frames)" "$(json_get "$f" stats.latency_ms.p99)" "$rss_mb")"
+    else
+      row="$(printf '%s\t%s\thttp_%s\t\t\t\t\t%s' "$elapsed" "$id" "$code" "$rss_mb")"
+    fi
+    printf '%s\n' "$row" | tee -a "$samples"
+  done
+  (( elapsed >= total )) && break
+  sleep "$INTERVAL"
+done
+
+# Verdict over the samples taken after the warm-up.
+set +e
+"$PYTHON" - "$samples" "$WARMUP" "$FPS_RATIO" "$MAX_MEM_GROWTH_MB" <<'PY'
+import sys
+from collections import defaultdict
+
+path, warmup, ratio, max_growth = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+rows = [line.rstrip("\n").split("\t") for line in open(path) if line.strip()]
+judged = [r for r in rows if float(r[0]) >= warmup] or rows
+per_session = defaultdict(list)
+rss = []
+for elapsed, sid, state, src, inf, dropped, p99, rss_mb in judged:
+    per_session[sid].append((state, src, inf, p99))
+    if rss_mb:
+        rss.append(float(rss_mb))
+failures = []
+for sid, samples in per_session.items():
+    bad_states = sorted({s for s, *_ in samples if s != "running"})
+    if bad_states:
+        failures.append(f"session {sid}: state {', '.join(bad_states)} seen after warm-up")
+    src = [float(s) for _, s, _, _ in samples if s]
+    inf = [float(i) for _, _, i, _ in samples if i]
+    p99 = [float(p) for *_, p in samples if p]
+    if not src or not inf:
+        failures.append(f"session {sid}: no fps figures")
+        continue
+    mean_src, mean_inf = sum(src) / len(src), sum(inf) / len(inf)
+    worst_p99 = max(p99) if p99 else float("nan")
+    print(f"session {sid}: source {mean_src:.1f} fps, inference {mean_inf:.1f} fps, worst p99 {worst_p99:.0f} ms")
+    if mean_inf < ratio * mean_src:
+        failures.append(f"session {sid}: inference {mean_inf:.1f} fps < {ratio} x source {mean_src:.1f} fps")
+if rss:
+    growth = max(rss) - rss[0]
+    print(f"service memory: {rss[0]:.0f} MB after warm-up, peak {max(rss):.0f} MB (+{growth:.0f} MB)")
+    if growth > max_growth:
+        failures.append(f"memory grew {growth:.0f} MB > {max_growth:.0f} MB")
+else:
+    print("service memory: not sampled (set METRICS_URL, or run the compose stack)")
+for failure in failures:
+    print("  - " + failure)
+print("VERDICT: " + ("FAIL" if failures else "PASS"))
+sys.exit(1 if failures else 0)
+PY
+verdict=$?
+set -e
+exit "$verdict"

@@ -1,0 +1,172 @@
+"""docker-compose.yml lined up with Kong, MediaMTX, the service settings, scripts and docs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+from urllib.parse import urlsplit
+
+import pytest
+
+RTSP_URL = re.compile(r"rtsps?://[^\s\"'`)<>]+")
+
+
+def published_ports(service: dict) -> set[int]:
+    """Container ports a service publishes on the host ("[ip:]host:container" short syntax)."""
+    return {int(str(p).split(":")[-1].split("/")[0]) for p in service.get("ports", [])}
+
+
+def mounts(service: dict) -> list[tuple[str, str, str]]:
+    out = []
+    for volume in service.get("volumes", []):
+        source, target, *mode = volume.rsplit(":", 2) if volume.count(":") >= 2 else (*volume.split(":"), "rw")
+        out.append((source, target, mode[0] if mode else "rw"))
+    return out
+
+
+def users_with(mediamtx: dict, action: str) -> dict[str, str]:
+    return {
+        u["user"]: u["pass"]
+        for u in mediamtx["authInternalUsers"]
+        if any(p["action"] == action for p in u["permissions"])
+    }
+
+
+def mediamtx_path_exists(mediamtx: dict, name: str) -> bool:
+    return name in mediamtx["paths"] or "all_others" in mediamtx["paths"] or "all" in mediamtx["paths"]
+
+
+def test_images_are_pinned_to_versions(compose):
+    for name, service in compose["services"].items():
+        if "image" in service and "build" not in service:
+            image = service["image"]
+            assert ":" in image and not image.endswith(":latest"), f"{name}: pin {image}"
+            assert re.search(r":\d+\.\d+(\.\d+)?", image), f"{name}: {image} is not a version tag"
+
+
+def test_pinned_images_match_the_reference_data(compose, kong_ref, mediamtx_ref):
+    services = compose["services"]
+    assert services["kong"]["image"] == kong_ref["pinned_image"]
+    assert services["mediamtx"]["image"] == mediamtx_ref["pinned_image"]
+    assert services["pusher"]["image"].startswith(mediamtx_ref["pinned_image"] + "-")
+
+
+def test_dockerfile_base_image_is_pinned(repo):
+    text = (repo / "rt-detr-service" / "Dockerfile").read_text()
+    bases = re.findall(r"^ARG PYTHON_IMAGE=(\S+)", text, re.M)
+    assert bases and re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", bases[0])
+    assert re.search(r"^USER (?!root)\S+", text, re.M), "the image must not run as root"
+    assert "HEALTHCHECK" in text and "/health" in text
+
+
+def test_service_is_not_published_and_listens_on_the_settings_port(compose, settings_cls):
+    service = compose["services"]["rt-detr-service"]
+    port = settings_cls.model_fields["port"].default
+    assert not service.get("ports"), "the service must be reachable only through Kong"
+    assert [str(port)] == [str(p) for p in service["expose"]]
+    env = service["environment"]
+    assert env["HOST"] == "0.0.0.0"
+    assert int(env["PORT"]) == port
+    assert env["AUTH_DISABLED"] == "true"
+    assert f"127.0.0.1:{port}/health" in " ".join(service["healthcheck"]["test"])
+    assert service["restart"] in {"always", "unless-stopped", "on-failure"}
+
+
+def test_service_environment_names_real_settings(compose, settings_cls):
+    fields = {name.upper() for name in settings_cls.model_fields}
+    unknown = set(compose["services"]["rt-detr-service"]["environment"]) - fields
+    assert not unknown, f"not service settings (typo?): {unknown}"
+
+
+def test_models_are_mounted_read_only_where_model_points(compose, settings_cls, repo):
+    service = compose["services"]["rt-detr-service"]
+    model = PurePosixPath(service["environment"]["MODEL"])
+    default_name = PurePosixPath(settings_cls.model_fields["model"].default).name
+    assert model.name == default_name
+    (models_mount,) = [m for m in mounts(service) if m[1] == str(model.parent)]
+    assert models_mount == ("./models", "/app/models", "ro")
+    assert (repo / "models").is_dir()
+
+
+def test_service_reserves_an_nvidia_gpu(compose):
+    devices = compose["services"]["rt-detr-service"]["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+
+
+def test_kong_is_db_less_with_read_only_config_and_no_admin_port(compose):
+    kong = compose["services"]["kong"]
+    env = kong["environment"]
+    assert env["KONG_DATABASE"] == "off"
+    (mount,) = mounts(kong)
+    assert mount[1] == env["KONG_DECLARATIVE_CONFIG"] and mount[2] == "ro"
+    assert mount[0].endswith("./kong/kong.yml}")
+    assert published_ports(kong) == {8000}
+    assert env["KONG_PROXY_LISTEN"].endswith(":8000")
+    assert env["KONG_ADMIN_LISTEN"].startswith("127.0.0.1:"), "admin API only on the container loopback"
+
+
+def test_mediamtx_publishes_rtsp_only_and_reads_the_repo_config(compose, mediamtx):
+    service = compose["services"]["mediamtx"]
+    rtsp_port = int(mediamtx["rtspAddress"].rsplit(":", 1)[1])
+    assert published_ports(service) == {rtsp_port}
+    api_port = int(mediamtx["apiAddress"].rsplit(":", 1)[1])
+    metrics_port = int(mediamtx["metricsAddress"].rsplit(":", 1)[1])
+    assert {api_port, metrics_port} <= {int(p) for p in service["expose"]}
+    assert ("./mediamtx/mediamtx.yml", "/mediamtx.yml", "ro") in mounts(service)
+
+
+def test_mediamtx_password_overrides_target_the_right_users(compose, mediamtx):
+    env = compose["services"]["mediamtx"]["environment"]
+    users = mediamtx["authInternalUsers"]
+    for key in env:
+        index = int(re.fullmatch(r"MTX_AUTHINTERNALUSERS_(\d+)_PASS", key).group(1))
+        assert users[index]["user"] != "any"
+    assert users[0]["permissions"][0]["action"] == "publish"
+    assert users[1]["permissions"][0]["action"] == "read"
+
+
+def test_pusher_profile_publishes_to_an_existing_path(compose, mediamtx):
+    pusher = compose["services"]["pusher"]
+    assert pusher["profiles"] == ["pusher"]
+    url = urlsplit(re.sub(r"\$\{[^}]*:-([^}]*)\}", r"\1", pusher["environment"]["PUSH_URL"]))
+    assert url.hostname == "mediamtx" and url.hostname in compose["services"]
+    assert url.port == int(mediamtx["rtspAddress"].rsplit(":", 1)[1])
+    assert url.path.lstrip("/") in mediamtx["paths"]
+    assert users_with(mediamtx, "publish").get(url.username) == url.password
+    command = " ".join(pusher["command"])
+    for flag in ("-re", "-stream_loop -1", "-c copy", "-f rtsp", "-rtsp_transport tcp"):
+        assert flag in command
+
+
+def rtsp_urls_in(text: str) -> list[str]:
+    return [u.rstrip(".,;") for u in RTSP_URL.findall(text)]
+
+
+@pytest.mark.parametrize("source", ["docs/deployment.md", "scripts/soak.sh", "scripts/push.sh"])
+def test_documented_stream_urls_exist_and_carry_valid_credentials(repo, compose, mediamtx, source):
+    text = (repo / source).read_text()
+    urls = rtsp_urls_in(text)
+    assert urls, f"{source} shows no RTSP URL"
+    rtsp_port = int(mediamtx["rtspAddress"].rsplit(":", 1)[1])
+    readers, publishers = users_with(mediamtx, "read"), users_with(mediamtx, "publish")
+    for raw in urls:
+        if "<" in raw or "$" in raw or "***" in raw or "..." in raw or "your-camera" in raw:
+            continue  # placeholders and templated URLs
+        url = urlsplit(raw)
+        if url.hostname not in {"mediamtx", "localhost", "127.0.0.1"}:
+            continue  # a camera of the user's own
+        assert url.port == rtsp_port, raw
+        assert mediamtx_path_exists(mediamtx, url.path.lstrip("/")), raw
+        if url.hostname == "mediamtx":
+            assert url.hostname in compose["services"]
+        creds = {**readers, **publishers}
+        assert url.username in creds and creds[url.username] == url.password, f"{raw}: bad credentials"
+
+
+def test_soak_defaults_point_at_kong_and_the_compose_camera(repo, compose, mediamtx):
+    soak = (repo / "scripts" / "soak.sh").read_text()
+    base = urlsplit(re.search(r'BASE_URL="\$\{BASE_URL:-([^}]*)\}"', soak).group(1))
+    assert base.port in published_ports(compose["services"]["kong"])
+    stream = urlsplit(re.search(r'STREAM_URL="\$\{STREAM_URL:-([^}]*)\}"', soak).group(1))
+    assert stream.hostname == "mediamtx"
+    assert users_with(mediamtx, "read").get(stream.username) == stream.password
