@@ -1,0 +1,507 @@
+// Viewer page: start or attach to a session, show its live annotated video, numbers and alerts.
+
+import { api, ApiError, websocketUrl } from "./api.js";
+import { StreamConnection } from "./stream.js";
+import { FrameRenderer } from "./renderer.js";
+import { AlertView } from "./alerts.js";
+
+const KEY_STORAGE = "rtdetr-viewer.apiKey";
+const URL_STORAGE = "rtdetr-viewer.streamUrl";
+const HUD_INTERVAL_MS = 250;
+const MAX_CLASS_CHIPS = 12; // a random-weight model at threshold 0 finds all 80 classes
+
+const $ = (id) => document.getElementById(id);
+const el = {
+  form: $("start-form"),
+  key: $("api-key"),
+  url: $("stream-url"),
+  confidence: $("confidence"),
+  classes: $("classes"),
+  alertEnabled: $("alert-enabled"),
+  alertClasses: $("alert-classes"),
+  alertMin: $("alert-min-confidence"),
+  alertCooldown: $("alert-cooldown"),
+  start: $("start-btn"),
+  stop: $("stop-btn"),
+  pause: $("pause-btn"),
+  detach: $("detach-btn"),
+  badge: $("state-badge"),
+  warning: $("warning-banner"),
+  warningText: $("warning-text"),
+  error: $("error-banner"),
+  errorText: $("error-text"),
+  errorDismiss: $("error-dismiss"),
+  notice: $("notice"),
+  stage: $("stage"),
+  canvas: $("video"),
+  overlay: $("overlay"),
+  sessions: $("sessions-list"),
+  refresh: $("refresh-sessions"),
+  clearAlerts: $("clear-alerts"),
+  hud: {
+    state: $("hud-state"),
+    sourceFps: $("hud-source-fps"),
+    inferenceFps: $("hud-inference-fps"),
+    shownFps: $("hud-shown-fps"),
+    latency: $("hud-latency"),
+    serverLatency: $("hud-server-latency"),
+    dropped: $("hud-dropped"),
+    frames: $("hud-frames"),
+    viewers: $("hud-viewers"),
+    reconnects: $("hud-reconnects"),
+    classes: $("hud-classes"),
+  },
+};
+
+const renderer = new FrameRenderer(el.canvas, { onResize: setAspect });
+const alerts = new AlertView({ toasts: $("toasts"), log: $("alert-log"), count: $("alert-count") });
+
+// What the page shows. phase: idle | starting | connecting | live | stopping.
+const view = {
+  phase: "idle",
+  session: null, // {id, stream, model}
+  conn: null,
+  serverState: null,
+  paused: false,
+  stats: null,
+  lastError: null,
+  retryAt: null, // set while the WebSocket itself is reconnecting
+  framesReceived: 0,
+  drawingOff: false,
+  classCounts: new Map(),
+  endedReason: null,
+};
+
+// ---------- messages to the person ----------
+
+function showError(message) {
+  el.errorText.textContent = message;
+  el.error.hidden = false;
+}
+
+function clearError() {
+  el.error.hidden = true;
+  el.errorText.textContent = "";
+}
+
+let noticeTimer = 0;
+
+/** A passing remark (session started, stopped, left); it clears itself. */
+function showNotice(message) {
+  clearTimeout(noticeTimer);
+  el.notice.textContent = message || "";
+  el.notice.hidden = !message;
+  if (message) noticeTimer = setTimeout(() => showNotice(null), 8000);
+}
+
+function describe(err) {
+  if (err instanceof ApiError) return err.message;
+  return `Something went wrong in the page: ${err && err.message ? err.message : err}`;
+}
+
+function showModelWarning(model, warning) {
+  const text = warning || (model && model.warning) ||
+    (model && model.trained === false ? "Model weights are NOT trained: detections are random." : null);
+  if (text) {
+    el.warningText.textContent = text;
+    el.warning.hidden = false;
+  } else if (model && model.trained === true) {
+    el.warning.hidden = true;
+  }
+}
+
+// ---------- state and rendering ----------
+
+function stateLabel() {
+  switch (view.phase) {
+    case "idle":
+      return ["idle", "idle"];
+    case "starting":
+      return ["starting", "starting…"];
+    case "stopping":
+      return ["stopping", "stopping…"];
+    case "connecting":
+      return ["connecting", "connecting…"];
+    default:
+      break;
+  }
+  if (view.retryAt !== null) return ["reconnecting", "connection lost — retrying"];
+  if (view.serverState === "reconnecting") return ["reconnecting", "camera lost — reconnecting"];
+  if (view.serverState === "failed") return ["failed", "failed"];
+  if (view.paused) return ["paused", "paused"];
+  return [view.serverState || "running", view.serverState || "running"];
+}
+
+function overlayText() {
+  if (view.phase === "idle") {
+    return view.endedReason || "Enter a key and a stream URL, then press Start.";
+  }
+  if (view.phase === "starting") return "Opening the stream…";
+  if (view.phase === "stopping") return "Stopping…";
+  if (view.phase === "connecting") return "Connecting to the live view…";
+  if (view.retryAt !== null) {
+    const seconds = Math.max(0, Math.ceil((view.retryAt - Date.now()) / 1000));
+    return `Connection to the service lost — retrying${seconds ? ` in ${seconds} s` : ""}…`;
+  }
+  if (view.serverState === "reconnecting") {
+    return `Camera lost — reconnecting…${view.lastError ? `\n${view.lastError}` : ""}`;
+  }
+  if (view.serverState === "failed") return view.lastError || "The session failed.";
+  if (view.paused) return "Paused";
+  if (view.drawingOff) return "Drawing is off for this session: numbers and alerts only.";
+  if (renderer.painted === 0) return "Waiting for the first frame…";
+  return null;
+}
+
+function render() {
+  const [state, label] = stateLabel();
+  el.badge.dataset.state = state;
+  el.badge.textContent = label;
+  el.hud.state.textContent = label;
+
+  const text = overlayText();
+  el.overlay.hidden = text === null;
+  el.overlay.textContent = text || "";
+  el.overlay.classList.toggle("warn", state === "reconnecting" || state === "failed");
+
+  const attached = view.phase === "live" || view.phase === "connecting";
+  el.start.disabled = view.phase !== "idle";
+  el.stop.disabled = !attached;
+  el.detach.disabled = !attached;
+  el.pause.disabled = view.phase !== "live" || view.retryAt !== null;
+  el.pause.textContent = view.paused ? "Resume" : "Pause";
+  el.pause.setAttribute("aria-pressed", String(view.paused));
+}
+
+function fixed(value, digits = 1) {
+  return typeof value === "number" && Number.isFinite(value) ? value.toFixed(digits) : "–";
+}
+
+function renderHud() {
+  const s = view.stats || {};
+  const h = el.hud;
+  h.sourceFps.textContent = fixed(s.source_fps);
+  h.inferenceFps.textContent = fixed(s.inference_fps);
+  h.shownFps.textContent = view.phase === "idle" ? "–" : String(renderer.shownFps());
+  h.latency.textContent = renderer.latencyMs === null ? "–" : `${Math.round(renderer.latencyMs)} ms`;
+  const lat = s.latency_ms || {};
+  h.serverLatency.textContent = lat.p50 === undefined ? "–" : `${fixed(lat.p50, 0)} / ${fixed(lat.p99, 0)} ms`;
+  h.dropped.textContent = `${s.dropped_frames ?? "–"} / ${renderer.dropped}`;
+  h.frames.textContent = String(view.framesReceived);
+  h.viewers.textContent = s.viewers ?? "–";
+  h.reconnects.textContent = s.reconnects ?? "–";
+
+  const items = [...view.classCounts.entries()].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
+  const nodes = items.slice(0, MAX_CLASS_CHIPS).map(([name, count]) => {
+    const li = document.createElement("li");
+    const b = document.createElement("b");
+    b.textContent = String(count);
+    li.append(`${name} `, b);
+    return li;
+  });
+  if (items.length > MAX_CLASS_CHIPS) {
+    const li = document.createElement("li");
+    li.className = "muted";
+    li.textContent = `+${items.length - MAX_CLASS_CHIPS} more classes`;
+    nodes.push(li);
+  }
+  if (!nodes.length) {
+    const li = document.createElement("li");
+    li.className = "muted";
+    li.textContent = "none";
+    nodes.push(li);
+  }
+  h.classes.replaceChildren(...nodes);
+  render(); // the retry countdown and shown fps move with time
+}
+
+function setAspect(width, height) {
+  if (!(width > 0 && height > 0)) return;
+  el.stage.style.setProperty("--ar", String(width / height));
+  if (renderer.painted === 0 && (el.canvas.width !== width || el.canvas.height !== height)) {
+    el.canvas.width = width;
+    el.canvas.height = height;
+    renderer.clear();
+  }
+}
+
+// ---------- the live connection ----------
+
+function attach(session) {
+  leave();
+  view.session = {
+    id: session.session_id,
+    websocketPath: session.websocket_path,
+    stream: session.stream || null,
+    model: session.model || null,
+  };
+  view.phase = "connecting";
+  view.serverState = session.state || session.status || null;
+  view.paused = Boolean(session.paused);
+  view.stats = session.stats || null;
+  view.lastError = session.last_error || null;
+  view.endedReason = null;
+  showModelWarning(session.model);
+  if (session.stream) setAspect(session.stream.width, session.stream.height);
+  renderer.reset();
+  renderer.clear();
+
+  const conn = new StreamConnection(websocketUrl(session.websocket_path), {
+    onOpen() {
+      if (view.conn !== conn) return;
+      view.retryAt = null;
+      if (view.phase === "connecting") {
+        view.phase = "live";
+        refreshSessions(); // the list now counts this viewer
+      }
+      render();
+    },
+    onFrame(header, jpeg) {
+      if (view.conn !== conn) return;
+      view.framesReceived += 1;
+      const counts = new Map();
+      for (const d of header.detections || []) counts.set(d.class_name, (counts.get(d.class_name) || 0) + 1);
+      view.classCounts = counts;
+      view.drawingOff = !jpeg;
+      if (jpeg) renderer.push(jpeg, header);
+    },
+    onMessage(message) {
+      if (view.conn !== conn) return;
+      handleMessage(message);
+    },
+    onRetry(delay) {
+      if (view.conn !== conn) return;
+      view.retryAt = Date.now() + delay;
+      render();
+    },
+    onEnd({ reason, final }) {
+      if (view.conn !== conn) return;
+      if (final) showError(reason);
+      finishSession(final ? null : `Session ended: ${reason}`);
+    },
+  });
+  view.conn = conn;
+  conn.open();
+  render();
+}
+
+function handleMessage(message) {
+  switch (message.type) {
+    case "stream_info":
+      view.session.stream = { width: message.width, height: message.height, fps: message.fps, codec: message.codec };
+      if (message.model) view.session.model = message.model;
+      setAspect(message.width, message.height);
+      view.serverState = message.state || view.serverState;
+      view.paused = Boolean(message.paused);
+      showModelWarning(message.model, message.warning);
+      break;
+    case "status":
+      view.serverState = message.state || view.serverState;
+      view.paused = Boolean(message.paused);
+      view.stats = message.stats || view.stats;
+      view.lastError = message.last_error || null;
+      break;
+    case "alert": {
+      const stream = view.session.stream || {};
+      const bbox = message.data && message.data.bbox;
+      alerts.add(message, renderer.crop(bbox, stream.width, stream.height));
+      break;
+    }
+    case "session_stopped":
+      break; // the close that follows ends the view (StreamConnection.onEnd)
+    case "error":
+      if (message.detail) showError(message.detail);
+      break;
+    default:
+      break;
+  }
+  render();
+}
+
+/** Stop watching without stopping the session (idempotent). */
+function leave() {
+  if (view.conn) view.conn.close();
+  view.conn = null;
+  view.retryAt = null;
+}
+
+function finishSession(reason) {
+  leave();
+  renderer.reset();
+  view.phase = "idle";
+  view.session = null;
+  view.serverState = null;
+  view.paused = false;
+  view.stats = null;
+  view.lastError = null;
+  view.framesReceived = 0;
+  view.classCounts = new Map();
+  view.drawingOff = false;
+  view.endedReason = reason;
+  renderHud();
+  if (el.key.value) refreshSessions();
+}
+
+// ---------- controls ----------
+
+function list(text) {
+  return text.split(",").map((s) => s.trim()).filter(Boolean);
+}
+
+function numberOr(input, fallback) {
+  const value = input.valueAsNumber;
+  return Number.isFinite(value) ? value : fallback;
+}
+
+function startBody() {
+  const body = { stream_url: el.url.value.trim(), enable_drawing: true };
+  const confidence = numberOr(el.confidence, null);
+  if (confidence !== null) body.confidence_threshold = confidence;
+  const classes = list(el.classes.value);
+  if (classes.length) body.classes = classes;
+  body.alert = el.alertEnabled.checked
+    ? {
+        classes: list(el.alertClasses.value),
+        min_confidence: numberOr(el.alertMin, 0.5),
+        cooldown_s: numberOr(el.alertCooldown, 10),
+      }
+    : null;
+  return body;
+}
+
+async function start(event) {
+  event.preventDefault();
+  if (view.phase !== "idle") return;
+  clearError();
+  showNotice(null);
+  const key = el.key.value;
+  sessionStorage.setItem(KEY_STORAGE, key);
+  sessionStorage.setItem(URL_STORAGE, el.url.value.trim());
+  view.phase = "starting";
+  view.endedReason = null;
+  render();
+  try {
+    const started = await api.start(key, startBody());
+    showNotice(started.message || null);
+    attach({ ...started, state: started.status });
+    refreshSessions();
+  } catch (err) {
+    view.phase = "idle";
+    showError(describe(err));
+    render();
+  }
+}
+
+async function stop() {
+  if (!view.session) return;
+  clearError();
+  const id = view.session.id;
+  const previous = view.phase;
+  view.phase = "stopping";
+  render();
+  try {
+    const answer = await api.stop(el.key.value, id);
+    showNotice(answer && answer.message ? answer.message : "Session stopped.");
+    finishSession(null);
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 404) {
+      finishSession(null); // already gone: nothing left to stop
+      return;
+    }
+    view.phase = previous;
+    showError(describe(err));
+    render();
+  }
+}
+
+function togglePause() {
+  const action = view.paused ? "resume" : "pause";
+  if (view.conn && view.conn.send({ type: "control", action })) {
+    view.paused = !view.paused; // the next status message confirms it
+    render();
+  }
+}
+
+function detach() {
+  showNotice("Left the session; it keeps running on the service.");
+  finishSession(null);
+}
+
+async function refreshSessions() {
+  const key = el.key.value;
+  if (!key) {
+    renderSessions(null, "Enter the API key, then Refresh.");
+    return;
+  }
+  try {
+    const answer = await api.sessions(key);
+    renderSessions(answer.sessions || []);
+  } catch (err) {
+    renderSessions(null, describe(err));
+  }
+}
+
+function renderSessions(sessions, message) {
+  if (!sessions || !sessions.length) {
+    const li = document.createElement("li");
+    li.className = "muted";
+    li.textContent = message || "No running sessions.";
+    el.sessions.replaceChildren(li);
+    return;
+  }
+  el.sessions.replaceChildren(...sessions.map((s) => {
+    const li = document.createElement("li");
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    const stats = s.stats || {};
+    const url = document.createElement("span");
+    url.className = "url";
+    url.textContent = s.stream_url || s.session_id;
+    url.title = url.textContent;
+    meta.append(url);
+    const small = document.createElement("small");
+    small.textContent = `${s.state} · ${stats.viewers ?? 0} viewer(s) · ${s.session_id.slice(0, 8)}`;
+    meta.append(small);
+    const button = document.createElement("button");
+    button.type = "button";
+    const current = view.session && view.session.id === s.session_id;
+    button.textContent = current ? "Watching" : "Watch";
+    button.disabled = current || !s.websocket_path;
+    button.setAttribute("aria-label", `Watch ${s.stream_url || s.session_id}`);
+    button.addEventListener("click", () => {
+      clearError();
+      showNotice(null);
+      attach(s);
+      renderSessions(sessions);
+    });
+    li.append(meta, button);
+    return li;
+  }));
+}
+
+// ---------- wiring ----------
+
+el.key.value = sessionStorage.getItem(KEY_STORAGE) || "";
+el.url.value = sessionStorage.getItem(URL_STORAGE) || el.url.value;
+el.key.addEventListener("change", () => sessionStorage.setItem(KEY_STORAGE, el.key.value));
+el.form.addEventListener("submit", start);
+el.stop.addEventListener("click", stop);
+el.pause.addEventListener("click", togglePause);
+el.detach.addEventListener("click", detach);
+el.refresh.addEventListener("click", refreshSessions);
+el.clearAlerts.addEventListener("click", () => alerts.clear());
+el.errorDismiss.addEventListener("click", clearError);
+// Leaving the page must not leave a viewer behind on the service.
+window.addEventListener("pagehide", leave);
+window.addEventListener("pageshow", (event) => {
+  // Back from the back/forward cache: the socket was closed on pagehide, so open it again.
+  if (event.persisted && view.session && !view.conn) {
+    const { id, websocketPath, stream, model } = view.session;
+    attach({ session_id: id, websocket_path: websocketPath, stream, model });
+  }
+});
+
+renderer.clear();
+render();
+setInterval(renderHud, HUD_INTERVAL_MS);
+if (el.key.value) refreshSessions();

@@ -1,0 +1,257 @@
+"""The viewer page in a real browser, against the real service and a real RTSP camera."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
+Page, expect = sync_api.Page, sync_api.expect
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+LIVE_TIMEOUT_MS = 45_000  # opening the stream plus the first CPU inferences of the test model
+LIT = 0.01  # share of non-black pixels that says a frame was painted (the test camera is mostly black)
+
+# Sums of the canvas's pixels: how much of it is not black, and a checksum that moves with the picture.
+CANVAS_SIGNATURE = """() => {
+  const canvas = document.getElementById("video");
+  const { data } = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
+  let lit = 0, checksum = 0;
+  for (let i = 0; i < data.length; i += 4) {
+    const v = data[i] + data[i + 1] + data[i + 2];
+    if (v > 30) lit += 1;
+    checksum = (checksum * 31 + v) % 1000000007;
+  }
+  return { width: canvas.width, height: canvas.height, lit: lit / (data.length / 4), checksum };
+}"""
+
+
+def poll(what: str, probe, timeout_s: float = 30.0, interval_s: float = 0.25):
+    """Call probe until it returns something truthy; fail naming `what` after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval_s)
+    pytest.fail(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")
+
+
+def fill_start_form(page: Page, key: str, stream_url: str, *, alert_everything: bool = True) -> None:
+    """Type the key and URL; optionally set the advanced fields so an alert must fire on random weights."""
+    page.get_by_label("API key").fill(key)
+    page.get_by_label("Stream URL").fill(stream_url)
+    if alert_everything:
+        page.locator("#advanced summary").click()
+        page.get_by_label("Confidence threshold").fill("0")
+        page.get_by_label("Alert classes").fill("")
+        page.get_by_label("Alert min confidence").fill("0")
+        page.get_by_label("Alert cooldown (s)").fill("1")
+
+
+def hud_number(page: Page, element_id: str) -> float | None:
+    text = page.locator(f"#{element_id}").inner_text().split()[0]
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def new_session(api: httpx.Client, before: set[str]) -> dict:
+    """The one session started since `before` was taken."""
+    sessions = [s for s in api.get("/api/v1/video/sessions").json()["sessions"] if s["session_id"] not in before]
+    assert len(sessions) == 1, sessions
+    return sessions[0]
+
+
+def viewers(api: httpx.Client, session_id: str) -> int:
+    return api.get(f"/api/v1/video/status/{session_id}").json()["stats"]["viewers"]
+
+
+def test_start_shows_live_video_numbers_and_alerts_then_stop_returns_to_idle(
+    page, live_service, rtsp_url, api, sessions_before
+):
+    # given the page, a key and the test camera, with an alert rule that fires on any detection
+    page.goto(live_service.base_url + "/")
+    fill_start_form(page, live_service.api_key, rtsp_url)
+
+    # when the person presses Enter in the form
+    page.get_by_label("Stream URL").press("Enter")
+
+    # then the session runs and the untrained-weights warning is prominent
+    expect(page.locator("#state-badge")).to_have_text("running", timeout=LIVE_TIMEOUT_MS)
+    expect(page.locator("#warning-banner")).to_be_visible()
+    expect(page.locator("#warning-banner")).to_contain_text("NOT trained")
+
+    # and the canvas shows the stream at its own size, not blank, and moving
+    first = poll("a painted frame", lambda: (s := page.evaluate(CANVAS_SIGNATURE))["lit"] > LIT and s,
+                 timeout_s=LIVE_TIMEOUT_MS / 1000)
+    session = new_session(api, sessions_before)
+    assert (first["width"], first["height"]) == (session["stream"]["width"], session["stream"]["height"])
+    poll("the picture to change", lambda: page.evaluate(CANVAS_SIGNATURE)["checksum"] != first["checksum"])
+
+    # and the HUD counts up: frames received, fps from the service, end-to-end latency
+    frames_before = hud_number(page, "hud-frames")
+    poll("more frames in the HUD", lambda: hud_number(page, "hud-frames") > frames_before)
+    poll("a source fps", lambda: (hud_number(page, "hud-source-fps") or 0) > 0)
+    poll("an inference fps", lambda: (hud_number(page, "hud-inference-fps") or 0) > 0)
+    expect(page.locator("#hud-latency")).to_contain_text("ms")
+    expect(page.locator("#hud-classes li:not(.muted)").first).to_be_visible()
+
+    # and alerts pop up as toasts and land in the log with a thumbnail of the object
+    expect(page.locator("#toasts .toast:not(.more)").first).to_contain_text("Alert:", timeout=LIVE_TIMEOUT_MS)
+    expect(page.locator("#alert-log li img.thumb").first).to_be_visible(timeout=LIVE_TIMEOUT_MS)
+    assert int(page.locator("#alert-count").inner_text()) >= 1
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.wait_for_timeout(300)  # let the toast's entrance animation finish
+    page.screenshot(path=str(ARTIFACTS / "viewer.png"), full_page=True)
+
+    # when the person presses Stop
+    page.get_by_role("button", name="Stop").click()
+
+    # then the page is idle and the service no longer runs the session
+    expect(page.locator("#state-badge")).to_have_text("idle")
+    expect(page.get_by_role("button", name="Start")).to_be_enabled()
+    status = api.get(f"/api/v1/video/status/{session['session_id']}")
+    assert status.status_code == 404 or status.json()["state"] == "stopped"
+
+
+@pytest.mark.parametrize(
+    ("key", "stream_url"),
+    [("wrong-key", None), (None, "file:///etc/passwd")],
+    ids=["wrong key", "unsupported url"],
+)
+def test_a_refused_start_shows_the_services_words(page, live_service, rtsp_url, key, stream_url):
+    # given what the service itself says about this request
+    key = key or live_service.api_key
+    stream_url = stream_url or rtsp_url
+    answer = httpx.post(
+        live_service.base_url + "/api/v1/video/start",
+        headers={"apikey": key},
+        json={"stream_url": stream_url},
+        timeout=30,
+    )
+    assert answer.status_code in (401, 422), answer.text
+    detail = answer.json()["detail"]
+
+    # when the person starts it from the page
+    page.goto(live_service.base_url + "/")
+    fill_start_form(page, key, stream_url, alert_everything=False)
+    page.get_by_role("button", name="Start").click()
+
+    # then the page shows those words, not a status code, and stays ready for another try
+    expect(page.locator("#error-banner")).to_be_visible()
+    expect(page.locator("#error-text")).to_have_text(detail)
+    expect(page.locator("#state-badge")).to_have_text("idle")
+    expect(page.get_by_role("button", name="Start")).to_be_enabled()
+
+
+def test_the_key_stays_out_of_urls_and_in_session_storage(page, live_service, rtsp_url):
+    # given a key typed and a start refused (the URL is not a stream)
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(live_service.base_url + "/")
+    fill_start_form(page, live_service.api_key, "file:///etc/passwd", alert_everything=False)
+    page.get_by_role("button", name="Start").click()
+    expect(page.locator("#error-banner")).to_be_visible()
+
+    # then the key is in this tab's sessionStorage and in no URL the page asked for
+    assert page.evaluate("() => Object.values(sessionStorage)").count(live_service.api_key) == 1
+    assert not [url for url in requests + [page.url] if live_service.api_key in url]
+
+    # and a reload of the tab keeps it, so the person need not type it again
+    page.reload()
+    expect(page.get_by_label("API key")).to_have_value(live_service.api_key)
+
+
+def test_closing_the_tab_leaves_no_viewer_behind(page, live_service, rtsp_url, api, sessions_before):
+    # given a page watching a session it started
+    page.goto(live_service.base_url + "/")
+    fill_start_form(page, live_service.api_key, rtsp_url, alert_everything=False)
+    page.get_by_role("button", name="Start").click()
+    expect(page.locator("#state-badge")).to_have_text("running", timeout=LIVE_TIMEOUT_MS)
+    session_id = new_session(api, sessions_before)["session_id"]
+    poll("the viewer to be counted", lambda: viewers(api, session_id) == 1)
+
+    # when the tab is closed
+    page.close()
+
+    # then the service counts no viewer within a few seconds (the session itself keeps running)
+    poll("viewers == 0 after the tab closed", lambda: viewers(api, session_id) == 0, timeout_s=5)
+    assert api.get(f"/api/v1/video/status/{session_id}").json()["state"] in ("running", "reconnecting")
+
+
+def test_attach_to_a_running_session_pause_resume_and_leave(page, live_service, rtsp_url, api):
+    # given a session started by someone else, with alerts off
+    started = api.post("/api/v1/video/start", json={"stream_url": rtsp_url, "alert": None})
+    assert started.status_code == 200, started.text
+    session_id = started.json()["session_id"]
+
+    # when the person lists the running sessions and picks it
+    page.goto(live_service.base_url + "/")
+    page.get_by_label("API key").fill(live_service.api_key)
+    page.get_by_role("button", name="Refresh").click()
+    page.locator("#sessions-list button", has_text="Watch").first.click()
+
+    # then its live video shows
+    expect(page.locator("#state-badge")).to_have_text("running", timeout=LIVE_TIMEOUT_MS)
+    poll("a painted frame", lambda: page.evaluate(CANVAS_SIGNATURE)["lit"] > LIT, timeout_s=LIVE_TIMEOUT_MS / 1000)
+    poll("the viewer to be counted", lambda: viewers(api, session_id) == 1)
+
+    # when the person pauses, then resumes, from the keyboard
+    page.get_by_role("button", name="Pause").focus()
+    page.keyboard.press("Enter")
+    poll("the session to pause", lambda: api.get(f"/api/v1/video/status/{session_id}").json()["paused"])
+    expect(page.locator("#state-badge")).to_have_text("paused")
+    page.get_by_role("button", name="Resume").press("Enter")
+    poll("the session to resume", lambda: not api.get(f"/api/v1/video/status/{session_id}").json()["paused"])
+    expect(page.locator("#state-badge")).to_have_text("running")
+
+    # when the person leaves the session
+    page.get_by_role("button", name="Leave").click()
+
+    # then the page is idle, the viewer is gone, and the session keeps running for others
+    expect(page.locator("#state-badge")).to_have_text("idle")
+    poll("viewers == 0 after leaving", lambda: viewers(api, session_id) == 0, timeout_s=5)
+    assert api.get(f"/api/v1/video/status/{session_id}").json()["state"] in ("running", "reconnecting")
+
+
+def test_a_lost_camera_shows_reconnecting_then_live_again(page, live_service, rtsp_camera, api):
+    # given a page watching the test camera
+    page.goto(live_service.base_url + "/")
+    fill_start_form(page, live_service.api_key, rtsp_camera.url, alert_everything=False)
+    page.get_by_role("button", name="Start").click()
+    expect(page.locator("#state-badge")).to_have_text("running", timeout=LIVE_TIMEOUT_MS)
+
+    # when the camera goes away
+    rtsp_camera.stop()
+    try:
+        # then the page says the camera is lost and the service is reconnecting
+        expect(page.locator("#state-badge")).to_have_text("camera lost — reconnecting", timeout=20_000)
+        expect(page.locator("#overlay")).to_contain_text("Camera lost")
+    finally:
+        rtsp_camera.start()
+
+    # and when it is back, the page is live again without the person doing anything
+    expect(page.locator("#state-badge")).to_have_text("running", timeout=LIVE_TIMEOUT_MS)
+    frames = hud_number(page, "hud-frames")
+    poll("frames after the camera came back", lambda: hud_number(page, "hud-frames") > frames)
+
+
+def test_the_page_fits_a_phone(page, live_service):
+    # given a phone-sized window
+    page.set_viewport_size({"width": 390, "height": 844})
+
+    # when the page opens
+    page.goto(live_service.base_url + "/")
+
+    # then nothing scrolls sideways and the live view fits the width
+    assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+    box = page.locator("#video").bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390
+    expect(page.get_by_label("API key")).to_be_visible()
