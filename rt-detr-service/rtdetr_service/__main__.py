@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import uvicorn
@@ -10,6 +9,7 @@ from pydantic import ValidationError
 
 from .app import create_app
 from .config import Settings
+from .logs import configure
 
 
 def main() -> int:
@@ -20,18 +20,14 @@ def main() -> int:
             key = ".".join(str(p) for p in error["loc"]).upper() or "settings"
             print(f"configuration error: {key}: {error['msg']}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure(settings.log_level)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=5,
-        # Logs never carry secrets: query strings hold viewer tokens, so access lines are off.
-        access_log=False,
+        log_config=None,  # keep the root handlers (and their secret filter) from configure()
     )
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import torch
 from fastapi import FastAPI
@@ -33,7 +34,8 @@ def _load_model(app: FastAPI, settings: Settings, ready: threading.Event) -> Non
             torch.set_num_threads(settings.cpu_threads)
         detector = load_detector(
             settings.resolved_model(),
-            is_default=settings.model == DEFAULT_MODEL,
+            # `make models` fills this folder; until then (compose mounts it empty) run loudly untrained.
+            is_default=Path(settings.model).name == Path(DEFAULT_MODEL).name,
             device=settings.device,
             half=settings.half,
             input_size=settings.input_size,

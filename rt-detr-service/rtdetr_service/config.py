@@ -92,8 +92,11 @@ class Settings(BaseSettings):
         return self
 
     def resolved_model(self) -> str:
-        """MODEL as a path relative to the repository when it names a local file or folder."""
+        """MODEL as a local path when it names one (relative to the working directory, then to
+        the repository), else as given (a hub id, or a path that does not exist yet)."""
         path = Path(self.model)
-        if not path.is_absolute() and (REPO_ROOT / path).exists():
+        if path.is_absolute() or path.exists():
+            return str(path)
+        if (REPO_ROOT / path).exists():
             return str(REPO_ROOT / path)
         return self.model

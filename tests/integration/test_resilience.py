@@ -13,7 +13,7 @@ import time
 import pytest
 from websockets.sync.client import connect
 
-from conftest import RtspCamera, free_port
+from support import RtspCamera, free_port
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.1):

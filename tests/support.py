@@ -1,0 +1,129 @@
+"""Test helpers: the GStreamer RTSP test camera, settings for tests, the service under a real uvicorn."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from rtdetr_service.app import create_app
+from rtdetr_service.config import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's Python: it has the GStreamer bindings
+API_KEY = "test-key-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RtspCamera:
+    """The GStreamer test camera as a subprocess that can be stopped and restarted on its port."""
+
+    def __init__(self, port: int, width: int = 320, height: int = 240, fps: int = 15, pattern: str = "ball") -> None:
+        self.port = port
+        self.args = ["--port", str(port), "--width", str(width), "--height", str(height), "--fps", str(fps),
+                     "--pattern", pattern]
+        self.url = f"rtsp://127.0.0.1:{port}/camera"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.proc = subprocess.Popen(
+            [SYSTEM_PYTHON, str(ROOT / "scripts" / "test_camera.py"), *self.args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + timeout
+        line = ""
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if line.startswith("READY"):
+                return
+            if self.proc.poll() is not None:
+                break
+        output = line + (self.proc.stdout.read() if self.proc.poll() is not None else "")
+        self.stop()
+        raise RuntimeError(f"test camera did not start: {output.strip()}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc.stdout.close()
+            self.proc = None
+
+
+def make_settings(model_dir: Path, **overrides) -> Settings:
+    values = dict(
+        api_keys=API_KEY,
+        model=str(model_dir),
+        device="cpu",
+        input_size=320,
+        port=free_port(),
+        open_timeout_s=5.0,
+        read_timeout_s=2.0,
+        reconnect_min_s=0.2,
+        reconnect_max_s=1.0,
+        max_sessions=4,
+        cpu_threads=1,
+    )
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@dataclass
+class LiveService:
+    base_url: str
+    api_key: str
+    app: object
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    @property
+    def ws_base(self) -> str:
+        return self.base_url.replace("http://", "ws://")
+
+    def client(self, **kwargs) -> httpx.Client:
+        headers = {"apikey": self.api_key}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=30, **kwargs)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def run_service(settings: Settings) -> LiveService:
+    """The real app under a real uvicorn on a free port, in a thread of the test process."""
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    base_url = f"http://127.0.0.1:{settings.port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base_url}/ready", timeout=2).status_code == 200:
+                return LiveService(base_url, API_KEY, app, server, thread)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    server.should_exit = True
+    raise RuntimeError("service did not become ready")
