@@ -14,9 +14,13 @@ MODEL_VARIANT ?= r18vd
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
 
-$(DEPS): rt-detr-service/requirements.txt tests/requirements.txt
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+ULTRALYTICS := ultralytics==8.4.190
+
+$(DEPS): rt-detr-service/requirements.txt rt-detr-service/requirements-ultralytics.txt tests/requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r rt-detr-service/requirements.txt -r tests/requirements.txt
+	$(PIP) -r rt-detr-service/requirements.txt -r rt-detr-service/requirements-ultralytics.txt -r tests/requirements.txt
+	$(PIP) --no-deps $(ULTRALYTICS)
 	touch $@
 
 deps: $(DEPS) ## create .venv with the pinned Python dependencies

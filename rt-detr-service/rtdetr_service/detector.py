@@ -7,6 +7,7 @@ Two backends: the official RT-DETRv2 through `transformers` (the default) and ul
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 from pathlib import Path
@@ -78,10 +79,18 @@ def postprocess(
 
 
 def to_detections(
-    scores: np.ndarray, labels: np.ndarray, boxes: np.ndarray, threshold: float, names: Sequence[str]
+    scores: np.ndarray,
+    labels: np.ndarray,
+    boxes: np.ndarray,
+    threshold: float,
+    names: Sequence[str],
+    size: tuple[int, int] | None = None,
 ) -> list[Detection]:
-    """Host-side: keep scores >= threshold (they arrive sorted) and build Detection objects."""
+    """Host-side: keep scores >= threshold and build Detection objects, boxes clipped to `size`
+    (height, width) when given."""
     keep = scores >= threshold
+    if size is not None:
+        boxes = boxes.clip(0, [size[1], size[0], size[1], size[0]])
     out = []
     for score, label, box in zip(scores[keep], labels[keep], boxes[keep]):
         label = int(label)
@@ -148,6 +157,8 @@ class UltralyticsRTDetr:
     """RT-DETR checkpoints in ultralytics' `.pt` format (e.g. models/rt-detr.pt)."""
 
     def __init__(self, path: str, device: torch.device, half: bool, input_size: int) -> None:
+        # No telemetry and no downloads at run time unless the operator asks for them.
+        os.environ.setdefault("YOLO_OFFLINE", "1")
         try:
             from ultralytics import RTDETR
         except ImportError as exc:
@@ -156,6 +167,10 @@ class UltralyticsRTDetr:
                 "run `make deps-ultralytics` or use a transformers RT-DETRv2 weights directory"
             ) from exc
         self._model = RTDETR(path)
+        checkpoint = getattr(self._model, "ckpt", None) or {}
+        # Checkpoints that came out of training carry their training arguments; a bare
+        # architecture saved with random weights does not.
+        trained = bool(checkpoint.get("train_args"))
         self._device = device
         self._half = half and device.type == "cuda"
         self._input_size = input_size
@@ -166,7 +181,7 @@ class UltralyticsRTDetr:
             name=Path(path).name,
             backend="ultralytics",
             device=str(device),
-            trained=True,
+            trained=trained,
             class_names=class_names,
             dtype="float16" if self._half else "float32",
         )
@@ -184,7 +199,7 @@ class UltralyticsRTDetr:
                 verbose=False,
             )
         out = []
-        for result, threshold in zip(results, thresholds):
+        for result, threshold, image in zip(results, thresholds, images):
             boxes = result.boxes
             out.append(
                 to_detections(
@@ -193,6 +208,7 @@ class UltralyticsRTDetr:
                     boxes.xyxy.cpu().numpy(),
                     threshold,
                     self.info.class_names,
+                    image.shape[:2],
                 )
             )
         return out

@@ -204,6 +204,11 @@ class Session:
     def _on_frame(self, frame: Frame) -> None:
         self.frames_decoded += 1
         self._source_rate.mark()
+        if self._frames.empty:
+            # The model keeps up: convert here, on this session's own thread, in parallel with
+            # other sessions. When it does not, most frames are replaced unread and are never
+            # converted; the worker converts the few it takes.
+            frame.convert()
         self._frames.put(frame)
 
     def _on_reader_state(self, state: str, error: str | None) -> None:

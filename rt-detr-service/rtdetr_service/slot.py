@@ -56,5 +56,10 @@ class LatestSlot(Generic[T]):
             self._cond.notify_all()
 
     @property
+    def empty(self) -> bool:
+        """True when no unread item waits (a hint: it may change at once)."""
+        return self._item is None
+
+    @property
     def closed(self) -> bool:
         return self._closed

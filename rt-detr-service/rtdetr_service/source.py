@@ -275,9 +275,8 @@ class StreamReader:
                         delay = clock_start + (pts - pts_start) - time.monotonic()
                         if delay > 0 and self._stop.wait(delay):
                             return "stopped"
-                    image = frame.to_ndarray(format="bgr24")
                     self._frame_index += 1
-                    self._on_frame(Frame(image, self._frame_index, time.time(), time.monotonic()))
+                    self._on_frame(Frame(None, self._frame_index, time.time(), time.monotonic(), decoded=frame))
                     if self._stop.is_set():
                         return "stopped"
             return END_OF_STREAM

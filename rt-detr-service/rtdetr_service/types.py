@@ -20,27 +20,55 @@ class StreamInfo:
         return {"width": self.width, "height": self.height, "fps": self.fps, "codec": self.codec}
 
 
-@dataclass(frozen=True, slots=True)
+def _checked(image: np.ndarray) -> np.ndarray:
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"Frame image must be HxWx3 uint8 BGR, got {image.dtype} {image.shape}")
+    return image
+
+
 class Frame:
-    """One decoded BGR image with its sequence number and decode times."""
+    """One decoded picture with its sequence number and decode times.
 
-    image: np.ndarray
-    index: int
-    timestamp: float  # wall clock (Unix seconds) when decoded: what clients see
-    monotonic: float  # time.monotonic() when decoded: what latency is measured from
+    The BGR array is made on first use of `image`: a live stream must decode every frame, but a
+    frame replaced in its slot before the model takes it never pays for the colour conversion
+    (which costs as much as decoding).
+    """
 
-    def __post_init__(self) -> None:
-        img = self.image
-        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-            raise ValueError(f"Frame image must be HxWx3 uint8 BGR, got {img.dtype} {img.shape}")
+    __slots__ = ("index", "timestamp", "monotonic", "width", "height", "_image", "_decoded")
+
+    def __init__(
+        self,
+        image: np.ndarray | None,
+        index: int,
+        timestamp: float,
+        monotonic: float,
+        *,
+        decoded=None,
+    ) -> None:
+        self.index = index
+        self.timestamp = timestamp  # wall clock (Unix seconds) when decoded: what clients see
+        self.monotonic = monotonic  # time.monotonic() when decoded: what latency is measured from
+        self._decoded = decoded  # an av.VideoFrame not yet converted
+        if image is not None:
+            self._image = _checked(image)
+            self.height, self.width = int(image.shape[0]), int(image.shape[1])
+        elif decoded is not None:
+            self._image = None
+            self.width, self.height = int(decoded.width), int(decoded.height)
+        else:
+            raise ValueError("Frame needs an image or a decoded frame")
 
     @property
-    def height(self) -> int:
-        return int(self.image.shape[0])
+    def image(self) -> np.ndarray:
+        """HxWx3 uint8 BGR; converted from the decoded frame the first time it is asked for."""
+        if self._image is None:
+            self._image = _checked(self._decoded.to_ndarray(format="bgr24"))
+            self._decoded = None
+        return self._image
 
-    @property
-    def width(self) -> int:
-        return int(self.image.shape[1])
+    def convert(self) -> None:
+        """Make the BGR array now, on the calling thread."""
+        self.image  # noqa: B018 - the property does the work
 
 
 @dataclass(frozen=True, slots=True)

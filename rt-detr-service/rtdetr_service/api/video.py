@@ -78,7 +78,8 @@ async def start(body: StartRequest, request: Request) -> dict:
     known = manager.worker.detector.info.class_names
     classes = _check_classes(body.classes, known, "classes")
     rule = None
-    if body.alert is not None:
+    default_alert_fits = "alert" in body.model_fields_set or set(AlertRuleIn().classes) <= set(known)
+    if body.alert is not None and default_alert_fits:
         rule = AlertRule(
             classes=_check_classes(body.alert.classes, known, "alert.classes") or frozenset(),
             min_confidence=body.alert.min_confidence,
