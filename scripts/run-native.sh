@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# `make run`: a local test camera plus the service with API keys on, in the foreground.
-# The camera is the GStreamer RTSP test server (scripts/test_camera.py); set CAMERA=none to use
-# your own stream instead. Ctrl-C stops both.
+# `make run`: a local camera plus the service with API keys on, in the foreground.
+# CAMERA=auto (default): a local `mediamtx` fed by an ffmpeg loop-push when both are on PATH,
+# else the GStreamer RTSP test server (scripts/test_camera.py). CAMERA=gstreamer|mediamtx
+# forces one; CAMERA=none starts no camera (bring your own stream). Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PY:-.venv/bin/python}
 PORT=${PORT:-8080}
-CAMERA=${CAMERA:-gstreamer}
+CAMERA=${CAMERA:-auto}
 CAMERA_PORT=${CAMERA_PORT:-8554}
 export PORT PYTHONPATH=rt-detr-service${PYTHONPATH:+:$PYTHONPATH}
 mkdir -p .run
@@ -31,12 +32,27 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+if [ "$CAMERA" = auto ]; then
+  if command -v mediamtx >/dev/null && command -v ffmpeg >/dev/null; then CAMERA=mediamtx; else CAMERA=gstreamer; fi
+fi
+if [ "$CAMERA" != none ] && port_taken "$CAMERA_PORT"; then
+  echo "Port ${CAMERA_PORT} is taken: stop what listens there, or run with CAMERA_PORT=<free port>" >&2
+  exit 1
+fi
+
 stream_url="rtsp://127.0.0.1:${CAMERA_PORT}/camera"
-if [ "$CAMERA" = gstreamer ]; then
-  if (exec 3<>"/dev/tcp/127.0.0.1/${CAMERA_PORT}") 2>/dev/null; then
-    echo "Port ${CAMERA_PORT} is taken: stop what listens there, or run with CAMERA_PORT=<free port>" >&2
-    exit 1
-  fi
+if [ "$CAMERA" = mediamtx ]; then
+  # The compose configuration, with its demo users; RTSP on CAMERA_PORT.
+  MTX_RTSPADDRESS=":${CAMERA_PORT}" mediamtx mediamtx/mediamtx.yml >.run/mediamtx.log 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do port_taken "$CAMERA_PORT" && break; sleep 0.1; done
+  URL="rtsp://publisher:${MEDIAMTX_PUBLISH_PASS:-demo-publish}@127.0.0.1:${CAMERA_PORT}/camera" \
+    bash scripts/push.sh >.run/push.log 2>&1 &
+  pids+=($!)
+  stream_url="rtsp://viewer:${MEDIAMTX_READ_PASS:-demo-read}@127.0.0.1:${CAMERA_PORT}/camera"
+elif [ "$CAMERA" = gstreamer ]; then
   : > .run/camera.log
   /usr/bin/python3 scripts/test_camera.py --port "$CAMERA_PORT" >.run/camera.log 2>&1 &
   pids+=($!)
