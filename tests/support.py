@@ -112,7 +112,9 @@ class LiveService:
 def run_service(settings: Settings) -> LiveService:
     """The real app under a real uvicorn on a free port, in a thread of the test process."""
     app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=settings.port, log_level="warning", ws_per_message_deflate=False
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()

@@ -41,7 +41,7 @@ def _load_model(app: FastAPI, settings: Settings, ready: threading.Event) -> Non
             input_size=settings.input_size,
             compile_model=settings.compile,
         )
-        warm_up(detector)
+        warm_up(detector, settings.max_batch)
         state.manager.encoder = JpegEncoder(detector.info.device)
         worker = InferenceWorker(
             detector,

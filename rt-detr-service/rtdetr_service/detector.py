@@ -276,7 +276,9 @@ def _load_transformers(
         torch.backends.cudnn.benchmark = True
         model = model.to(memory_format=torch.channels_last)
     if compile_model and device.type == "cuda":
-        model = torch.compile(model, mode="max-autotune-no-cudagraphs", dynamic=False)
+        # Automatic dynamic shapes: the second batch size seen recompiles once with a symbolic
+        # batch dimension, which then serves every batch size.
+        model = torch.compile(model, mode="max-autotune-no-cudagraphs")
     id2label = model.config.id2label
     class_names = tuple(str(id2label[i]) for i in sorted(id2label))
     info = ModelInfo(
@@ -316,8 +318,11 @@ def load_detector(
     return detector
 
 
-def warm_up(detector: Detector, sizes: Sequence[tuple[int, int]] = ((720, 1280),), batch: int = 1) -> None:
-    """One forward pass per size so the first real frame does not pay for lazy initialisation."""
-    for h, w in sizes:
-        images = [np.zeros((h, w, 3), np.uint8)] * batch
-        detector.detect(images, [1.0] * batch)
+def warm_up(detector: Detector, max_batch: int = 1, size: tuple[int, int] = (720, 1280)) -> None:
+    """Forward passes before the first real frame: lazy initialisation, and on CUDA every batch
+    size the worker can form (cudnn.benchmark and torch.compile tune per shape, which would
+    otherwise land as latency spikes on live frames)."""
+    on_gpu = detector.info.device.startswith("cuda")
+    image = np.zeros((*size, 3), np.uint8)
+    for batch in range(1, (max_batch if on_gpu else 1) + 1):
+        detector.detect([image] * batch, [1.0] * batch)

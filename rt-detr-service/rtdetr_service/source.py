@@ -131,6 +131,7 @@ class StreamReader:
         self._realtime = realtime
         self._loop = loop
         self._whitelist = whitelist or protocol_whitelist(url)
+        self._paced_until: float | None = None  # when the last paced frame was due
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._container: av.container.InputContainer | None = None
@@ -261,6 +262,8 @@ class StreamReader:
         container = self._container
         stream = container.streams.video[0]
         time_base = float(stream.time_base) if stream.time_base else 0.0
+        rate = stream.average_rate or stream.guessed_rate
+        interval = 1.0 / float(rate) if rate else 0.0
         clock_start: float | None = None
         pts_start = 0.0
         try:
@@ -271,8 +274,14 @@ class StreamReader:
                     if self._realtime and frame.pts is not None and time_base:
                         pts = frame.pts * time_base
                         if clock_start is None:
-                            clock_start, pts_start = time.monotonic(), pts
-                        delay = clock_start + (pts - pts_start) - time.monotonic()
+                            # A looped file continues the previous pass's timeline, so a reader
+                            # that fell behind does not catch up at the loop point.
+                            previous = self._paced_until
+                            clock_start = previous + interval if previous is not None else time.monotonic()
+                            pts_start = pts
+                        due = clock_start + (pts - pts_start)
+                        self._paced_until = due
+                        delay = due - time.monotonic()
                         if delay > 0 and self._stop.wait(delay):
                             return "stopped"
                     self._frame_index += 1

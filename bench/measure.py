@@ -1,0 +1,58 @@
+"""Small measuring helpers shared by both sides of the benchmark."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+FULL_RATE = 0.95  # a stream "sustains full rate" when it delivers >= 95 % of the source fps
+
+
+def rss_mb(pid: int | None = None) -> float:
+    """Resident set size of a process in MiB, from /proc (no psutil needed)."""
+    status = Path(f"/proc/{pid or os.getpid()}/status").read_text()
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    raise RuntimeError("no VmRSS in /proc status")
+
+
+def percentiles_ms(latencies_s) -> dict:
+    """p50 / p99 / max of latencies given in seconds, in milliseconds (None when empty)."""
+    values = np.asarray(latencies_s, np.float64)
+    if values.size == 0:
+        return {"p50": None, "p99": None, "max": None, "n": 0}
+    p50, p99 = np.percentile(values, [50, 99])
+    return {"p50": round(float(p50) * 1000, 1), "p99": round(float(p99) * 1000, 1),
+            "max": round(float(values.max()) * 1000, 1), "n": int(values.size)}
+
+
+def thirds(times, latencies_s, start: float, end: float) -> list[dict]:
+    """Latency percentiles in the first, middle and last third of [start, end): a growing backlog shows
+    as rising thirds, a bounded pipeline as flat ones."""
+    times = np.asarray(times, np.float64)
+    latencies = np.asarray(latencies_s, np.float64)
+    edges = np.linspace(start, end, 4)
+    return [percentiles_ms(latencies[(times >= lo) & (times < hi)]) for lo, hi in zip(edges[:-1], edges[1:])]
+
+
+def bounded(windows: list[dict], slack_ms: float = 50.0, ratio: float = 1.5) -> bool | None:
+    """True when the last third's p99 is no worse than the first's by more than `ratio` and `slack_ms`."""
+    first, last = windows[0]["p99"], windows[-1]["p99"]
+    if first is None or last is None:
+        return None
+    return bool(last <= max(first * ratio, first + slack_ms))
+
+
+def memory_flat(samples: list[tuple[float, float]], start: float, end: float, minute: float = 60.0) -> dict:
+    """Compare mean RSS of the first and last minute of [start, end]: flat if it grew < 50 MB or < 5 %."""
+    first = [mb for t, mb in samples if start <= t < start + minute]
+    last = [mb for t, mb in samples if end - minute <= t <= end]
+    if not first or not last:
+        return {"first_mb": None, "last_mb": None, "growth_mb": None, "flat": None}
+    a, b = float(np.mean(first)), float(np.mean(last))
+    growth = b - a
+    return {"first_mb": round(a, 1), "last_mb": round(b, 1), "growth_mb": round(growth, 1),
+            "flat": bool(growth < 50.0 or growth < 0.05 * a)}
