@@ -75,20 +75,28 @@ class SharedModel:
 
 def _draw(image: np.ndarray, result: dict, names: dict) -> list[dict]:
     detections = []
-    for score, label, box in zip(result["scores"], result["labels"], result["boxes"]):
+    for score, label, box in zip(result["scores"], result["labels"], result["boxes"], strict=False):
         x1, y1, x2, y2 = (int(v) for v in box)
         name = names.get(int(label), str(int(label)))
         cv2.rectangle(image, (x1, y1), (x2, y2), (0, 255, 0), 2)
         cv2.putText(image, f"{name} {score:.2f}", (x1, max(0, y1 - 5)), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 255, 0), 2)
-        detections.append({"class_id": int(label), "class_name": name, "bbox": [round(float(v), 1) for v in box],
-                           "confidence": round(float(score), 4)})
+        detections.append(
+            {
+                "class_id": int(label),
+                "class_name": name,
+                "bbox": [round(float(v), 1) for v in box],
+                "confidence": round(float(score), 4),
+            }
+        )
     return detections
 
 
 class BaselineSession:
     """One thread: read in order → model → draw → imencode → base64 → JSON, for every frame."""
 
-    def __init__(self, clip: str, model: SharedModel, name: str, jpeg_quality: int = 75, threshold: float = 0.5) -> None:
+    def __init__(
+        self, clip: str, model: SharedModel, name: str, jpeg_quality: int = 75, threshold: float = 0.5
+    ) -> None:
         self.clip = clip
         self.model = model
         self.name = name
@@ -141,8 +149,14 @@ class BaselineSession:
         detections = _draw(bgr, result, self.model.names)
         ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         message = json.dumps(
-            {"type": "frame_result", "session_id": self.name, "timestamp": decoded, "frame_index": index,
-             "detections": detections, "annotated_frame": base64.b64encode(jpeg.tobytes()).decode()},
+            {
+                "type": "frame_result",
+                "session_id": self.name,
+                "timestamp": decoded,
+                "frame_index": index,
+                "detections": detections,
+                "annotated_frame": base64.b64encode(jpeg.tobytes()).decode(),
+            },
             separators=(",", ":"),
         )
         del message  # the sketch would now `await websocket.send_text(message)`
@@ -173,8 +187,14 @@ def run_count(model: SharedModel, clip: str, streams: int, warmup: float, second
         latency = rows[:, 0] - rows[:, 1]
         all_done.append(rows[:, 0])
         all_latency.append(latency)
-        per_stream.append({"fps": round(fps, 2), "latency_ms": percentiles_ms(latency),
-                           "decode_to_json_ms": percentiles_ms(rows[:, 0] - rows[:, 2]), "error": session.error})
+        per_stream.append(
+            {
+                "fps": round(fps, 2),
+                "latency_ms": percentiles_ms(latency),
+                "decode_to_json_ms": percentiles_ms(rows[:, 0] - rows[:, 2]),
+                "error": session.error,
+            }
+        )
     done = np.concatenate(all_done)
     latency = np.concatenate(all_latency)
     windows = thirds(done, latency, window_start, window_end)
@@ -193,16 +213,27 @@ def run_count(model: SharedModel, clip: str, streams: int, warmup: float, second
     }
 
 
-def sweep(model: SharedModel, clip: str, counts: list[int], warmup: float, seconds: float, src_fps: float,
-          keep_going: bool = False) -> list[dict]:
+def sweep(
+    model: SharedModel,
+    clip: str,
+    counts: list[int],
+    warmup: float,
+    seconds: float,
+    src_fps: float,
+    keep_going: bool = False,
+) -> list[dict]:
     """Run each stream count in turn, stopping after the first that does not sustain full rate."""
     results = []
     for streams in counts:
         result = run_count(model, clip, streams, warmup, seconds, src_fps)
         results.append(result)
         lat = result["latency_ms"]
-        print(f"baseline {streams:>3} streams: {result['fps_min']:.1f} fps/stream (min), p50 {lat['p50']} ms, "
-              f"p99 {lat['p99']} ms, sustained={result['sustained']}", file=sys.stderr, flush=True)
+        print(
+            f"baseline {streams:>3} streams: {result['fps_min']:.1f} fps/stream (min), p50 {lat['p50']} ms, "
+            f"p99 {lat['p99']} ms, sustained={result['sustained']}",
+            file=sys.stderr,
+            flush=True,
+        )
         if not result["sustained"] and not keep_going:
             break
     return results

@@ -89,14 +89,13 @@ class Service:
     def __init__(self, settings) -> None:
         import uvicorn
 
+        from rtdetr_service.__main__ import server_config
         from rtdetr_service.app import create_app
 
         self.settings = settings
         self.app = create_app(settings)
-        self.config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=settings.port, log_level="warning",
-            access_log=False, timeout_graceful_shutdown=5,
-        )
+        # Served exactly as `python -m rtdetr_service` serves it (no WebSocket deflate, ...).
+        self.config = server_config(self.app, settings, host="127.0.0.1", log_level="warning", access_log=False)
         self.server = uvicorn.Server(self.config)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name="bench-uvicorn", daemon=True)
@@ -130,10 +129,13 @@ class Service:
         from rtdetr_service.session import SessionOptions
         from rtdetr_service.source import StreamReader
 
-        options = SessionOptions(stream_url=clip, enable_drawing=True, confidence_threshold=0.5, alert_rule=None,
-                                 jpeg_quality=75)
+        options = SessionOptions(
+            stream_url=clip, enable_drawing=True, confidence_threshold=0.5, alert_rule=None, jpeg_quality=75
+        )
         reader = functools.partial(StreamReader, realtime=True, loop=True, whitelist="file")
-        future = asyncio.run_coroutine_threadsafe(self.app.state.manager.start(options, reader_factory=reader), self.loop)
+        future = asyncio.run_coroutine_threadsafe(
+            self.app.state.manager.start(options, reader_factory=reader), self.loop
+        )
         return future.result(timeout=60)
 
     def stop_sessions(self) -> None:
@@ -158,8 +160,17 @@ def _viewers(service: Service, sessions, until: float, out: Path, compression: s
     for start in range(0, len(urls), per_process):
         chunk = urls[start : start + per_process]
         path = out.with_name(f"{out.stem}-{start}.npz")
-        args = [sys.executable, str(BENCH / "viewers.py"), "--out", str(path),
-                "--seconds", f"{until - time.time():.3f}", "--compression", compression, *chunk]
+        args = [
+            sys.executable,
+            str(BENCH / "viewers.py"),
+            "--out",
+            str(path),
+            "--seconds",
+            f"{until - time.time():.3f}",
+            "--compression",
+            compression,
+            *chunk,
+        ]
         procs.append((subprocess.Popen(args), path, len(chunk)))
     return procs
 
@@ -169,8 +180,10 @@ def _collect(procs) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], li
     streams, extensions = [], []
     for proc, path, count in procs:
         if proc.wait(timeout=120) != 0:
-            print(f"warning: a viewer process exited with {proc.returncode}; its streams count as lost frames",
-                  file=sys.stderr)
+            print(
+                f"warning: a viewer process exited with {proc.returncode}; its streams count as lost frames",
+                file=sys.stderr,
+            )
         data = np.load(path)
         streams += [(data[f"r{i}"], data[f"t{i}"], data[f"f{i}"]) for i in range(count)]
         extensions += [str(data[f"x{i}"]) for i in range(count)]
@@ -184,8 +197,17 @@ def _sample_rss(until: float, every: float, samples: list) -> None:
         time.sleep(min(every, max(0.0, until - time.time())))
 
 
-def run_ours(service: Service, clip: str, streams: int, warmup: float, seconds: float, src_fps: float,
-             workdir: Path, compression: str, rss_every: float = 1.0) -> dict:
+def run_ours(
+    service: Service,
+    clip: str,
+    streams: int,
+    warmup: float,
+    seconds: float,
+    src_fps: float,
+    workdir: Path,
+    compression: str,
+    rss_every: float = 1.0,
+) -> dict:
     """N sessions with one viewer each: fps per stream and decode → viewer latency over the window."""
     sessions = [service.start_session(clip) for _ in range(streams)]
     try:
@@ -207,25 +229,32 @@ def run_ours(service: Service, clip: str, streams: int, warmup: float, seconds: 
     finally:
         service.stop_sessions()
     per_stream, all_times, all_latency = [], [], []
-    for (recv, stamp, _), (d0, m0), (d1, m1), stats, state in zip(received, decoded_start, decoded_end, server_stats, states):
+    for (recv, stamp, _), (d0, m0), (d1, m1), stats, state in zip(
+        received, decoded_start, decoded_end, server_stats, states, strict=False
+    ):
         keep = (recv >= window_start) & (recv < window_end)
         latency = recv[keep] - stamp[keep]
         all_times.append(recv[keep])
         all_latency.append(latency)
-        per_stream.append({
-            "fps": round(int(keep.sum()) / seconds, 2),
-            "decoded_fps": round((d1 - d0) / (m1 - m0), 2),
-            "latency_ms": percentiles_ms(latency),
-            "server_latency_ms": stats["latency_ms"],
-            "dropped_frames": stats["dropped_frames"],
-            "state": state,
-        })
+        per_stream.append(
+            {
+                "fps": round(int(keep.sum()) / seconds, 2),
+                "decoded_fps": round((d1 - d0) / (m1 - m0), 2),
+                "latency_ms": percentiles_ms(latency),
+                "server_latency_ms": stats["latency_ms"],
+                "dropped_frames": stats["dropped_frames"],
+                "state": state,
+            }
+        )
     times, latency = np.concatenate(all_times), np.concatenate(all_latency)
     windows = thirds(times, latency, window_start, window_end)
     fps = [s["fps"] for s in per_stream]
     decoded = [s["decoded_fps"] for s in per_stream]
-    sustained = (min(fps) >= FULL_RATE * src_fps and min(decoded) >= READER_ON_TIME * src_fps
-                 and all(s["state"] == "running" for s in per_stream))
+    sustained = (
+        min(fps) >= FULL_RATE * src_fps
+        and min(decoded) >= READER_ON_TIME * src_fps
+        and all(s["state"] == "running" for s in per_stream)
+    )
     return {
         "streams": streams,
         "fps_min": min(fps),
@@ -243,8 +272,16 @@ def run_ours(service: Service, clip: str, streams: int, warmup: float, seconds: 
     }
 
 
-def soak_ours(service: Service, clip: str, streams: int, warmup: float, seconds: float, src_fps: float,
-              workdir: Path, compression: str) -> dict:
+def soak_ours(
+    service: Service,
+    clip: str,
+    streams: int,
+    warmup: float,
+    seconds: float,
+    src_fps: float,
+    workdir: Path,
+    compression: str,
+) -> dict:
     """The best count for a long run: RSS every 10 s, latency per minute, memory flat or not."""
     sessions = [service.start_session(clip) for _ in range(streams)]
     try:
@@ -257,8 +294,8 @@ def soak_ours(service: Service, clip: str, streams: int, warmup: float, seconds:
     finally:
         service.stop_sessions()
     in_window = [(r >= window_start) & (r < window_end) for r, _, _ in received]
-    times = np.concatenate([r[k] for (r, _, _), k in zip(received, in_window)])
-    latency = np.concatenate([(r - t)[k] for (r, t, _), k in zip(received, in_window)])
+    times = np.concatenate([r[k] for (r, _, _), k in zip(received, in_window, strict=False)])
+    latency = np.concatenate([(r - t)[k] for (r, t, _), k in zip(received, in_window, strict=False)])
     fps = [float(k.sum()) / seconds for k in in_window]
     minutes = []
     for lo in np.arange(window_start, window_end, 60.0):
@@ -298,10 +335,18 @@ def sweep_ours(args, clip: str, model_dir: str, src_fps: float, workdir: Path) -
 
     counts = args.stream_counts
     settings = Settings(
-        _env_file=None, api_keys=API_KEY, model=model_dir, device=args.device, compile=args.compile,
-        input_size=args.input_size, max_sessions=max(max(counts), args.soak_streams or 0, 1),
-        max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, cpu_threads=args.cpu_threads,
-        port=free_port(), log_level="warning",
+        _env_file=None,
+        api_keys=API_KEY,
+        model=model_dir,
+        device=args.device,
+        compile=args.compile,
+        input_size=args.input_size,
+        max_sessions=max(max(counts), args.soak_streams or 0, 1),
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        cpu_threads=args.cpu_threads,
+        port=free_port(),
+        log_level="warning",
     )
     service = Service(settings)
     ready = service.start()
@@ -310,11 +355,16 @@ def sweep_ours(args, clip: str, model_dir: str, src_fps: float, workdir: Path) -
     results: dict = {"ready": ready, "idle_rss_mb": round(idle_mb, 1), "counts": []}
     try:
         for streams in counts:
-            result = run_ours(service, clip, streams, args.warmup, args.duration, src_fps, workdir, args.viewer_compression)
+            result = run_ours(
+                service, clip, streams, args.warmup, args.duration, src_fps, workdir, args.viewer_compression
+            )
             results["counts"].append(result)
             lat = result["latency_ms"]
-            print(f"ours     {streams:>3} streams: {result['fps_min']:.1f} fps/stream (min), p50 {lat['p50']} ms, "
-                  f"p99 {lat['p99']} ms, RSS {result['rss_mb']:.0f} MB, sustained={result['sustained']}", flush=True)
+            print(
+                f"ours     {streams:>3} streams: {result['fps_min']:.1f} fps/stream (min), p50 {lat['p50']} ms, "
+                f"p99 {lat['p99']} ms, RSS {result['rss_mb']:.0f} MB, sustained={result['sustained']}",
+                flush=True,
+            )
             if not result["sustained"] and not args.keep_going:
                 break
         results.update(_memory_per_stream(results["counts"], idle_mb))
@@ -322,8 +372,9 @@ def sweep_ours(args, clip: str, model_dir: str, src_fps: float, workdir: Path) -
         soak_streams = args.soak_streams or best
         if args.soak and soak_streams:
             print(f"soak: {soak_streams} streams for {args.soak:.0f} s ...", flush=True)
-            results["soak"] = soak_ours(service, clip, soak_streams, args.soak_warmup, args.soak, src_fps,
-                                        workdir, args.viewer_compression)
+            results["soak"] = soak_ours(
+                service, clip, soak_streams, args.soak_warmup, args.soak, src_fps, workdir, args.viewer_compression
+            )
     finally:
         service.stop()
     return results
@@ -334,10 +385,28 @@ def sweep_ours(args, clip: str, model_dir: str, src_fps: float, workdir: Path) -
 
 def sweep_baseline(args, clip: str, model_dir: str, workdir: Path) -> dict:
     out = workdir / "baseline.json"
-    command = [sys.executable, str(BENCH / "baseline.py"), "--clip", clip, "--model", model_dir,
-               "--device", args.device, "--streams", ",".join(map(str, args.stream_counts)),
-               "--warmup", str(args.warmup), "--duration", str(args.duration), "--input-size", str(args.input_size),
-               "--cpu-threads", str(args.cpu_threads), "--out", str(out)]
+    command = [
+        sys.executable,
+        str(BENCH / "baseline.py"),
+        "--clip",
+        clip,
+        "--model",
+        model_dir,
+        "--device",
+        args.device,
+        "--streams",
+        ",".join(map(str, args.stream_counts)),
+        "--warmup",
+        str(args.warmup),
+        "--duration",
+        str(args.duration),
+        "--input-size",
+        str(args.input_size),
+        "--cpu-threads",
+        str(args.cpu_threads),
+        "--out",
+        str(out),
+    ]
     if args.keep_going:
         command.append("--keep-going")
     subprocess.run(command, check=True)
@@ -357,13 +426,17 @@ def print_table(title: str, side: dict | None, src_fps: float) -> None:
     if not side:
         return
     print(f"\n{title}")
-    print(f"{'streams':>7} {'fps/stream min':>14} {'mean':>6} {'sustained':>9} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'p99 1st/3rd third':>18} {'RSS MB':>7}")
+    print(
+        f"{'streams':>7} {'fps/stream min':>14} {'mean':>6} {'sustained':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'p99 1st/3rd third':>18} {'RSS MB':>7}"
+    )
     for c in side["counts"]:
         lat, th = c["latency_ms"], c["latency_thirds_ms"]
         rss = f"{c['rss_mb']:.0f}" if c.get("rss_mb") is not None else "-"
-        print(f"{c['streams']:>7} {c['fps_min']:>14.1f} {c['fps_mean']:>6.1f} {'yes' if c['sustained'] else 'NO':>9} "
-              f"{lat['p50']!s:>8} {lat['p99']!s:>8} {(str(th[0]['p99']) + ' / ' + str(th[-1]['p99'])):>18} {rss:>7}")
+        print(
+            f"{c['streams']:>7} {c['fps_min']:>14.1f} {c['fps_mean']:>6.1f} {'yes' if c['sustained'] else 'NO':>9} "
+            f"{lat['p50']!s:>8} {lat['p99']!s:>8} {(str(th[0]['p99']) + ' / ' + str(th[-1]['p99'])):>18} {rss:>7}"
+        )
     print(f"full rate = >= {FULL_RATE * src_fps:.1f} fps per stream on every stream")
 
 
@@ -373,36 +446,69 @@ def verdict(results: dict) -> list[tuple[str, str, str]]:
     rows = []
     ours_best, base_best = _best(ours), _best(base)
     if ours:
-        rows.append((f">= {TARGETS['streams']} streams at full rate", f"{ours_best}",
-                     "PASS" if ours_best >= TARGETS["streams"] else "FAIL"))
+        rows.append(
+            (
+                f">= {TARGETS['streams']} streams at full rate",
+                f"{ours_best}",
+                "PASS" if ours_best >= TARGETS["streams"] else "FAIL",
+            )
+        )
     if ours and base:
         ratio = ours_best / base_best if base_best else float("inf") if ours_best else 0.0
-        rows.append((f">= {TARGETS['ratio']:g}x the baseline's count", f"{ours_best} vs {base_best} ({ratio:.1f}x)",
-                     "PASS" if ratio >= TARGETS["ratio"] else "FAIL"))
+        rows.append(
+            (
+                f">= {TARGETS['ratio']:g}x the baseline's count",
+                f"{ours_best} vs {base_best} ({ratio:.1f}x)",
+                "PASS" if ratio >= TARGETS["ratio"] else "FAIL",
+            )
+        )
     if ours:
         at = next((c for c in ours["counts"] if c["streams"] == ours_best), None)
         p99 = at["latency_ms"]["p99"] if at else None
-        rows.append((f"p99 <= {TARGETS['p99_ms']:g} ms at that count", f"{p99} ms" if p99 is not None else "-",
-                     "not measured" if p99 is None else "PASS" if p99 <= TARGETS["p99_ms"] else "FAIL"))
+        rows.append(
+            (
+                f"p99 <= {TARGETS['p99_ms']:g} ms at that count",
+                f"{p99} ms" if p99 is not None else "-",
+                "not measured" if p99 is None else "PASS" if p99 <= TARGETS["p99_ms"] else "FAIL",
+            )
+        )
         mb = ours.get("mb_per_added_stream")
-        rows.append((f"<= {TARGETS['mb_per_stream']:g} MB host memory per added stream",
-                     f"{mb} MB" if mb is not None else f"first count +{ours.get('first_count_over_idle_mb')} MB over idle",
-                     "not measured (needs 2 counts)" if mb is None else "PASS" if mb <= TARGETS["mb_per_stream"] else "FAIL"))
+        rows.append(
+            (
+                f"<= {TARGETS['mb_per_stream']:g} MB host memory per added stream",
+                f"{mb} MB" if mb is not None else f"first count +{ours.get('first_count_over_idle_mb')} MB over idle",
+                "not measured (needs 2 counts)" if mb is None else "PASS" if mb <= TARGETS["mb_per_stream"] else "FAIL",
+            )
+        )
         soak = ours.get("soak")
         if soak:
             mem = soak["memory"]
-            rows.append((f"memory flat over the {soak['seconds']:.0f} s soak ({soak['streams']} streams)",
-                         f"{mem['first_mb']} -> {mem['last_mb']} MB", "PASS" if mem["flat"] else "FAIL"))
-            rows.append(("p99 bounded over the soak", f"p99 per minute {soak['p99_per_minute_ms']} ms",
-                         "PASS" if soak["latency_bounded"] else "FAIL"))
+            rows.append(
+                (
+                    f"memory flat over the {soak['seconds']:.0f} s soak ({soak['streams']} streams)",
+                    f"{mem['first_mb']} -> {mem['last_mb']} MB",
+                    "PASS" if mem["flat"] else "FAIL",
+                )
+            )
+            rows.append(
+                (
+                    "p99 bounded over the soak",
+                    f"p99 per minute {soak['p99_per_minute_ms']} ms",
+                    "PASS" if soak["latency_bounded"] else "FAIL",
+                )
+            )
         else:
             rows.append(("memory flat over a 10-minute run", "-", "not measured (use --soak 600)"))
         one = next((c for c in ours["counts"] if c["streams"] == 1), None)
         if one:
             th = one["latency_thirds_ms"]
-            rows.append(("1 stream: latency bounded (no growing backlog)",
-                         f"p99 by thirds {th[0]['p99']} / {th[1]['p99']} / {th[2]['p99']} ms",
-                         "PASS" if one["latency_bounded"] else "FAIL"))
+            rows.append(
+                (
+                    "1 stream: latency bounded (no growing backlog)",
+                    f"p99 by thirds {th[0]['p99']} / {th[1]['p99']} / {th[2]['p99']} ms",
+                    "PASS" if one["latency_bounded"] else "FAIL",
+                )
+            )
     return rows
 
 
@@ -410,9 +516,11 @@ def print_verdict(results: dict) -> None:
     env = results["environment"]
     print("\nVerdict against the targets")
     if not env["target_setup"]:
-        print("  (informational: the targets are for CUDA + RT-DETRv2-S r18vd fp16 + 1920x1080 at 30 fps; "
-              f"this run is {env['device']} / {env['model']} / {env['clip']['width']}x{env['clip']['height']} "
-              f"at {env['clip']['fps']:g} fps)")
+        print(
+            "  (informational: the targets are for CUDA + RT-DETRv2-S r18vd fp16 + 1920x1080 at 30 fps; "
+            f"this run is {env['device']} / {env['model']} / {env['clip']['width']}x{env['clip']['height']} "
+            f"at {env['clip']['fps']:g} fps)"
+        )
     for target, measured, outcome in verdict(results):
         print(f"  {target:<52} {measured:<48} {outcome}")
 
@@ -435,16 +543,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--height", type=int, default=1080)
     p.add_argument("--fps", type=int, default=30)
     p.add_argument("--clip-seconds", type=float, default=20.0)
-    p.add_argument("--model", default="r18vd",
-                   help="r18vd (random-weight RT-DETRv2-S, default), tiny (test model), or a weights dir / hub id")
+    p.add_argument(
+        "--model",
+        default="r18vd",
+        help="r18vd (random-weight RT-DETRv2-S, default), tiny (test model), or a weights dir / hub id",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--compile", action="store_true", help="Settings.compile: torch.compile the service's model")
     p.add_argument("--input-size", type=int, default=640)
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--batch-wait-ms", type=float, default=2.0)
     p.add_argument("--cpu-threads", type=int, default=0, help="torch CPU threads on both sides (0 = default)")
-    p.add_argument("--viewer-compression", choices=("deflate", "none"), default="deflate",
-                   help="permessage-deflate offer of the viewers (browsers offer it)")
+    p.add_argument(
+        "--viewer-compression",
+        choices=("deflate", "none"),
+        default="deflate",
+        help="permessage-deflate offer of the viewers (browsers offer it)",
+    )
     p.add_argument("--cache", type=Path, default=BENCH / ".cache", help="clip and model cache")
     p.add_argument("--json", type=Path, help="write every result here")
     args = p.parse_args(argv)
@@ -469,8 +584,12 @@ def environment(args, clip: dict, model_dir: str) -> dict:
         "compile": args.compile,
         "input_size": args.input_size,
         "clip": clip,
-        "target_setup": bool(cuda and args.model == "r18vd" and (clip["width"], clip["height"]) == (1920, 1080)
-                             and round(clip["fps"]) == 30),
+        "target_setup": bool(
+            cuda
+            and args.model == "r18vd"
+            and (clip["width"], clip["height"]) == (1920, 1080)
+            and round(clip["fps"]) == 30
+        ),
     }
 
 
@@ -482,15 +601,22 @@ def main(argv=None) -> int:
 
     hf_logging.disable_progress_bar()
     args.cache.mkdir(parents=True, exist_ok=True)
-    clip_path = Path(args.clip) if args.clip else cached_clip(
-        args.cache, width=args.width, height=args.height, fps=args.fps, seconds=args.clip_seconds)
+    clip_path = (
+        Path(args.clip)
+        if args.clip
+        else cached_clip(args.cache, width=args.width, height=args.height, fps=args.fps, seconds=args.clip_seconds)
+    )
     clip = clip_info(clip_path)
     model_dir = prepare_model(args.model, args.cache)
-    results = {"environment": environment(args, clip, model_dir), "args": {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
-    print(f"clip {clip['width']}x{clip['height']} {clip['codec']} {clip['fps']:g} fps, {clip['bitrate_kbps']} kb/s; "
-          f"model {args.model}; device {results['environment']['device']} {results['environment']['gpu'] or ''}",
-          flush=True)
+    results = {
+        "environment": environment(args, clip, model_dir),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }
+    print(
+        f"clip {clip['width']}x{clip['height']} {clip['codec']} {clip['fps']:g} fps, {clip['bitrate_kbps']} kb/s; "
+        f"model {args.model}; device {results['environment']['device']} {results['environment']['gpu'] or ''}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         workdir = Path(tmp)
         if args.only in ("both", "ours"):
@@ -501,17 +627,24 @@ def main(argv=None) -> int:
     if results.get("ours"):
         ours = results["ours"]
         last = ours["counts"][-1] if ours["counts"] else {}
-        print(f"idle RSS {ours['idle_rss_mb']} MB (first count +{ours.get('first_count_over_idle_mb')} MB); "
-              f"{ours.get('mb_per_added_stream')} MB per added stream; "
-              f"at {last.get('streams')} streams: {last.get('inference_fps_total')} frames/s inferred, "
-              f"mean batch {last.get('mean_batch')}; viewer WebSocket extensions: {last.get('ws_extensions') or 'none'}")
+        print(
+            f"idle RSS {ours['idle_rss_mb']} MB (first count +{ours.get('first_count_over_idle_mb')} MB); "
+            f"{ours.get('mb_per_added_stream')} MB per added stream; "
+            f"at {last.get('streams')} streams: {last.get('inference_fps_total')} frames/s inferred, "
+            f"mean batch {last.get('mean_batch')}; viewer WebSocket extensions: {last.get('ws_extensions') or 'none'}"
+        )
         soak = results["ours"].get("soak")
         if soak:
-            print(f"soak {soak['streams']} streams x {soak['seconds']:.0f} s: fps min {soak['fps_min']}, "
-                  f"p99 {soak['latency_ms']['p99']} ms, p99 per minute {soak['p99_per_minute_ms']}, "
-                  f"RSS {soak['memory']['first_mb']} -> {soak['memory']['last_mb']} MB (flat={soak['memory']['flat']})")
-    print_table("Baseline (thread per session, batch 1, latency camera delivery -> JSON ready)",
-                results.get("baseline"), clip["fps"])
+            print(
+                f"soak {soak['streams']} streams x {soak['seconds']:.0f} s: fps min {soak['fps_min']}, "
+                f"p99 {soak['latency_ms']['p99']} ms, p99 per minute {soak['p99_per_minute_ms']}, "
+                f"RSS {soak['memory']['first_mb']} -> {soak['memory']['last_mb']} MB (flat={soak['memory']['flat']})"
+            )
+    print_table(
+        "Baseline (thread per session, batch 1, latency camera delivery -> JSON ready)",
+        results.get("baseline"),
+        clip["fps"],
+    )
     print_verdict(results)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

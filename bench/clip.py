@@ -29,8 +29,15 @@ def synthetic_frames(width: int, height: int, fps: int, seconds: float):
     count = int(round(fps * seconds))
     rng = np.random.default_rng(3)
     movers = [
-        (rng.uniform(0.05, 0.8), rng.uniform(0.1, 0.7), rng.uniform(-0.15, 0.15), rng.uniform(-0.1, 0.1),
-         rng.uniform(0.05, 0.2), rng.uniform(0.1, 0.35), tuple(int(c) for c in rng.integers(30, 230, 3)))
+        (
+            rng.uniform(0.05, 0.8),
+            rng.uniform(0.1, 0.7),
+            rng.uniform(-0.15, 0.15),
+            rng.uniform(-0.1, 0.1),
+            rng.uniform(0.05, 0.2),
+            rng.uniform(0.1, 0.35),
+            tuple(int(c) for c in rng.integers(30, 230, 3)),
+        )
         for _ in range(6)
     ]
     for i in range(count):
@@ -45,8 +52,16 @@ def synthetic_frames(width: int, height: int, fps: int, seconds: float):
             p2 = (int((cx + w) * width), int((cy + h) * height))
             cv2.rectangle(frame, p1, p2, colour, -1)
             cv2.circle(frame, (p1[0] + (p2[0] - p1[0]) // 2, p1[1]), max(2, (p2[0] - p1[0]) // 3), colour, -1)
-        cv2.putText(frame, f"bench {i:06d}", (width // 40, height // 12), cv2.FONT_HERSHEY_SIMPLEX,
-                    max(0.4, height / 700), (255, 255, 255), max(1, height // 400), cv2.LINE_AA)
+        cv2.putText(
+            frame,
+            f"bench {i:06d}",
+            (width // 40, height // 12),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            max(0.4, height / 700),
+            (255, 255, 255),
+            max(1, height // 400),
+            cv2.LINE_AA,
+        )
         yield frame
 
 

@@ -25,8 +25,12 @@ def percentiles_ms(latencies_s) -> dict:
     if values.size == 0:
         return {"p50": None, "p99": None, "max": None, "n": 0}
     p50, p99 = np.percentile(values, [50, 99])
-    return {"p50": round(float(p50) * 1000, 1), "p99": round(float(p99) * 1000, 1),
-            "max": round(float(values.max()) * 1000, 1), "n": int(values.size)}
+    return {
+        "p50": round(float(p50) * 1000, 1),
+        "p99": round(float(p99) * 1000, 1),
+        "max": round(float(values.max()) * 1000, 1),
+        "n": int(values.size),
+    }
 
 
 def thirds(times, latencies_s, start: float, end: float) -> list[dict]:
@@ -35,7 +39,9 @@ def thirds(times, latencies_s, start: float, end: float) -> list[dict]:
     times = np.asarray(times, np.float64)
     latencies = np.asarray(latencies_s, np.float64)
     edges = np.linspace(start, end, 4)
-    return [percentiles_ms(latencies[(times >= lo) & (times < hi)]) for lo, hi in zip(edges[:-1], edges[1:])]
+    return [
+        percentiles_ms(latencies[(times >= lo) & (times < hi)]) for lo, hi in zip(edges[:-1], edges[1:], strict=False)
+    ]
 
 
 def bounded(windows: list[dict], slack_ms: float = 50.0, ratio: float = 1.5) -> bool | None:
@@ -54,5 +60,9 @@ def memory_flat(samples: list[tuple[float, float]], start: float, end: float, mi
         return {"first_mb": None, "last_mb": None, "growth_mb": None, "flat": None}
     a, b = float(np.mean(first)), float(np.mean(last))
     growth = b - a
-    return {"first_mb": round(a, 1), "last_mb": round(b, 1), "growth_mb": round(growth, 1),
-            "flat": bool(growth < 50.0 or growth < 0.05 * a)}
+    return {
+        "first_mb": round(a, 1),
+        "last_mb": round(b, 1),
+        "growth_mb": round(growth, 1),
+        "flat": bool(growth < 50.0 or growth < 0.05 * a),
+    }

@@ -52,10 +52,8 @@ async def _main(args: argparse.Namespace) -> int:
     until = time.time() + args.seconds
     out: dict = {}
     compression = None if args.compression == "none" else "deflate"
-    results = await asyncio.gather(
-        *(_watch(url, compression, until, out) for url in args.urls), return_exceptions=True
-    )
-    errors = [f"{url}: {r!r}" for url, r in zip(args.urls, results) if isinstance(r, BaseException)]
+    results = await asyncio.gather(*(_watch(url, compression, until, out) for url in args.urls), return_exceptions=True)
+    errors = [f"{url}: {r!r}" for url, r in zip(args.urls, results, strict=False) if isinstance(r, BaseException)]
     arrays = {}
     for i, url in enumerate(args.urls):
         received, stamps, indices, extensions = out.get(url, ([], [], [], ""))
@@ -73,8 +71,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
     parser.add_argument("--seconds", type=float, required=True)
-    parser.add_argument("--compression", choices=("deflate", "none"), default="deflate",
-                        help="permessage-deflate offer; browsers offer it, so does the default")
+    parser.add_argument(
+        "--compression",
+        choices=("deflate", "none"),
+        default="deflate",
+        help="permessage-deflate offer; browsers offer it, so does the default",
+    )
     parser.add_argument("urls", nargs="+")
     return asyncio.run(_main(parser.parse_args()))
 

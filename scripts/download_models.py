@@ -1,6 +1,6 @@
 """Download official RT-DETRv2 COCO weights into models/ (needs internet access to the model hub).
 
-    python scripts/download_models.py r18vd     # -> models/rtdetr_v2_r18vd
+python scripts/download_models.py r18vd     # -> models/rtdetr_v2_r18vd
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ def main() -> int:
     try:
         model = RTDetrV2ForObjectDetection.from_pretrained(hub_id)
     except OSError as exc:
-        print(f"cannot download {hub_id}: {exc}\nThe service still runs without it, on random weights, and says so.", file=sys.stderr)
+        print(
+            f"cannot download {hub_id}: {exc}\nThe service still runs without it, on random weights, and says so.",
+            file=sys.stderr,
+        )
         return 1
     target.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(target)

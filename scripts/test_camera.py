@@ -22,7 +22,7 @@ def pipeline(width: int, height: int, fps: int, pattern: str) -> str:
     return (
         f"( videotestsrc is-live=true pattern={pattern} ! "
         f"video/x-raw,width={width},height={height},framerate={fps}/1 ! "
-        "timeoverlay font-desc=\"Sans 24\" ! videoconvert ! "
+        'timeoverlay font-desc="Sans 24" ! videoconvert ! '
         f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={fps} bitrate=2000 ! "
         "rtph264pay name=pay0 pt=96 config-interval=1 )"
     )

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -14,6 +12,7 @@ from pathlib import Path
 import httpx
 import uvicorn
 
+from rtdetr_service.__main__ import server_config
 from rtdetr_service.app import create_app
 from rtdetr_service.config import Settings
 
@@ -34,8 +33,18 @@ class RtspCamera:
 
     def __init__(self, port: int, width: int = 320, height: int = 240, fps: int = 15, pattern: str = "ball") -> None:
         self.port = port
-        self.args = ["--port", str(port), "--width", str(width), "--height", str(height), "--fps", str(fps),
-                     "--pattern", pattern]
+        self.args = [
+            "--port",
+            str(port),
+            "--width",
+            str(width),
+            "--height",
+            str(height),
+            "--fps",
+            str(fps),
+            "--pattern",
+            pattern,
+        ]
         self.url = f"rtsp://127.0.0.1:{port}/camera"
         self.proc: subprocess.Popen | None = None
 
@@ -112,9 +121,7 @@ class LiveService:
 def run_service(settings: Settings) -> LiveService:
     """The real app under a real uvicorn on a free port, in a thread of the test process."""
     app = create_app(settings)
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=settings.port, log_level="warning", ws_per_message_deflate=False
-    )
+    config = server_config(app, settings, host="127.0.0.1", log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()

@@ -12,17 +12,9 @@ from .config import Settings
 from .logs import configure
 
 
-def main() -> int:
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        for error in exc.errors():
-            key = ".".join(str(p) for p in error["loc"]).upper() or "settings"
-            print(f"configuration error: {key}: {error['msg']}", file=sys.stderr)
-        return 2
-    configure(settings.log_level)
-    uvicorn.run(
-        create_app(settings),
+def server_config(app, settings: Settings, **overrides) -> uvicorn.Config:
+    """How the service is served; tests and benchmarks use the same, with overrides."""
+    options = dict(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -32,6 +24,20 @@ def main() -> int:
         ws_per_message_deflate=False,
         log_config=None,  # keep the root handlers (and their secret filter) from configure()
     )
+    options.update(overrides)
+    return uvicorn.Config(app, **options)
+
+
+def main() -> int:
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            key = ".".join(str(p) for p in error["loc"]).upper() or "settings"
+            print(f"configuration error: {key}: {error['msg']}", file=sys.stderr)
+        return 2
+    configure(settings.log_level)
+    uvicorn.Server(server_config(create_app(settings), settings)).run()
     return 0
 
 

@@ -40,5 +40,7 @@ class Annotator:
             (tw, th), base = cv2.getTextSize(label, self._font, scale, max(1, thickness - 1))
             top = y1 - th - base - 2 if y1 - th - base - 2 >= 0 else y1
             cv2.rectangle(out, (x1, top), (x1 + tw + 4, top + th + base + 2), colour, -1)
-            cv2.putText(out, label, (x1 + 2, top + th + 1), self._font, scale, (0, 0, 0), max(1, thickness - 1), cv2.LINE_AA)
+            cv2.putText(
+                out, label, (x1 + 2, top + th + 1), self._font, scale, (0, 0, 0), max(1, thickness - 1), cv2.LINE_AA
+            )
         return out

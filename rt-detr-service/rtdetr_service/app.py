@@ -51,7 +51,9 @@ def _load_model(app: FastAPI, settings: Settings, ready: threading.Event) -> Non
         )
         worker.start()
         info = detector.info
-        state.metrics.model_info.labels(info.name, info.backend, info.device, info.dtype, str(info.trained).lower()).set(1)
+        state.metrics.model_info.labels(
+            info.name, info.backend, info.device, info.dtype, str(info.trained).lower()
+        ).set(1)
         state.manager.attach_worker(worker)
         if not info.trained:
             log.warning("!!! %s !!!", info.warning)

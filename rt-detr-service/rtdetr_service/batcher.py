@@ -153,7 +153,7 @@ class InferenceWorker:
         self.batches += 1
         if self._on_batch is not None:
             self._on_batch(len(batch), elapsed)
-        for (client, frame), detections in zip(batch, results):
+        for (client, frame), detections in zip(batch, results, strict=False):
             try:
                 client.deliver(frame, detections, elapsed)
             except Exception:  # noqa: BLE001 - one session's failure must not stop the others

@@ -45,7 +45,9 @@ class Settings(BaseSettings):
     read_timeout_s: float = Field(5.0, gt=0, le=120, description="A stream silent this long is reconnected.")
     reconnect_min_s: float = Field(0.5, gt=0, le=60, description="First reconnect delay.")
     reconnect_max_s: float = Field(10.0, gt=0, le=600, description="Cap of the exponential reconnect delay.")
-    default_confidence: float = Field(0.5, ge=0.0, le=1.0, description="Detection threshold when a start call sets none.")
+    default_confidence: float = Field(
+        0.5, ge=0.0, le=1.0, description="Detection threshold when a start call sets none."
+    )
     jpeg_quality: int = Field(75, ge=1, le=100, description="Default JPEG quality of annotated frames.")
     max_viewers: int = Field(16, ge=1, le=1000, description="WebSocket viewers per session.")
     allowed_schemes: Annotated[list[str], NoDecode] = Field(

@@ -92,7 +92,7 @@ def to_detections(
     if size is not None:
         boxes = boxes.clip(0, [size[1], size[0], size[1], size[0]])
     out = []
-    for score, label, box in zip(scores[keep], labels[keep], boxes[keep]):
+    for score, label, box in zip(scores[keep], labels[keep], boxes[keep], strict=False):
         label = int(label)
         name = names[label] if 0 <= label < len(names) else str(label)
         x1, y1, x2, y2 = (float(v) for v in box)
@@ -199,7 +199,7 @@ class UltralyticsRTDetr:
                 verbose=False,
             )
         out = []
-        for result, threshold, image in zip(results, thresholds, images):
+        for result, threshold, image in zip(results, thresholds, images, strict=False):
             boxes = result.boxes
             out.append(
                 to_detections(

@@ -27,14 +27,24 @@ class _SessionCollector(Collector):
 
     def collect(self):
         gauges = {
-            "source_fps": GaugeMetricFamily("rtdetr_session_source_fps", "Frames per second decoded from the stream", labels=["session"]),
-            "inference_fps": GaugeMetricFamily("rtdetr_session_inference_fps", "Frames per second run through the model", labels=["session"]),
-            "published_fps": GaugeMetricFamily("rtdetr_session_published_fps", "Frames per second published to viewers", labels=["session"]),
+            "source_fps": GaugeMetricFamily(
+                "rtdetr_session_source_fps", "Frames per second decoded from the stream", labels=["session"]
+            ),
+            "inference_fps": GaugeMetricFamily(
+                "rtdetr_session_inference_fps", "Frames per second run through the model", labels=["session"]
+            ),
+            "published_fps": GaugeMetricFamily(
+                "rtdetr_session_published_fps", "Frames per second published to viewers", labels=["session"]
+            ),
             "viewers": GaugeMetricFamily("rtdetr_session_viewers", "Connected WebSocket viewers", labels=["session"]),
         }
         counters = {
-            "frames_decoded": CounterMetricFamily("rtdetr_session_frames_decoded", "Frames decoded", labels=["session"]),
-            "dropped_frames": CounterMetricFamily("rtdetr_session_frames_dropped", "Frames skipped to stay live", labels=["session"]),
+            "frames_decoded": CounterMetricFamily(
+                "rtdetr_session_frames_decoded", "Frames decoded", labels=["session"]
+            ),
+            "dropped_frames": CounterMetricFamily(
+                "rtdetr_session_frames_dropped", "Frames skipped to stay live", labels=["session"]
+            ),
             "reconnects": CounterMetricFamily("rtdetr_session_reconnects", "Stream reconnections", labels=["session"]),
         }
         states = GaugeMetricFamily("rtdetr_sessions", "Sessions by state", labels=["state"])

@@ -183,9 +183,7 @@ class Session:
         self._results.close()
         if self._publisher.is_alive():
             self._publisher.join(max(0.0, deadline - time.monotonic()))
-        self._hub.close_session(
-            self.id, {"type": "session_stopped", "session_id": self.id, "reason": reason}, reason
-        )
+        self._hub.close_session(self.id, {"type": "session_stopped", "session_id": self.id, "reason": reason}, reason)
         if self._metrics is not None:
             self._metrics.forget_session(self.id)
         log.info("session %s stopped: %s", self.id, reason)
@@ -256,7 +254,11 @@ class Session:
         self.alerts_raised += 1
         log.warning(
             "ALERT session=%s class=%s confidence=%.2f bbox=%s frame=%d",
-            self.id, alert.class_name, alert.confidence, [round(v) for v in alert.bbox], alert.frame_index,
+            self.id,
+            alert.class_name,
+            alert.confidence,
+            [round(v) for v in alert.bbox],
+            alert.frame_index,
         )
         self._hub.publish_event(
             self.id,
@@ -453,9 +455,7 @@ class SessionManager:
         finally:
             with self._lock:
                 self._opening -= 1
-        log.info(
-            "session %s started on %s (%s)", session.id, redact_url(options.stream_url), session.stream
-        )
+        log.info("session %s started on %s (%s)", session.id, redact_url(options.stream_url), session.stream)
         return session
 
     def get(self, session_id: str) -> Session:

@@ -6,7 +6,6 @@ import enum
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 

@@ -88,8 +88,11 @@ def test_start_shows_live_video_numbers_and_alerts_then_stop_returns_to_idle(
     expect(page.locator("#warning-banner")).to_contain_text("NOT trained")
 
     # and the canvas shows the stream at its own size, not blank, and moving
-    first = poll("a painted frame", lambda: (s := page.evaluate(CANVAS_SIGNATURE))["lit"] > LIT and s,
-                 timeout_s=LIVE_TIMEOUT_MS / 1000)
+    first = poll(
+        "a painted frame",
+        lambda: (s := page.evaluate(CANVAS_SIGNATURE))["lit"] > LIT and s,
+        timeout_s=LIVE_TIMEOUT_MS / 1000,
+    )
     session = new_session(api, sessions_before)
     assert (first["width"], first["height"]) == (session["stream"]["width"], session["stream"]["height"])
     poll("the picture to change", lambda: page.evaluate(CANVAS_SIGNATURE)["checksum"] != first["checksum"])

@@ -55,8 +55,12 @@ class FakeService:
                     return self.reply(200, f"# TYPE x gauge\nprocess_resident_memory_bytes {rss:.1f}\n")
                 fake.keys.add(self.headers.get("apikey"))
                 sid = self.path.rsplit("/", 1)[-1]
-                stats = {"source_fps": 30.0, "inference_fps": fake.inference_fps, "dropped_frames": 3,
-                         "latency_ms": {"p50": 40.0, "p99": 80.0}}
+                stats = {
+                    "source_fps": 30.0,
+                    "inference_fps": fake.inference_fps,
+                    "dropped_frames": 3,
+                    "latency_ms": {"p50": 40.0, "p99": 80.0},
+                }
                 self.reply(200, {"session_id": sid, "state": "running", "stats": stats})
 
             def do_POST(self):
@@ -78,9 +82,19 @@ class FakeService:
 
 
 def run_soak(repo, fake: FakeService) -> subprocess.CompletedProcess:
-    env = {**os.environ, "BASE_URL": fake.url, "API_KEY": "k1", "PUSH": "none", "SESSIONS": "2",
-           "WARMUP": "0", "DURATION": "2", "INTERVAL": "1", "METRICS_URL": fake.url + "/metrics",
-           "MAX_MEM_GROWTH_MB": "100", "STREAM_URL": "rtsp://viewer:demo-read@localhost:8554/camera"}
+    env = {
+        **os.environ,
+        "BASE_URL": fake.url,
+        "API_KEY": "k1",
+        "PUSH": "none",
+        "SESSIONS": "2",
+        "WARMUP": "0",
+        "DURATION": "2",
+        "INTERVAL": "1",
+        "METRICS_URL": fake.url + "/metrics",
+        "MAX_MEM_GROWTH_MB": "100",
+        "STREAM_URL": "rtsp://viewer:demo-read@localhost:8554/camera",
+    }
     return subprocess.run([str(repo / "scripts" / "soak.sh")], env=env, capture_output=True, text=True, timeout=60)
 
 

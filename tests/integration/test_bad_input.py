@@ -120,9 +120,15 @@ def test_unknown_session(live_service, method, path, body):
 def test_control_routes_need_a_key(live_service, headers):
     import httpx
 
-    for method, path in [("POST", "/api/v1/video/start"), ("POST", "/api/v1/video/stop"),
-                         ("GET", "/api/v1/video/sessions"), ("GET", "/api/v1/video/status/x")]:
-        response = httpx.request(method, live_service.base_url + path, headers=headers, json={"stream_url": "rtsp://h/x"})
+    for method, path in [
+        ("POST", "/api/v1/video/start"),
+        ("POST", "/api/v1/video/stop"),
+        ("GET", "/api/v1/video/sessions"),
+        ("GET", "/api/v1/video/status/x"),
+    ]:
+        response = httpx.request(
+            method, live_service.base_url + path, headers=headers, json={"stream_url": "rtsp://h/x"}
+        )
         assert response.status_code == 401, (method, path)
         assert response.json()["error"] == "unauthorized"
     # the key in the query string is not accepted

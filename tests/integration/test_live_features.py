@@ -23,7 +23,9 @@ def _start(client, url, **extra) -> dict:
 def test_alerts_and_binary_frames(live_service, rtsp_url, stop_sessions):
     with live_service.client() as client:
         body = _start(
-            client, rtsp_url, confidence_threshold=0.0,
+            client,
+            rtsp_url,
+            confidence_threshold=0.0,
             alert={"classes": [], "min_confidence": 0.0, "cooldown_s": 60},
         )
     alerts, frames = [], []

@@ -49,7 +49,9 @@ def test_sigterm_stops_sessions_and_logs_no_secrets(tiny_model_dir, rtsp_url):
                 time.sleep(0.2)
         headers = {"apikey": SECRET_KEY}
         user_url = rtsp_url.replace("rtsp://", "rtsp://admin:camera-pass-123@")
-        body = httpx.post(f"{base}/api/v1/video/start", json={"stream_url": user_url}, headers=headers, timeout=30).json()
+        body = httpx.post(
+            f"{base}/api/v1/video/start", json={"stream_url": user_url}, headers=headers, timeout=30
+        ).json()
         token = body["viewer_token"]
         with connect(f"ws://127.0.0.1:{port}{body['websocket_path']}", open_timeout=10) as ws:
             assert json.loads(ws.recv(timeout=10))["type"] == "stream_info"

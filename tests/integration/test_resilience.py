@@ -3,7 +3,6 @@ recovers by itself, stops promptly, and other viewers are not slowed."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -60,7 +59,9 @@ def test_reconnects_without_a_new_start_call(live_service, own_camera, stop_sess
         # and comes back on the same port
         own_camera.start()
         before = status()["stats"]["frames_decoded"]
-        back = wait_for(lambda: (s := status())["state"] == "running" and s["stats"]["frames_decoded"] > before + 10 and s, 30)
+        back = wait_for(
+            lambda: (s := status())["state"] == "running" and s["stats"]["frames_decoded"] > before + 10 and s, 30
+        )
         assert back, status()
         assert back["stats"]["reconnects"] >= 1
 

@@ -12,6 +12,7 @@ import pytest
 from websockets.sync.client import connect
 
 from rtdetr_service.detector import UltralyticsRTDetr, load_detector
+
 from support import make_settings, run_service
 
 
@@ -36,7 +37,7 @@ def test_loader_picks_ultralytics_for_pt(rtdetr_pt):
     images = [np.full((240, 320, 3), 90, np.uint8), np.full((480, 640, 3), 30, np.uint8)]
     results = detector.detect(images, [0.0, 0.0])
     assert len(results) == 2 and results[0] and results[1]
-    for image, detections in zip(images, results):
+    for image, detections in zip(images, results, strict=False):
         h, w = image.shape[:2]
         for det in detections:
             x1, y1, x2, y2 = det.bbox

@@ -16,6 +16,9 @@ def run(engine: AlertEngine, dets, now: float) -> list[str]:
     return [a.class_name for a in alerts]
 
 
+TABLE_ENGINE = AlertEngine(AlertRule(frozenset({"person", "car"}), 0.5, 5.0))
+
+
 @pytest.mark.parametrize(
     "now, detections, expected",
     [
@@ -28,16 +31,20 @@ def run(engine: AlertEngine, dets, now: float) -> list[str]:
         (7.1, [det("car", 0.6), det("car", 0.95)], ["car"]),  # one alert per class per frame
     ],
 )
-def test_cooldown_table(now, detections, expected, _engine=AlertEngine(AlertRule(frozenset({"person", "car"}), 0.5, 5.0))):
+def test_cooldown_table(now, detections, expected):
     # given one engine shared by the rows in order; when each frame arrives; then alerts follow the rule
-    assert run(_engine, detections, now) == expected
+    assert run(TABLE_ENGINE, detections, now) == expected
 
 
 def test_most_confident_detection_is_reported():
     engine = AlertEngine(AlertRule(frozenset(), 0.1, 1.0))
     alerts = engine.evaluate(
         [det("car", 0.3, (0, 0, 1, 1)), det("car", 0.8, (5, 5, 9, 9))],
-        now=0.0, width=10, height=10, frame_index=7, timestamp=123.0,
+        now=0.0,
+        width=10,
+        height=10,
+        frame_index=7,
+        timestamp=123.0,
     )
     assert len(alerts) == 1
     assert alerts[0].as_data() == {"class_name": "car", "confidence": 0.8, "bbox": [5, 5, 9, 9], "frame_index": 7}

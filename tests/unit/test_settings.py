@@ -27,8 +27,16 @@ def test_refuses_to_run_open_by_accident():
 
 @pytest.mark.parametrize(
     "key, value",
-    [("port", 0), ("port", 70000), ("max_sessions", 0), ("device", "tpu"), ("input_size", 641),
-     ("default_confidence", 1.5), ("jpeg_quality", 0), ("allowed_schemes", "rtsp,file")],
+    [
+        ("port", 0),
+        ("port", 70000),
+        ("max_sessions", 0),
+        ("device", "tpu"),
+        ("input_size", 641),
+        ("default_confidence", 1.5),
+        ("jpeg_quality", 0),
+        ("allowed_schemes", "rtsp,file"),
+    ],
 )
 def test_out_of_range_values_name_the_key(key, value):
     with pytest.raises(ValidationError) as info:

@@ -9,9 +9,22 @@ ALLOWED = ["rtsp", "rtsps"]
 
 @pytest.mark.parametrize(
     "url",
-    ["file:///etc/passwd", "/etc/passwd", "concat:a.mp4|b.mp4", "subfile:,,start,0,end,0,,:/etc/passwd",
-     "pipe:0", "data:video/mp4;base64,AAAA", "http://example.com/x.m3u8", "rtsp://", "rtsp:///camera",
-     "rtsp://host:99999/x", "rtsp://host/ca mera", "", "  ", "gopher://x"],
+    [
+        "file:///etc/passwd",
+        "/etc/passwd",
+        "concat:a.mp4|b.mp4",
+        "subfile:,,start,0,end,0,,:/etc/passwd",
+        "pipe:0",
+        "data:video/mp4;base64,AAAA",
+        "http://example.com/x.m3u8",
+        "rtsp://",
+        "rtsp:///camera",
+        "rtsp://host:99999/x",
+        "rtsp://host/ca mera",
+        "",
+        "  ",
+        "gopher://x",
+    ],
 )
 def test_refused(url):
     with pytest.raises(StreamError) as info:

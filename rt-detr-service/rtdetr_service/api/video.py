@@ -139,8 +139,4 @@ async def status(session_id: str, request: Request) -> dict:
 
 @router.get("/sessions", summary="Every session of this replica")
 async def sessions(request: Request) -> dict:
-    return {
-        "sessions": [
-            dict(s.status(), websocket_path=s.websocket_path) for s in _manager(request).list()
-        ]
-    }
+    return {"sessions": [dict(s.status(), websocket_path=s.websocket_path) for s in _manager(request).list()]}
