@@ -161,7 +161,7 @@ class Session:
         self._reader.start()
         self._set_state(SessionState.RUNNING)
 
-    def stop(self, reason: str = "stopped by request", timeout: float = 1.0) -> bool:
+    def stop(self, reason: str = "stopped by request", timeout: float = 0.5) -> bool:
         """Stop everything this session owns; idempotent and legal from every state.
 
         Returns True when every thread has ended within `timeout`. A reader blocked inside FFmpeg

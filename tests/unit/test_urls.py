@@ -47,3 +47,35 @@ def test_whitelist_has_no_local_protocols():
         protocols = set(protocol_whitelist(f"{scheme}://h/x").split(","))
         assert scheme in protocols
         assert not protocols & {"file", "concat", "subfile", "pipe", "data", "crypto", "http", "https", "hls"}
+
+
+def test_ffmpeg_enforces_the_whitelist(tmp_path):
+    # given a real, readable local video and a reader limited to the RTSP protocols
+    import av
+    import numpy as np
+
+    from rtdetr_service.source import StreamReader
+
+    clip = tmp_path / "clip.mp4"
+    with av.open(str(clip), "w") as out:
+        stream = out.add_stream("mpeg4", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for _ in range(5):
+            frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="bgr24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+
+    def reader(whitelist):
+        return StreamReader(
+            str(clip), on_frame=lambda f: None, on_state=lambda s, e: None, open_timeout=5, read_timeout=5,
+            reconnect_min=0.1, reconnect_max=0.1, whitelist=whitelist,
+        )  # fmt: skip
+
+    # when FFmpeg is told only rtsp/tcp/udp/rtp, then it refuses the file itself
+    with pytest.raises(StreamError) as info:
+        reader(protocol_whitelist("rtsp://h/x")).open()
+    assert info.value.kind is StreamErrorKind.UNAVAILABLE
+    # and the same file opens when "file" is allowed (so the refusal was the whitelist's doing)
+    opened = reader("file")
+    assert opened.open().width == 64
+    opened.stop()
