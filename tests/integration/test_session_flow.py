@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import threading
 import time
 
@@ -65,3 +66,34 @@ def test_start_stream_stop(live_service, rtsp_url, stop_sessions):
         assert not any(session_id[:8] in n for n in _service_threads())
         assert client.get(f"/api/v1/video/status/{session_id}").status_code == 404
         assert client.get("/api/v1/video/sessions").json()["sessions"] == []
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_start_stop_cycles_leak_no_threads_or_descriptors(live_service, rtsp_url):
+    # given a service that has already run one session (lazy imports and pools are warm)
+    def cycle():
+        with live_service.client() as client:
+            body = client.post("/api/v1/video/start", json={"stream_url": rtsp_url}).json()
+            with connect(live_service.ws_base + body["websocket_path"], open_timeout=10) as ws:
+                while json.loads(ws.recv(timeout=10))["type"] != "frame_result":
+                    pass
+            client.post("/api/v1/video/stop", json={"session_id": body["session_id"]})
+        session_threads = lambda: {n for n in _service_threads() if body["session_id"][:8] in n}  # noqa: E731
+        deadline = time.monotonic() + 5
+        while session_threads() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not session_threads()
+
+    cycle()
+    time.sleep(0.5)
+    fds, threads = _open_fds(), threading.active_count()
+    # when sessions come and go
+    for _ in range(3):
+        cycle()
+    time.sleep(0.5)
+    # then descriptors and threads are back where they were (a small margin for pooled sockets)
+    assert _open_fds() <= fds + 2, (fds, _open_fds())
+    assert threading.active_count() <= threads, (threads, threading.enumerate())
