@@ -214,23 +214,26 @@ class UltralyticsRTDetr:
         return out
 
 
-def r18vd_config():
-    """RT-DETRv2-S (r18vd) architecture, COCO 80 classes: used when no trained weights exist."""
+def coco_rtdetr_v2_config(backbone: dict, **model):
+    """An RT-DETRv2 config for the 80 COCO classes: a basic-block ResNet backbone (`backbone`
+    keyword arguments) feeding stages 2-4 to the hybrid encoder and decoder (`model`)."""
     from transformers import RTDetrResNetConfig, RTDetrV2Config
 
-    backbone = RTDetrResNetConfig(
-        hidden_sizes=[64, 128, 256, 512],
-        depths=[2, 2, 2, 2],
-        layer_type="basic",
-        out_features=["stage2", "stage3", "stage4"],
-    )
     return RTDetrV2Config(
-        backbone_config=backbone,
+        backbone_config=RTDetrResNetConfig(layer_type="basic", out_features=["stage2", "stage3", "stage4"], **backbone),
+        id2label=dict(enumerate(COCO_CLASSES)),
+        label2id={name: i for i, name in enumerate(COCO_CLASSES)},
+        **model,
+    )
+
+
+def r18vd_config():
+    """RT-DETRv2-S (r18vd) architecture, COCO 80 classes: used when no trained weights exist."""
+    return coco_rtdetr_v2_config(
+        dict(hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2]),
         encoder_in_channels=[128, 256, 512],
         hidden_expansion=0.5,
         decoder_layers=3,
-        id2label=dict(enumerate(COCO_CLASSES)),
-        label2id={name: i for i, name in enumerate(COCO_CLASSES)},
     )
 
 
