@@ -64,6 +64,7 @@ bench: deps ## pipeline vs baseline benchmark (needs a CUDA GPU for the real fig
 lint: deps ## ruff on Python, shellcheck on shell scripts
 	$(PY) -m pip install -q --disable-pip-version-check ruff==0.14.6
 	$(PY) -m ruff check rt-detr-service tests bench scripts
+	$(PY) -m ruff format --check rt-detr-service tests bench scripts
 	shellcheck scripts/*.sh
 
 clean: ## remove the venv and run files

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import cv2
 import numpy as np
@@ -17,6 +18,9 @@ class JpegEncoder:
     def __init__(self, device: str = "cpu") -> None:
         self.device = torch.device(device)
         self._gpu = self.device.type == "cuda"
+        # Each publisher thread encodes on a CUDA stream of its own: on the default stream an
+        # encode would queue behind the next inference batch, adding a batch time of latency.
+        self._streams = threading.local()
         if self._gpu:
             try:
                 from torchvision.io import encode_jpeg
@@ -33,9 +37,13 @@ class JpegEncoder:
 
     def encode(self, image: np.ndarray, quality: int) -> bytes:
         if self._gpu:
-            chw = torch.from_numpy(np.ascontiguousarray(image)).to(self.device, non_blocking=True)
-            chw = chw.permute(2, 0, 1).flip(0).contiguous()
-            return self._encode_jpeg(chw, quality=quality).cpu().numpy().tobytes()
+            stream = getattr(self._streams, "stream", None)
+            if stream is None:
+                stream = self._streams.stream = torch.cuda.Stream(self.device)
+            with torch.cuda.stream(stream):
+                chw = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+                chw = chw.permute(2, 0, 1).flip(0).contiguous()
+                return self._encode_jpeg(chw, quality=quality).cpu().numpy().tobytes()
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
         if not ok:
             raise RuntimeError("OpenCV failed to encode a JPEG")
