@@ -11,6 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import av
 
+from .logs import redact
 from .types import Frame, StreamInfo
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,9 @@ def protocol_whitelist(url: str) -> str:
 
 
 def _describe(exc: BaseException) -> str:
+    """FFmpeg's reason in one line; it often quotes the URL, so credentials are masked."""
     text = str(exc).strip() or type(exc).__name__
-    return text.replace("\n", " ")
+    return redact(text.replace("\n", " "))
 
 
 class StreamReader:
@@ -239,9 +241,9 @@ class StreamReader:
                         continue
                     if failures or not self._loop:
                         self.reconnects += 1
+                        log.info("reconnected to %s", redact_url(self.url))
                     failures = 0
                     self._on_state("running", None)
-                    log.info("reconnected to %s", redact_url(self.url))
                 error = self._decode_until_error()
                 self._close()
                 if self._stop.is_set():

@@ -79,3 +79,17 @@ def test_ffmpeg_enforces_the_whitelist(tmp_path):
     opened = reader("file")
     assert opened.open().width == 64
     opened.stop()
+
+
+def test_ffmpeg_reasons_never_carry_credentials():
+    from rtdetr_service.source import StreamReader
+
+    reader = StreamReader(
+        "rtsp://admin:hunter2@127.0.0.1:1/camera", on_frame=lambda f: None, on_state=lambda s, e: None,
+        open_timeout=3, read_timeout=3, reconnect_min=0.1, reconnect_max=0.1,
+    )  # fmt: skip
+    with pytest.raises(StreamError) as info:
+        reader.open()
+    assert info.value.kind is StreamErrorKind.UNAVAILABLE
+    assert "hunter2" not in str(info.value)
+    assert "refused" in str(info.value).lower()
