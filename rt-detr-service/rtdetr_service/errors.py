@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .session import SessionError
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -44,6 +48,11 @@ def install_error_handlers(app: FastAPI) -> None:
             return _response(400, "invalid_json", "The request body is not valid JSON")
         words = "; ".join(f"{_field(tuple(e.get('loc', ())))}: {e.get('msg', 'invalid')}" for e in errors)
         return _response(422, "invalid_request", words or "Invalid request")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return _response(500, "internal_error", "Internal error; the service log has the details")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
