@@ -128,11 +128,12 @@ class TransformersRTDetr:
             tensor = torch.from_numpy(np.ascontiguousarray(image))
             if self.device.type == "cuda":
                 tensor = tensor.pin_memory().to(self.device, non_blocking=True)
-            chw = tensor.permute(2, 0, 1).flip(0).unsqueeze(0).to(self.dtype)
-            # antialias matches the PIL bilinear resize the official image processor uses.
+            chw = tensor.permute(2, 0, 1).flip(0).unsqueeze(0).float()
+            # antialias matches the PIL bilinear resize the official image processor uses; it runs
+            # in float32 (it is not defined for every half-precision backend) and costs microseconds.
             resized = F.interpolate(chw, size=size, mode="bilinear", align_corners=False, antialias=True)
             batch.append(resized)
-        pixels = torch.cat(batch).div_(255.0)
+        pixels = torch.cat(batch).div_(255.0).to(self.dtype)
         if self.device.type == "cuda":
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         return pixels
