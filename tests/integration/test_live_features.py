@@ -100,6 +100,7 @@ def test_health_ready_metrics(live_service, rtsp_url, stop_sessions):
     ready = httpx.get(f"{base}/ready").json()
     assert ready["ready"] is True
     assert ready["model"]["trained"] is False and "NOT trained" in ready["model"]["warning"]
+    assert ready["jpeg_encoder"] == "opencv" and ready["inference_errors"] == 0
     with live_service.client() as client:
         session_id = _start(client, rtsp_url)["session_id"]
         time.sleep(2)

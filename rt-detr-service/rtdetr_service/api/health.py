@@ -27,6 +27,9 @@ async def ready(request: Request) -> JSONResponse:
             "model": worker.detector.info.as_dict(),
             "jpeg_encoder": state.manager.encoder.backend,
             "sessions": len(state.manager.list()),
+            "batches": worker.batches,
+            "inference_errors": worker.errors,
+            "last_inference_error": worker.last_error,
             "max_sessions": state.settings.max_sessions,
         }
     )
