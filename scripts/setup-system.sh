@@ -5,8 +5,9 @@
 set -euo pipefail
 
 profile=${1:-run}
+# fonts-dejavu-core: the test camera's clock overlay and Chromium both need a font to render.
 packages=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-          gstreamer1.0-plugins-ugly)
+          gstreamer1.0-plugins-ugly fonts-dejavu-core)
 if [ "$profile" = test ]; then
   packages+=(chromium deck shellcheck ffmpeg)
 fi
