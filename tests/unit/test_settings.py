@@ -56,3 +56,11 @@ def test_environment_overrides(monkeypatch):
     monkeypatch.setenv("MAX_SESSIONS", "3")
     settings = Settings(_env_file=None)
     assert (settings.port, settings.device, settings.max_sessions) == (9000, "cpu", 3)
+
+
+def test_readme_documents_every_setting():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [name.upper() for name in Settings.model_fields if f"| `{name.upper()}` |" not in readme]
+    assert not missing, f"README.md settings table lacks {missing}"
