@@ -287,7 +287,7 @@ class Session:
                 self._worker.unregister(self.id)
 
     def _publish(self, frame: Frame, detections: list[Detection]) -> None:
-        formats = self._hub.formats(self.id) if self._hub.viewer_count(self.id) else set()
+        formats = self._hub.formats(self.id)
         if formats:
             jpeg = None
             if self.options.enable_drawing:
@@ -414,9 +414,7 @@ class SessionManager:
         `reader_factory` replaces the network reader (benchmarks feed paced local files through
         it); URLs given to the default reader must pass the scheme check.
         """
-        worker = self.worker
-        if worker is None:
-            raise SessionError("model_not_ready", 503, "The model is still loading; retry in a few seconds")
+        worker = self._ready_worker()
         if reader_factory is None:
             try:
                 validate_stream_url(options.stream_url, self.settings.allowed_schemes)
@@ -457,6 +455,16 @@ class SessionManager:
                 self._opening -= 1
         log.info("session %s started on %s (%s)", session.id, redact_url(options.stream_url), session.stream)
         return session
+
+    def _ready_worker(self) -> InferenceWorker:
+        worker = self.worker
+        if worker is None:
+            raise SessionError("model_not_ready", 503, "The model is still loading; retry in a few seconds")
+        return worker
+
+    def model(self) -> ModelInfo:
+        """The loaded model; SessionError(503) while it is still loading."""
+        return self._ready_worker().detector.info
 
     def get(self, session_id: str) -> Session:
         with self._lock:

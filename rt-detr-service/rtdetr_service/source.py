@@ -63,12 +63,11 @@ def validate_stream_url(url: str, allowed_schemes: Sequence[str]) -> str:
             f"stream_url has {shown}; only {', '.join(s + '://' for s in allowed_schemes)} URLs are accepted",
         )
     try:
-        port = parts.port
+        parts.port  # noqa: B018 - urllib validates the port only when it is read
     except ValueError as exc:
         raise StreamError(StreamErrorKind.UNSUPPORTED_URL, f"stream_url has an invalid port: {exc}") from exc
     if not parts.hostname:
         raise StreamError(StreamErrorKind.UNSUPPORTED_URL, "stream_url names no host")
-    del port
     return url
 
 

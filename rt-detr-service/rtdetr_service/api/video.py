@@ -73,9 +73,7 @@ def _check_classes(names: list[str] | None, known: tuple[str, ...], field: str) 
 async def start(body: StartRequest, request: Request) -> dict:
     manager = _manager(request)
     settings = manager.settings
-    if manager.worker is None:
-        raise ApiError(503, "model_not_ready", "The model is still loading; retry in a few seconds")
-    known = manager.worker.detector.info.class_names
+    known = manager.model().class_names
     classes = _check_classes(body.classes, known, "classes")
     rule = None
     default_alert_fits = "alert" in body.model_fields_set or set(AlertRuleIn().classes) <= set(known)
