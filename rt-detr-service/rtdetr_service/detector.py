@@ -51,6 +51,16 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def inference_stream(device: torch.device) -> torch.cuda.Stream | None:
+    """A CUDA stream of the model's own (None on the CPU, where `torch.cuda.stream(None)` is a no-op).
+
+    Inference must stay off the legacy default stream: torchvision's nvJPEG encoder synchronises
+    with that stream before and after every encode, so a batch queued there would hold each JPEG
+    of every session back by up to one inference time.
+    """
+    return torch.cuda.Stream(device) if device.type == "cuda" else None
+
+
 def postprocess(
     logits: torch.Tensor,
     pred_boxes: torch.Tensor,
@@ -119,6 +129,7 @@ class TransformersRTDetr:
         # One model instance serves every session; the worker is its only caller, but benchmarks and
         # tests may call detect() from other threads, so calls are serialised.
         self._lock = threading.Lock()
+        self._stream = inference_stream(device)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """BGR uint8 HxWx3 → RGB (B, 3, S, S) in [0, 1], resized on the device."""
@@ -144,7 +155,7 @@ class TransformersRTDetr:
             return []
         if len(thresholds) != len(images):
             raise ValueError("one threshold per image is required")
-        with self._lock:
+        with self._lock, torch.cuda.stream(self._stream):
             pixels = self.preprocess(images)
             outputs = self.model(pixel_values=pixels)
             sizes = torch.tensor([img.shape[:2] for img in images])
@@ -176,6 +187,7 @@ class UltralyticsRTDetr:
         self._half = half and device.type == "cuda"
         self._input_size = input_size
         self._lock = threading.Lock()
+        self._stream = inference_stream(device)
         names = self._model.names
         class_names = tuple(names[i] for i in sorted(names)) if isinstance(names, dict) else tuple(names)
         self.info = ModelInfo(
@@ -190,7 +202,7 @@ class UltralyticsRTDetr:
     def detect(self, images: Sequence[np.ndarray], thresholds: Sequence[float]) -> list[list[Detection]]:
         if not images:
             return []
-        with self._lock:
+        with self._lock, torch.cuda.stream(self._stream):
             results = self._model.predict(
                 list(images),
                 imgsz=self._input_size,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 
 import cv2
 import numpy as np
@@ -18,9 +17,6 @@ class JpegEncoder:
     def __init__(self, device: str = "cpu") -> None:
         self.device = torch.device(device)
         self._gpu = self.device.type == "cuda"
-        # Each publisher thread encodes on a CUDA stream of its own: on the default stream an
-        # encode would queue behind the next inference batch, adding a batch time of latency.
-        self._streams = threading.local()
         if self._gpu:
             try:
                 from torchvision.io import encode_jpeg
@@ -37,14 +33,22 @@ class JpegEncoder:
 
     def encode(self, image: np.ndarray, quality: int) -> bytes:
         if self._gpu:
-            stream = getattr(self._streams, "stream", None)
-            if stream is None:
-                stream = self._streams.stream = torch.cuda.Stream(self.device)
-            with torch.cuda.stream(stream):
-                chw = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
-                chw = chw.permute(2, 0, 1).flip(0).contiguous()
-                return self._encode_jpeg(chw, quality=quality).cpu().numpy().tobytes()
+            return self._encode_on_gpu(image, quality)
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
         if not ok:
             raise RuntimeError("OpenCV failed to encode a JPEG")
         return buf.tobytes()
+
+    def _encode_on_gpu(self, image: np.ndarray, quality: int) -> bytes:
+        # Everything here runs on the legacy default stream, on purpose. torchvision's nvJPEG
+        # wrapper encodes on a private stream and orders itself against the default stream only
+        # (whatever stream the caller has made current), so a tensor prepared on a side stream
+        # could be read before it is written, and the bitstream copied out before it is complete:
+        # corrupt JPEGs under load. Inference runs on a stream of its own (detector.py), so nothing
+        # slow waits on this one.
+        with torch.cuda.device(self.device), torch.cuda.stream(torch.cuda.default_stream(self.device)):
+            chw = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+            chw = chw.permute(2, 0, 1).flip(0).contiguous()
+            # Older torchvision releases did not wait for the input at all: make it ready first.
+            torch.cuda.current_stream(self.device).synchronize()
+            return self._encode_jpeg(chw, quality=quality).cpu().numpy().tobytes()

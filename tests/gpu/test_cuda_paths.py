@@ -3,13 +3,21 @@ torch sees a GPU (`make test` on a GPU host) and are skipped, with the reason sh
 
 from __future__ import annotations
 
+import base64
+import json
+import threading
+import time
+
 import cv2
 import numpy as np
 import pytest
 import torch
+from websockets.sync.client import connect
 
 from rtdetr_service.detector import load_detector, warm_up
 from rtdetr_service.encode import JpegEncoder
+
+from support import make_settings, run_service
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -66,3 +74,87 @@ def test_nvjpeg_encoder():
     # colours survive the BGR -> RGB -> JPEG round trip (the red box stays red)
     b, g, r = decoded[300, 250].astype(int)
     assert r > 180 and g < 80 and b < 80
+
+
+def _scene(seed: int, h: int = 720, w: int = 1280) -> np.ndarray:
+    """A smooth picture unique to `seed`: JPEG keeps it within a few grey levels, so a JPEG made
+    from the wrong buffer, or copied out before it was complete, is told apart at once."""
+    rng = np.random.default_rng(seed)
+    image = np.empty((h, w, 3), np.uint8)
+    image[:] = rng.integers(20, 235, 3, dtype=np.uint8)
+    x, y = int(rng.integers(0, w - 300)), int(rng.integers(0, h - 300))
+    cv2.rectangle(image, (x, y), (x + 300, y + 300), tuple(int(c) for c in rng.integers(0, 255, 3)), -1)
+    return image
+
+
+def test_nvjpeg_from_many_threads_while_the_model_runs(tiny_model_dir):
+    # given the worker's situation: one thread keeps the model busy on the GPU while several
+    # publisher threads encode JPEGs (torchvision's nvJPEG has produced corrupt JPEGs here when
+    # the caller's streams and its own were not ordered)
+    detector = load_detector(str(tiny_model_dir), device="cuda", input_size=640)
+    encoder = JpegEncoder("cuda")
+    busy = threading.Event()
+    stop = threading.Event()
+
+    def infer():
+        batch = [_image(1080, 1920)] * 8
+        while not stop.is_set():
+            detector.detect(batch, [0.5] * 8)
+            busy.set()
+
+    bad: list[str] = []
+
+    def publish(thread: int):
+        for i in range(30):
+            image = _scene(thread * 1000 + i)
+            decoded = cv2.imdecode(np.frombuffer(encoder.encode(image, 90), np.uint8), cv2.IMREAD_COLOR)
+            if decoded is None or decoded.shape != image.shape:
+                bad.append(f"thread {thread} image {i}: not a JPEG of the source size")
+            elif (error := float(np.abs(decoded.astype(np.int16) - image).mean())) > 3.0:
+                bad.append(f"thread {thread} image {i}: mean error {error:.1f}")
+
+    inference = threading.Thread(target=infer)
+    inference.start()
+    try:
+        assert busy.wait(60)
+        publishers = [threading.Thread(target=publish, args=(t,)) for t in range(6)]
+        for t in publishers:
+            t.start()
+        for t in publishers:
+            t.join(120)
+    finally:
+        stop.set()
+        inference.join(60)
+    # then every JPEG is the picture its thread asked for
+    assert not bad, bad[:5]
+
+
+def test_service_on_cuda_end_to_end(tiny_model_dir, rtsp_url):
+    # given the service on the GPU with two sessions on a real RTSP camera
+    torch.cuda.synchronize()
+    service = run_service(make_settings(tiny_model_dir, device="cuda", max_batch=4))
+    try:
+        with service.client() as client:
+            assert client.get("/ready").json()["model"]["device"].startswith("cuda")
+            baseline = torch.cuda.memory_allocated()
+            bodies = [client.post("/api/v1/video/start", json={"stream_url": rtsp_url}).json() for _ in range(2)]
+            for body in bodies:
+                with connect(service.ws_base + body["websocket_path"], open_timeout=10) as ws:
+                    frames = []
+                    deadline = time.monotonic() + 30
+                    while len(frames) < 20 and time.monotonic() < deadline:
+                        message = json.loads(ws.recv(timeout=10))
+                        if message["type"] == "frame_result":
+                            frames.append(message)
+                # then frames arrive annotated by nvJPEG at the source size
+                assert len(frames) >= 20
+                jpeg = base64.b64decode(frames[-1]["annotated_frame"])
+                assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (240, 320, 3)
+            for body in bodies:
+                assert client.post("/api/v1/video/stop", json={"session_id": body["session_id"]}).status_code == 200
+            # and stopping gives back the GPU memory the sessions used
+            torch.cuda.synchronize()
+            time.sleep(0.5)
+            assert torch.cuda.memory_allocated() <= baseline + (1 << 20)
+    finally:
+        service.stop()
