@@ -65,7 +65,7 @@ lint: deps ## ruff on Python, shellcheck on shell scripts
 	$(PY) -m pip install -q --disable-pip-version-check ruff==0.14.6
 	$(PY) -m ruff check rt-detr-service tests bench scripts
 	$(PY) -m ruff format --check rt-detr-service tests bench scripts
-	shellcheck scripts/*.sh
+	shellcheck scripts/*.sh bench/*.sh
 
 clean: ## remove the venv and run files
 	rm -rf $(VENV) .run test-artifacts
