@@ -130,31 +130,48 @@ class InferenceWorker:
             self._wake.clear()
             if self._stop.is_set():
                 break
-            batch = self._gather()
-            if not batch:
-                continue
-            # Frames left unread by a full batch must not wait for the next reader notify.
-            self._wake.set()
-            self._infer(batch)
+            try:
+                batch = self._gather()
+                if not batch:
+                    continue
+                # Frames left unread by a full batch must not wait for the next reader notify.
+                self._wake.set()
+                self._infer(batch)
+            except Exception as exc:  # noqa: BLE001 - this thread serves every session: it must not die
+                self._failed(f"Inference worker error: {exc}")
+                time.sleep(0.1)
+
+    def _failed(self, message: str) -> None:
+        self.errors += 1
+        self.last_error = message
+        log.exception("%s", message)
 
     def _infer(self, batch: Sequence[tuple[BatchClient, Frame]]) -> None:
-        images = [frame.image for _, frame in batch]
-        thresholds = [client.confidence_threshold for client, _ in batch]
+        ready: list[tuple[BatchClient, Frame]] = []
+        images = []
+        for client, frame in batch:
+            try:
+                images.append(frame.image)
+            except Exception as exc:  # noqa: BLE001 - one undecodable picture costs that frame only
+                self._failed(f"Frame {frame.index} of session {client.id} could not be converted: {exc}")
+                continue
+            ready.append((client, frame))
+        if not ready:
+            return
+        thresholds = [client.confidence_threshold for client, _ in ready]
         started = time.monotonic()
         try:
             results = self.detector.detect(images, thresholds)
         except Exception as exc:  # noqa: BLE001 - one bad batch (e.g. CUDA OOM) must not kill the worker
-            self.errors += 1
-            self.last_error = f"Inference failed: {exc}"
-            log.exception("inference failed for a batch of %d", len(batch))
+            self._failed(f"Inference failed: {exc}")
             time.sleep(0.1)
             return
         elapsed = time.monotonic() - started
         self.batches += 1
-        if self._on_batch is not None:
-            self._on_batch(len(batch), elapsed)
-        for (client, frame), detections in zip(batch, results, strict=False):
+        for (client, frame), detections in zip(ready, results, strict=False):
             try:
                 client.deliver(frame, detections, elapsed)
             except Exception:  # noqa: BLE001 - one session's failure must not stop the others
                 log.exception("session %s failed to take its results", client.id)
+        if self._on_batch is not None:
+            self._on_batch(len(ready), elapsed)

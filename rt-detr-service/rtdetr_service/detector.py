@@ -291,6 +291,8 @@ def _load_transformers(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         model = model.to(memory_format=torch.channels_last)
+        # Those copies run on the default stream; inference reads the weights on its own stream.
+        torch.cuda.synchronize(device)
     if compile_model and device.type == "cuda":
         # Automatic dynamic shapes: the second batch size seen recompiles once with a symbolic
         # batch dimension, which then serves every batch size.

@@ -5,12 +5,17 @@ from __future__ import annotations
 import logging
 import re
 
-_SECRET_QUERY = re.compile(r"((?:token|apikey|api_key|key)=)[^&\s\"']+", re.IGNORECASE)
-_URL_CREDENTIALS = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s:]+:[^/@\s]+@", re.IGNORECASE)
+_SECRET_QUERY = re.compile(
+    r"((?:token|apikey|api_key|key|password|passwd|pass|pwd|secret|auth)=)[^&\s\"']+", re.IGNORECASE
+)
+# The userinfo of a URL, whatever its shape: user:password, a token alone, an empty user, a
+# password holding '@' or '/'. Everything from '://' to the last '@' of the URL is masked; a
+# path that holds an '@' is masked too, which errs on the safe side.
+_URL_CREDENTIALS = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^\s'\"<>]*@", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    """Mask query-string secrets and user:password@ in URLs."""
+    """Mask query-string secrets and the userinfo of URLs."""
     return _URL_CREDENTIALS.sub(r"\1***@", _SECRET_QUERY.sub(r"\1***", text))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import enum
 import json
 import logging
@@ -127,6 +128,7 @@ class Session:
         self.frames_published = 0
         self.paused_drops = 0
         self.alerts_raised = 0
+        self.publish_errors = 0
         self._source_rate = RateMeter(clock=clock)
         self._inference_rate = RateMeter(clock=clock)
         self._publish_rate = RateMeter(clock=clock)
@@ -156,10 +158,12 @@ class Session:
         return self.stream
 
     def start(self) -> None:
+        # RUNNING first: a reader that loses the stream at once reports `reconnecting`, which
+        # must not be overwritten afterwards.
+        self._set_state(SessionState.RUNNING)
         self._worker.register(self)
         self._publisher.start()
         self._reader.start()
-        self._set_state(SessionState.RUNNING)
 
     def stop(self, reason: str = "stopped by request", timeout: float = 0.5) -> bool:
         """Stop everything this session owns; idempotent and legal from every state.
@@ -178,11 +182,14 @@ class Session:
             return not (self._reader.alive or self._publisher.is_alive())
         self._worker.unregister(self.id)
         deadline = time.monotonic() + timeout
-        self._reader.stop(timeout)
+        # Signal both threads before waiting on either, so the publisher is not left running
+        # while the reader's wait uses up the whole timeout.
+        self._reader.stop(0.0)
         self._frames.close()
         self._results.close()
         if self._publisher.is_alive():
             self._publisher.join(max(0.0, deadline - time.monotonic()))
+        self._reader.join(max(0.0, deadline - time.monotonic()))
         self._hub.close_session(self.id, {"type": "session_stopped", "session_id": self.id, "reason": reason}, reason)
         if self._metrics is not None:
             self._metrics.forget_session(self.id)
@@ -276,7 +283,7 @@ class Session:
                 item = self._results.get(timeout=0.5)
                 now = time.monotonic()
                 if item is not None:
-                    self._publish(*item)
+                    self._publish_or_count(*item)
                 if now - last_status >= 1.0:
                     last_status = now
                     if self._hub.viewer_count(self.id):
@@ -285,6 +292,17 @@ class Session:
             log.exception("publisher of session %s crashed", self.id)
             if self._set_state(SessionState.FAILED, f"Publisher crashed: {exc}"):
                 self._worker.unregister(self.id)
+                self._reader.stop(0.0)  # a failed session must not keep the camera connection
+
+    def _publish_or_count(self, frame: Frame, detections: list[Detection]) -> None:
+        """Publish one frame; a failure (a transient encoder or GPU error) costs that frame only."""
+        try:
+            self._publish(frame, detections)
+        except Exception as exc:  # noqa: BLE001 - counted, reported in status, logged (not per frame)
+            self.publish_errors += 1
+            self.last_error = f"Publishing frame {frame.index} failed: {exc}"
+            if self.publish_errors == 1 or self.publish_errors % 100 == 0:
+                log.exception("session %s: %s (%d so far)", self.id, self.last_error, self.publish_errors)
 
     def _publish(self, frame: Frame, detections: list[Detection]) -> None:
         formats = self._hub.formats(self.id)
@@ -311,7 +329,7 @@ class Session:
         self._latency.add(latency)
         self.frames_published += 1
         self._publish_rate.mark()
-        if self._metrics is not None:
+        if self._metrics is not None and not self._stop.is_set():  # stop() has dropped its series
             self._metrics.frame_latency(self.id, latency)
 
     # -- reporting -------------------------------------------------------------------------
@@ -336,6 +354,8 @@ class Session:
             "latency_ms": self._latency.percentiles_ms(),
             "viewers": self._hub.viewer_count(self.id),
             "reconnects": self.reconnects,
+            "decode_errors": self._reader.decode_errors,
+            "publish_errors": self.publish_errors,
             "alerts": self.alerts_raised,
         }
 
@@ -400,7 +420,10 @@ class SessionManager:
         self.metrics = metrics
         self.worker: InferenceWorker | None = None
         self._sessions: dict[str, Session] = {}
-        self._opening = 0
+        # Start calls past the MAX_SESSIONS check, by ticket: their session (None until it is
+        # built) is opening its stream and counts against MAX_SESSIONS.
+        self._opening: dict[object, Session | None] = {}
+        self._closing = False
         self._lock = threading.Lock()
 
     def attach_worker(self, worker: InferenceWorker) -> None:
@@ -417,44 +440,60 @@ class SessionManager:
         worker = self._ready_worker()
         if reader_factory is None:
             try:
-                validate_stream_url(options.stream_url, self.settings.allowed_schemes)
+                url = validate_stream_url(options.stream_url, self.settings.allowed_schemes)
             except StreamError as exc:
                 raise SessionError(exc.kind.value, 422, str(exc)) from exc
+            options = dataclasses.replace(options, stream_url=url)
         with self._lock:
-            if len(self._sessions) + self._opening >= self.settings.max_sessions:
+            self._refuse_if_closing()
+            if len(self._sessions) + len(self._opening) >= self.settings.max_sessions:
                 raise SessionError(
                     "too_many_sessions",
                     429,
                     f"MAX_SESSIONS={self.settings.max_sessions} sessions are running; stop one first",
                 )
-            self._opening += 1
-        session = Session(
-            options,
-            settings=self.settings,
-            worker=worker,
-            hub=self.hub,
-            encoder=self.encoder,
-            model=worker.detector.info,
-            metrics=self.metrics,
-            reader_factory=reader_factory or StreamReader,
-        )
+            ticket = object()
+            self._opening[ticket] = None
+        session: Session | None = None
         try:
+            session = Session(
+                options,
+                settings=self.settings,
+                worker=worker,
+                hub=self.hub,
+                encoder=self.encoder,
+                model=worker.detector.info,
+                metrics=self.metrics,
+                reader_factory=reader_factory or StreamReader,
+            )
+            with self._lock:
+                self._opening[ticket] = session
             try:
                 await asyncio.to_thread(session.open)
             except StreamError as exc:
+                with self._lock:
+                    self._refuse_if_closing()
                 status = {"stream_unavailable": 502, "stream_timeout": 504}.get(exc.kind.value, 422)
                 raise SessionError(exc.kind.value, status, str(exc)) from exc
-            session.start()
             with self._lock:
+                # stop_all() may have run while the stream was opening; it has stopped this
+                # session already, so it must not start now.
+                self._refuse_if_closing()
+                session.start()
+                del self._opening[ticket]
                 self._sessions[session.id] = session
         except BaseException:
-            session.stop("start failed")
-            raise
-        finally:
             with self._lock:
-                self._opening -= 1
+                self._opening.pop(ticket, None)
+            if session is not None:
+                session.stop("start failed")
+            raise
         log.info("session %s started on %s (%s)", session.id, redact_url(options.stream_url), session.stream)
         return session
+
+    def _refuse_if_closing(self) -> None:
+        if self._closing:
+            raise SessionError("shutting_down", 503, "The service is shutting down; start the session elsewhere")
 
     def _ready_worker(self) -> InferenceWorker:
         worker = self.worker
@@ -490,8 +529,10 @@ class SessionManager:
         return session
 
     def stop_all(self, reason: str = "service shutting down") -> list[Session]:
+        """Stop every session, those still opening their stream included, and refuse new ones."""
         with self._lock:
-            sessions = list(self._sessions.values())
+            self._closing = True
+            sessions = [*self._sessions.values(), *(s for s in self._opening.values() if s is not None)]
             self._sessions.clear()
         for session in sessions:
             session.stop(reason)

@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from typing import Callable, Sequence
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import av
 
@@ -48,13 +48,21 @@ class StreamError(Exception):
 
 
 def validate_stream_url(url: str, allowed_schemes: Sequence[str]) -> str:
-    """Return the URL if its scheme is allowed and it names a host; raise StreamError otherwise."""
-    if not isinstance(url, str) or not url.strip():
+    """The URL to open, its scheme in lower case (FFmpeg matches protocol names exactly), if the
+    scheme is allowed and it names a host; StreamError otherwise. Messages never quote the URL's
+    parts: a malformed one may hold a password in any of them."""
+    if not isinstance(url, str) or not url:
         raise StreamError(StreamErrorKind.UNSUPPORTED_URL, "stream_url is empty")
-    url = url.strip()
-    if any(ord(c) < 0x20 or c in " \x7f" for c in url):
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        # Not stripped: what is checked must be exactly what FFmpeg opens, and a newline would
+        # end up inside the RTSP request line.
         raise StreamError(StreamErrorKind.UNSUPPORTED_URL, "stream_url contains whitespace or control characters")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - urllib validates the port only when it is read
+        host = parts.hostname
+    except ValueError as exc:
+        raise StreamError(StreamErrorKind.UNSUPPORTED_URL, "stream_url is not a valid URL (host or port)") from exc
     scheme = parts.scheme.lower()
     if scheme not in allowed_schemes:
         shown = f"'{scheme}:'" if scheme else "no scheme"
@@ -62,27 +70,15 @@ def validate_stream_url(url: str, allowed_schemes: Sequence[str]) -> str:
             StreamErrorKind.UNSUPPORTED_URL,
             f"stream_url has {shown}; only {', '.join(s + '://' for s in allowed_schemes)} URLs are accepted",
         )
-    try:
-        parts.port  # noqa: B018 - urllib validates the port only when it is read
-    except ValueError as exc:
-        raise StreamError(StreamErrorKind.UNSUPPORTED_URL, f"stream_url has an invalid port: {exc}") from exc
-    if not parts.hostname:
+    if not host:
         raise StreamError(StreamErrorKind.UNSUPPORTED_URL, "stream_url names no host")
-    return url
+    return scheme + url[len(parts.scheme) :]
 
 
 def redact_url(url: str) -> str:
-    """The URL with any user:password replaced, safe for logs and status."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+    """The URL with its userinfo (user:password@, a token@) and query secrets masked, for logs
+    and status."""
+    return redact(url)
 
 
 def protocol_whitelist(url: str) -> str:
@@ -90,9 +86,12 @@ def protocol_whitelist(url: str) -> str:
     return ",".join(_TRANSPORT_PROTOCOLS.get(scheme, (scheme,)))
 
 
-def _describe(exc: BaseException) -> str:
-    """FFmpeg's reason in one line; it often quotes the URL, so credentials are masked."""
+def _describe(exc: BaseException, url: str | None = None) -> str:
+    """FFmpeg's reason in one line. It often quotes the URL, which is replaced by its redacted
+    form (whatever its shape), and any other URL-like secret is masked."""
     text = str(exc).strip() or type(exc).__name__
+    if url:
+        text = text.replace(url, redact_url(url))
     return redact(text.replace("\n", " "))
 
 
@@ -135,16 +134,24 @@ class StreamReader:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._container: av.container.InputContainer | None = None
+        self._container_lock = threading.Lock()
         self._frame_index = 0
         self.info: StreamInfo | None = None
         self.reconnects = 0
+        self.decode_errors = 0  # packets the decoder rejected (bit errors, lost packets)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def open(self) -> StreamInfo:
         """Open the stream and find its video; raise StreamError with FFmpeg's reason."""
-        self._container, self.info = self._open_container()
-        return self.info
+        container, info = self._open_container()
+        with self._container_lock:
+            if self._stop.is_set():
+                # stop() came while FFmpeg was connecting: nobody will start this reader now.
+                container.close()
+                raise StreamError(StreamErrorKind.UNAVAILABLE, "Stopped while opening the stream")
+            self._container, self.info = container, info
+        return info
 
     def start(self) -> None:
         if self._container is None:
@@ -195,11 +202,18 @@ class StreamReader:
                 raise StreamError(
                     StreamErrorKind.TIMEOUT, f"Timed out after {elapsed:.1f} s opening the stream"
                 ) from exc
-            raise StreamError(StreamErrorKind.UNAVAILABLE, f"Cannot open stream: {_describe(exc)}") from exc
+            raise StreamError(StreamErrorKind.UNAVAILABLE, f"Cannot open stream: {_describe(exc, self.url)}") from exc
         except (av.error.FFmpegError, OSError) as exc:
-            raise StreamError(StreamErrorKind.UNAVAILABLE, f"Cannot open stream: {_describe(exc)}") from exc
-        if not container.streams.video:
+            raise StreamError(StreamErrorKind.UNAVAILABLE, f"Cannot open stream: {_describe(exc, self.url)}") from exc
+        try:
+            return container, self._video_info(container)
+        except BaseException:
             container.close()
+            raise
+
+    @staticmethod
+    def _video_info(container: av.container.InputContainer) -> StreamInfo:
+        if not container.streams.video:
             raise StreamError(StreamErrorKind.NO_VIDEO, "The stream has no video track")
         stream = container.streams.video[0]
         # Slice threading: frame threading would hold back one frame per decoder thread (on a
@@ -208,16 +222,16 @@ class StreamReader:
         stream.thread_type = "SLICE"
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else 0.0
-        info = StreamInfo(
+        return StreamInfo(
             width=int(stream.codec_context.width or 0),
             height=int(stream.codec_context.height or 0),
             fps=round(fps, 3) if fps < 1000 else 0.0,
             codec=stream.codec_context.name,
         )
-        return container, info
 
     def _close(self) -> None:
-        container, self._container = self._container, None
+        with self._container_lock:
+            container, self._container = self._container, None
         if container is not None:
             try:
                 container.close()
@@ -225,12 +239,13 @@ class StreamReader:
                 log.debug("error closing container", exc_info=True)
 
     def _run(self) -> None:
-        failures = 0
+        failures = 0  # connection losses since the stream last ran healthily
+        lost = False
         try:
             while not self._stop.is_set():
                 if self._container is None:
                     try:
-                        self._container, self.info = self._open_container()
+                        container, info = self._open_container()
                     except StreamError as exc:
                         failures += 1
                         delay = self._backoff(failures)
@@ -238,18 +253,27 @@ class StreamReader:
                         if self._stop.wait(delay):
                             break
                         continue
-                    if failures or not self._loop:
+                    with self._container_lock:
+                        self._container, self.info = container, info
+                    if lost:
                         self.reconnects += 1
                         log.info("reconnected to %s", redact_url(self.url))
-                    failures = 0
+                    lost = False
                     self._on_state("running", None)
+                connected = time.monotonic()
                 error = self._decode_until_error()
                 self._close()
                 if self._stop.is_set():
                     break
                 if self._loop and error == END_OF_STREAM:
                     continue
+                if time.monotonic() - connected >= max(self._reconnect_max, self._read_timeout):
+                    # It ran for a while, so this is a new loss: back off from the start again. A
+                    # server that accepts and drops at once keeps backing off instead of being
+                    # hammered every RECONNECT_MIN_S.
+                    failures = 0
                 failures += 1
+                lost = True
                 delay = self._backoff(failures)
                 self._on_state("reconnecting", f"{error}; reconnecting in {delay:.1f} s")
                 log.warning("stream %s lost: %s", redact_url(self.url), error)
@@ -257,7 +281,7 @@ class StreamReader:
                     break
         except Exception as exc:  # noqa: BLE001 - any bug must surface as a failed session, not a dead thread
             log.exception("reader for %s crashed", redact_url(self.url))
-            self._on_state("failed", f"Reader crashed: {_describe(exc)}")
+            self._on_state("failed", f"Reader crashed: {_describe(exc, self.url)}")
         finally:
             self._close()
 
@@ -269,11 +293,28 @@ class StreamReader:
         interval = 1.0 / float(rate) if rate else 0.0
         clock_start: float | None = None
         pts_start = 0.0
+        failing_since: float | None = None  # first of the decode errors since the last good frame
         try:
             for packet in container.demux(stream):
                 if self._stop.is_set():
                     return "stopped"
-                for frame in packet.decode():
+                try:
+                    frames = packet.decode()
+                except av.error.FFmpegError as exc:
+                    # A damaged packet (a bit error, a lost RTP packet) costs the frames that
+                    # depend on it, not the connection: the decoder resumes at the next good one.
+                    self.decode_errors += 1
+                    now = time.monotonic()
+                    reason = _describe(exc, self.url)
+                    if failing_since is None:
+                        failing_since = now
+                        log.warning("stream %s: undecodable packet skipped: %s", redact_url(self.url), reason)
+                    elif now - failing_since >= self._read_timeout:
+                        return f"Stream error: nothing decodable for {now - failing_since:.1f} s: {reason}"
+                    continue
+                if frames:
+                    failing_since = None
+                for frame in frames:
                     if self._realtime and frame.pts is not None and time_base:
                         pts = frame.pts * time_base
                         if clock_start is None:
@@ -295,7 +336,7 @@ class StreamReader:
         except av.error.ExitError:
             return f"No data for {self._read_timeout:.1f} s"
         except (av.error.FFmpegError, OSError) as exc:
-            return f"Stream error: {_describe(exc)}"
+            return f"Stream error: {_describe(exc, self.url)}"
 
     def _backoff(self, failures: int) -> float:
         return min(self._reconnect_max, self._reconnect_min * (2 ** max(0, failures - 1)))

@@ -2,7 +2,14 @@
 
 import pytest
 
-from rtdetr_service.source import StreamError, StreamErrorKind, protocol_whitelist, redact_url, validate_stream_url
+from rtdetr_service.source import (
+    StreamError,
+    StreamErrorKind,
+    _describe,
+    protocol_whitelist,
+    redact_url,
+    validate_stream_url,
+)
 
 ALLOWED = ["rtsp", "rtsps"]
 
@@ -24,22 +31,56 @@ ALLOWED = ["rtsp", "rtsps"]
         "",
         "  ",
         "gopher://x",
+        " rtsp://host/x",
+        "rtsp://host/x\n",
+        "rtsp://host/x\r\nDESCRIBE",
+        "rtsp://[::1/x",
+        "rtsp://[zz]/x",
+        "rtsp://admin:pa/ss@host/x",
     ],
 )
 def test_refused(url):
     with pytest.raises(StreamError) as info:
         validate_stream_url(url, ALLOWED)
     assert info.value.kind is StreamErrorKind.UNSUPPORTED_URL
+    # the words never quote a part of the URL: in a malformed one, that part may be a password
+    assert "'pa'" not in str(info.value) and "ss@" not in str(info.value)
 
 
-@pytest.mark.parametrize("url", ["rtsp://mediamtx:8554/camera", "RTSP://10.0.0.2/live", "rtsps://u:p@cam.local:322/s"])
-def test_accepted(url):
-    assert validate_stream_url(url, ALLOWED) == url
+@pytest.mark.parametrize(
+    "url, opened",
+    [
+        ("rtsp://mediamtx:8554/camera", "rtsp://mediamtx:8554/camera"),
+        ("RTSP://10.0.0.2/live", "rtsp://10.0.0.2/live"),  # FFmpeg knows protocols in lower case only
+        ("rtsps://u:p@cam.local:322/s", "rtsps://u:p@cam.local:322/s"),
+        ("rtsp://[fe80::1]:554/x", "rtsp://[fe80::1]:554/x"),
+    ],
+)
+def test_accepted(url, opened):
+    assert validate_stream_url(url, ALLOWED) == opened
 
 
-def test_redaction():
-    assert redact_url("rtsp://admin:s3cret@cam:554/live") == "rtsp://***@cam:554/live"
-    assert redact_url("rtsp://cam/live") == "rtsp://cam/live"
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("rtsp://admin:s3cret@cam:554/live", "rtsp://***@cam:554/live"),
+        ("rtsp://cam/live", "rtsp://cam/live"),
+        ("rtsp://:s3cret@cam/live", "rtsp://***@cam/live"),  # empty user
+        ("rtsp://s3cret@cam/live", "rtsp://***@cam/live"),  # a token as the user
+        ("rtsp://u:p@ss@cam/live", "rtsp://***@cam/live"),  # '@' inside the password
+        ("rtsp://admin:12/34@cam/x", "rtsp://***@cam/x"),  # '/' inside the password
+        ("rtsp://u:s3cret@[fe80::1]:554/x", "rtsp://***@[fe80::1]:554/x"),
+        ("rtsp://cam/live?user=a&password=s3cret", "rtsp://cam/live?user=a&password=***"),
+    ],
+)
+def test_redaction(url, shown):
+    assert redact_url(url) == shown
+
+
+def test_ffmpeg_reasons_quote_the_url_redacted():
+    url = "rtsp://:s3cret@127.0.0.1:9/camera"
+    reason = _describe(OSError(111, f"Connection refused: '{url}'"), url)
+    assert "s3cret" not in reason and "rtsp://***@127.0.0.1:9/camera" in reason
 
 
 def test_whitelist_has_no_local_protocols():

@@ -21,6 +21,11 @@ async def ready(request: Request) -> JSONResponse:
     if worker is None:
         detail = state.model_error or "model loading"
         return JSONResponse({"ready": False, "detail": detail, "model": None}, status_code=503)
+    if not worker.alive:
+        why = worker.last_error or "no error recorded"
+        detail = f"The inference worker has stopped ({why}); restart the service"
+        model = worker.detector.info.as_dict()
+        return JSONResponse({"ready": False, "detail": detail, "model": model}, status_code=503)
     return JSONResponse(
         {
             "ready": True,

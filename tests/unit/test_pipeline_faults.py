@@ -1,0 +1,367 @@
+"""Faults inside the pipeline cost the frame or the call they happen in, never a thread, a slot of
+MAX_SESSIONS, a camera connection or a wrong state. The network reader is replaced by a fake that
+emits frames; the worker, session and manager under test are the real ones."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from rtdetr_service.batcher import InferenceWorker
+from rtdetr_service.config import Settings
+from rtdetr_service.session import Session, SessionError, SessionManager, SessionOptions, SessionState
+from rtdetr_service.source import StreamReader
+from rtdetr_service.types import Frame, ModelInfo, StreamInfo
+
+MODEL = ModelInfo(name="fake", backend="fake", device="cpu", trained=True, class_names=("person",))
+
+
+def _settings(**values) -> Settings:
+    return Settings(_env_file=None, api_keys="k", **values)
+
+
+class NoDetections:
+    info = MODEL
+
+    def detect(self, images, thresholds):
+        return [[] for _ in images]
+
+
+class Hub:
+    """The hub as a session sees it, with one JSON viewer."""
+
+    def __init__(self) -> None:
+        self.frames: list = []
+        self.events: list = []
+
+    def viewer_count(self, session_id):
+        return 1
+
+    def formats(self, session_id):
+        return {"json"}
+
+    def publish_frame(self, session_id, payload):
+        self.frames.append(payload)
+
+    def publish_event(self, session_id, message):
+        self.events.append(message)
+
+    def close_session(self, session_id, message, reason):
+        self.events.append(message)
+
+
+class Encoder:
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+
+    def encode(self, image, quality):
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("CUDA error: out of memory")
+        return b"\xff\xd8jpeg"
+
+
+class FakeCamera:
+    """StreamReader's interface: open(), then a thread emitting 64x48 frames until stop()."""
+
+    def __init__(self, url, *, on_frame, on_state, name="reader", **_) -> None:
+        self._on_frame, self._on_state = on_frame, on_state
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.info: StreamInfo | None = None
+        self.reconnects = 0
+        self.decode_errors = 0
+
+    def open(self) -> StreamInfo:
+        self.info = StreamInfo(64, 48, 30.0, "h264")
+        return self.info
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        index = 0
+        while not self._stop.wait(0.01):
+            index += 1
+            self._on_frame(Frame(np.zeros((48, 64, 3), np.uint8), index, time.time(), time.monotonic()))
+
+    def stop(self, timeout=1.0) -> bool:
+        self._stop.set()
+        return self.join(timeout)
+
+    def join(self, timeout=None) -> bool:
+        if self._thread.ident:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+
+def _wait_for(condition, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+# -- the shared inference worker ------------------------------------------------------------
+
+
+class _Unconvertible:
+    """A decoded picture whose conversion to BGR fails (a swscale error, out of memory)."""
+
+    width, height = 64, 48
+
+    def to_ndarray(self, format):
+        raise ValueError("conversion failed")
+
+
+class _Client:
+    id = "s1"
+    confidence_threshold = 0.5
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+        self.delivered: list[int] = []
+
+    def take_frame(self):
+        return self.frames.pop() if self.frames else None
+
+    def deliver(self, frame, detections, inference_s):
+        self.delivered.append(frame.index)
+
+
+def _good(index: int) -> Frame:
+    return Frame(np.zeros((48, 64, 3), np.uint8), index, time.time(), time.monotonic())
+
+
+def test_a_frame_that_cannot_be_converted_costs_that_frame_only():
+    worker = InferenceWorker(NoDetections(), max_batch=4, batch_wait_s=0.0)
+    client = _Client()
+    worker.register(client)
+    worker.start()
+    try:
+        client.frames.append(Frame(None, 1, time.time(), time.monotonic(), decoded=_Unconvertible()))
+        worker.notify()
+        assert _wait_for(lambda: worker.errors == 1)
+        client.frames.append(_good(2))
+        worker.notify()
+        assert _wait_for(lambda: client.delivered == [2])
+        assert worker.alive and "Frame 1" in worker.last_error
+    finally:
+        worker.stop()
+
+
+def test_a_failing_batch_callback_does_not_stop_the_worker():
+    def on_batch(size, seconds):
+        raise RuntimeError("metrics bug")
+
+    worker = InferenceWorker(NoDetections(), max_batch=4, batch_wait_s=0.0, on_batch=on_batch)
+    client = _Client()
+    worker.register(client)
+    worker.start()
+    try:
+        for index in (1, 2):
+            client.frames.append(_good(index))
+            worker.notify()
+            assert _wait_for(lambda index=index: index in client.delivered)
+        assert worker.alive and worker.errors == 2
+    finally:
+        worker.stop()
+
+
+# -- a session --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def worker():
+    worker = InferenceWorker(NoDetections(), max_batch=4, batch_wait_s=0.0)
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+def _session(worker, reader=FakeCamera, encoder=None, hub=None) -> Session:
+    return Session(
+        SessionOptions("rtsp://camera/x"),
+        settings=_settings(),
+        worker=worker,
+        hub=hub or Hub(),
+        encoder=encoder or Encoder(),
+        model=MODEL,
+        reader_factory=reader,
+    )
+
+
+def test_one_failed_encode_costs_one_frame_not_the_session(worker):
+    hub = Hub()
+    session = _session(worker, encoder=Encoder(failures=1), hub=hub)
+    session.open()
+    session.start()
+    try:
+        assert _wait_for(lambda: len(hub.frames) >= 5)
+        assert session.state == SessionState.RUNNING
+        stats = session.stats()
+        assert stats["publish_errors"] == 1 and "out of memory" in session.last_error
+    finally:
+        session.stop()
+
+
+class _DropsAtOnce(FakeCamera):
+    """The camera closes right after the handshake: the reader reports `reconnecting` at once."""
+
+    def start(self) -> None:
+        self._on_state("reconnecting", "End of stream; reconnecting in 0.5 s")
+
+
+def test_start_does_not_hide_a_reconnect_reported_at_once(worker):
+    session = _session(worker, reader=_DropsAtOnce)
+    session.open()
+    session.start()
+    try:
+        assert session.state == SessionState.RECONNECTING
+        assert "reconnecting" in session.last_error
+    finally:
+        session.stop()
+
+
+def test_stop_ends_both_threads_promptly(worker):
+    session = _session(worker)
+    session.open()
+    session.start()
+    assert _wait_for(lambda: session.frames_published > 0)
+    started = time.monotonic()
+    assert session.stop(timeout=1.0)
+    assert time.monotonic() - started < 1.0
+    assert session.state == SessionState.STOPPED
+
+
+# -- the manager --------------------------------------------------------------------------------
+
+
+def _manager(**settings) -> SessionManager:
+    manager = SessionManager(_settings(**settings), Hub(), Encoder())
+    manager.attach_worker(InferenceWorker(NoDetections(), max_batch=1, batch_wait_s=0.0))
+    return manager
+
+
+def test_a_reader_that_cannot_be_built_gives_back_its_place():
+    def broken(*args, **kwargs):
+        raise RuntimeError("reader could not be built")
+
+    async def scenario():
+        manager = _manager(max_sessions=1)
+        with pytest.raises(RuntimeError):
+            await manager.start(SessionOptions("rtsp://camera/x"), reader_factory=broken)
+        session = await manager.start(SessionOptions("rtsp://camera/x"), reader_factory=FakeCamera)
+        manager.stop(session.id)
+
+    asyncio.run(scenario())
+
+
+class _Connection:
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+class _SlowCamera(StreamReader):
+    """The real reader with a camera whose handshake takes 0.5 s."""
+
+    connections: list[_Connection] = []
+
+    def _open_container(self):
+        time.sleep(0.5)
+        connection = _Connection()
+        self.connections.append(connection)
+        return connection, StreamInfo(64, 48, 30.0, "h264")
+
+
+def test_a_start_cancelled_while_opening_closes_the_connection():
+    _SlowCamera.connections = []
+
+    async def scenario():
+        manager = _manager()
+        task = asyncio.create_task(manager.start(SessionOptions("rtsp://camera/x"), reader_factory=_SlowCamera))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return manager
+
+    manager = asyncio.run(scenario())
+    assert _wait_for(lambda: _SlowCamera.connections and _SlowCamera.connections[0].closed.is_set())
+    assert manager.list() == []
+
+
+def test_shutdown_stops_sessions_that_are_still_opening_and_refuses_new_ones():
+    _SlowCamera.connections = []
+
+    async def scenario():
+        manager = _manager()
+        task = asyncio.create_task(manager.start(SessionOptions("rtsp://camera/x"), reader_factory=_SlowCamera))
+        await asyncio.sleep(0.1)
+        manager.stop_all("service shutting down")
+        with pytest.raises(SessionError) as opening:
+            await task
+        with pytest.raises(SessionError) as later:
+            await manager.start(SessionOptions("rtsp://camera/x"), reader_factory=FakeCamera)
+        return manager, opening.value, later.value
+
+    manager, opening, later = asyncio.run(scenario())
+    assert (opening.status, opening.code) == (503, "shutting_down")
+    assert (later.status, later.code) == (503, "shutting_down")
+    assert manager.list() == []
+    assert _SlowCamera.connections[0].closed.is_set()
+
+
+class _EmptyVideo:
+    time_base = None
+    average_rate = None
+    guessed_rate = None
+
+
+class _DroppedAtOnce(_Connection):
+    """A server that completes the handshake, then closes before sending a frame."""
+
+    class streams:  # noqa: N801 - mirrors av's container.streams
+        video = [_EmptyVideo()]
+
+    def demux(self, stream):
+        return iter(())
+
+
+class _FlappingCamera(StreamReader):
+    def _open_container(self):
+        return _DroppedAtOnce(), StreamInfo(64, 48, 30.0, "h264")
+
+
+def test_a_server_that_drops_every_connection_at_once_is_retried_with_growing_delays():
+    states: list[str] = []
+    reader = _FlappingCamera(
+        "rtsp://camera/x",
+        on_frame=lambda frame: None,
+        on_state=lambda state, error: states.append(error or state),
+        open_timeout=1,
+        read_timeout=1,
+        reconnect_min=0.1,
+        reconnect_max=0.8,
+    )
+    reader.open()
+    reader.start()
+    try:
+        assert _wait_for(lambda: sum("reconnecting in" in s for s in states) >= 5, timeout=15)
+    finally:
+        reader.stop(1.0)
+    delays = [float(s.rsplit("reconnecting in ", 1)[1].split()[0]) for s in states if "reconnecting in" in s]
+    assert delays[:5] == [0.1, 0.2, 0.4, 0.8, 0.8]
