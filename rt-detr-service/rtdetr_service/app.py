@@ -83,7 +83,9 @@ async def lifespan(app: FastAPI):
     finally:
         stopped = app.state.manager.stop_all("service shutting down")
         for session in stopped:
-            session.join(settings.read_timeout_s + 1.0)
+            # A reader inside FFmpeg's open (reconnecting) ends within OPEN_TIMEOUT_S, one
+            # inside a read within READ_TIMEOUT_S.
+            session.join(max(settings.open_timeout_s, settings.read_timeout_s) + 1.0)
         loader.join(timeout=1.0)
         worker = app.state.manager.worker
         if worker is not None:
@@ -100,6 +102,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Real-time RT-DETRv2 analysis of RTSP streams",
         lifespan=lifespan,
+        # No 307 to "the same path without the slash": behind Kong its Location would name the
+        # internal upstream host. A trailing slash is a plain 404.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     install_error_handlers(app)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hmac
 
-from fastapi import Request
+from fastapi import Request, Security
+from fastapi.security import APIKeyHeader
 
 from .errors import ApiError
 
@@ -20,16 +21,35 @@ def key_matches(candidate: str, keys) -> bool:
     return found
 
 
-async def require_api_key(request: Request) -> None:
-    """FastAPI dependency guarding /api/v1/video/*."""
-    settings = request.app.state.settings
+# Declared as security schemes so that /docs offers "Authorize"; read from headers only.
+_APIKEY = APIKeyHeader(name="apikey", scheme_name="apikey", auto_error=False, description="An API key.")
+_X_API_KEY = APIKeyHeader(name="X-API-Key", scheme_name="X-API-Key", auto_error=False, description="An API key.")
+
+
+def key_rejection(settings, candidate: str | None) -> ApiError | None:
+    """The 401 to answer, or None when the key is good (or keys are off)."""
     if settings.auth_disabled:
-        return
-    candidate = next((request.headers[h] for h in KEY_HEADERS if h in request.headers), None)
-    if not candidate or not key_matches(candidate, settings.api_keys):
-        raise ApiError(
-            401,
-            "unauthorized",
-            "Missing or invalid API key: send it in the 'apikey' (or 'X-API-Key') header",
-            headers={"WWW-Authenticate": "ApiKey"},
-        )
+        return None
+    if candidate and key_matches(candidate, settings.api_keys):
+        return None
+    return ApiError(
+        401,
+        "unauthorized",
+        "Missing or invalid API key: send it in the 'apikey' (or 'X-API-Key') header",
+        headers={"WWW-Authenticate": "ApiKey"},
+    )
+
+
+def request_key(request: Request) -> str | None:
+    return next((request.headers[h] for h in KEY_HEADERS if h in request.headers), None)
+
+
+async def require_api_key(
+    request: Request,
+    apikey: str | None = Security(_APIKEY),
+    x_api_key: str | None = Security(_X_API_KEY),
+) -> None:
+    """FastAPI dependency guarding /api/v1/video/*."""
+    rejection = key_rejection(request.app.state.settings, apikey or x_api_key)
+    if rejection is not None:
+        raise rejection

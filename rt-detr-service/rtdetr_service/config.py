@@ -15,7 +15,11 @@ DEFAULT_MODEL = "models/rtdetr_v2_r18vd"
 class Settings(BaseSettings):
     """Every knob of the service; environment variables use the upper-case field names."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="forbid", validate_default=True)
+    # `.env` is shared with docker compose (MEDIAMTX_*, KONG_*, RTSP_BIND): like the environment,
+    # it is read for this class's names only. Unknown keyword arguments are still refused.
+    model_config = SettingsConfigDict(
+        env_file=".env", dotenv_filtering="only_existing", extra="forbid", validate_default=True
+    )
 
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
@@ -88,6 +92,10 @@ class Settings(BaseSettings):
             raise ValueError(
                 "API_KEYS is empty: set API_KEYS=key1,key2, or AUTH_DISABLED=true only behind a gateway "
                 "that checks keys itself"
+            )
+        if self.api_keys and self.auth_disabled:
+            raise ValueError(
+                "API_KEYS and AUTH_DISABLED=true are both set: keys would be silently ignored; set only one"
             )
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("RECONNECT_MAX_S must be >= RECONNECT_MIN_S")

@@ -13,6 +13,8 @@ from .session import SessionError
 
 log = logging.getLogger(__name__)
 
+PROTECTED_PREFIX = "/api/v1/video"
+
 
 class ApiError(Exception):
     def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
@@ -42,7 +44,15 @@ def install_error_handlers(app: FastAPI) -> None:
         return _response(exc.status, exc.code, str(exc))
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI parses the body before it runs dependencies: a caller without a key must
+        # still get 401, not a verdict on its body.
+        from .auth import key_rejection, request_key
+
+        if request.url.path.startswith(PROTECTED_PREFIX):
+            rejection = key_rejection(request.app.state.settings, request_key(request))
+            if rejection is not None:
+                return _response(rejection.status, rejection.code, rejection.detail, rejection.headers)
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return _response(400, "invalid_json", "The request body is not valid JSON")

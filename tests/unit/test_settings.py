@@ -49,6 +49,20 @@ def test_unknown_keys_are_refused():
         make(api_keys="k", max_sesions=3)
 
 
+def test_keys_and_disabled_auth_together_are_refused():
+    # keys that would be silently ignored are a misconfiguration, not a choice
+    with pytest.raises(ValidationError, match="set only one"):
+        make(api_keys="k", auth_disabled=True)
+
+
+def test_env_file_shared_with_compose_is_read_for_our_names_only(tmp_path, monkeypatch):
+    monkeypatch.delenv("API_KEYS", raising=False)
+    env = tmp_path / ".env"
+    env.write_text("API_KEYS=k1\nMAX_SESSIONS=3\nMEDIAMTX_PUBLISH_PASS=x\nKONG_DECLARATIVE_FILE=/k.yml\n")
+    settings = Settings(_env_file=env)
+    assert settings.max_sessions == 3 and [k.get_secret_value() for k in settings.api_keys] == ["k1"]
+
+
 def test_environment_overrides(monkeypatch):
     monkeypatch.setenv("API_KEYS", "k")
     monkeypatch.setenv("PORT", "9000")

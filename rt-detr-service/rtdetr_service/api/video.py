@@ -10,10 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..alerts import AlertRule
 from ..auth import require_api_key
-from ..errors import ApiError
+from ..errors import PROTECTED_PREFIX, ApiError
 from ..session import SessionManager, SessionOptions
 
-router = APIRouter(prefix="/api/v1/video", tags=["video"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix=PROTECTED_PREFIX, tags=["video"], dependencies=[Depends(require_api_key)])
 
 
 class AlertRuleIn(BaseModel):

@@ -62,7 +62,13 @@ async def stream(websocket: WebSocket, session_id: str, token: str = "", format:
 
 async def _receive_controls(websocket: WebSocket, manager, session) -> None:
     while True:
-        text = await websocket.receive_text()
+        received = await websocket.receive()
+        if received["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(received.get("code", 1000))
+        text = received.get("text")
+        if text is None:
+            await websocket.send_text(json.dumps({"type": "error", "detail": "messages must be JSON text"}))
+            continue
         try:
             message = json.loads(text)
         except json.JSONDecodeError:
