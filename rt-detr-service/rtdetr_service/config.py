@@ -68,6 +68,16 @@ class Settings(BaseSettings):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
 
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_fit_a_header(cls, value: list[SecretStr]) -> list[SecretStr]:
+        # HTTP headers carry visible ASCII; any other key could never match. Which key is bad is
+        # not said: that would print it.
+        for key in value:
+            if not all("!" <= c <= "~" for c in key.get_secret_value()):
+                raise ValueError("API_KEYS: keys must be visible ASCII characters without spaces")
+        return value
+
     @field_validator("allowed_schemes", mode="before")
     @classmethod
     def _split_schemes(cls, value: object) -> object:

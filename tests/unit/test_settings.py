@@ -49,6 +49,15 @@ def test_unknown_keys_are_refused():
         make(api_keys="k", max_sesions=3)
 
 
+def test_keys_that_no_header_can_carry_are_refused_without_being_shown(monkeypatch, capsys):
+    from rtdetr_service.__main__ import main
+
+    monkeypatch.setenv("API_KEYS", "good-key,clé-secrète")
+    assert main() == 2
+    error = capsys.readouterr().err
+    assert "API_KEYS" in error and "visible ASCII" in error and "secrète" not in error
+
+
 def test_keys_and_disabled_auth_together_are_refused():
     # keys that would be silently ignored are a misconfiguration, not a choice
     with pytest.raises(ValidationError, match="set only one"):
