@@ -103,6 +103,25 @@ class FakeCamera:
         return self._thread.is_alive()
 
 
+def _run(scenario):
+    """asyncio.run(scenario()) on a thread of its own: a session-wide fixture (Playwright's sync
+    API) may keep an event loop running on the main thread."""
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = asyncio.run(scenario())
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the test's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(60)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
 def _wait_for(condition, timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -264,7 +283,7 @@ def test_a_reader_that_cannot_be_built_gives_back_its_place():
         session = await manager.start(SessionOptions("rtsp://camera/x"), reader_factory=FakeCamera)
         manager.stop(session.id)
 
-    asyncio.run(scenario())
+    _run(scenario)
 
 
 class _Connection:
@@ -299,7 +318,7 @@ def test_a_start_cancelled_while_opening_closes_the_connection():
             await task
         return manager
 
-    manager = asyncio.run(scenario())
+    manager = _run(scenario)
     assert _wait_for(lambda: _SlowCamera.connections and _SlowCamera.connections[0].closed.is_set())
     assert manager.list() == []
 
@@ -318,7 +337,7 @@ def test_shutdown_stops_sessions_that_are_still_opening_and_refuses_new_ones():
             await manager.start(SessionOptions("rtsp://camera/x"), reader_factory=FakeCamera)
         return manager, opening.value, later.value
 
-    manager, opening, later = asyncio.run(scenario())
+    manager, opening, later = _run(scenario)
     assert (opening.status, opening.code) == (503, "shutting_down")
     assert (later.status, later.code) == (503, "shutting_down")
     assert manager.list() == []
