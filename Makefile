@@ -18,6 +18,7 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 ULTRALYTICS := ultralytics==8.4.190
 
 $(DEPS): rt-detr-service/requirements.txt rt-detr-service/requirements-ultralytics.txt tests/requirements.txt
+	$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || bash scripts/setup-system.sh venv
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) -r rt-detr-service/requirements.txt -r rt-detr-service/requirements-ultralytics.txt -r tests/requirements.txt
 	$(PIP) --no-deps $(ULTRALYTICS)
@@ -31,13 +32,13 @@ system: ## install the Debian packages `make run` needs (GStreamer test camera)
 system-test: ## install the Debian packages `make test` needs (adds chromium, deck, shellcheck, ffmpeg)
 	bash scripts/setup-system.sh test
 
-run: deps system ## set up, then run the service with a local test camera; prints key and curl lines
+run: system deps ## set up, then run the service with a local test camera; prints key and curl lines
 	PY=$(PY) bash scripts/run-native.sh
 
 serve: deps ## run only the service (settings from the environment / .env)
 	$(SERVICE_ENV) $(PY) -m rtdetr_service
 
-test: deps system-test ## set up, then run every test (CPU only)
+test: system-test deps ## set up, then run every test (CPU only)
 	$(SERVICE_ENV) $(PY) -m pytest
 
 models: deps ## download official RT-DETRv2 weights into models/ (MODEL_VARIANT=r18vd|r34vd|r50vd|r101vd)

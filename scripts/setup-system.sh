@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the stack relies on, only those missing.
-#   setup-system.sh run   - the GStreamer test camera (make run)
+#   setup-system.sh venv  - what `python3 -m venv` needs (make deps)
+#   setup-system.sh run   - plus the GStreamer test camera (make run)
 #   setup-system.sh test  - plus Chromium for browser tests, deck for kong.yml, shellcheck, ffmpeg
 set -euo pipefail
 
 profile=${1:-run}
-# fonts-dejavu-core: the test camera's clock overlay and Chromium both need a font to render.
-packages=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-          gstreamer1.0-plugins-ugly fonts-dejavu-core)
+# python3-venv: Debian's python3 cannot make the venv without it.
+packages=(python3-venv)
+if [ "$profile" != venv ]; then
+  # gstreamer1.0-x: timeoverlay (the camera's clock), only a recommendation of plugins-good.
+  # fonts-dejavu-core: the clock overlay and Chromium both need a font to render.
+  packages+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+             gstreamer1.0-plugins-ugly gstreamer1.0-x fonts-dejavu-core)
+fi
 if [ "$profile" = test ]; then
   packages+=(chromium deck shellcheck ffmpeg)
 fi
@@ -29,4 +35,4 @@ if [ "$(id -u)" -ne 0 ]; then
   fi
 fi
 "${sudo_cmd[@]}" apt-get update -q
-DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+"${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -46,9 +46,17 @@ def main() -> int:
     server.set_service(str(args.port))
     factory = GstRtspServer.RTSPMediaFactory()
     if args.audio_only:
-        factory.set_launch("( audiotestsrc is-live=true ! alawenc ! rtppcmapay name=pay0 pt=8 )")
+        launch = "( audiotestsrc is-live=true ! alawenc ! rtppcmapay name=pay0 pt=8 )"
     else:
-        factory.set_launch(pipeline(args.width, args.height, args.fps, args.pattern))
+        launch = pipeline(args.width, args.height, args.fps, args.pattern)
+    # gst-rtsp-server builds the pipeline only when a client asks (DESCRIBE answers 503 if an
+    # element is missing): build it once now so a missing plugin fails here, by name.
+    try:
+        Gst.parse_launch(launch.strip("() "))
+    except GLib.Error as exc:
+        print(f"cannot build the camera pipeline ({exc.message}); run scripts/setup-system.sh", file=sys.stderr)
+        return 1
+    factory.set_launch(launch)
     factory.set_shared(True)
     server.get_mount_points().add_factory(args.mount, factory)
     if server.attach(None) == 0:
