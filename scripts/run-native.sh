@@ -37,6 +37,10 @@ port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 if [ "$CAMERA" = auto ]; then
   if command -v mediamtx >/dev/null && command -v ffmpeg >/dev/null; then CAMERA=mediamtx; else CAMERA=gstreamer; fi
 fi
+if port_taken "$PORT"; then
+  echo "Port ${PORT} is taken: stop what listens there, or run with PORT=<free port>" >&2
+  exit 1
+fi
 if [ "$CAMERA" != none ] && port_taken "$CAMERA_PORT"; then
   echo "Port ${CAMERA_PORT} is taken: stop what listens there, or run with CAMERA_PORT=<free port>" >&2
   exit 1
@@ -61,13 +65,25 @@ elif [ "$CAMERA" = gstreamer ]; then
     kill -0 "${pids[0]}" 2>/dev/null || { cat .run/camera.log >&2; exit 1; }
     sleep 0.1
   done
+  grep -q '^READY' .run/camera.log || { echo "The test camera did not start in 10 s (.run/camera.log)" >&2; exit 1; }
 fi
 
+"$PY" -m rtdetr_service >.run/service.log 2>&1 &
+pids+=($!)
+service=${pids[-1]}
+tail -n +1 -f .run/service.log &
+pids+=($!)
+# The curl lines below work once the model is loaded: wait for the service to say so.
+for _ in $(seq 1200); do
+  kill -0 "$service" 2>/dev/null || { echo "The service exited; its log is above (.run/service.log)." >&2; exit 1; }
+  grep -qE ' ready: |Model failed to load' .run/service.log && break
+  sleep 0.25
+done
 cat <<EOT
 
   rt-detr-service on http://127.0.0.1:${PORT}   (viewer page: http://127.0.0.1:${PORT}/)
   API key:      ${key}
-  Test camera:  ${stream_url}
+  Test camera:  ${stream_url}   (paste it into the viewer page's stream field)
 
   Start a session (the answer holds session_id and websocket_path):
     curl -s -X POST http://127.0.0.1:${PORT}/api/v1/video/start -H "apikey: ${key}" -H 'Content-Type: application/json' -d '{"stream_url": "${stream_url}", "enable_drawing": true}'
@@ -77,6 +93,4 @@ cat <<EOT
 
 EOT
 
-"$PY" -m rtdetr_service &
-pids+=($!)
-wait "${pids[-1]}"
+wait "$service"

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import torch
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -95,6 +95,19 @@ async def lifespan(app: FastAPI):
         log.info("shut down: %d session(s) stopped", len(stopped))
 
 
+# The viewer page takes an API key: it runs only its own scripts, talks only to its own origin,
+# cannot be framed, and is revalidated after an upgrade so old and new modules never mix.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     app = FastAPI(
@@ -112,6 +125,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(video.router)
     app.include_router(ws.router)
 
+    @app.middleware("http")
+    async def page_headers(request: Request, call_next):
+        response = await call_next(request)
+        if request.url.path == "/" or request.url.path.startswith("/ui/"):
+            response.headers.update(PAGE_HEADERS)
+        return response
+
     frontend = settings.frontend_dir
     if (frontend / "ui").is_dir():
         app.mount("/ui", StaticFiles(directory=frontend / "ui"), name="ui")
@@ -120,7 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def index():
         page = frontend / "index.html"
         if page.is_file():
-            return FileResponse(page, headers={"Cache-Control": "no-cache"})
+            return FileResponse(page)
         return JSONResponse(
             {"error": "not_found", "detail": f"No viewer page at {page}; the API is at /docs"}, status_code=404
         )

@@ -116,3 +116,19 @@ def test_openapi_docs(live_service):
     assert httpx.get(f"{live_service.base_url}/docs").status_code == 200
     paths = httpx.get(f"{live_service.base_url}/openapi.json").json()["paths"]
     assert {"/api/v1/video/start", "/api/v1/video/stop", "/api/v1/video/status/{session_id}"} <= set(paths)
+
+
+def test_the_viewer_page_is_served_locked_down(live_service):
+    import httpx
+
+    # the page that takes the API key runs only its own scripts, talks only to its own origin,
+    # cannot be framed, and is revalidated after an upgrade
+    for path in ("/", "/ui/app.js"):
+        response = httpx.get(live_service.base_url + path)
+        assert response.status_code == 200, path
+        csp = response.headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "connect-src 'self'" in csp
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["cache-control"] == "no-cache"
+    # the API answers are not the page's business
+    assert "content-security-policy" not in httpx.get(live_service.base_url + "/health").headers
