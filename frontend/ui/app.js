@@ -9,6 +9,11 @@ const KEY_STORAGE = "rtdetr-viewer.apiKey";
 const URL_STORAGE = "rtdetr-viewer.streamUrl";
 const HUD_INTERVAL_MS = 250;
 const MAX_CLASS_CHIPS = 12; // a random-weight model at threshold 0 finds all 80 classes
+const STALL_MS = 4000; // a running session that paints nothing this long gets an explanation
+const RECENT_ERROR_MS = 30000;
+// Alerts are sent before their frame: a thumbnail waits for that frame to be painted, this long at most.
+const ALERT_FRAME_WAIT_MS = 2000;
+const MAX_PENDING_ALERTS = 50;
 
 const $ = (id) => document.getElementById(id);
 const el = {
@@ -49,11 +54,14 @@ const el = {
     frames: $("hud-frames"),
     viewers: $("hud-viewers"),
     reconnects: $("hud-reconnects"),
+    damaged: $("hud-damaged"),
+    failed: $("hud-failed"),
+    lastError: $("hud-last-error"),
     classes: $("hud-classes"),
   },
 };
 
-const renderer = new FrameRenderer(el.canvas, { onResize: setAspect });
+const renderer = new FrameRenderer(el.canvas, { onResize: setAspect, onPaint: () => flushAlerts() });
 const alerts = new AlertView({ toasts: $("toasts"), log: $("alert-log"), count: $("alert-count") });
 
 // What the page shows. phase: idle | starting | connecting | live | stopping.
@@ -65,7 +73,11 @@ const view = {
   paused: false,
   stats: null,
   lastError: null,
+  lastErrorAt: null, // when this page saw last_error change; null: it was there before we joined
+  publishErrorRises: 0, // status messages in a row in which publish_errors grew
+  waitingSince: null, // since when frames are expected (joined, resumed, camera back, tab shown)
   retryAt: null, // set while the WebSocket itself is reconnecting
+  retryReason: null, // the service's words when it refused this viewer for now (too many viewers)
   framesReceived: 0,
   drawingOff: false,
   classCounts: new Map(),
@@ -120,37 +132,60 @@ function stateLabel() {
       return ["starting", "starting…"];
     case "stopping":
       return ["stopping", "stopping…"];
-    case "connecting":
-      return ["connecting", "connecting…"];
     default:
       break;
   }
+  if (view.retryReason !== null) return ["reconnecting", "viewer refused — waiting"];
   if (view.retryAt !== null) return ["reconnecting", "connection lost — retrying"];
+  if (view.phase === "connecting") return ["connecting", "connecting…"];
   if (view.serverState === "reconnecting") return ["reconnecting", "camera lost — reconnecting"];
   if (view.serverState === "failed") return ["failed", "failed"];
   if (view.paused) return ["paused", "paused"];
   return [view.serverState || "running", view.serverState || "running"];
 }
 
-function overlayText() {
+function seconds(ms) {
+  return Math.max(0, Math.ceil(ms / 1000));
+}
+
+/** What covers the video, as [text or null, warn]. */
+function overlay() {
   if (view.phase === "idle") {
-    return view.endedReason || "Enter a key and a stream URL, then press Start.";
+    if (view.endedReason) return [view.endedReason, false];
+    return [el.key.value ? "Enter a stream URL and press Start, or watch a running session." :
+      "Enter a key and a stream URL, then press Start.", false];
   }
-  if (view.phase === "starting") return "Opening the stream…";
-  if (view.phase === "stopping") return "Stopping…";
-  if (view.phase === "connecting") return "Connecting to the live view…";
+  if (view.phase === "starting") return ["Opening the stream…", false];
+  if (view.phase === "stopping") return ["Stopping…", false];
   if (view.retryAt !== null) {
-    const seconds = Math.max(0, Math.ceil((view.retryAt - Date.now()) / 1000));
-    return `Connection to the service lost — retrying${seconds ? ` in ${seconds} s` : ""}…`;
+    const wait = seconds(view.retryAt - Date.now());
+    if (view.retryReason !== null) {
+      return [`${view.retryReason}\nAsking again${wait ? ` in ${wait} s` : ""}; press Leave to give up.`, true];
+    }
+    return [`Connection to the service lost — retrying${wait ? ` in ${wait} s` : ""}…`, true];
   }
+  if (view.phase === "connecting") return ["Connecting to the live view…", false];
   if (view.serverState === "reconnecting") {
-    return `Camera lost — reconnecting…${view.lastError ? `\n${view.lastError}` : ""}`;
+    return [`Camera lost — reconnecting…${view.lastError ? `\n${view.lastError}` : ""}`, true];
   }
-  if (view.serverState === "failed") return view.lastError || "The session failed.";
-  if (view.paused) return "Paused";
-  if (view.drawingOff) return "Drawing is off for this session: numbers and alerts only.";
-  if (renderer.painted === 0) return "Waiting for the first frame…";
-  return null;
+  if (view.serverState === "failed") return [view.lastError || "The session failed.", true];
+  if (view.paused) return ["Paused", false];
+  if (view.drawingOff) return ["Drawing is off for this session: numbers and alerts only.", false];
+  if (view.publishErrorRises >= 2) {
+    return [`The service keeps failing to publish frames (they are skipped).\n${view.lastError || ""}`.trim(), true];
+  }
+  const quietMs = Date.now() - Math.max(renderer.lastPaintAt || 0, view.waitingSince || 0);
+  if (view.waitingSince !== null && quietMs >= STALL_MS) {
+    const lines = [renderer.painted === 0 ? `No picture after ${seconds(quietMs)} s.` :
+      `No new picture for ${seconds(quietMs)} s.`];
+    if (renderer.decodeErrors) lines.push(`This page could not decode ${renderer.decodeErrors} frame(s).`);
+    if (view.lastError) lines.push(`Service: ${view.lastError}`);
+    else if (!renderer.decodeErrors) lines.push(view.framesReceived ? "Frames arrive but none could be shown yet." :
+      "The service has sent no frames yet.");
+    return [lines.join("\n"), true];
+  }
+  if (renderer.painted === 0) return ["Waiting for the first frame…", false];
+  return [null, false];
 }
 
 function render() {
@@ -159,10 +194,10 @@ function render() {
   el.badge.textContent = label;
   el.hud.state.textContent = label;
 
-  const text = overlayText();
+  const [text, warn] = overlay();
   el.overlay.hidden = text === null;
   el.overlay.textContent = text || "";
-  el.overlay.classList.toggle("warn", state === "reconnecting" || state === "failed");
+  el.overlay.classList.toggle("warn", warn);
 
   const attached = view.phase === "live" || view.phase === "connecting";
   el.start.disabled = view.phase !== "idle";
@@ -185,11 +220,14 @@ function renderHud() {
   h.shownFps.textContent = view.phase === "idle" ? "–" : String(renderer.shownFps());
   h.latency.textContent = renderer.latencyMs === null ? "–" : `${Math.round(renderer.latencyMs)} ms`;
   const lat = s.latency_ms || {};
-  h.serverLatency.textContent = lat.p50 === undefined ? "–" : `${fixed(lat.p50, 0)} / ${fixed(lat.p99, 0)} ms`;
+  h.serverLatency.textContent = typeof lat.p50 === "number" ? `${fixed(lat.p50, 0)} / ${fixed(lat.p99, 0)} ms` : "–";
   h.dropped.textContent = `${s.dropped_frames ?? "–"} / ${renderer.dropped}`;
   h.frames.textContent = String(view.framesReceived);
   h.viewers.textContent = s.viewers ?? "–";
   h.reconnects.textContent = s.reconnects ?? "–";
+  h.damaged.textContent = s.decode_errors ?? "–";
+  h.failed.textContent = `${s.publish_errors ?? "–"} / ${renderer.decodeErrors}`;
+  renderLastError();
 
   const items = [...view.classCounts.entries()].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
   const nodes = items.slice(0, MAX_CLASS_CHIPS).map(([name, count]) => {
@@ -212,7 +250,22 @@ function renderHud() {
     nodes.push(li);
   }
   h.classes.replaceChildren(...nodes);
+  flushAlerts(); // an alert whose frame never came gives up on time
   render(); // the retry countdown and shown fps move with time
+}
+
+function renderLastError() {
+  const box = el.hud.lastError;
+  if (view.phase === "idle" || !view.lastError) {
+    box.hidden = true;
+    box.textContent = "";
+    return;
+  }
+  const when = view.lastErrorAt === null ? "before you joined" :
+    new Date(view.lastErrorAt).toLocaleTimeString([], { hour12: false });
+  box.textContent = `Last error (${when}): ${view.lastError}`;
+  box.classList.toggle("recent", view.lastErrorAt !== null && Date.now() - view.lastErrorAt < RECENT_ERROR_MS);
+  box.hidden = false;
 }
 
 function setAspect(width, height) {
@@ -240,6 +293,10 @@ function attach(session) {
   view.paused = Boolean(session.paused);
   view.stats = session.stats || null;
   view.lastError = session.last_error || null;
+  view.lastErrorAt = null;
+  view.publishErrorRises = 0;
+  view.waitingSince = null;
+  view.retryReason = null;
   view.endedReason = null;
   showModelWarning(session.model);
   if (session.stream) setAspect(session.stream.width, session.stream.height);
@@ -250,6 +307,8 @@ function attach(session) {
     onOpen() {
       if (view.conn !== conn) return;
       view.retryAt = null;
+      view.retryReason = null;
+      expectFrames();
       if (view.phase === "connecting") {
         view.phase = "live";
         refreshSessions(); // the list now counts this viewer
@@ -269,9 +328,10 @@ function attach(session) {
       if (view.conn !== conn) return;
       handleMessage(message);
     },
-    onRetry(delay) {
+    onRetry(delay, { refused, reason }) {
       if (view.conn !== conn) return;
       view.retryAt = Date.now() + delay;
+      view.retryReason = refused ? reason : null;
       render();
     },
     onEnd({ reason, final }) {
@@ -291,22 +351,25 @@ function handleMessage(message) {
       view.session.stream = { width: message.width, height: message.height, fps: message.fps, codec: message.codec };
       if (message.model) view.session.model = message.model;
       setAspect(message.width, message.height);
-      view.serverState = message.state || view.serverState;
-      view.paused = Boolean(message.paused);
+      updateState(message);
       showModelWarning(message.model, message.warning);
       break;
-    case "status":
-      view.serverState = message.state || view.serverState;
-      view.paused = Boolean(message.paused);
+    case "status": {
+      updateState(message);
+      const before = view.stats ? view.stats.publish_errors : undefined;
+      const after = message.stats ? message.stats.publish_errors : undefined;
+      view.publishErrorRises = typeof before === "number" && after > before ? view.publishErrorRises + 1 : 0;
       view.stats = message.stats || view.stats;
-      view.lastError = message.last_error || null;
-      break;
-    case "alert": {
-      const stream = view.session.stream || {};
-      const bbox = message.data && message.data.bbox;
-      alerts.add(message, renderer.crop(bbox, stream.width, stream.height));
+      const error = message.last_error || null;
+      if (error !== view.lastError) {
+        view.lastError = error;
+        view.lastErrorAt = error ? Date.now() : null;
+      }
       break;
     }
+    case "alert":
+      queueAlert(message);
+      break;
     case "session_stopped":
       break; // the close that follows ends the view (StreamConnection.onEnd)
     case "error":
@@ -318,22 +381,83 @@ function handleMessage(message) {
   render();
 }
 
+/** State and pause from stream_info or status; frames are expected again once it runs unpaused. */
+function updateState(message) {
+  const wasWaiting = view.paused || view.serverState !== "running";
+  view.serverState = message.state || view.serverState;
+  view.paused = Boolean(message.paused);
+  if (wasWaiting && !view.paused && view.serverState === "running") expectFrames();
+}
+
+function expectFrames() {
+  view.waitingSince = Date.now();
+}
+
+// ---------- alerts ----------
+
+// Alerts waiting for their frame, oldest first: {message, frameIndex, deadline}.
+const pendingAlerts = [];
+
+function queueAlert(message) {
+  const frameIndex = message.data ? message.data.frame_index : undefined;
+  pendingAlerts.push({ message, frameIndex, deadline: Date.now() + ALERT_FRAME_WAIT_MS });
+  if (pendingAlerts.length > MAX_PENDING_ALERTS) showAlert(pendingAlerts.shift().message, null);
+  flushAlerts();
+}
+
+/**
+ * Show, in order, the alerts whose frame (or a later one) is on the canvas, cropped from it.
+ * An alert whose frame never comes (dropped, drawing off) gives up after ALERT_FRAME_WAIT_MS and
+ * takes the frame on the canvas, or no image in a hidden tab, where that frame is likely stale;
+ * `all` flushes everything the same way (leaving the session).
+ */
+function flushAlerts(all = false) {
+  const painted = renderer.lastPainted ? renderer.lastPainted.frame_index : undefined;
+  const now = Date.now();
+  while (pendingAlerts.length) {
+    const { message, frameIndex, deadline } = pendingAlerts[0];
+    const framePainted = typeof frameIndex !== "number" || (typeof painted === "number" && painted >= frameIndex);
+    const giveUp = all || view.drawingOff || now >= deadline;
+    if (!framePainted && !giveUp) break;
+    pendingAlerts.shift();
+    showAlert(message, framePainted || !document.hidden ? cropFor(message) : null);
+  }
+}
+
+function cropFor(message) {
+  const stream = (view.session && view.session.stream) || {};
+  const bbox = message.data && message.data.bbox;
+  return renderer.crop(bbox, stream.width, stream.height);
+}
+
+function showAlert(message, thumbnail) {
+  alerts.add(message, thumbnail);
+}
+
+// ---------- leaving ----------
+
 /** Stop watching without stopping the session (idempotent). */
 function leave() {
   if (view.conn) view.conn.close();
   view.conn = null;
   view.retryAt = null;
+  view.retryReason = null;
+  flushAlerts(true);
 }
 
 function finishSession(reason) {
   leave();
   renderer.reset();
+  renderer.clear(); // the last frame must not stay under the idle overlay
   view.phase = "idle";
   view.session = null;
   view.serverState = null;
   view.paused = false;
   view.stats = null;
   view.lastError = null;
+  view.lastErrorAt = null;
+  view.publishErrorRises = 0;
+  view.waitingSince = null;
   view.framesReceived = 0;
   view.classCounts = new Map();
   view.drawingOff = false;
@@ -393,23 +517,26 @@ async function start(event) {
 }
 
 async function stop() {
-  if (!view.session) return;
+  const session = view.session;
+  if (!session) return;
   clearError();
-  const id = view.session.id;
   const previous = view.phase;
   view.phase = "stopping";
   render();
+  // While the request runs the session may end by itself or the person may watch another one:
+  // only the session still shown is finished or restored here.
+  const current = () => view.session === session;
   try {
-    const answer = await api.stop(el.key.value, id);
+    const answer = await api.stop(el.key.value, session.id);
     showNotice(answer && answer.message ? answer.message : "Session stopped.");
-    finishSession(null);
+    if (current()) finishSession(null);
   } catch (err) {
     if (err instanceof ApiError && err.status === 404) {
-      finishSession(null); // already gone: nothing left to stop
+      if (current()) finishSession(null); // already gone: nothing left to stop
       return;
     }
-    view.phase = previous;
     showError(describe(err));
+    if (current()) view.phase = previous;
     render();
   }
 }
@@ -493,6 +620,9 @@ el.clearAlerts.addEventListener("click", () => alerts.clear());
 el.errorDismiss.addEventListener("click", clearError);
 // Leaving the page must not leave a viewer behind on the service.
 window.addEventListener("pagehide", leave);
+document.addEventListener("visibilitychange", () => {
+  if (!document.hidden && view.waitingSince !== null) expectFrames(); // nothing was painted while hidden
+});
 window.addEventListener("pageshow", (event) => {
   // Back from the back/forward cache: the socket was closed on pagehide, so open it again.
   if (event.persisted && view.session && !view.conn) {

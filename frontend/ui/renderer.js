@@ -1,6 +1,7 @@
 // Canvas renderer that only ever draws the newest frame: one decode in flight, one frame pending.
 // A frame replaced before it was decoded or painted is dropped and counted, so the page never
-// builds a backlog of its own however slow the device.
+// builds a backlog of its own however slow the device. While the tab is hidden nothing is decoded
+// (it could not be painted anyway); the newest frame waits and is decoded when the tab shows again.
 
 const LATENCY_SMOOTHING = 0.2;
 
@@ -25,13 +26,18 @@ function release(image) {
 }
 
 export class FrameRenderer {
-  /** onResize(width, height) is called when the painted frame size changes. */
-  constructor(canvas, { onResize } = {}) {
+  /**
+   * onResize(width, height) is called when the painted frame size changes;
+   * onPaint(meta) right after a frame is drawn, while it is still on the canvas.
+   */
+  constructor(canvas, { onResize, onPaint } = {}) {
     this.canvas = canvas;
     this.ctx = canvas.getContext("2d", { alpha: false });
     this.onResize = onResize;
+    this.onPaint = onPaint;
     this.generation = 0;
     this.reset();
+    document.addEventListener("visibilitychange", () => this.wake());
   }
 
   /** Forget everything in flight (new session or leaving one); counters restart. */
@@ -49,6 +55,7 @@ export class FrameRenderer {
     this.decodeErrors = 0;
     this.latencyMs = null;
     this.lastPainted = null;
+    this.lastPaintAt = null; // Date.now() of the last paint
     this.paintTimes = [];
   }
 
@@ -62,7 +69,7 @@ export class FrameRenderer {
   push(jpeg, meta) {
     this.received += 1;
     const item = { jpeg, meta };
-    if (this.decoding) {
+    if (this.decoding || document.hidden) {
       if (this.pending) this.dropped += 1;
       this.pending = item;
       return;
@@ -90,11 +97,17 @@ export class FrameRenderer {
     } finally {
       if (generation === this.generation) {
         this.decoding = false;
-        const next = this.pending;
-        this.pending = null;
-        if (next) this.decode(next);
+        this.wake();
       }
     }
+  }
+
+  /** Decode the waiting frame, if any, unless a decode is running or the tab is hidden. */
+  wake() {
+    if (this.decoding || document.hidden || !this.pending) return;
+    const next = this.pending;
+    this.pending = null;
+    this.decode(next);
   }
 
   paint() {
@@ -115,12 +128,14 @@ export class FrameRenderer {
     const now = Date.now();
     this.painted += 1;
     this.lastPainted = meta;
+    this.lastPaintAt = now;
     this.paintTimes.push(now);
     if (typeof meta.timestamp === "number") {
       // Wall clocks of service and browser: exact on one machine, skewed by their offset otherwise.
       const latency = now - meta.timestamp * 1000;
       this.latencyMs = this.latencyMs === null ? latency : this.latencyMs + LATENCY_SMOOTHING * (latency - this.latencyMs);
     }
+    this.onPaint?.(meta);
   }
 
   /** Frames painted during the last second. */

@@ -2,12 +2,19 @@
 
 const RETRY_MIN_MS = 500;
 const RETRY_MAX_MS = 10000;
-// Close codes after which retrying cannot help: wrong token, unknown session, policy violation.
+// A viewer the service accepted is only trusted once it has stayed this long; a socket that is
+// accepted and then closed at once (a refusal) must not reset the backoff.
+const STABLE_MS = 3000;
+// Close codes after which retrying cannot help: wrong token, unknown session, bad request, policy violation.
 const FINAL_CODES = new Map([
+  [4400, "The service refused this viewer's request."],
   [4401, "The viewer token was refused; start or attach to the session again."],
   [4404, "The session no longer exists."],
   [1008, "The service refused this viewer."],
 ]);
+// Close codes that say "not now": a place may free up, so ask again, but only now and then.
+const SLOW_RETRY_CODES = new Map([[4429, "Too many viewers on this session."]]);
+const SLOW_RETRY_MS = 20000;
 
 const utf8 = new TextDecoder();
 
@@ -29,8 +36,10 @@ function base64Bytes(text) {
 
 /**
  * A viewer connection that keeps itself open until close() or until the session ends.
- * handlers: onOpen(), onFrame(header, jpegBytes|null), onMessage(msg),
- *           onRetry(delayMs, closeEvent), onEnd({reason, final}).
+ * handlers: onOpen() (the service accepted this viewer: stream_info arrived),
+ *           onFrame(header, jpegBytes|null), onMessage(msg),
+ *           onRetry(delayMs, {code, refused, reason}), onEnd({reason, final, code}).
+ * A refusal that may pass (4429, too many viewers) retries every SLOW_RETRY_MS with refused=true.
  */
 export class StreamConnection {
   constructor(url, handlers) {
@@ -39,6 +48,7 @@ export class StreamConnection {
     this.ws = null;
     this.attempt = 0;
     this.timer = 0;
+    this.stableTimer = 0;
     this.closed = false;
     this.sessionEnded = null;
   }
@@ -58,11 +68,10 @@ export class StreamConnection {
     }
     ws.binaryType = "arraybuffer";
     this.ws = ws;
-    ws.onopen = () => {
-      this.attempt = 0;
-      this.handlers.onOpen?.();
+    // No onopen: the service accepts every socket before it decides, so only stream_info says "in".
+    ws.onmessage = (event) => {
+      if (ws === this.ws) this.receive(event.data);
     };
-    ws.onmessage = (event) => this.receive(event.data);
     ws.onclose = (event) => this.closedByPeer(ws, event);
   }
 
@@ -90,6 +99,14 @@ export class StreamConnection {
       this.handlers.onFrame?.(message, jpeg);
       return;
     }
+    if (message.type === "stream_info") {
+      clearTimeout(this.stableTimer);
+      this.stableTimer = setTimeout(() => {
+        this.stableTimer = 0;
+        this.attempt = 0;
+      }, STABLE_MS);
+      this.handlers.onOpen?.();
+    }
     if (message.type === "session_stopped") {
       this.sessionEnded = message.reason || "The session was stopped.";
     }
@@ -99,6 +116,8 @@ export class StreamConnection {
   closedByPeer(ws, event) {
     if (ws !== this.ws) return;
     this.ws = null;
+    clearTimeout(this.stableTimer);
+    this.stableTimer = 0;
     if (this.closed) return;
     if (this.sessionEnded !== null) {
       this.finish({ reason: this.sessionEnded, final: false });
@@ -108,11 +127,13 @@ export class StreamConnection {
       this.finish({ reason: event.reason || FINAL_CODES.get(event.code), final: true, code: event.code });
       return;
     }
+    const refused = SLOW_RETRY_CODES.has(event.code);
     // Capped exponential backoff with jitter, so many viewers do not return in lockstep.
-    const base = Math.min(RETRY_MAX_MS, RETRY_MIN_MS * 2 ** this.attempt);
+    const base = refused ? SLOW_RETRY_MS : Math.min(RETRY_MAX_MS, RETRY_MIN_MS * 2 ** this.attempt);
     const delay = Math.round(base * (0.8 + Math.random() * 0.4));
     this.attempt += 1;
-    this.handlers.onRetry?.(delay, event);
+    const reason = refused ? event.reason || SLOW_RETRY_CODES.get(event.code) : event.reason || null;
+    this.handlers.onRetry?.(delay, { code: event.code, refused, reason });
     this.timer = setTimeout(() => {
       this.timer = 0;
       if (!this.closed) this.connect();
@@ -135,7 +156,9 @@ export class StreamConnection {
   close() {
     this.closed = true;
     clearTimeout(this.timer);
+    clearTimeout(this.stableTimer);
     this.timer = 0;
+    this.stableTimer = 0;
     const ws = this.ws;
     this.ws = null;
     if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000, "viewer left");

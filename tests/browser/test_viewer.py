@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -72,7 +73,7 @@ def viewers(api: httpx.Client, session_id: str) -> int:
     return api.get(f"/api/v1/video/status/{session_id}").json()["stats"]["viewers"]
 
 
-def test_start_shows_live_video_numbers_and_alerts_then_stop_returns_to_idle(
+def test_start_shows_live_video_numbers_and_alerts_then_stop_returns_to_a_blank_idle_view(
     page, live_service, rtsp_url, api, sessions_before
 ):
     # given the page, a key and the test camera, with an alert rule that fires on any detection
@@ -104,6 +105,8 @@ def test_start_shows_live_video_numbers_and_alerts_then_stop_returns_to_idle(
     poll("an inference fps", lambda: (hud_number(page, "hud-inference-fps") or 0) > 0)
     expect(page.locator("#hud-latency")).to_contain_text("ms")
     expect(page.locator("#hud-classes li:not(.muted)").first).to_be_visible()
+    expect(page.locator("#hud-damaged")).to_have_text("0")
+    expect(page.locator("#hud-failed")).to_have_text("0 / 0")
 
     # and alerts pop up as toasts and land in the log with a thumbnail of the object
     expect(page.locator("#toasts .toast:not(.more)").first).to_contain_text("Alert:", timeout=LIVE_TIMEOUT_MS)
@@ -122,6 +125,11 @@ def test_start_shows_live_video_numbers_and_alerts_then_stop_returns_to_idle(
     expect(page.get_by_role("button", name="Start")).to_be_enabled()
     status = api.get(f"/api/v1/video/status/{session['session_id']}")
     assert status.status_code == 404 or status.json()["state"] == "stopped"
+
+    # and the last frame is gone from the canvas, and the hint does not ask for the key it has
+    assert page.evaluate(CANVAS_SIGNATURE)["lit"] == 0
+    expect(page.locator("#overlay")).to_be_visible()
+    expect(page.locator("#overlay")).not_to_contain_text("Enter a key")
 
 
 @pytest.mark.parametrize(
@@ -258,3 +266,80 @@ def test_the_page_fits_a_phone(page, live_service):
     box = page.locator("#video").bounding_box()
     assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390
     expect(page.get_by_label("API key")).to_be_visible()
+
+
+@pytest.fixture
+def one_viewer_per_session(live_service) -> Iterator[None]:
+    """The live service with MAX_VIEWERS=1 for this test (its settings are read per connection)."""
+    # By hand: monkeypatch's undo deletes attributes of starlette's State instead of restoring them.
+    state = live_service.app.state
+    settings = state.settings
+    state.settings = settings.model_copy(update={"max_viewers": 1})
+    try:
+        yield
+    finally:
+        state.settings = settings
+
+
+def test_a_viewer_over_the_limit_is_told_why_and_asks_again_only_slowly(
+    page, chromium, live_service, rtsp_url, api, one_viewer_per_session
+):
+    # given a session with one viewer, the most the service allows
+    started = api.post("/api/v1/video/start", json={"stream_url": rtsp_url, "alert": None})
+    assert started.status_code == 200, started.text
+    session_id = started.json()["session_id"]
+    page.goto(live_service.base_url + "/")
+    page.get_by_label("API key").fill(live_service.api_key)
+    page.get_by_role("button", name="Refresh").click()
+    page.locator("#sessions-list button", has_text="Watch").first.click()
+    expect(page.locator("#state-badge")).to_have_text("running", timeout=LIVE_TIMEOUT_MS)
+    poll("the first viewer to be counted", lambda: viewers(api, session_id) == 1)
+
+    # when a second person, in another browser, tries to watch it too
+    context = chromium.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        second = context.new_page()
+        sockets: list[str] = []
+        errors: list[str] = []
+        second.on("websocket", lambda ws: sockets.append(ws.url))
+        second.on("pageerror", lambda error: errors.append(str(error)))
+        second.goto(live_service.base_url + "/")
+        second.get_by_label("API key").fill(live_service.api_key)
+        second.get_by_role("button", name="Refresh").click()
+        second.locator("#sessions-list button", has_text="Watch").first.click()
+        clicked = time.monotonic()
+
+        # then the page says the service refused a viewer too many, in the service's words
+        expect(second.locator("#overlay")).to_contain_text("Too many viewers", timeout=5_000)
+        expect(second.locator("#overlay")).not_to_contain_text("Connection to the service lost")
+
+        # and over ten seconds it asks again at most a couple of times, not twice a second
+        second.wait_for_timeout(max(0.0, 10.0 - (time.monotonic() - clicked)) * 1000)
+        expect(second.locator("#overlay")).to_contain_text("Too many viewers")
+        assert 1 <= len(sockets) <= 3, f"{len(sockets)} WebSocket connections in 10 s"
+        assert not errors, errors
+    finally:
+        context.close()
+
+    # and the first viewer goes on watching
+    assert viewers(api, session_id) == 1
+    expect(page.locator("#state-badge")).to_have_text("running")
+
+
+def test_a_page_that_cannot_decode_frames_says_so_instead_of_waiting_forever(page, live_service, rtsp_url, api):
+    # given a browser whose JPEG decoder fails on every frame
+    page.add_init_script("window.createImageBitmap = () => Promise.reject(new Error('decoder broken'));")
+    started = api.post("/api/v1/video/start", json={"stream_url": rtsp_url, "alert": None})
+    assert started.status_code == 200, started.text
+
+    # when the person watches a running session
+    page.goto(live_service.base_url + "/")
+    page.get_by_label("API key").fill(live_service.api_key)
+    page.get_by_role("button", name="Refresh").click()
+    page.locator("#sessions-list button", has_text="Watch").first.click()
+    expect(page.locator("#state-badge")).to_have_text("running", timeout=LIVE_TIMEOUT_MS)
+
+    # then after a few seconds without a picture the overlay says why, and the HUD counts the failures
+    expect(page.locator("#overlay")).to_contain_text("could not decode", timeout=LIVE_TIMEOUT_MS)
+    expect(page.locator("#overlay")).not_to_contain_text("Waiting for the first frame")
+    poll("page decode errors in the HUD", lambda: int(page.locator("#hud-failed").inner_text().split("/")[1]) > 0)
