@@ -75,6 +75,10 @@ def make_clip(path: Path, *, width: int, height: int, fps: int, seconds: float) 
         stream.codec_context.gop_size = fps
         stream.codec_context.time_base = Fraction(1, fps)
         stream.options = {"preset": "veryfast", "tune": "zerolatency", "crf": "23", "maxrate": "8M", "bufsize": "16M"}
+        # One slice per picture, as most cameras send: with zerolatency x264 cuts one slice per
+        # encoder thread, so the clip (and how well slice-threaded decoding can spread it) would
+        # otherwise depend on the cores of the machine that encoded it.
+        stream.codec_context.thread_count = 1
         for image in synthetic_frames(width, height, fps, seconds):
             frame = av.VideoFrame.from_ndarray(image, format="bgr24")
             for packet in stream.encode(frame):
@@ -108,7 +112,7 @@ def clip_info(path: Path) -> dict:
 
 def cached_clip(cache: Path, *, width: int, height: int, fps: int, seconds: float) -> Path:
     """The synthetic clip for these parameters, encoded once and reused."""
-    path = cache / f"synthetic_{width}x{height}_{fps}fps_{seconds:g}s.mp4"
+    path = cache / f"synthetic_{width}x{height}_{fps}fps_{seconds:g}s_1slice.mp4"
     if not path.exists():
         log.info("encoding %s (once)", path)
         make_clip(path, width=width, height=height, fps=fps, seconds=seconds)

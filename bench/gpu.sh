@@ -1,31 +1,52 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/benchmarks.md, step by step, on any CUDA host.
 #
-#   bench/gpu.sh wheels           where the package index is reachable: the service's dependencies
-#                                 that a bare torch image lacks, as wheels for PYTHON_VERSION, in .whl/
-#   bench/gpu.sh check            on the CUDA host: tests/gpu and tests/unit (the CUDA paths themselves)
-#   bench/gpu.sh sweep [ARGS]     ours against the baseline, 1080p30 streams, 1 to 32 (about 10 min)
-#   bench/gpu.sh soak N [ARGS]    N streams of ours for 10 minutes (about 11 min)
-#   bench/gpu.sh all [ARGS]       check, sweep, then the soak at the sweep's best count
+#   bench/gpu.sh wheels             where the package index is reachable: the service's dependencies
+#                                   that a bare torch image lacks, as wheels for PYTHON_VERSION, in .whl/
+#   bench/gpu.sh check              tests/gpu and tests/unit on the GPU (about 1 to 2 min)
+#   bench/gpu.sh sweep-baseline     the baseline at 1 and 2 1080p30 streams -> baseline.json (about 2 to 3 min)
+#   bench/gpu.sh sweep-ours         ours at 1,4,8,12,16,24,32 streams, up to the first count it cannot
+#                                   sustain -> ours.json (about 6 to 8 min)
+#   bench/gpu.sh soak-start N       N streams of ours for 10 minutes (--max-batch N) -> soak.json, run
+#                                   detached (about 12 min in all); the command itself stays up to
+#                                   SOAK_HOLD seconds (560), printing progress, to keep a lent machine
+#   bench/gpu.sh soak-wait          waits (up to SOAK_WAIT s, 570) for that soak to end, then copies
+#                                   soak.json and soak.log to the results
+#   bench/gpu.sh sweep | soak N     both sides 1 to 32 -> sweep.json (about 12 min) | soak N in the foreground
+#   bench/gpu.sh all                hosts without a time limit: check, sweep, then the soak at ours' best
+#                                   count, all in the foreground; a failed step is reported, the rest run,
+#                                   and the exit status is non-zero if any failed (about 30 min)
+# ARGS after any bench step are passed to bench/bench_pipeline.py (e.g. --compile --warmup 60).
 #
-# On the CUDA host, wheels in .whl/ (if any) are installed into /tmp/site first, never into the
-# host's own environment. Results (JSON and a log per step) go to $OUT, or bench-results/.
-# ARGS are passed to bench/bench_pipeline.py (e.g. --compile --warmup 60).
+# On the CUDA host, wheels in .whl/ (if any) are installed into /tmp/site, never into the host's
+# own environment, and checked (requirements met, the service imports) before any step runs.
+# Results (JSON and a log per step) go to $BENCH_RESULTS, else $OUT, else bench-results/; the
+# detached soak writes to $BENCH_RESULTS, else /tmp/bench-results (it outlives $OUT).
+#
+# On a lent machine with a 10-minute limit per command (see docs/benchmarks.md), carrying .whl:
+#   1. bench/gpu.sh check; bench/gpu.sh sweep-baseline    2. bench/gpu.sh sweep-ours
+#   3. bench/gpu.sh soak-start N                          4. bench/gpu.sh soak-wait  (within 30 s of 3)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 PYTHON_VERSION=${PYTHON_VERSION:-3.12}
-RESULTS=${OUT:-bench-results}
+RESULTS=${BENCH_RESULTS:-${OUT:-bench-results}}
+SOAK_DIR=${BENCH_RESULTS:-/tmp/bench-results}
+SOAK_HOLD=${SOAK_HOLD:-560}
+SOAK_WAIT=${SOAK_WAIT:-570}
 export PYTHONPATH="rt-detr-service:tests${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PIP_ROOT_USER_ACTION=ignore
 
-# What the service imports beyond torch, torchvision, transformers, numpy, OpenCV, httpx,
-# prometheus-client and pytest (which CUDA images carry): the versions rt-detr-service pins.
+# What the service, its tests and the benchmark import beyond what CUDA images carry (torch,
+# torchvision, transformers, numpy, OpenCV, Pillow, httpx, prometheus-client, pytest, uvloop,
+# anyio, h11, click, PyYAML), with every requirement of these, recursively: the versions of the
+# project's .venv. typing-extensions: pydantic 2.14 needs >= 4.16, newer than images may have.
 WHEELS=(
     av==18.1.0 fastapi==0.165.0 starlette==1.10.0 pydantic==2.14.3 pydantic_core==2.50.4
     pydantic-settings==2.16.3 python-dotenv==1.2.4 typing-inspection==0.4.5 annotated-types==0.8.0
-    uvicorn==0.54.0 websockets==17.4 httptools==0.9.0
+    uvicorn==0.54.0 websockets==17.4 httptools==0.9.0 opentelemetry-api==1.45.2 annotated-doc==0.0.7
+    typing-extensions==4.16.0
 )
 
 wheels() {
@@ -43,11 +64,38 @@ install_wheels() {
             --target /tmp/site .whl/*.whl
         export PYTHONPATH="$PYTHONPATH:/tmp/site"
     fi
+    # Fails in seconds, naming what is missing, rather than minutes later inside a step.
     "$PYTHON" - <<'EOF'
+import importlib.metadata as md
+import sys
+
+try:
+    from packaging.requirements import Requirement
+except ImportError:
+    from pip._vendor.packaging.requirements import Requirement
+
+gaps = []
+for dist in md.distributions(path=["/tmp/site"]):
+    for line in dist.requires or []:
+        req = Requirement(line)
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue  # an extra, or another platform or Python
+        try:
+            have = md.version(req.name)
+        except md.PackageNotFoundError:
+            have = None
+        if have is None or not req.specifier.contains(have, prereleases=True):
+            gaps.append(f"{dist.metadata['Name']} needs {req}, found {have or 'nothing'}")
+if gaps:
+    sys.exit("bench/gpu.sh: missing requirements (add them to WHEELS):\n  " + "\n  ".join(gaps))
+
+import av, fastapi, pydantic_settings, uvicorn, websockets  # noqa: E401,F401
+import rtdetr_service.app  # noqa: F401
 import torch
+
 if not torch.cuda.is_available():
-    raise SystemExit("bench/gpu.sh: torch sees no CUDA device here")
-print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}", flush=True)
+    sys.exit("bench/gpu.sh: torch sees no CUDA device here")
+print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}; fastapi {fastapi.__version__}, av {av.__version__}")
 EOF
     mkdir -p "$RESULTS"
 }
@@ -56,16 +104,15 @@ check() {
     "$PYTHON" -m pytest -q -p no:cacheprovider tests/gpu tests/unit 2>&1 | tee "$RESULTS/check.log"
 }
 
-sweep() {
-    "$PYTHON" bench/bench_pipeline.py --device cuda --json "$RESULTS/sweep.json" "$@" 2>&1 |
-        tee "$RESULTS/sweep.log"
+bench() {  # bench NAME [ARGS]: bench_pipeline.py on CUDA, JSON to NAME.json, log to NAME.log
+    local name=$1
+    shift
+    "$PYTHON" bench/bench_pipeline.py --device cuda --json "$RESULTS/$name.json" "$@" 2>&1 |
+        tee "$RESULTS/$name.log"
 }
 
-soak() {
-    local streams=$1
-    shift
-    "$PYTHON" bench/bench_pipeline.py --device cuda --only ours --streams "$streams" --warmup 10 --duration 30 \
-        --soak 600 --json "$RESULTS/soak.json" "$@" 2>&1 | tee "$RESULTS/soak.log"
+soak_args() {  # soak_args N: the soak alone (no sweep), N streams, batches of up to N, 10 minutes
+    echo --device cuda --only ours --soak-only --soak-streams "$1" --max-batch "$1" --soak 600
 }
 
 best_count() {
@@ -76,6 +123,75 @@ print(max((c["streams"] for c in counts if c["sustained"]), default=1))
 EOF
 }
 
+soak_pid() {  # the running soak's pid, or nothing
+    local pid
+    pid=$(cat "$SOAK_DIR/soak.pid" 2>/dev/null) || return 0
+    if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then echo "$pid"; fi
+}
+
+soak_collect() {  # the soak has ended: its outcome, and its files among the results
+    local rc
+    rc=$(cat "$SOAK_DIR/soak.rc" 2>/dev/null || echo "unknown")
+    mkdir -p "$RESULTS"
+    if [[ $(realpath "$RESULTS") != $(realpath "$SOAK_DIR") ]]; then
+        for f in soak.json soak.log; do [[ -f $SOAK_DIR/$f ]] && cp "$SOAK_DIR/$f" "$RESULTS/"; done
+    fi
+    tail -n 25 "$SOAK_DIR/soak.log" 2>/dev/null || true
+    echo "soak: ended with status $rc; results in $RESULTS"
+    [[ $rc == 0 && -f $SOAK_DIR/soak.json ]]
+}
+
+soak_start() {
+    local streams=$1 pid
+    shift
+    mkdir -p "$SOAK_DIR"
+    if pid=$(soak_pid) && [[ -n $pid ]]; then
+        echo "a soak is running already (pid $pid): bench/gpu.sh soak-wait" >&2
+        return 1
+    fi
+    rm -f "$SOAK_DIR"/soak.{json,log,pid,rc}
+    # Its own session (setsid): a lent machine kills what a command leaves running, except that.
+    # shellcheck disable=SC2016,SC2046
+    setsid nohup bash -c 'dir=$1; shift; echo $$ >"$dir/soak.pid"; "$@"; echo $? >"$dir/soak.rc"' soak "$SOAK_DIR" \
+        "$PYTHON" bench/bench_pipeline.py $(soak_args "$streams") --json "$SOAK_DIR/soak.json" "$@" \
+        >"$SOAK_DIR/soak.log" 2>&1 </dev/null &
+    for _ in $(seq 50); do [[ -s $SOAK_DIR/soak.pid ]] && break; sleep 0.1; done
+    echo "soak: $streams streams, pid $(cat "$SOAK_DIR/soak.pid"), log $SOAK_DIR/soak.log"
+    soak_follow "$SOAK_HOLD" ||
+        echo "soak: still running after ${SOAK_HOLD} s; run bench/gpu.sh soak-wait within 30 s to keep the machine"
+}
+
+soak_follow() {  # soak_follow SECONDS: progress until the soak ends (then collect) or SECONDS pass (1)
+    local limit=$1 start=$SECONDS pid left
+    while pid=$(soak_pid) && [[ -n $pid ]]; do
+        left=$((limit - (SECONDS - start)))
+        if ((left <= 0)); then return 1; fi
+        sleep $((left < 5 ? left : 5))
+        if (((SECONDS - start) % 30 < 5)); then
+            echo "soak: $((SECONDS - start)) s: $(tail -n 1 "$SOAK_DIR/soak.log" 2>/dev/null | cut -c1-160)"
+        fi
+    done
+    soak_collect || exit 1
+}
+
+soak_wait() {
+    if [[ ! -f $SOAK_DIR/soak.pid ]]; then
+        echo "no soak was started on this machine (was it handed back?): bench/gpu.sh soak-start N" >&2
+        return 1
+    fi
+    if ! soak_follow "$SOAK_WAIT"; then
+        mkdir -p "$RESULTS"
+        cp "$SOAK_DIR/soak.log" "$RESULTS/" 2>/dev/null || true
+        echo "soak: still running after ${SOAK_WAIT} s (log so far copied); run bench/gpu.sh soak-wait again" >&2
+        return 1
+    fi
+}
+
+usage() {
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+    exit 2
+}
+
 step=${1:-}
 shift || true
 case "$step" in
@@ -84,23 +200,48 @@ check)
     install_wheels
     check
     ;;
+sweep-baseline)
+    install_wheels
+    bench baseline --only baseline --streams 1,2 --keep-going "$@"
+    ;;
+sweep-ours)
+    install_wheels
+    bench ours --only ours --streams 1,4,8,12,16,24,32 "$@"
+    ;;
 sweep)
     install_wheels
-    sweep "$@"
+    bench sweep "$@"
     ;;
-soak)
-    [[ ${1:-} =~ ^[0-9]+$ ]] || { echo "usage: bench/gpu.sh soak N [ARGS]" >&2; exit 2; }
+soak | soak-start)
+    [[ ${1:-} =~ ^[0-9]+$ ]] || { echo "usage: bench/gpu.sh $step N [ARGS]" >&2; exit 2; }
     install_wheels
-    soak "$@"
+    if [[ $step == soak ]]; then
+        n=$1
+        shift
+        # shellcheck disable=SC2046
+        "$PYTHON" bench/bench_pipeline.py $(soak_args "$n") --json "$RESULTS/soak.json" "$@" 2>&1 |
+            tee "$RESULTS/soak.log"
+    else
+        soak_start "$@"
+    fi
     ;;
+soak-wait) soak_wait ;;
 all)
     install_wheels
-    check
-    sweep "$@"
-    soak "$(best_count)" "$@"
+    failed=()
+    check || { failed+=(check); echo "bench/gpu.sh: check FAILED (see $RESULTS/check.log); going on" >&2; }
+    if bench sweep "$@" && n=$(best_count); then
+        # shellcheck disable=SC2046
+        "$PYTHON" bench/bench_pipeline.py $(soak_args "$n") --json "$RESULTS/soak.json" "$@" 2>&1 |
+            tee "$RESULTS/soak.log" || failed+=(soak)
+    else
+        failed+=(sweep)
+        echo "bench/gpu.sh: sweep FAILED (see $RESULTS/sweep.log); no soak without its best count" >&2
+    fi
+    if ((${#failed[@]})); then
+        echo "bench/gpu.sh all: failed: ${failed[*]}" >&2
+        exit 1
+    fi
     ;;
-*)
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
-    exit 2
-    ;;
+*) usage ;;
 esac

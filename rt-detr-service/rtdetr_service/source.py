@@ -315,6 +315,7 @@ class StreamReader:
                 if frames:
                     failing_since = None
                 for frame in frames:
+                    due: float | None = None
                     if self._realtime and frame.pts is not None and time_base:
                         pts = frame.pts * time_base
                         if clock_start is None:
@@ -329,7 +330,12 @@ class StreamReader:
                         if delay > 0 and self._stop.wait(delay):
                             return "stopped"
                     self._frame_index += 1
-                    self._on_frame(Frame(None, self._frame_index, time.time(), time.monotonic(), decoded=frame))
+                    wall, now = time.time(), time.monotonic()
+                    if due is not None:
+                        # A paced file stands in for a camera: the frame "arrived" when it was
+                        # due, so a reader running behind its clock shows in every latency.
+                        wall, now = wall - max(0.0, now - due), min(now, due)
+                    self._on_frame(Frame(None, self._frame_index, wall, now, decoded=frame))
                     if self._stop.is_set():
                         return "stopped"
             return END_OF_STREAM

@@ -3,11 +3,15 @@ torch sees a GPU (`make test` on a GPU host) and are skipped, with the reason sh
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -16,6 +20,8 @@ from websockets.sync.client import connect
 
 from rtdetr_service.detector import load_detector, warm_up
 from rtdetr_service.encode import JpegEncoder
+from rtdetr_service.session import SessionOptions
+from rtdetr_service.source import StreamReader
 
 from support import make_settings, run_service
 
@@ -129,29 +135,62 @@ def test_nvjpeg_from_many_threads_while_the_model_runs(tiny_model_dir):
     assert not bad, bad[:5]
 
 
-def test_service_on_cuda_end_to_end(tiny_model_dir, rtsp_url):
-    # given the service on the GPU with two sessions on a real RTSP camera
+def _clip(path, width: int = 320, height: int = 240, fps: int = 15, seconds: float = 2.0) -> str:
+    """A short camera-like H.264 clip (libx264, no B-frames, 1 s GOP), written with PyAV."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.gop_size = fps
+        stream.options = {"preset": "veryfast", "tune": "zerolatency"}
+        ys = np.linspace(40, 200, height, dtype=np.uint8)[:, None, None]
+        for i in range(int(fps * seconds)):
+            image = np.broadcast_to(ys, (height, width, 3)).copy()
+            x = 10 + (i * 7) % (width - 110)
+            cv2.rectangle(image, (x, 60), (x + 100, 200), (0, 0, 255), -1)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return str(path)
+
+
+def _start_on_file(service, clip: str):
+    """A session on `clip`, paced at its frame rate and looped, through the manager as POST /start
+    makes one (the HTTP route only takes network URLs), like bench/bench_pipeline.py does."""
+    options = SessionOptions(stream_url=clip, enable_drawing=True, confidence_threshold=0.5)
+    reader = functools.partial(StreamReader, realtime=True, loop=True, whitelist="file")
+    start = service.app.state.manager.start(options, reader_factory=reader)
+    # The manager is thread-safe and the session's hub calls reach the service's loop from any
+    # thread, so the coroutine may run on a loop of its own, off the service's.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, start).result(timeout=60)
+
+
+def test_service_on_cuda_end_to_end(tiny_model_dir, tmp_path):
+    # given the service on the GPU with two sessions on a paced, looping H.264 file (the same
+    # StreamReader as for cameras; GPU images have no GStreamer for the RTSP test camera)
+    clip = _clip(tmp_path / "clip.mp4")
     torch.cuda.synchronize()
     service = run_service(make_settings(tiny_model_dir, device="cuda", max_batch=4))
     try:
         with service.client() as client:
             assert client.get("/ready").json()["model"]["device"].startswith("cuda")
             baseline = torch.cuda.memory_allocated()
-            bodies = [client.post("/api/v1/video/start", json={"stream_url": rtsp_url}).json() for _ in range(2)]
-            for body in bodies:
-                with connect(service.ws_base + body["websocket_path"], open_timeout=10) as ws:
+            sessions = [_start_on_file(service, clip) for _ in range(2)]
+            for session in sessions:
+                with connect(service.ws_base + session.websocket_path, open_timeout=10) as ws:
                     frames = []
                     deadline = time.monotonic() + 30
                     while len(frames) < 20 and time.monotonic() < deadline:
                         message = json.loads(ws.recv(timeout=10))
                         if message["type"] == "frame_result":
                             frames.append(message)
-                # then frames arrive annotated by nvJPEG at the source size
+                # then frames arrive over a real WebSocket, annotated by nvJPEG at the source size
                 assert len(frames) >= 20
                 jpeg = base64.b64decode(frames[-1]["annotated_frame"])
                 assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (240, 320, 3)
-            for body in bodies:
-                assert client.post("/api/v1/video/stop", json={"session_id": body["session_id"]}).status_code == 200
+            for session in sessions:
+                assert client.post("/api/v1/video/stop", json={"session_id": session.id}).status_code == 200
             # and stopping gives back the GPU memory the sessions used
             torch.cuda.synchronize()
             time.sleep(0.5)
