@@ -54,15 +54,18 @@ logs: ## docker compose: follow the logs
 	docker compose logs -f --tail=100
 
 push: ## loop-push a clip to an RTSP URL with ffmpeg (CLIP=..., URL=...)
+	bash scripts/setup-system.sh push
 	bash scripts/push.sh
 
 soak: ## push + N sessions, watch memory and fps for a while, then a verdict
+	bash scripts/setup-system.sh push
 	bash scripts/soak.sh
 
 bench: deps ## pipeline vs baseline benchmark (needs a CUDA GPU for the real figures)
 	$(SERVICE_ENV) $(PY) bench/bench_pipeline.py
 
 lint: deps ## ruff on Python, shellcheck on shell scripts
+	bash scripts/setup-system.sh lint
 	$(PY) -m pip install -q --disable-pip-version-check ruff==0.14.6
 	$(PY) -m ruff check rt-detr-service tests bench scripts
 	$(PY) -m ruff format --check rt-detr-service tests bench scripts

@@ -200,6 +200,16 @@ def _collect(procs) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], li
     return streams, extensions
 
 
+def _stages(session, hub) -> dict:
+    sent, skipped = hub.delivery(session.id)
+    return {
+        "inferred": session.frames_inferred,
+        "published": session.frames_published,
+        "sent": sent,
+        "skipped": skipped,
+    }
+
+
 def _sample_rss(until: float, every: float, samples: list) -> None:
     while time.time() < until:
         samples.append((time.time(), rss_mb()))
@@ -226,11 +236,14 @@ def run_ours(
         procs = _viewers(service, sessions, window_end + 0.5, workdir / f"ours-{streams}.npz", compression, fmt)
         time.sleep(max(0.0, window_start - time.time()))
         worker = service.app.state.manager.worker
+        hub = service.app.state.hub
         decoded_start = [(s.frames_decoded, time.monotonic()) for s in sessions]
+        stages_start = [_stages(s, hub) for s in sessions]
         inferred_start, batches_start = sum(s.frames_inferred for s in sessions), worker.batches
         samples: list[tuple[float, float]] = []
         _sample_rss(window_end, rss_every, samples)
         decoded_end = [(s.frames_decoded, time.monotonic()) for s in sessions]
+        stages_end = [_stages(s, hub) for s in sessions]
         inferred = sum(s.frames_inferred for s in sessions) - inferred_start
         batches = worker.batches - batches_start
         server_stats = [s.stats() for s in sessions]
@@ -239,8 +252,8 @@ def run_ours(
     finally:
         service.stop_sessions()
     per_stream, all_times, all_latency = [], [], []
-    for (recv, stamp, _), (d0, m0), (d1, m1), stats, state in zip(
-        received, decoded_start, decoded_end, server_stats, states, strict=False
+    for (recv, stamp, _), (d0, m0), (d1, m1), stats, state, st0, st1 in zip(
+        received, decoded_start, decoded_end, server_stats, states, stages_start, stages_end, strict=False
     ):
         keep = (recv >= window_start) & (recv < window_end)
         latency = recv[keep] - stamp[keep]
@@ -250,6 +263,11 @@ def run_ours(
             {
                 "fps": round(int(keep.sum()) / seconds, 2),
                 "decoded_fps": round((d1 - d0) / (m1 - m0), 2),
+                # Where frames go missing when a count fails: per second over the window, each
+                # stage's output (inferred, published, sent on the socket) and the frames a
+                # viewer's socket was too slow for (replaced in its slot before it was sent).
+                **{f"{k}_fps": round((st1[k] - st0[k]) / (m1 - m0), 2) for k in ("inferred", "published", "sent")},
+                "socket_skipped": st1["skipped"] - st0["skipped"],
                 "latency_ms": percentiles_ms(latency),
                 "server_latency_ms": stats["latency_ms"],
                 "dropped_frames": stats["dropped_frames"],
@@ -260,6 +278,8 @@ def run_ours(
     windows = thirds(times, latency, window_start, window_end)
     fps = [s["fps"] for s in per_stream]
     decoded = [s["decoded_fps"] for s in per_stream]
+    stage_names = ("decoded_fps", "inferred_fps", "published_fps", "sent_fps", "fps")
+    stages = {k: min(s[k] for s in per_stream) for k in stage_names}
     sustained = (
         min(fps) >= FULL_RATE * src_fps
         and min(decoded) >= READER_ON_TIME * src_fps
@@ -276,6 +296,8 @@ def run_ours(
         "latency_bounded": bounded(windows),
         "rss_mb": round(float(np.mean([mb for _, mb in samples])), 1),
         "per_stream": per_stream,
+        "stages_fps_min": stages,
+        "socket_skipped": sum(s["socket_skipped"] for s in per_stream),
         "inference_fps_total": round(inferred / seconds, 1),
         "mean_batch": round(inferred / batches, 2) if batches else None,
         "ws_extensions": sorted(set(extensions)),
@@ -384,6 +406,8 @@ def sweep_ours(args, clip: str, model_dir: str, src_fps: float, workdir: Path, p
 
             result = measure()
             if not result["sustained"]:
+                stages = " -> ".join(f"{k.removesuffix('_fps')} {v}" for k, v in result["stages_fps_min"].items())
+                print(f"ours     {streams:>3} streams: fps per stage (slowest stream): {stages}", flush=True)
                 # One hiccup must not end a one-shot sweep: a count fails only if it fails twice.
                 print(f"ours     {streams:>3} streams: not sustained ({result['fps_min']} fps min); again", flush=True)
                 first, result = result, measure()

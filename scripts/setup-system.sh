@@ -3,20 +3,30 @@
 #   setup-system.sh venv  - what `python3 -m venv` needs (make deps)
 #   setup-system.sh run   - plus the GStreamer test camera (make run)
 #   setup-system.sh test  - plus Chromium for browser tests, deck for kong.yml, shellcheck, ffmpeg
+#   setup-system.sh lint  - shellcheck (make lint);  push - ffmpeg (make push, make soak)
 set -euo pipefail
 
 profile=${1:-run}
 # python3-venv: Debian's python3 cannot make the venv without it.
 packages=(python3-venv)
-if [ "$profile" != venv ]; then
-  # gstreamer1.0-x: timeoverlay (the camera's clock), only a recommendation of plugins-good.
-  # fonts-dejavu-core: the clock overlay and Chromium both need a font to render.
-  packages+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-             gstreamer1.0-plugins-ugly gstreamer1.0-x fonts-dejavu-core)
-fi
-if [ "$profile" = test ]; then
-  packages+=(chromium deck shellcheck ffmpeg)
-fi
+case "$profile" in
+  venv) ;;
+  run | test)
+    # gstreamer1.0-x: timeoverlay (the camera's clock), only a recommendation of plugins-good.
+    # fonts-dejavu-core: the clock overlay and Chromium both need a font to render.
+    packages+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+               gstreamer1.0-plugins-ugly gstreamer1.0-x fonts-dejavu-core)
+    if [ "$profile" = test ]; then
+      packages+=(chromium deck shellcheck ffmpeg)
+    fi
+    ;;
+  lint) packages+=(shellcheck) ;;
+  push) packages+=(ffmpeg) ;;
+  *)
+    echo "usage: $0 venv|run|test|lint|push" >&2
+    exit 2
+    ;;
+esac
 
 missing=()
 for pkg in "${packages[@]}"; do

@@ -99,6 +99,12 @@ class Hub:
     def viewer_count(self, session_id: str) -> int:
         return len(self._viewers.get(session_id, ()))
 
+    def delivery(self, session_id: str) -> tuple[int, int]:
+        """Frames sent to this session's viewers and frames they skipped (a newer one replaced
+        them before the socket could take them), summed over its viewers."""
+        viewers = list(self._viewers.get(session_id, ()))
+        return sum(v.frames_sent for v in viewers), sum(v.frames_skipped for v in viewers)
+
     def formats(self, session_id: str) -> set[Format]:
         return {v.format for v in list(self._viewers.get(session_id, ()))}
 
