@@ -30,6 +30,11 @@ _TRANSPORT_PROTOCOLS = {
 
 
 END_OF_STREAM = "End of stream"
+# A connection that delivered this long counts as healthy: its loss starts the backoff afresh.
+HEALTHY_RUN_S = 10.0
+# Packets arriving but no picture decoded for this long (a decoder that never recovers): reconnect.
+# Generous, because a decoder waits for the next keyframe and some cameras send one every 10 s+.
+NO_PICTURE_S = 30.0
 
 
 class StreamErrorKind(enum.Enum):
@@ -77,7 +82,11 @@ def validate_stream_url(url: str, allowed_schemes: Sequence[str]) -> str:
 
 def redact_url(url: str) -> str:
     """The URL with its userinfo (user:password@, a token@) and query secrets masked, for logs
-    and status."""
+    and status. One URL: everything between '://' and its last '@' goes, quotes and all."""
+    scheme_end = url.find("://")
+    at = url.rfind("@")
+    if scheme_end >= 0 and at > scheme_end:
+        url = f"{url[: scheme_end + 3]}***{url[at:]}"
     return redact(url)
 
 
@@ -267,7 +276,7 @@ class StreamReader:
                     break
                 if self._loop and error == END_OF_STREAM:
                     continue
-                if time.monotonic() - connected >= max(self._reconnect_max, self._read_timeout):
+                if time.monotonic() - connected >= max(HEALTHY_RUN_S, self._read_timeout):
                     # It ran for a while, so this is a new loss: back off from the start again. A
                     # server that accepts and drops at once keeps backing off instead of being
                     # hammered every RECONNECT_MIN_S.
@@ -294,10 +303,13 @@ class StreamReader:
         clock_start: float | None = None
         pts_start = 0.0
         failing_since: float | None = None  # first of the decode errors since the last good frame
+        last_picture = time.monotonic()
         try:
             for packet in container.demux(stream):
                 if self._stop.is_set():
                     return "stopped"
+                if (blind := time.monotonic() - last_picture) >= max(NO_PICTURE_S, self._read_timeout):
+                    return f"Stream error: data but no decodable picture for {blind:.0f} s"
                 try:
                     frames = packet.decode()
                 except av.error.FFmpegError as exc:
@@ -314,6 +326,7 @@ class StreamReader:
                     continue
                 if frames:
                     failing_since = None
+                    last_picture = time.monotonic()
                 for frame in frames:
                     due: float | None = None
                     if self._realtime and frame.pts is not None and time_base:

@@ -2,6 +2,7 @@
 
 import pytest
 
+from rtdetr_service.logs import redact
 from rtdetr_service.source import (
     StreamError,
     StreamErrorKind,
@@ -71,10 +72,24 @@ def test_accepted(url, opened):
         ("rtsp://admin:12/34@cam/x", "rtsp://***@cam/x"),  # '/' inside the password
         ("rtsp://u:s3cret@[fe80::1]:554/x", "rtsp://***@[fe80::1]:554/x"),
         ("rtsp://cam/live?user=a&password=s3cret", "rtsp://cam/live?user=a&password=***"),
+        ("rtsp://admin:S3cr'et@cam/x", "rtsp://***@cam/x"),  # quotes are legal in a password
+        ('rtsp://admin:S3cr"et@cam/x', "rtsp://***@cam/x"),
     ],
 )
 def test_redaction(url, shown):
     assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    "line, shown",
+    [
+        ("refused: 'rtsp://admin:S3cr'et@cam:554/x' now", "refused: 'rtsp://***@cam:554/x' now"),
+        ("from rtsp://cam/a to http://u:p@h/b", "from rtsp://cam/a to http://***@h/b"),
+        ("GET /x?bypass=1&compass=2&password=s3cret&token=t0k", "GET /x?bypass=1&compass=2&password=***&token=***"),
+    ],
+)
+def test_log_lines_are_redacted(line, shown):
+    assert redact(line) == shown
 
 
 def test_ffmpeg_reasons_quote_the_url_redacted():
