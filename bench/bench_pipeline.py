@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -188,7 +189,8 @@ def _collect(procs) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], li
             print(f"warning: a viewer process exited with {code}; its streams count as lost frames", file=sys.stderr)
         try:
             data = np.load(path)
-        except OSError:
+            data.files  # noqa: B018 - a viewer killed while writing leaves a truncated archive
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
             print(f"warning: {path.name} missing: {count} streams count as receiving nothing", file=sys.stderr)
             empty = np.zeros(0)
             streams += [(empty, empty, empty)] * count
@@ -284,6 +286,7 @@ def run_ours(
         min(fps) >= FULL_RATE * src_fps
         and min(decoded) >= READER_ON_TIME * src_fps
         and all(s["state"] == "running" for s in per_stream)
+        and bounded(windows) is not False  # the same rule as the baseline's: no growing backlog
     )
     return {
         "streams": streams,

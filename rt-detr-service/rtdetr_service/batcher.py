@@ -100,7 +100,7 @@ class InferenceWorker:
         for client in clients:
             if len(batch) >= self._max_batch:
                 break
-            frame = client.take_frame()
+            frame = self._take(client)
             if frame is None:
                 waiting.append(client)
             else:
@@ -116,13 +116,20 @@ class InferenceWorker:
             self._wake.clear()
             still_waiting = []
             for client in waiting:
-                frame = client.take_frame() if len(batch) < self._max_batch else None
+                frame = self._take(client) if len(batch) < self._max_batch else None
                 if frame is None:
                     still_waiting.append(client)
                 else:
                     batch.append((client, frame))
             waiting = still_waiting
         return batch
+
+    def _take(self, client: BatchClient) -> Frame | None:
+        try:
+            return client.take_frame()
+        except Exception as exc:  # noqa: BLE001 - one session's fault must not empty every batch
+            self._failed(f"Session {client.id} could not hand over a frame: {exc}")
+            return None
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -211,20 +211,13 @@ class UltralyticsRTDetr:
                 device=str(self._device),
                 verbose=False,
             )
-        out = []
-        for result, threshold, image in zip(results, thresholds, images, strict=False):
-            boxes = result.boxes
-            out.append(
-                to_detections(
-                    boxes.conf.cpu().numpy(),
-                    boxes.cls.cpu().numpy().astype(np.int64),
-                    boxes.xyxy.cpu().numpy(),
-                    threshold,
-                    self.info.class_names,
-                    image.shape[:2],
-                )
-            )
-        return out
+            # read back on the stream that produced them
+            boxes = [result.boxes for result in results]
+            found = [(b.conf.cpu().numpy(), b.cls.cpu().numpy(), b.xyxy.cpu().numpy()) for b in boxes]
+        return [
+            to_detections(conf, cls.astype(np.int64), xyxy, threshold, self.info.class_names, image.shape[:2])
+            for (conf, cls, xyxy), threshold, image in zip(found, thresholds, images, strict=False)
+        ]
 
 
 def coco_rtdetr_v2_config(backbone: dict, **model):

@@ -245,3 +245,13 @@ def test_an_upper_case_scheme_is_opened_as_rtsp(live_service, rtsp_url, stop_ses
         assert response.status_code == 200, response.text
         status = client.get(f"/api/v1/video/status/{response.json()['session_id']}").json()
         assert status["stream_url"] == rtsp_url
+
+
+def test_both_checks_read_the_key_the_same_way(live_service):
+    import httpx
+
+    # an empty apikey header next to a good X-API-Key: authenticated everywhere, or nowhere
+    headers = {"apikey": "", "X-API-Key": live_service.api_key, "Content-Type": "application/json"}
+    url = live_service.base_url + "/api/v1/video/start"
+    assert httpx.post(url, content=b'{"stream_url": ', headers=headers).status_code == 400
+    assert httpx.get(live_service.base_url + "/api/v1/video/sessions", headers=headers).status_code == 200

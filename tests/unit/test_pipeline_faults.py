@@ -384,3 +384,95 @@ def test_a_server_that_drops_every_connection_at_once_is_retried_with_growing_de
         reader.stop(1.0)
     delays = [float(s.rsplit("reconnecting in ", 1)[1].split()[0]) for s in states if "reconnecting in" in s]
     assert delays[:5] == [0.1, 0.2, 0.4, 0.8, 0.8]
+
+
+class _Packet:
+    def decode(self):
+        return []  # accepted, but no picture comes out (a decoder that never recovers)
+
+
+class _BlindConnection(_DroppedAtOnce):
+    def demux(self, stream):
+        while True:
+            time.sleep(0.01)
+            yield _Packet()
+
+
+class _BlindCamera(StreamReader):
+    def _open_container(self):
+        return _BlindConnection(), StreamInfo(64, 48, 30.0, "h264")
+
+
+def test_data_without_pictures_ends_the_connection(monkeypatch):
+    import rtdetr_service.source as source
+
+    monkeypatch.setattr(source, "NO_PICTURE_S", 0.3)
+    states: list[str] = []
+    reader = _BlindCamera(
+        "rtsp://camera/x",
+        on_frame=lambda frame: None,
+        on_state=lambda state, error: states.append(f"{state}: {error}"),
+        open_timeout=1,
+        read_timeout=0.2,
+        reconnect_min=5,
+        reconnect_max=5,
+    )
+    reader.open()
+    reader.start()
+    try:
+        assert _wait_for(lambda: any("no decodable picture" in s for s in states), timeout=10), states
+    finally:
+        reader.stop(1.0)
+    assert states[0].startswith("reconnecting")
+
+
+class _StreamsThenDrops(_DroppedAtOnce):
+    """Delivers frames for 0.3 s, then the server closes."""
+
+    def demux(self, stream):
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+            yield _FramePacket()
+
+
+class _FramePacket:
+    def decode(self):
+        return [_Picture()]
+
+
+class _Picture:
+    pts = None
+    width, height = 64, 48
+
+    def to_ndarray(self, format):
+        return np.zeros((48, 64, 3), np.uint8)
+
+
+class _HealthyThenDropped(StreamReader):
+    def _open_container(self):
+        return _StreamsThenDrops(), StreamInfo(64, 48, 30.0, "h264")
+
+
+def test_a_loss_after_a_healthy_run_backs_off_from_the_start(monkeypatch):
+    import rtdetr_service.source as source
+
+    monkeypatch.setattr(source, "HEALTHY_RUN_S", 0.2)
+    states: list[str] = []
+    reader = _HealthyThenDropped(
+        "rtsp://camera/x",
+        on_frame=lambda frame: None,
+        on_state=lambda state, error: states.append(error or state),
+        open_timeout=1,
+        read_timeout=0.1,
+        reconnect_min=0.1,
+        reconnect_max=0.8,
+    )
+    reader.open()
+    reader.start()
+    try:
+        assert _wait_for(lambda: sum("reconnecting in" in s for s in states) >= 3, timeout=15)
+    finally:
+        reader.stop(1.0)
+    delays = [float(s.rsplit("reconnecting in ", 1)[1].split()[0]) for s in states if "reconnecting in" in s]
+    assert delays[:3] == [0.1, 0.1, 0.1]
