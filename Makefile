@@ -29,7 +29,7 @@ deps: $(DEPS) ## create .venv with the pinned Python dependencies
 system: ## install the Debian packages `make run` needs (GStreamer test camera)
 	bash scripts/setup-system.sh run
 
-system-test: ## install the Debian packages `make test` needs (adds chromium, deck, shellcheck, ffmpeg)
+system-test: ## install the Debian packages `make test` needs (adds chromium, deck, shellcheck, ffmpeg, curl)
 	bash scripts/setup-system.sh test
 
 run: system deps ## set up, then run the service with a local test camera; prints key and curl lines

@@ -11,14 +11,15 @@ PORT=${PORT:-8080}
 CAMERA=${CAMERA:-auto}
 CAMERA_PORT=${CAMERA_PORT:-8554}
 export PORT PYTHONPATH=rt-detr-service${PYTHONPATH:+:$PYTHONPATH}
-mkdir -p .run
+RUN_DIR=${RUN_DIR:-.run}  # the generated key and the logs
+mkdir -p "$RUN_DIR"
 
 if [ -z "${API_KEYS:-}" ] && ! grep -qs '^API_KEYS=' .env; then
   # A key of this machine's own, kept out of git and out of logs; printed once below.
-  if [ ! -s .run/api_key ]; then
-    (umask 077; "$PY" -c 'import secrets; print(secrets.token_urlsafe(24))' > .run/api_key)
+  if [ ! -s "$RUN_DIR"/api_key ]; then
+    (umask 077; "$PY" -c 'import secrets; print(secrets.token_urlsafe(24))' > "$RUN_DIR"/api_key)
   fi
-  API_KEYS=$(cat .run/api_key)
+  API_KEYS=$(cat "$RUN_DIR"/api_key)
   export API_KEYS
 fi
 key=${API_KEYS:-$(grep -s '^API_KEYS=' .env | head -n1 | cut -d= -f2-)}
@@ -49,34 +50,34 @@ fi
 stream_url="rtsp://127.0.0.1:${CAMERA_PORT}/camera"
 if [ "$CAMERA" = mediamtx ]; then
   # The compose configuration, with its demo users; RTSP on CAMERA_PORT.
-  MTX_RTSPADDRESS=":${CAMERA_PORT}" mediamtx mediamtx/mediamtx.yml >.run/mediamtx.log 2>&1 &
+  MTX_RTSPADDRESS=":${CAMERA_PORT}" mediamtx mediamtx/mediamtx.yml >"$RUN_DIR"/mediamtx.log 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do port_taken "$CAMERA_PORT" && break; sleep 0.1; done
   URL="rtsp://publisher:${MEDIAMTX_PUBLISH_PASS:-demo-publish}@127.0.0.1:${CAMERA_PORT}/camera" \
-    bash scripts/push.sh >.run/push.log 2>&1 &
+    bash scripts/push.sh >"$RUN_DIR"/push.log 2>&1 &
   pids+=($!)
   stream_url="rtsp://viewer:${MEDIAMTX_READ_PASS:-demo-read}@127.0.0.1:${CAMERA_PORT}/camera"
 elif [ "$CAMERA" = gstreamer ]; then
-  : > .run/camera.log
-  /usr/bin/python3 scripts/test_camera.py --port "$CAMERA_PORT" >.run/camera.log 2>&1 &
+  : > "$RUN_DIR"/camera.log
+  /usr/bin/python3 scripts/test_camera.py --port "$CAMERA_PORT" >"$RUN_DIR"/camera.log 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do
-    grep -q '^READY' .run/camera.log && break
-    kill -0 "${pids[0]}" 2>/dev/null || { cat .run/camera.log >&2; exit 1; }
+    grep -q '^READY' "$RUN_DIR"/camera.log && break
+    kill -0 "${pids[0]}" 2>/dev/null || { cat "$RUN_DIR"/camera.log >&2; exit 1; }
     sleep 0.1
   done
-  grep -q '^READY' .run/camera.log || { echo "The test camera did not start in 10 s (.run/camera.log)" >&2; exit 1; }
+  grep -q '^READY' "$RUN_DIR"/camera.log || { echo "The test camera did not start in 10 s (${RUN_DIR}/camera.log)" >&2; exit 1; }
 fi
 
-"$PY" -m rtdetr_service >.run/service.log 2>&1 &
+"$PY" -m rtdetr_service >"$RUN_DIR"/service.log 2>&1 &
 pids+=($!)
 service=${pids[-1]}
-tail -n +1 -f .run/service.log &
+tail -n +1 -f "$RUN_DIR"/service.log &
 pids+=($!)
 # The curl lines below work once the model is loaded: wait for the service to say so.
 for _ in $(seq 1200); do
-  kill -0 "$service" 2>/dev/null || { echo "The service exited; its log is above (.run/service.log)." >&2; exit 1; }
-  grep -qE ' ready: |Model failed to load' .run/service.log && break
+  kill -0 "$service" 2>/dev/null || { echo "The service exited; its log is above (${RUN_DIR}/service.log)." >&2; exit 1; }
+  grep -qE ' ready: |Model failed to load' "$RUN_DIR"/service.log && break
   sleep 0.25
 done
 cat <<EOT
