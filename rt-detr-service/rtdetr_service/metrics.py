@@ -46,6 +46,12 @@ class _SessionCollector(Collector):
                 "rtdetr_session_frames_dropped", "Frames skipped to stay live", labels=["session"]
             ),
             "reconnects": CounterMetricFamily("rtdetr_session_reconnects", "Stream reconnections", labels=["session"]),
+            "decode_errors": CounterMetricFamily(
+                "rtdetr_session_decode_errors", "Damaged packets skipped by the decoder", labels=["session"]
+            ),
+            "publish_errors": CounterMetricFamily(
+                "rtdetr_session_publish_errors", "Frames whose drawing, JPEG or sending failed", labels=["session"]
+            ),
         }
         states = GaugeMetricFamily("rtdetr_sessions", "Sessions by state", labels=["state"])
         by_state: dict[str, int] = {}
