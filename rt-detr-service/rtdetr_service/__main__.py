@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import uvicorn
 from pydantic import ValidationError
 
 from .app import create_app
-from .config import Settings
+from .config import Settings, unknown_env_file_keys
 from .logs import configure
 
 
@@ -37,6 +38,10 @@ def main() -> int:
             print(f"configuration error: {key}: {error['msg']}", file=sys.stderr)
         return 2
     configure(settings.log_level)
+    if unknown := unknown_env_file_keys():
+        logging.getLogger("rtdetr_service").warning(
+            ".env has keys no part of the stack reads (typos of a setting?): %s", ", ".join(unknown)
+        )
     uvicorn.Server(server_config(create_app(settings), settings)).run()
     return 0
 

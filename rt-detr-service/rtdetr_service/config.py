@@ -120,3 +120,21 @@ class Settings(BaseSettings):
         if (REPO_ROOT / path).exists():
             return str(REPO_ROOT / path)
         return self.model
+
+
+# Keys of the shared `.env` that belong to docker compose, MediaMTX or Kong, not to this service.
+_OTHERS_KEYS = ("MEDIAMTX_", "MTX_", "KONG_", "COMPOSE_", "RTSP_BIND", "CLIP", "URL")
+
+
+def unknown_env_file_keys(path: Path | str = ".env") -> list[str]:
+    """Keys of an env file that neither this service nor the stack around it reads: most likely
+    typos of a setting, which the service would otherwise ignore in silence."""
+    from dotenv import dotenv_values
+
+    path = Path(path)
+    if not path.is_file():
+        return []
+    ours = {name.upper() for name in Settings.model_fields}
+    return sorted(
+        key for key in dotenv_values(path) if key.upper() not in ours and not key.upper().startswith(_OTHERS_KEYS)
+    )

@@ -72,6 +72,15 @@ def test_env_file_shared_with_compose_is_read_for_our_names_only(tmp_path, monke
     assert settings.max_sessions == 3 and [k.get_secret_value() for k in settings.api_keys] == ["k1"]
 
 
+def test_a_typo_in_the_shared_env_file_is_pointed_out(tmp_path):
+    from rtdetr_service.config import unknown_env_file_keys
+
+    env = tmp_path / ".env"
+    env.write_text("API_KEYS=k\nMAX_SESION=3\nMEDIAMTX_READ_PASS=x\nKONG_DECLARATIVE_FILE=/k.yml\nRTSP_BIND=0.0.0.0\n")
+    assert unknown_env_file_keys(env) == ["MAX_SESION"]
+    assert unknown_env_file_keys(tmp_path / "missing") == []
+
+
 def test_environment_overrides(monkeypatch):
     monkeypatch.setenv("API_KEYS", "k")
     monkeypatch.setenv("PORT", "9000")
