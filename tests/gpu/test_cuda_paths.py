@@ -174,7 +174,9 @@ def test_service_on_cuda_end_to_end(tiny_model_dir, tmp_path):
     service = run_service(make_settings(tiny_model_dir, device="cuda", max_batch=4))
     try:
         with service.client() as client:
-            assert client.get("/ready").json()["model"]["device"].startswith("cuda")
+            ready = client.get("/ready").json()
+            assert ready["model"]["device"].startswith("cuda") and ready["model"]["dtype"] == "float16"
+            assert ready["jpeg_encoder"] == "nvjpeg"
             baseline = torch.cuda.memory_allocated()
             sessions = [_start_on_file(service, clip) for _ in range(2)]
             for session in sessions:
