@@ -94,10 +94,15 @@ rss_bytes() {  # service resident memory from prometheus-client's process collec
 
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
-  local id code
+  local id code attempt
   trap - EXIT INT TERM
   for id in "${session_ids[@]}"; do
-    code="$(api POST /api/v1/video/stop "{\"session_id\": \"$id\"}")"
+    # A gateway's rate limit may still be spent: a stop must not be lost to a 429.
+    for attempt in 1 2 3 4 5 6; do
+      code="$(api POST /api/v1/video/stop "{\"session_id\": \"$id\"}")"
+      [[ "$code" == "429" && $attempt -lt 6 ]] || break
+      sleep 10
+    done
     echo "soak: stopped session $id (HTTP $code)"
   done
   if [[ -n "$push_pid" ]]; then
@@ -143,18 +148,27 @@ while :; do
   rss="$(rss_bytes)"
   rss_mb=""
   [[ -n "$rss" ]] && rss_mb=$((rss / 1048576))
-  for id in "${session_ids[@]}"; do
-    code="$(api GET "/api/v1/video/status/$id")"
-    if [[ "$code" == "200" ]]; then
-      f="$workdir/resp.json"
-      row="$(printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s' "$elapsed" "$id" "$(json_get "$f" state)" \
-        "$(json_get "$f" stats.source_fps)" "$(json_get "$f" stats.inference_fps)" \
-        "$(json_get "$f" stats.dropped_frames)" "$(json_get "$f" stats.latency_ms.p99)" "$rss_mb")"
-    else
-      row="$(printf '%s\t%s\thttp_%s\t\t\t\t\t%s' "$elapsed" "$id" "$code" "$rss_mb")"
-    fi
-    printf '%s\n' "$row" | tee -a "$samples"
-  done
+  # One call per sample for all sessions (GET /sessions has every status): through Kong, a
+  # status call per session and sample would spend its rate limit (120/min) within a minute.
+  code="$(api GET /api/v1/video/sessions)"
+  "$PYTHON" - "$workdir/resp.json" "$code" "$elapsed" "$rss_mb" "${session_ids[@]}" <<'PY' | tee -a "$samples"
+import json, sys
+path, code, elapsed, rss_mb, ids = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+try:
+    found = {s["session_id"]: s for s in json.load(open(path))["sessions"]} if code == "200" else {}
+except Exception:
+    found = {}
+for sid in ids:
+    s = found.get(sid)
+    if s is None:
+        state = f"http_{code}" if code != "200" else "missing"
+        print("\t".join([elapsed, sid, state, "", "", "", "", rss_mb]))
+        continue
+    stats = s.get("stats") or {}
+    p99 = (stats.get("latency_ms") or {}).get("p99")
+    values = [stats.get("source_fps"), stats.get("inference_fps"), stats.get("dropped_frames"), p99]
+    print("\t".join([elapsed, sid, s["state"], *("" if v is None else str(v) for v in values), rss_mb]))
+PY
   (( elapsed >= total )) && break
   sleep "$INTERVAL"
 done

@@ -139,13 +139,12 @@ def test_plugin_config_fields_exist_in_the_plugin_schema(kong, kong_ref):
         assert not unknown, f"{plugin['name']}: unknown config fields {unknown}"
 
 
-def test_upstream_is_round_robin_with_active_checks_on_readiness_and_passive_checks(kong):
+def test_upstream_is_round_robin_with_active_and_passive_checks_on_liveness(kong):
     (upstream,) = kong["upstreams"]
     assert upstream["algorithm"] == "round-robin"
     checks = upstream["healthchecks"]
-    # readiness: a replica without a loaded model or a live inference worker gets no sessions
-    assert checks["active"]["http_path"] == "/ready"
-    assert 503 in checks["active"]["unhealthy"]["http_statuses"]
+    # liveness: with one target a failed readiness probe would close every route, page included
+    assert checks["active"]["http_path"] == "/health"
     assert checks["active"]["healthy"]["interval"] > 0 and checks["active"]["unhealthy"]["interval"] > 0
     assert checks["passive"]["unhealthy"]["tcp_failures"] > 0
     # The service answers 502/503/504 about cameras and the model: never a reason to eject it.

@@ -35,6 +35,7 @@ class FakeService:
     def __init__(self, inference_fps: float, rss_growth_mb: float = 0.0):
         self.inference_fps, self.rss_growth_mb = inference_fps, rss_growth_mb
         self.started, self.stopped, self.keys, self.metrics_calls = [], [], set(), 0
+        self.api_calls, self.refuse_stops = 0, 0
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -54,17 +55,24 @@ class FakeService:
                     rss = (1000 + fake.rss_growth_mb * fake.metrics_calls) * 1048576
                     return self.reply(200, f"# TYPE x gauge\nprocess_resident_memory_bytes {rss:.1f}\n")
                 fake.keys.add(self.headers.get("apikey"))
-                sid = self.path.rsplit("/", 1)[-1]
+                fake.api_calls += 1
                 stats = {
                     "source_fps": 30.0,
                     "inference_fps": fake.inference_fps,
                     "dropped_frames": 3,
                     "latency_ms": {"p50": 40.0, "p99": 80.0},
                 }
-                self.reply(200, {"session_id": sid, "state": "running", "stats": stats})
+                running = [f"s{n}" for n in range(len(fake.started)) if f"s{n}" not in fake.stopped]
+                sessions = [{"session_id": sid, "state": "running", "stats": stats} for sid in running]
+                self.reply(200, {"sessions": sessions})
 
             def do_POST(self):
                 fake.keys.add(self.headers.get("apikey"))
+                fake.api_calls += 1
+                if self.path.endswith("/stop") and fake.refuse_stops:
+                    fake.refuse_stops -= 1  # a gateway whose rate limit is spent
+                    self.rfile.read(int(self.headers["Content-Length"]))
+                    return self.reply(429, {"message": "API rate limit exceeded"})
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if self.path.endswith("/start"):
                     sid = f"s{len(fake.started)}"
@@ -81,13 +89,13 @@ class FakeService:
         self.server.shutdown()
 
 
-def run_soak(repo, fake: FakeService) -> subprocess.CompletedProcess:
+def run_soak(repo, fake: FakeService, sessions: int = 2) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "BASE_URL": fake.url,
         "API_KEY": "k1",
         "PUSH": "none",
-        "SESSIONS": "2",
+        "SESSIONS": str(sessions),
         "WARMUP": "0",
         "DURATION": "2",
         "INTERVAL": "1",
@@ -109,6 +117,22 @@ def test_soak_passes_a_healthy_service_and_stops_its_sessions(repo):
     assert "VERDICT: PASS" in result.stdout
     assert len(fake.started) == 2 and sorted(fake.stopped) == ["s0", "s1"]
     assert fake.keys == {"k1"}
+
+
+@pytest.mark.skipif(not shutil.which("curl"), reason="soak.sh drives the API with curl")
+def test_soak_stays_within_a_gateway_rate_limit_and_retries_refused_stops(repo):
+    # one control call per sample whatever the session count (Kong allows 120 a minute), and a
+    # stop refused with 429 is tried again rather than leaving the session running
+    fake = FakeService(inference_fps=29.5)
+    fake.refuse_stops = 1
+    try:
+        result = run_soak(repo, fake, sessions=4)
+    finally:
+        fake.close()
+    assert result.returncode == 0, result.stdout + result.stderr
+    samples = result.stdout.count("\ts0\t")
+    assert fake.api_calls <= 4 + samples + 4 + 1  # starts + one per sample + stops + the retried stop
+    assert sorted(fake.stopped) == ["s0", "s1", "s2", "s3"]
 
 
 @pytest.mark.skipif(not shutil.which("curl"), reason="soak.sh drives the API with curl")
