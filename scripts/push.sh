@@ -21,6 +21,11 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
 fi
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The compose stack reads its passwords from .env; so does this script when they are not in the
+# environment, or it would publish with the demo password and be refused.
+if [ -z "${MEDIAMTX_PUBLISH_PASS:-}" ] && [ -f "$repo_root/.env" ]; then
+  MEDIAMTX_PUBLISH_PASS=$(sed -n 's/^MEDIAMTX_PUBLISH_PASS=//p' "$repo_root/.env" | tail -n 1)
+fi
 CLIP="${1:-${CLIP:-}}"
 URL="${URL:-rtsp://publisher:${MEDIAMTX_PUBLISH_PASS:-demo-publish}@localhost:8554/camera}"
 CACHE_DIR="${CACHE_DIR:-${repo_root}/.run/clips}"

@@ -50,7 +50,9 @@ fi
 stream_url="rtsp://127.0.0.1:${CAMERA_PORT}/camera"
 if [ "$CAMERA" = mediamtx ]; then
   # The compose configuration, with its demo users; RTSP on CAMERA_PORT.
-  MTX_RTSPADDRESS=":${CAMERA_PORT}" mediamtx mediamtx/mediamtx.yml >"$RUN_DIR"/mediamtx.log 2>&1 &
+  # Loopback only: natively nothing stands in front of its RTSP port, API and metrics.
+  MTX_RTSPADDRESS="127.0.0.1:${CAMERA_PORT}" MTX_APIADDRESS=127.0.0.1:9997 MTX_METRICSADDRESS=127.0.0.1:9998 \
+    mediamtx mediamtx/mediamtx.yml >"$RUN_DIR"/mediamtx.log 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do port_taken "$CAMERA_PORT" && break; sleep 0.1; done
   URL="rtsp://publisher:${MEDIAMTX_PUBLISH_PASS:-demo-publish}@127.0.0.1:${CAMERA_PORT}/camera" \

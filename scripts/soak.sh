@@ -26,10 +26,16 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
 fi
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The compose stack reads its passwords from .env; so does this script when they are not set.
+for name in MEDIAMTX_PUBLISH_PASS MEDIAMTX_READ_PASS; do
+  if [ -z "${!name:-}" ] && [ -f "$repo_root/.env" ]; then
+    printf -v "$name" '%s' "$(sed -n "s/^${name}=//p" "$repo_root/.env" | tail -n 1)"
+  fi
+done
 BASE_URL="${BASE_URL:-http://localhost:8000}"
 BASE_URL="${BASE_URL%/}"
 API_KEY="${API_KEY:-demo-key-change-me}"
-STREAM_URL="${STREAM_URL:-rtsp://viewer:demo-read@mediamtx:8554/camera}"
+STREAM_URL="${STREAM_URL:-rtsp://viewer:${MEDIAMTX_READ_PASS:-demo-read}@mediamtx:8554/camera}"
 SESSIONS="${SESSIONS:-4}"
 DURATION="${DURATION:-600}"
 WARMUP="${WARMUP:-30}"
@@ -38,7 +44,7 @@ FPS_RATIO="${FPS_RATIO:-0.9}"
 MAX_MEM_GROWTH_MB="${MAX_MEM_GROWTH_MB:-512}"
 METRICS_URL="${METRICS_URL:-}"
 PUSH="${PUSH:-local}"
-PUSH_URL="${PUSH_URL:-rtsp://publisher:demo-publish@localhost:8554/camera}"
+PUSH_URL="${PUSH_URL:-rtsp://publisher:${MEDIAMTX_PUBLISH_PASS:-demo-publish}@localhost:8554/camera}"
 PYTHON="${PYTHON:-python3}"
 
 for cmd in curl "$PYTHON"; do

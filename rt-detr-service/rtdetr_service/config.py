@@ -123,7 +123,7 @@ class Settings(BaseSettings):
 
 
 # Keys of the shared `.env` that belong to docker compose, MediaMTX or Kong, not to this service.
-_OTHERS_KEYS = ("MEDIAMTX_", "MTX_", "KONG_", "COMPOSE_", "RTSP_BIND", "CLIP", "URL")
+_OTHERS_KEYS = ("MEDIAMTX_", "MTX_", "KONG_", "COMPOSE_", "PUSH_", "RTSP_BIND", "CLIP", "URL")
 
 
 def unknown_env_file_keys(path: Path | str = ".env") -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import threading
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -176,7 +177,7 @@ class UltralyticsRTDetr:
         except ImportError as exc:
             raise ModelLoadError(
                 f"MODEL={path} is an ultralytics checkpoint but ultralytics is not installed: "
-                "run `make deps-ultralytics` or use a transformers RT-DETRv2 weights directory"
+                "run `make deps` (it installs ultralytics) or use a transformers RT-DETRv2 weights directory"
             ) from exc
         self._model = RTDETR(path)
         checkpoint = getattr(self._model, "ckpt", None) or {}
@@ -287,6 +288,11 @@ def _load_transformers(
         # Those copies run on the default stream; inference reads the weights on its own stream.
         torch.cuda.synchronize(device)
     if compile_model and device.type == "cuda":
+        if not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")):
+            raise ModelLoadError(
+                "COMPILE=true needs a C compiler for Triton (gcc), and none is installed: "
+                "install gcc, or set COMPILE=false"
+            )
         # Automatic dynamic shapes: the second batch size seen recompiles once with a symbolic
         # batch dimension, which then serves every batch size.
         model = torch.compile(model, mode="max-autotune-no-cudagraphs")

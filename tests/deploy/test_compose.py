@@ -169,6 +169,8 @@ def test_soak_defaults_point_at_kong_and_the_compose_camera(repo, compose, media
     soak = (repo / "scripts" / "soak.sh").read_text()
     base = urlsplit(re.search(r'BASE_URL="\$\{BASE_URL:-([^}]*)\}"', soak).group(1))
     assert base.port in published_ports(compose["services"]["kong"])
-    stream = urlsplit(re.search(r'STREAM_URL="\$\{STREAM_URL:-([^}]*)\}"', soak).group(1))
+    default = re.search(r'^STREAM_URL="\$\{STREAM_URL:-(.*)\}"$', soak, re.MULTILINE).group(1)
+    # the password part is itself "${MEDIAMTX_READ_PASS:-demo-read}": take its default
+    stream = urlsplit(re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", default))
     assert stream.hostname == "mediamtx"
     assert users_with(mediamtx, "read").get(stream.username) == stream.password
