@@ -9,7 +9,7 @@ DEPS := $(VENV)/.deps-installed
 SERVICE_ENV := PYTHONPATH=rt-detr-service
 MODEL_VARIANT ?= r18vd
 
-.PHONY: help run serve test models deps system system-test up down logs push soak bench lint clean
+.PHONY: help run serve test models deps constraints system system-test up down logs push soak bench lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
@@ -17,14 +17,20 @@ help: ## list the targets
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 ULTRALYTICS := ultralytics==8.4.190
 
-$(DEPS): rt-detr-service/requirements.txt rt-detr-service/requirements-ultralytics.txt tests/requirements.txt
+CONSTRAINTS := rt-detr-service/constraints.txt
+
+$(DEPS): rt-detr-service/requirements.txt rt-detr-service/requirements-ultralytics.txt tests/requirements.txt $(CONSTRAINTS)
 	$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || bash scripts/setup-system.sh venv
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) -r rt-detr-service/requirements.txt -r rt-detr-service/requirements-ultralytics.txt -r tests/requirements.txt
+	$(PIP) -c $(CONSTRAINTS) -r rt-detr-service/requirements.txt -r rt-detr-service/requirements-ultralytics.txt -r tests/requirements.txt
 	$(PIP) --no-deps $(ULTRALYTICS)
 	touch $@
 
 deps: $(DEPS) ## create .venv with the pinned Python dependencies
+
+constraints: deps ## re-pin every installed package (after changing a requirements file and testing)
+	{ sed -n '1,3p' $(CONSTRAINTS); $(PY) -m pip freeze --exclude-editable | grep -v -E '^(ruff)=='; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 system: ## install the Debian packages `make run` needs (GStreamer test camera)
 	bash scripts/setup-system.sh run
