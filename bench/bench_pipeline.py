@@ -31,6 +31,7 @@ import threading
 import time
 import urllib.request
 import zipfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -218,24 +219,29 @@ def _sample_rss(until: float, every: float, samples: list) -> None:
         time.sleep(min(every, max(0.0, until - time.time())))
 
 
-def run_ours(
-    service: Service,
-    clip: str,
-    streams: int,
-    warmup: float,
-    seconds: float,
-    src_fps: float,
-    workdir: Path,
-    compression: str,
-    fmt: str,
-    rss_every: float = 1.0,
-) -> dict:
+@dataclass(frozen=True)
+class Feed:
+    """What every measured run of our side shares: the clip and its rate, and the viewers (where
+    they write, what they offer and ask for)."""
+
+    clip: str
+    src_fps: float
+    workdir: Path
+    compression: str
+    fmt: str
+
+    def viewers(self, service: Service, sessions, until: float, name: str):
+        return _viewers(service, sessions, until, self.workdir / name, self.compression, self.fmt)
+
+
+def run_ours(service: Service, feed: Feed, streams: int, warmup: float, seconds: float, rss_every: float = 1.0) -> dict:
     """N sessions with one viewer each: fps per stream and decode → viewer latency over the window."""
-    sessions = [service.start_session(clip) for _ in range(streams)]
+    src_fps = feed.src_fps
+    sessions = [service.start_session(feed.clip) for _ in range(streams)]
     try:
         window_start = time.time() + warmup
         window_end = window_start + seconds
-        procs = _viewers(service, sessions, window_end + 0.5, workdir / f"ours-{streams}.npz", compression, fmt)
+        procs = feed.viewers(service, sessions, window_end + 0.5, f"ours-{streams}.npz")
         time.sleep(max(0.0, window_start - time.time()))
         worker = service.app.state.manager.worker
         hub = service.app.state.hub
@@ -307,23 +313,14 @@ def run_ours(
     }
 
 
-def soak_ours(
-    service: Service,
-    clip: str,
-    streams: int,
-    warmup: float,
-    seconds: float,
-    src_fps: float,
-    workdir: Path,
-    compression: str,
-    fmt: str,
-) -> dict:
+def soak_ours(service: Service, feed: Feed, streams: int, warmup: float, seconds: float) -> dict:
     """The best count for a long run: RSS every 10 s, latency per minute, memory flat or not."""
-    sessions = [service.start_session(clip) for _ in range(streams)]
+    src_fps = feed.src_fps
+    sessions = [service.start_session(feed.clip) for _ in range(streams)]
     try:
         window_start = time.time() + warmup
         window_end = window_start + seconds
-        procs = _viewers(service, sessions, window_end + 0.5, workdir / "soak.npz", compression, fmt)
+        procs = feed.viewers(service, sessions, window_end + 0.5, "soak.npz")
         samples: list[tuple[float, float]] = []
         _sample_rss(window_end, 10.0, samples)
         received, _ = _collect(procs)
@@ -386,6 +383,7 @@ def sweep_ours(args, clip: str, model_dir: str, src_fps: float, workdir: Path, p
         port=free_port(),
         log_level="warning",
     )
+    feed = Feed(clip, src_fps, workdir, args.viewer_compression, args.viewer_format)
     service = Service(settings)
     ready = service.start()
     time.sleep(1.0)
@@ -393,27 +391,13 @@ def sweep_ours(args, clip: str, model_dir: str, src_fps: float, workdir: Path, p
     results: dict = {"ready": ready, "idle_rss_mb": round(idle_mb, 1), "counts": []}
     try:
         for streams in counts:
-
-            def measure(streams=streams):
-                return run_ours(
-                    service,
-                    clip,
-                    streams,
-                    args.warmup,
-                    args.duration,
-                    src_fps,
-                    workdir,
-                    args.viewer_compression,
-                    args.viewer_format,
-                )
-
-            result = measure()
+            result = run_ours(service, feed, streams, args.warmup, args.duration)
             if not result["sustained"]:
                 stages = " -> ".join(f"{k.removesuffix('_fps')} {v}" for k, v in result["stages_fps_min"].items())
                 print(f"ours     {streams:>3} streams: fps per stage (slowest stream): {stages}", flush=True)
                 # One hiccup must not end a one-shot sweep: a count fails only if it fails twice.
                 print(f"ours     {streams:>3} streams: not sustained ({result['fps_min']} fps min); again", flush=True)
-                first, result = result, measure()
+                first, result = result, run_ours(service, feed, streams, args.warmup, args.duration)
                 result["first_attempt"] = {k: first[k] for k in ("fps_min", "decoded_fps_min", "latency_ms")}
             results["counts"].append(result)
             progress(results)
@@ -430,17 +414,7 @@ def sweep_ours(args, clip: str, model_dir: str, src_fps: float, workdir: Path, p
         soak_streams = args.soak_streams or best
         if args.soak and soak_streams:
             print(f"soak: {soak_streams} streams for {args.soak:.0f} s ...", flush=True)
-            results["soak"] = soak_ours(
-                service,
-                clip,
-                soak_streams,
-                args.soak_warmup,
-                args.soak,
-                src_fps,
-                workdir,
-                args.viewer_compression,
-                args.viewer_format,
-            )
+            results["soak"] = soak_ours(service, feed, soak_streams, args.soak_warmup, args.soak)
             progress(results)
     finally:
         service.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import threading
@@ -26,6 +27,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def frame_results(ws, count: int, seconds: float = 60.0, recv_timeout: float = 10.0) -> list[dict]:
+    """Up to `count` frame_result messages from a JSON-format viewer socket within `seconds`;
+    the other messages (stream_info, status, alerts) are passed over."""
+    frames: list[dict] = []
+    deadline = time.monotonic() + seconds
+    while len(frames) < count and time.monotonic() < deadline:
+        message = json.loads(ws.recv(timeout=recv_timeout))
+        if message["type"] == "frame_result":
+            frames.append(message)
+    return frames
 
 
 class RtspCamera:

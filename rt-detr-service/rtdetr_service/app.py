@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 
 from . import __version__
 from .api import health, video, ws
+from .auth import install_api_key_check
 from .batcher import InferenceWorker
 from .config import DEFAULT_MODEL, Settings
 from .detector import load_detector, warm_up
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    install_api_key_check(app)
     app.include_router(health.router)
     app.include_router(video.router)
     app.include_router(ws.router)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hmac
 
-from fastapi import Request, Security
+from fastapi import FastAPI, Request, Security
 from fastapi.security import APIKeyHeader
 
-from .errors import ApiError
+from .errors import ApiError, error_response
 
 KEY_HEADERS = ("apikey", "x-api-key")
 
@@ -21,9 +21,13 @@ def key_matches(candidate: str, keys) -> bool:
     return found
 
 
-# Declared as security schemes so that /docs offers "Authorize"; read from headers only.
+PROTECTED_PREFIX = "/api/v1/video"
+
+# Declared on the control router as security schemes, so that /docs offers "Authorize". The key
+# itself is checked once, by the middleware below.
 _APIKEY = APIKeyHeader(name="apikey", scheme_name="apikey", auto_error=False, description="An API key.")
 _X_API_KEY = APIKeyHeader(name="X-API-Key", scheme_name="X-API-Key", auto_error=False, description="An API key.")
+API_KEY_SCHEMES = [Security(_APIKEY), Security(_X_API_KEY)]
 
 
 def key_rejection(settings, candidate: str | None) -> ApiError | None:
@@ -45,13 +49,16 @@ def request_key(request: Request) -> str | None:
     return next((value for h in KEY_HEADERS if (value := request.headers.get(h))), None)
 
 
-async def require_api_key(
-    request: Request,
-    apikey: str | None = Security(_APIKEY),
-    x_api_key: str | None = Security(_X_API_KEY),
-) -> None:
-    """FastAPI dependency guarding /api/v1/video/*. The header parameters declare the schemes
-    for /docs; the key is read the one way the 401 handler in errors.py reads it too."""
-    rejection = key_rejection(request.app.state.settings, request_key(request))
-    if rejection is not None:
-        raise rejection
+def install_api_key_check(app: FastAPI) -> None:
+    """Every request under /api/v1/video needs a key, checked before anything reads its body (a
+    route dependency would run after FastAPI has parsed the JSON, so a caller without a key
+    would learn what is wrong with its body) and before routing (unknown paths say 401 too)."""
+
+    @app.middleware("http")
+    async def require_api_key(request: Request, call_next):
+        path = request.url.path
+        if path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/"):
+            rejection = key_rejection(request.app.state.settings, request_key(request))
+            if rejection is not None:
+                return error_response(rejection.status, rejection.code, rejection.detail, rejection.headers)
+        return await call_next(request)

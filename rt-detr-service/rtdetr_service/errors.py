@@ -13,8 +13,6 @@ from .session import SessionError
 
 log = logging.getLogger(__name__)
 
-PROTECTED_PREFIX = "/api/v1/video"
-
 
 class ApiError(Exception):
     def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
@@ -25,7 +23,7 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def _response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
 
@@ -37,34 +35,26 @@ def _field(loc: tuple) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return _response(exc.status, exc.code, exc.detail, exc.headers)
+        return error_response(exc.status, exc.code, exc.detail, exc.headers)
 
     @app.exception_handler(SessionError)
     async def _session_error(_: Request, exc: SessionError) -> JSONResponse:
-        return _response(exc.status, exc.code, str(exc))
+        return error_response(exc.status, exc.code, str(exc))
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI parses the body before it runs dependencies: a caller without a key must
-        # still get 401, not a verdict on its body.
-        from .auth import key_rejection, request_key
-
-        if request.url.path.startswith(PROTECTED_PREFIX):
-            rejection = key_rejection(request.app.state.settings, request_key(request))
-            if rejection is not None:
-                return _response(rejection.status, rejection.code, rejection.detail, rejection.headers)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
-            return _response(400, "invalid_json", "The request body is not valid JSON")
+            return error_response(400, "invalid_json", "The request body is not valid JSON")
         words = "; ".join(f"{_field(tuple(e.get('loc', ())))}: {e.get('msg', 'invalid')}" for e in errors)
-        return _response(422, "invalid_request", words or "Invalid request")
+        return error_response(422, "invalid_request", words or "Invalid request")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return _response(500, "internal_error", "Internal error; the service log has the details")
+        return error_response(500, "internal_error", "Internal error; the service log has the details")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+        return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))

@@ -81,12 +81,8 @@ def validate_stream_url(url: str, allowed_schemes: Sequence[str]) -> str:
 
 
 def redact_url(url: str) -> str:
-    """The URL with its userinfo (user:password@, a token@) and query secrets masked, for logs
-    and status. One URL: everything between '://' and its last '@' goes, quotes and all."""
-    scheme_end = url.find("://")
-    at = url.rfind("@")
-    if scheme_end >= 0 and at > scheme_end:
-        url = f"{url[: scheme_end + 3]}***{url[at:]}"
+    """The URL with its userinfo (user:password@, a token@, whatever characters the password
+    holds) and query secrets masked, for logs and status: the one redaction of logs.py."""
     return redact(url)
 
 
@@ -95,12 +91,9 @@ def protocol_whitelist(url: str) -> str:
     return ",".join(_TRANSPORT_PROTOCOLS.get(scheme, (scheme,)))
 
 
-def _describe(exc: BaseException, url: str | None = None) -> str:
-    """FFmpeg's reason in one line. It often quotes the URL, which is replaced by its redacted
-    form (whatever its shape), and any other URL-like secret is masked."""
+def _describe(exc: BaseException) -> str:
+    """FFmpeg's reason in one line; it often quotes the URL, whose secrets are masked."""
     text = str(exc).strip() or type(exc).__name__
-    if url:
-        text = text.replace(url, redact_url(url))
     return redact(text.replace("\n", " "))
 
 
@@ -211,9 +204,9 @@ class StreamReader:
                 raise StreamError(
                     StreamErrorKind.TIMEOUT, f"Timed out after {elapsed:.1f} s opening the stream"
                 ) from exc
-            raise StreamError(StreamErrorKind.UNAVAILABLE, f"Cannot open stream: {_describe(exc, self.url)}") from exc
+            raise StreamError(StreamErrorKind.UNAVAILABLE, f"Cannot open stream: {_describe(exc)}") from exc
         except (av.error.FFmpegError, OSError) as exc:
-            raise StreamError(StreamErrorKind.UNAVAILABLE, f"Cannot open stream: {_describe(exc, self.url)}") from exc
+            raise StreamError(StreamErrorKind.UNAVAILABLE, f"Cannot open stream: {_describe(exc)}") from exc
         try:
             return container, self._video_info(container)
         except BaseException:
@@ -290,7 +283,7 @@ class StreamReader:
                     break
         except Exception as exc:  # noqa: BLE001 - any bug must surface as a failed session, not a dead thread
             log.exception("reader for %s crashed", redact_url(self.url))
-            self._on_state("failed", f"Reader crashed: {_describe(exc, self.url)}")
+            self._on_state("failed", f"Reader crashed: {_describe(exc)}")
         finally:
             self._close()
 
@@ -302,13 +295,14 @@ class StreamReader:
         interval = 1.0 / float(rate) if rate else 0.0
         clock_start: float | None = None
         pts_start = 0.0
-        failing_since: float | None = None  # first of the decode errors since the last good frame
-        last_picture = time.monotonic()
+        last_picture = time.monotonic()  # when the decoder last gave a picture
+        failing = False  # whether a packet failed to decode since then
         try:
             for packet in container.demux(stream):
                 if self._stop.is_set():
                     return "stopped"
-                if (blind := time.monotonic() - last_picture) >= max(NO_PICTURE_S, self._read_timeout):
+                blind = time.monotonic() - last_picture
+                if blind >= max(NO_PICTURE_S, self._read_timeout):
                     return f"Stream error: data but no decodable picture for {blind:.0f} s"
                 try:
                     frames = packet.decode()
@@ -316,16 +310,14 @@ class StreamReader:
                     # A damaged packet (a bit error, a lost RTP packet) costs the frames that
                     # depend on it, not the connection: the decoder resumes at the next good one.
                     self.decode_errors += 1
-                    now = time.monotonic()
-                    reason = _describe(exc, self.url)
-                    if failing_since is None:
-                        failing_since = now
-                        log.warning("stream %s: undecodable packet skipped: %s", redact_url(self.url), reason)
-                    elif now - failing_since >= self._read_timeout:
-                        return f"Stream error: nothing decodable for {now - failing_since:.1f} s: {reason}"
+                    if not failing:
+                        failing = True
+                        log.warning("stream %s: undecodable packet skipped: %s", redact_url(self.url), _describe(exc))
+                    elif blind >= self._read_timeout:
+                        return f"Stream error: nothing decodable for {blind:.1f} s: {_describe(exc)}"
                     continue
                 if frames:
-                    failing_since = None
+                    failing = False
                     last_picture = time.monotonic()
                 for frame in frames:
                     due: float | None = None
@@ -355,7 +347,7 @@ class StreamReader:
         except av.error.ExitError:
             return f"No data for {self._read_timeout:.1f} s"
         except (av.error.FFmpegError, OSError) as exc:
-            return f"Stream error: {_describe(exc, self.url)}"
+            return f"Stream error: {_describe(exc)}"
 
     def _backoff(self, failures: int) -> float:
         return min(self._reconnect_max, self._reconnect_min * (2 ** max(0, failures - 1)))

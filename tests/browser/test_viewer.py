@@ -69,6 +69,21 @@ def new_session(api: httpx.Client, before: set[str]) -> dict:
     return sessions[0]
 
 
+def start_session(api: httpx.Client, stream_url: str) -> str:
+    """A session started by someone else (through the API), alerts off: its id."""
+    started = api.post("/api/v1/video/start", json={"stream_url": stream_url, "alert": None})
+    assert started.status_code == 200, started.text
+    return started.json()["session_id"]
+
+
+def watch_from_list(page: Page, base_url: str, key: str) -> None:
+    """Open the page, give the key, list the running sessions and watch the first."""
+    page.goto(base_url + "/")
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Refresh").click()
+    page.locator("#sessions-list button", has_text="Watch").first.click()
+
+
 def viewers(api: httpx.Client, session_id: str) -> int:
     return api.get(f"/api/v1/video/status/{session_id}").json()["stats"]["viewers"]
 
@@ -199,15 +214,10 @@ def test_closing_the_tab_leaves_no_viewer_behind(page, live_service, rtsp_url, a
 
 def test_attach_to_a_running_session_pause_resume_and_leave(page, live_service, rtsp_url, api):
     # given a session started by someone else, with alerts off
-    started = api.post("/api/v1/video/start", json={"stream_url": rtsp_url, "alert": None})
-    assert started.status_code == 200, started.text
-    session_id = started.json()["session_id"]
+    session_id = start_session(api, rtsp_url)
 
     # when the person lists the running sessions and picks it
-    page.goto(live_service.base_url + "/")
-    page.get_by_label("API key").fill(live_service.api_key)
-    page.get_by_role("button", name="Refresh").click()
-    page.locator("#sessions-list button", has_text="Watch").first.click()
+    watch_from_list(page, live_service.base_url, live_service.api_key)
 
     # then its live video shows
     expect(page.locator("#state-badge")).to_have_text("running", timeout=LIVE_TIMEOUT_MS)
@@ -285,13 +295,8 @@ def test_a_viewer_over_the_limit_is_told_why_and_asks_again_only_slowly(
     page, chromium, live_service, rtsp_url, api, one_viewer_per_session
 ):
     # given a session with one viewer, the most the service allows
-    started = api.post("/api/v1/video/start", json={"stream_url": rtsp_url, "alert": None})
-    assert started.status_code == 200, started.text
-    session_id = started.json()["session_id"]
-    page.goto(live_service.base_url + "/")
-    page.get_by_label("API key").fill(live_service.api_key)
-    page.get_by_role("button", name="Refresh").click()
-    page.locator("#sessions-list button", has_text="Watch").first.click()
+    session_id = start_session(api, rtsp_url)
+    watch_from_list(page, live_service.base_url, live_service.api_key)
     expect(page.locator("#state-badge")).to_have_text("running", timeout=LIVE_TIMEOUT_MS)
     poll("the first viewer to be counted", lambda: viewers(api, session_id) == 1)
 
@@ -303,10 +308,7 @@ def test_a_viewer_over_the_limit_is_told_why_and_asks_again_only_slowly(
         errors: list[str] = []
         second.on("websocket", lambda ws: sockets.append(ws.url))
         second.on("pageerror", lambda error: errors.append(str(error)))
-        second.goto(live_service.base_url + "/")
-        second.get_by_label("API key").fill(live_service.api_key)
-        second.get_by_role("button", name="Refresh").click()
-        second.locator("#sessions-list button", has_text="Watch").first.click()
+        watch_from_list(second, live_service.base_url, live_service.api_key)
         clicked = time.monotonic()
 
         # then the page says the service refused a viewer too many, in the service's words
@@ -329,14 +331,10 @@ def test_a_viewer_over_the_limit_is_told_why_and_asks_again_only_slowly(
 def test_a_page_that_cannot_decode_frames_says_so_instead_of_waiting_forever(page, live_service, rtsp_url, api):
     # given a browser whose JPEG decoder fails on every frame
     page.add_init_script("window.createImageBitmap = () => Promise.reject(new Error('decoder broken'));")
-    started = api.post("/api/v1/video/start", json={"stream_url": rtsp_url, "alert": None})
-    assert started.status_code == 200, started.text
+    start_session(api, rtsp_url)
 
     # when the person watches a running session
-    page.goto(live_service.base_url + "/")
-    page.get_by_label("API key").fill(live_service.api_key)
-    page.get_by_role("button", name="Refresh").click()
-    page.locator("#sessions-list button", has_text="Watch").first.click()
+    watch_from_list(page, live_service.base_url, live_service.api_key)
     expect(page.locator("#state-badge")).to_have_text("running", timeout=LIVE_TIMEOUT_MS)
 
     # then after a few seconds without a picture the overlay says why, and the HUD counts the failures

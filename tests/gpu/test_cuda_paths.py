@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,7 @@ from rtdetr_service.encode import JpegEncoder
 from rtdetr_service.session import SessionOptions
 from rtdetr_service.source import StreamReader
 
-from support import make_settings, run_service
+from support import frame_results, make_settings, run_service
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -181,12 +180,7 @@ def test_service_on_cuda_end_to_end(tiny_model_dir, tmp_path):
             sessions = [_start_on_file(service, clip) for _ in range(2)]
             for session in sessions:
                 with connect(service.ws_base + session.websocket_path, open_timeout=10) as ws:
-                    frames = []
-                    deadline = time.monotonic() + 30
-                    while len(frames) < 20 and time.monotonic() < deadline:
-                        message = json.loads(ws.recv(timeout=10))
-                        if message["type"] == "frame_result":
-                            frames.append(message)
+                    frames = frame_results(ws, 20, seconds=30)
                 # then frames arrive over a real WebSocket, annotated by nvJPEG at the source size
                 assert len(frames) >= 20
                 jpeg = base64.b64decode(frames[-1]["annotated_frame"])

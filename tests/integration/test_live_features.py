@@ -13,6 +13,8 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from support import frame_results
+
 
 def _start(client, url, **extra) -> dict:
     response = client.post("/api/v1/video/start", json={"stream_url": url, **extra})
@@ -52,11 +54,8 @@ def test_class_filter_and_no_drawing(live_service, rtsp_url, stop_sessions):
     with live_service.client() as client:
         body = _start(client, rtsp_url, confidence_threshold=0.0, classes=["person"], enable_drawing=False, alert=None)
     with connect(live_service.ws_base + body["websocket_path"], open_timeout=10) as ws:
-        results = []
-        while len(results) < 3:
-            message = json.loads(ws.recv(timeout=15))
-            if message["type"] == "frame_result":
-                results.append(message)
+        results = frame_results(ws, 3, recv_timeout=15)
+    assert len(results) == 3
     assert all(r["annotated_frame"] is None for r in results)
     assert all(d["class_name"] == "person" for r in results for d in r["detections"])
     assert any(r["detections"] for r in results)  # threshold 0 keeps every person query

@@ -16,7 +16,7 @@ import time
 
 from websockets.sync.client import connect
 
-from support import ROOT, free_port
+from support import ROOT, frame_results, free_port
 
 
 def _lines(proc) -> queue.Queue:
@@ -82,9 +82,7 @@ def test_make_run_prints_lines_that_work_as_printed(tmp_path, tiny_model_dir):
         session_id = started["session_id"]
         with connect(f"ws://127.0.0.1:{port}{started['websocket_path']}", open_timeout=10) as ws:
             assert json.loads(ws.recv(timeout=10))["type"] == "stream_info"
-            deadline = time.monotonic() + 30
-            while json.loads(ws.recv(timeout=10))["type"] != "frame_result":
-                assert time.monotonic() < deadline
+            assert frame_results(ws, 1, seconds=30)
         status = json.loads(_run(status_line.replace("<session_id>", session_id)))
         assert status["state"] == "running" and status["stats"]["frames_inferred"] > 0
         stopped = json.loads(_run(stop_line.replace("<session_id>", session_id)))

@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 from websockets.sync.client import connect
 
+from support import frame_results
+
 
 def _service_threads() -> set[str]:
     return {t.name for t in threading.enumerate() if t.name.startswith(("reader-", "publisher-"))}
@@ -29,17 +31,12 @@ def test_start_stream_stop(live_service, rtsp_url, stop_sessions):
         session_id = body["session_id"]
         assert any(name.endswith(session_id[:8]) for name in _service_threads())
 
-        frames = []
         with connect(live_service.ws_base + body["websocket_path"], open_timeout=10) as ws:
             info = json.loads(ws.recv(timeout=10))
             assert info["type"] == "stream_info"
             assert (info["width"], info["height"]) == (320, 240)
             assert info["warning"] and "NOT trained" in info["warning"]
-            deadline = time.monotonic() + 60
-            while len(frames) < 20 and time.monotonic() < deadline:
-                message = json.loads(ws.recv(timeout=10))
-                if message["type"] == "frame_result":
-                    frames.append(message)
+            frames = frame_results(ws, 20)
 
         assert len(frames) >= 20
         indices = [f["frame_index"] for f in frames]
@@ -78,8 +75,7 @@ def test_start_stop_cycles_leak_no_threads_or_descriptors(live_service, rtsp_url
         with live_service.client() as client:
             body = client.post("/api/v1/video/start", json={"stream_url": rtsp_url}).json()
             with connect(live_service.ws_base + body["websocket_path"], open_timeout=10) as ws:
-                while json.loads(ws.recv(timeout=10))["type"] != "frame_result":
-                    pass
+                assert frame_results(ws, 1)
             client.post("/api/v1/video/stop", json={"session_id": body["session_id"]})
         session_threads = lambda: {n for n in _service_threads() if body["session_id"][:8] in n}  # noqa: E731
         deadline = time.monotonic() + 5

@@ -3,9 +3,7 @@ serves it: boxes in source pixels, class names from the checkpoint, honest about
 
 from __future__ import annotations
 
-import json
 import os
-import time
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ from websockets.sync.client import connect
 
 from rtdetr_service.detector import UltralyticsRTDetr, load_detector
 
-from support import make_settings, run_service
+from support import frame_results, make_settings, run_service
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +59,8 @@ def test_service_streams_with_the_ultralytics_backend(rtdetr_pt, rtsp_url):
             assert response.status_code == 200, response.text
             body = response.json()
             assert body["model"]["backend"] == "ultralytics" and body["model"]["trained"] is False
-            results = []
             with connect(service.ws_base + body["websocket_path"], open_timeout=10) as ws:
-                deadline = time.monotonic() + 60
-                while len(results) < 2 and time.monotonic() < deadline:
-                    message = json.loads(ws.recv(timeout=30))
-                    if message["type"] == "frame_result":
-                        results.append(message)
+                results = frame_results(ws, 2, recv_timeout=30)
             assert len(results) == 2 and results[0]["detections"]
             client.post("/api/v1/video/stop", json={"session_id": body["session_id"]})
     finally:

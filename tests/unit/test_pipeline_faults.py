@@ -360,30 +360,50 @@ class _DroppedAtOnce(_Connection):
         return iter(())
 
 
-class _FlappingCamera(StreamReader):
+class _ScriptedCamera(StreamReader):
+    """The real reader, connected to a scripted server: each (re)connection is `connect()`."""
+
+    def __init__(self, connect, states: list[str], **timings) -> None:
+        super().__init__(
+            "rtsp://camera/x",
+            on_frame=lambda frame: None,
+            on_state=lambda state, error: states.append(f"{state}: {error}"),
+            open_timeout=1,
+            **timings,
+        )
+        self._connect = connect
+
     def _open_container(self):
-        return _DroppedAtOnce(), StreamInfo(64, 48, 30.0, "h264")
+        return self._connect(), StreamInfo(64, 48, 30.0, "h264")
+
+
+def _watch(connect, until, timeout: float, **timings) -> list[str]:
+    """Run a scripted camera until `until(states)` holds (asserted), then stop it: its states."""
+    states: list[str] = []
+    reader = _ScriptedCamera(connect, states, **timings)
+    reader.open()
+    reader.start()
+    try:
+        assert _wait_for(lambda: until(states), timeout=timeout), states
+    finally:
+        reader.stop(1.0)
+    return states
+
+
+def _delays(states: list[str]) -> list[float]:
+    return [float(s.rsplit("reconnecting in ", 1)[1].split()[0]) for s in states if "reconnecting in" in s]
 
 
 def test_a_server_that_drops_every_connection_at_once_is_retried_with_growing_delays():
-    states: list[str] = []
-    reader = _FlappingCamera(
-        "rtsp://camera/x",
-        on_frame=lambda frame: None,
-        on_state=lambda state, error: states.append(error or state),
-        open_timeout=1,
+    states = _watch(
+        _DroppedAtOnce,
+        lambda states: len(_delays(states)) >= 5,
+        timeout=15,
         read_timeout=1,
         reconnect_min=0.1,
         reconnect_max=0.8,
     )
-    reader.open()
-    reader.start()
-    try:
-        assert _wait_for(lambda: sum("reconnecting in" in s for s in states) >= 5, timeout=15)
-    finally:
-        reader.stop(1.0)
-    delays = [float(s.rsplit("reconnecting in ", 1)[1].split()[0]) for s in states if "reconnecting in" in s]
-    assert delays[:5] == [0.1, 0.2, 0.4, 0.8, 0.8]
+    assert _delays(states)[:5] == [0.1, 0.2, 0.4, 0.8, 0.8]
 
 
 class _Packet:
@@ -398,31 +418,18 @@ class _BlindConnection(_DroppedAtOnce):
             yield _Packet()
 
 
-class _BlindCamera(StreamReader):
-    def _open_container(self):
-        return _BlindConnection(), StreamInfo(64, 48, 30.0, "h264")
-
-
 def test_data_without_pictures_ends_the_connection(monkeypatch):
     import rtdetr_service.source as source
 
     monkeypatch.setattr(source, "NO_PICTURE_S", 0.3)
-    states: list[str] = []
-    reader = _BlindCamera(
-        "rtsp://camera/x",
-        on_frame=lambda frame: None,
-        on_state=lambda state, error: states.append(f"{state}: {error}"),
-        open_timeout=1,
+    states = _watch(
+        _BlindConnection,
+        lambda states: any("no decodable picture" in s for s in states),
+        timeout=10,
         read_timeout=0.2,
         reconnect_min=5,
         reconnect_max=5,
     )
-    reader.open()
-    reader.start()
-    try:
-        assert _wait_for(lambda: any("no decodable picture" in s for s in states), timeout=10), states
-    finally:
-        reader.stop(1.0)
     assert states[0].startswith("reconnecting")
 
 
@@ -449,30 +456,16 @@ class _Picture:
         return np.zeros((48, 64, 3), np.uint8)
 
 
-class _HealthyThenDropped(StreamReader):
-    def _open_container(self):
-        return _StreamsThenDrops(), StreamInfo(64, 48, 30.0, "h264")
-
-
 def test_a_loss_after_a_healthy_run_backs_off_from_the_start(monkeypatch):
     import rtdetr_service.source as source
 
     monkeypatch.setattr(source, "HEALTHY_RUN_S", 0.2)
-    states: list[str] = []
-    reader = _HealthyThenDropped(
-        "rtsp://camera/x",
-        on_frame=lambda frame: None,
-        on_state=lambda state, error: states.append(error or state),
-        open_timeout=1,
+    states = _watch(
+        _StreamsThenDrops,
+        lambda states: len(_delays(states)) >= 3,
+        timeout=15,
         read_timeout=0.1,
         reconnect_min=0.1,
         reconnect_max=0.8,
     )
-    reader.open()
-    reader.start()
-    try:
-        assert _wait_for(lambda: sum("reconnecting in" in s for s in states) >= 3, timeout=15)
-    finally:
-        reader.stop(1.0)
-    delays = [float(s.rsplit("reconnecting in ", 1)[1].split()[0]) for s in states if "reconnecting in" in s]
-    assert delays[:3] == [0.1, 0.1, 0.1]
+    assert _delays(states)[:3] == [0.1, 0.1, 0.1]

@@ -94,7 +94,7 @@ def test_log_lines_are_redacted(line, shown):
 
 def test_ffmpeg_reasons_quote_the_url_redacted():
     url = "rtsp://:s3cret@127.0.0.1:9/camera"
-    reason = _describe(OSError(111, f"Connection refused: '{url}'"), url)
+    reason = _describe(OSError(111, f"Connection refused: '{url}'"))
     assert "s3cret" not in reason and "rtsp://***@127.0.0.1:9/camera" in reason
 
 

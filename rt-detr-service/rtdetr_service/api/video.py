@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..alerts import AlertRule
-from ..auth import require_api_key
-from ..errors import PROTECTED_PREFIX, ApiError
+from ..auth import API_KEY_SCHEMES, PROTECTED_PREFIX
+from ..errors import ApiError
 from ..session import SessionManager, SessionOptions
 
-router = APIRouter(prefix=PROTECTED_PREFIX, tags=["video"], dependencies=[Depends(require_api_key)])
+# The key is checked by auth.install_api_key_check; the schemes here document it for /docs.
+router = APIRouter(prefix=PROTECTED_PREFIX, tags=["video"], dependencies=API_KEY_SCHEMES)
 
 
 class AlertRuleIn(BaseModel):
