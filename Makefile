@@ -16,6 +16,8 @@ help: ## list the targets
 
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 ULTRALYTICS := ultralytics==8.4.190
+# Installed without their dependencies: both ask for opencv-python next to opencv-python-headless.
+NO_DEPS := $(ULTRALYTICS) trackers==2.6.1
 
 CONSTRAINTS := rt-detr-service/constraints.txt
 
@@ -23,7 +25,7 @@ $(DEPS): rt-detr-service/requirements.txt rt-detr-service/requirements-ultralyti
 	$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || bash scripts/setup-system.sh venv
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) -c $(CONSTRAINTS) -r rt-detr-service/requirements.txt -r rt-detr-service/requirements-ultralytics.txt -r tests/requirements.txt
-	$(PIP) --no-deps $(ULTRALYTICS)
+	$(PIP) --no-deps $(NO_DEPS)
 	touch $@
 
 deps: $(DEPS) ## create .venv with the pinned Python dependencies
