@@ -73,12 +73,14 @@ class Frame:
 
 @dataclass(frozen=True, slots=True)
 class Detection:
-    """One object: class, box in source pixels (x1, y1, x2, y2) and confidence."""
+    """One object: class, box in source pixels (x1, y1, x2, y2), confidence, and the id of its
+    track once the session's tracker has confirmed one (None before)."""
 
     class_id: int
     class_name: str
     bbox: tuple[float, float, float, float]
     confidence: float
+    track_id: int | None = None
 
     def __post_init__(self) -> None:
         x1, y1, x2, y2 = self.bbox
@@ -91,7 +93,37 @@ class Detection:
             "class_name": self.class_name,
             "bbox": [round(v, 1) for v in self.bbox],
             "confidence": round(self.confidence, 4),
+            "track_id": self.track_id,
         }
+
+    @property
+    def anchor(self) -> tuple[float, float]:
+        """Where the object stands: the bottom-centre of its box, in source pixels."""
+        x1, _, x2, y2 = self.bbox
+        return ((x1 + x2) / 2.0, y2)
+
+
+@dataclass(frozen=True, slots=True)
+class FrameResult:
+    """What the inference worker hands back for one frame: the frame and its detections."""
+
+    session_id: str
+    frame: Frame
+    detections: tuple[Detection, ...]
+    inference_s: float
+
+    @property
+    def index(self) -> int:
+        return self.frame.index
+
+    @property
+    def timestamp(self) -> float:
+        return self.frame.timestamp
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the source picture."""
+        return self.frame.width, self.frame.height
 
 
 @dataclass(frozen=True, slots=True)
