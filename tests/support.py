@@ -131,9 +131,9 @@ class LiveService:
         self.thread.join(30)
 
 
-def run_service(settings: Settings) -> LiveService:
+def run_service(settings: Settings, detector_factory=None) -> LiveService:
     """The real app under a real uvicorn on a free port, in a thread of the test process."""
-    app = create_app(settings)
+    app = create_app(settings) if detector_factory is None else create_app(settings, detector_factory)
     config = server_config(app, settings, host="127.0.0.1", log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)

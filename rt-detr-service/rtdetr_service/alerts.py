@@ -48,11 +48,22 @@ def _inside(polygon: np.ndarray, point: tuple[float, float]) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Alert:
+    """An alert: the classic class/confidence rule (`kind` "detection", `rule` None) or a zone
+    or line rule that fired for one tracked object."""
+
     class_name: str
     confidence: float
     bbox: tuple[float, float, float, float]
     frame_index: int
     timestamp: float
+    track_id: int | None = None
+    kind: str = "detection"  # detection | enter | dwell | cross | occupancy
+    rule: str | None = None
+    zone: str | None = None
+    line: str | None = None
+    direction: str | None = None
+    count: int | None = None
+    event_id: str | None = None
 
     def as_data(self) -> dict:
         return {
@@ -60,6 +71,14 @@ class Alert:
             "confidence": round(self.confidence, 4),
             "bbox": [round(v, 1) for v in self.bbox],
             "frame_index": self.frame_index,
+            "track_id": self.track_id,
+            "kind": self.kind,
+            "rule": self.rule,
+            "zone": self.zone,
+            "line": self.line,
+            "direction": self.direction,
+            "count": self.count,
+            "event_id": self.event_id,
         }
 
 
@@ -96,5 +115,5 @@ class AlertEngine:
             if last is not None and now - last < self.rule.cooldown_s:
                 continue
             self._last[name] = now
-            alerts.append(Alert(name, det.confidence, det.bbox, frame_index, timestamp))
+            alerts.append(Alert(name, det.confidence, det.bbox, frame_index, timestamp, track_id=det.track_id))
         return alerts

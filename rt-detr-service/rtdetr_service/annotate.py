@@ -37,6 +37,8 @@ class Annotator:
             x1, y1, x2, y2 = (int(round(v)) for v in det.bbox)
             cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness, cv2.LINE_AA)
             label = f"{det.class_name} {det.confidence:.2f}"
+            if det.track_id is not None:
+                label = f"#{det.track_id} {label}"
             (tw, th), base = cv2.getTextSize(label, self._font, scale, max(1, thickness - 1))
             top = y1 - th - base - 2 if y1 - th - base - 2 >= 0 else y1
             cv2.rectangle(out, (x1, top), (x1 + tw + 4, top + th + base + 2), colour, -1)

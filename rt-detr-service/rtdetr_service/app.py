@@ -6,6 +6,7 @@ import logging
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Callable
 
 import torch
 from fastapi import FastAPI, Request
@@ -13,37 +14,46 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from . import __version__
-from .api import health, video, ws
+from .api import events, health, video, ws
 from .auth import install_api_key_check
 from .batcher import InferenceWorker
 from .config import DEFAULT_MODEL, Settings
-from .detector import load_detector, warm_up
+from .detector import Detector, load_detector, warm_up
 from .encode import JpegEncoder
-from .errors import install_error_handlers
+from .errors import install_error_handlers, install_body_limit
+from .event_store import EventStore
 from .hub import Hub
 from .metrics import Metrics
 from .session import SessionManager
+from .sinks import SinkContext, build_sinks
 
 log = logging.getLogger(__name__)
+
+
+def detector_from_settings(settings: Settings) -> Detector:
+    """The model MODEL names, on DEVICE, warmed up."""
+    if settings.cpu_threads:
+        torch.set_num_threads(settings.cpu_threads)
+    detector = load_detector(
+        settings.resolved_model(),
+        # `make models` fills this folder; until then (compose mounts it empty) run loudly untrained.
+        is_default=Path(settings.model).name == Path(DEFAULT_MODEL).name,
+        device=settings.device,
+        half=settings.half,
+        input_size=settings.input_size,
+        compile_model=settings.compile,
+    )
+    warm_up(detector, settings.max_batch)
+    return detector
 
 
 def _load_model(app: FastAPI, settings: Settings, ready: threading.Event) -> None:
     """Runs on a thread so /health answers while a large model loads and compiles."""
     state = app.state
     try:
-        if settings.cpu_threads:
-            torch.set_num_threads(settings.cpu_threads)
-        detector = load_detector(
-            settings.resolved_model(),
-            # `make models` fills this folder; until then (compose mounts it empty) run loudly untrained.
-            is_default=Path(settings.model).name == Path(DEFAULT_MODEL).name,
-            device=settings.device,
-            half=settings.half,
-            input_size=settings.input_size,
-            compile_model=settings.compile,
-        )
-        warm_up(detector, settings.max_batch)
-        state.manager.encoder = JpegEncoder(detector.info.device)
+        detector = state.detector_factory(settings)
+        state.encoder = JpegEncoder(detector.info.device)
+        sinks = build_sinks(SinkContext(settings, state.hub, state.metrics, state.encoder, state.event_store))
         worker = InferenceWorker(
             detector,
             max_batch=settings.max_batch,
@@ -55,15 +65,36 @@ def _load_model(app: FastAPI, settings: Settings, ready: threading.Event) -> Non
         state.metrics.model_info.labels(
             info.name, info.backend, info.device, info.dtype, str(info.trained).lower()
         ).set(1)
-        state.manager.attach_worker(worker)
+        state.manager.attach_worker(worker, sinks)
         if not info.trained:
             log.warning("!!! %s !!!", info.warning)
-        log.info("ready: %s on %s (%s), JPEG via %s", info.name, info.device, info.dtype, state.manager.encoder.backend)
+        log.info(
+            "ready: %s on %s (%s), JPEG via %s, outputs: %s",
+            info.name,
+            info.device,
+            info.dtype,
+            state.encoder.backend,
+            ", ".join(s.name for s in sinks),
+        )
     except Exception as exc:  # noqa: BLE001 - reported by /ready and the log; the process stays up to say so
         state.model_error = f"Model failed to load: {exc}"
         log.error("%s", state.model_error, exc_info=not isinstance(exc, RuntimeError))
     finally:
         ready.set()
+
+
+def _open_event_store(settings: Settings) -> EventStore | None:
+    if not settings.events_enabled:
+        return None
+    store = EventStore(
+        settings.database_url.get_secret_value(),
+        settings.data_dir,
+        queue_size=settings.event_queue_size,
+        retention_days=settings.event_retention_days,
+        max_snapshot_bytes=settings.snapshot_max_mb * 1024 * 1024,
+    )
+    store.start()
+    return store
 
 
 @asynccontextmanager
@@ -72,8 +103,11 @@ async def lifespan(app: FastAPI):
     app.state.hub = Hub()
     app.state.metrics = Metrics()
     app.state.model_error = None
-    app.state.manager = SessionManager(settings, app.state.hub, JpegEncoder("cpu"), app.state.metrics)
-    app.state.metrics.watch_sessions(app.state.manager.list)
+    app.state.encoder = JpegEncoder("cpu")
+    app.state.event_store = _open_event_store(settings)
+    app.state.manager = manager = SessionManager(settings, app.state.hub)
+    app.state.metrics.watch_sessions(lambda: [s.snapshot() for s in manager.list()])
+    app.state.metrics.watch_sinks(lambda: manager.sinks)
     app.state.model_ready = threading.Event()
     loader = threading.Thread(
         target=_load_model, args=(app, settings, app.state.model_ready), name="model-loader", daemon=True
@@ -91,6 +125,11 @@ async def lifespan(app: FastAPI):
         worker = app.state.manager.worker
         if worker is not None:
             worker.stop()
+        # Outputs drain after every session has ended (their last events included).
+        for sink in app.state.manager.sinks:
+            sink.close(2.0)
+        if app.state.event_store is not None:
+            app.state.event_store.stop(5.0)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         log.info("shut down: %d session(s) stopped", len(stopped))
@@ -109,7 +148,11 @@ PAGE_HEADERS = {
 }
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, detector_factory: Callable[[Settings], Detector] = detector_from_settings
+) -> FastAPI:
+    """The service. `detector_factory` builds the model in the lifespan (another Detector can be
+    given: the same pipeline then runs on it)."""
     settings = settings or Settings()
     app = FastAPI(
         title="rt-detr-service",
@@ -121,10 +164,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,
     )
     app.state.settings = settings
+    app.state.detector_factory = detector_factory
     install_error_handlers(app)
+    install_body_limit(app, settings.max_body_kb * 1024)
     install_api_key_check(app)
     app.include_router(health.router)
     app.include_router(video.router)
+    app.include_router(events.router)
     app.include_router(ws.router)
 
     @app.middleware("http")

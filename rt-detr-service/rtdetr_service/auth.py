@@ -21,7 +21,7 @@ def key_matches(candidate: str, keys) -> bool:
     return found
 
 
-PROTECTED_PREFIX = "/api/v1/video"
+PROTECTED_PREFIX = "/api/v1"  # sessions, zones, counts, events, outputs: all of it needs a key
 
 # Declared on the control router as security schemes, so that /docs offers "Authorize". The key
 # itself is checked once, by the middleware below.
@@ -50,7 +50,7 @@ def request_key(request: Request) -> str | None:
 
 
 def install_api_key_check(app: FastAPI) -> None:
-    """Every request under /api/v1/video needs a key, checked before anything reads its body (a
+    """Every request under /api/v1 needs a key, checked before anything reads its body (a
     route dependency would run after FastAPI has parsed the JSON, so a caller without a key
     would learn what is wrong with its body) and before routing (unknown paths say 401 too)."""
 

@@ -59,6 +59,31 @@ class Settings(BaseSettings):
         description="Stream URL schemes accepted (comma-separated); FFmpeg gets a matching protocol whitelist.",
     )
     frontend_dir: Path = Field(REPO_ROOT / "frontend", description="Viewer page directory served at `/`.")
+    max_body_kb: int = Field(
+        256, ge=4, le=16384, description="Largest control request body (KiB); larger is refused before parsing."
+    )
+    track_min_hits: int = Field(2, ge=1, le=30, description="Default frames a track needs before it gets an id.")
+    track_keep_s: float = Field(
+        1.0, ge=0.0, le=60.0, description="Default time a lost track is kept, by frame timestamps."
+    )
+    track_iou: float = Field(0.1, ge=0.01, le=0.99, description="Default least IoU to match a box to a track.")
+    events_enabled: bool = Field(True, description="Keep an event history (SQLite under DATA_DIR, or DATABASE_URL).")
+    data_dir: Path = Field(REPO_ROOT / "data", description="Where the event database and snapshots live.")
+    database_url: SecretStr = Field(
+        SecretStr(""),
+        description="SQLAlchemy URL of the event store, e.g. postgresql+psycopg://user:pw@host/db; empty = SQLite.",
+    )
+    event_end_after_s: float = Field(
+        5.0, ge=0.5, le=600.0, description="An object unseen this long has left: its event ends."
+    )
+    event_retention_days: float = Field(30.0, gt=0, le=3650, description="Events older than this are deleted.")
+    snapshot_max_mb: int = Field(
+        2048, ge=1, le=10_000_000, description="Snapshots beyond this total are deleted, oldest first."
+    )
+    event_queue_size: int = Field(
+        1024, ge=16, le=1_000_000, description="Event changes waiting for the store; beyond it they are dropped."
+    )
+    alert_log: bool = Field(True, description="Log every alert (one line each, written off the pipeline).")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
     @field_validator("api_keys", mode="before")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import struct
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
@@ -31,12 +30,6 @@ class FramePayload:
 
     def for_format(self, fmt: Format) -> str | bytes | None:
         return self.text if fmt == "json" else self.binary
-
-
-def pack_binary(header: dict, jpeg: bytes | None) -> bytes:
-    """4-byte big-endian header length, JSON header, then the JPEG bytes (see docs/api.md)."""
-    head = json.dumps(header, separators=(",", ":")).encode()
-    return struct.pack(">I", len(head)) + head + (jpeg or b"")
 
 
 @dataclass(eq=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -16,14 +16,17 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from .session import Session
+    from .session import SessionSnapshot
+    from .sinks import Sink
 
 LATENCY_BUCKETS = (0.01, 0.02, 0.033, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0, 5.0)
 
 
 class _SessionCollector(Collector):
-    def __init__(self, sessions: Callable[[], Iterable[Session]]) -> None:
-        self._sessions = sessions
+    """Reads each session's typed snapshot at scrape time (the same one status documents use)."""
+
+    def __init__(self, snapshots: Callable[[], Iterable[SessionSnapshot]]) -> None:
+        self._snapshots = snapshots
 
     def collect(self):
         gauges = {
@@ -50,23 +53,75 @@ class _SessionCollector(Collector):
                 "rtdetr_session_decode_errors", "Damaged packets skipped by the decoder", labels=["session"]
             ),
             "publish_errors": CounterMetricFamily(
-                "rtdetr_session_publish_errors", "Frames whose drawing, JPEG or sending failed", labels=["session"]
+                "rtdetr_session_publish_errors", "Frames whose analysis or an output failed", labels=["session"]
             ),
+            "alerts": CounterMetricFamily("rtdetr_session_alerts", "Alerts raised", labels=["session"]),
         }
+        events_open = GaugeMetricFamily(
+            "rtdetr_session_events_open", "Tracked objects whose event has not ended", labels=["session"]
+        )
+        line_counts = CounterMetricFamily(
+            "rtdetr_line_crossings",
+            "Tracked objects that crossed a line, by direction and class",
+            labels=["session", "line", "direction", "class_name"],
+        )
+        zone_current = GaugeMetricFamily(
+            "rtdetr_zone_objects", "Tracked objects in a zone now, by class", labels=["session", "zone", "class_name"]
+        )
+        zone_entered = CounterMetricFamily(
+            "rtdetr_zone_entries", "Tracked objects that entered a zone, by class", labels=["session", "zone", "class_name"]
+        )
+        rule_hits = CounterMetricFamily("rtdetr_rule_hits", "Times a zone or line rule fired", labels=["session", "rule"])
         states = GaugeMetricFamily("rtdetr_sessions", "Sessions by state", labels=["state"])
         by_state: dict[str, int] = {}
-        for session in self._sessions():
-            stats = session.stats()
-            by_state[session.state.value] = by_state.get(session.state.value, 0) + 1
+        for snap in self._snapshots():
+            sid = snap.session_id
+            stats = snap.stats.as_dict()
+            by_state[snap.state] = by_state.get(snap.state, 0) + 1
             for key, family in gauges.items():
-                family.add_metric([session.id], stats[key])
+                family.add_metric([sid], stats[key])
             for key, family in counters.items():
-                family.add_metric([session.id], stats[key])
+                family.add_metric([sid], stats[key])
+            events_open.add_metric([sid], stats["events_open"])
+            for line, directions in snap.counts.get("lines", {}).items():
+                for direction, by_class in directions.items():
+                    for name, n in by_class.items():
+                        line_counts.add_metric([sid, line, direction, name], n)
+            for zone, figures in snap.counts.get("zones", {}).items():
+                for name, n in figures.get("current", {}).items():
+                    zone_current.add_metric([sid, zone, name], n)
+                for name, n in figures.get("entered", {}).items():
+                    zone_entered.add_metric([sid, zone, name], n)
+            for rule, n in snap.counts.get("rules", {}).items():
+                rule_hits.add_metric([sid, rule], n)
         for state, count in by_state.items():
             states.add_metric([state], count)
         yield states
         yield from gauges.values()
         yield from counters.values()
+        yield from (events_open, line_counts, zone_current, zone_entered, rule_hits)
+
+
+class _SinkCollector(Collector):
+    """Per-output counters: what each sink took, sent, failed and dropped, and its queue."""
+
+    def __init__(self, sinks: Callable[[], Sequence[Sink]]) -> None:
+        self._sinks = sinks
+
+    def collect(self):
+        families = {
+            "sent": CounterMetricFamily("rtdetr_sink_sent", "Items an output delivered", labels=["sink"]),
+            "failed": CounterMetricFamily("rtdetr_sink_failed", "Items an output failed to deliver", labels=["sink"]),
+            "dropped": CounterMetricFamily(
+                "rtdetr_sink_dropped", "Items an output dropped because it could not keep up", labels=["sink"]
+            ),
+            "queued": GaugeMetricFamily("rtdetr_sink_queue_depth", "Items waiting in an output's queue", labels=["sink"]),
+        }
+        for sink in self._sinks():
+            stats = sink.stats()
+            for key, family in families.items():
+                family.add_metric([stats.name], getattr(stats, key))
+        yield from families.values()
 
 
 class Metrics:
@@ -95,7 +150,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.alerts = Counter("rtdetr_alerts", "Alerts raised", ["class_name"], registry=self.registry)
+        self.alerts = Counter("rtdetr_alerts", "Alerts raised", ["class_name", "kind"], registry=self.registry)
         self.model_info = Gauge(
             "rtdetr_model_info",
             "The loaded model (value 1); trained=false means random weights",
@@ -103,8 +158,11 @@ class Metrics:
             registry=self.registry,
         )
 
-    def watch_sessions(self, sessions: Callable[[], Iterable[Session]]) -> None:
-        self.registry.register(_SessionCollector(sessions))
+    def watch_sessions(self, snapshots: Callable[[], Iterable[SessionSnapshot]]) -> None:
+        self.registry.register(_SessionCollector(snapshots))
+
+    def watch_sinks(self, sinks: Callable[[], Sequence[Sink]]) -> None:
+        self.registry.register(_SinkCollector(sinks))
 
     def frame_latency(self, session_id: str, seconds: float) -> None:
         self.latency.labels(session_id).observe(seconds)
@@ -113,8 +171,8 @@ class Metrics:
         self.batch_size.observe(size)
         self.inference_seconds.observe(seconds)
 
-    def alert(self, class_name: str) -> None:
-        self.alerts.labels(class_name).inc()
+    def alert(self, class_name: str, kind: str = "detection") -> None:
+        self.alerts.labels(class_name, kind).inc()
 
     def forget_session(self, session_id: str) -> None:
         try:

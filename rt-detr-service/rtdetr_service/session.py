@@ -1,33 +1,34 @@
-"""Sessions: one stream, its reader, its publisher, its stats and viewers; and their manager."""
+"""Sessions: one stream, its reader, its publisher stage, its state; and their manager."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import enum
-import json
 import logging
 import secrets
 import threading
 import time
 import uuid
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Sequence
 
-from .alerts import Alert, AlertEngine, AlertRule
-from .annotate import Annotator
-from .encode import JpegEncoder
-from .hub import FramePayload, Hub, pack_binary
+from . import wire
+from .alerts import AlertEngine, AlertRule
+from .events import EventLifecycle
+from .hub import Hub
+from .publisher import Publisher
+from .sinks import SessionView, Sink
 from .slot import LatestSlot
 from .source import StreamError, StreamReader, redact_url, validate_stream_url
-from .stats import LatencyWindow, RateMeter
-from .types import Detection, Frame, ModelInfo, StreamInfo
+from .stats import RateMeter, SessionStats
+from .tracking import Tracker, TrackerOptions
+from .types import Detection, Frame, FrameResult, ModelInfo, StreamInfo
+from .zones import ZoneConfig, ZoneEngine
 
 if TYPE_CHECKING:
     from .batcher import InferenceWorker
     from .config import Settings
-    from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ class SessionError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class SessionOptions:
-    """What a start call asked for, already validated."""
+    """What a start call asked for, already validated (pixel zones are checked once the stream's
+    size is known)."""
 
     stream_url: str
     enable_drawing: bool = True
@@ -73,10 +75,25 @@ class SessionOptions:
     classes: frozenset[str] | None = None
     alert_rule: AlertRule | None = None
     jpeg_quality: int = 75
+    camera: str | None = None
+    zones: dict | None = field(default=None, compare=False)
+    tracking: TrackerOptions = TrackerOptions()
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSnapshot:
+    """A session's state and figures at one moment; every status document is made from one."""
+
+    session_id: str
+    state: str
+    paused: bool
+    last_error: str | None
+    stats: SessionStats
+    counts: dict
 
 
 class Session:
-    """One camera: reader thread → (shared inference worker) → publisher thread → viewers."""
+    """One camera: reader thread → (shared inference worker) → publisher thread → sinks."""
 
     def __init__(
         self,
@@ -85,9 +102,8 @@ class Session:
         settings: Settings,
         worker: InferenceWorker,
         hub: Hub,
-        encoder: JpegEncoder,
+        sinks: Sequence[Sink],
         model: ModelInfo,
-        metrics: Metrics | None = None,
         clock=time.monotonic,
         reader_factory: Callable[..., StreamReader] = StreamReader,
     ) -> None:
@@ -95,13 +111,11 @@ class Session:
         self.viewer_token = secrets.token_urlsafe(24)
         self.options = options
         self.model = model
+        self._settings = settings
         self._worker = worker
         self._hub = hub
-        self._encoder = encoder
-        self._metrics = metrics
+        self._sinks = sinks
         self._clock = clock
-        self._annotator = Annotator()
-        self._alerts = AlertEngine(options.alert_rule) if options.alert_rule else None
         self._lock = threading.Lock()
         self._state = SessionState.STARTING
         self.paused = False
@@ -110,9 +124,8 @@ class Session:
         self.stream: StreamInfo | None = None
 
         self._frames = LatestSlot[Frame](on_put=worker.notify)
-        self._results = LatestSlot[tuple[Frame, list[Detection]]]()
         self._stop = threading.Event()
-        self._publisher = threading.Thread(target=self._publish_loop, name=f"publisher-{self.id[:8]}", daemon=True)
+        self._publisher: Publisher | None = None
         self._reader = reader_factory(
             options.stream_url,
             on_frame=self._on_frame,
@@ -125,14 +138,9 @@ class Session:
         )
         self.frames_decoded = 0
         self.frames_inferred = 0
-        self.frames_published = 0
         self.paused_drops = 0
-        self.alerts_raised = 0
-        self.publish_errors = 0
         self._source_rate = RateMeter(clock=clock)
         self._inference_rate = RateMeter(clock=clock)
-        self._publish_rate = RateMeter(clock=clock)
-        self._latency = LatencyWindow()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -149,13 +157,37 @@ class Session:
             if error is not None:
                 self.last_error = error
         if changed and new not in (SessionState.STOPPED,):
-            self._hub.publish_event(self.id, self.status_message())
+            self._hub.publish_event(self.id, wire.status_message(self.snapshot()))
         return changed
 
     def open(self) -> StreamInfo:
-        """Open the stream (blocking, bounded by OPEN_TIMEOUT_S); raises StreamError."""
+        """Open the stream (blocking, bounded by OPEN_TIMEOUT_S), then build the publisher for
+        its size; raises StreamError, or ValueError for zones that do not fit the picture."""
         self.stream = self._reader.open()
+        zones = ZoneConfig.from_dict(self.options.zones or {}, width=self.stream.width, height=self.stream.height)
+        self._publisher = self._build_publisher(zones)
         return self.stream
+
+    def _build_publisher(self, zones: ZoneConfig) -> Publisher:
+        options, settings = self.options, self._settings
+        view = SessionView(self.id, options.camera, options.enable_drawing, options.jpeg_quality)
+        return Publisher(
+            view,
+            tracker=Tracker(
+                options.tracking,
+                activation_threshold=options.confidence_threshold,
+                frame_rate=self.stream.fps if self.stream and self.stream.fps > 0 else 30.0,
+            ),
+            zones=ZoneEngine(zones),
+            events=EventLifecycle(self.id, options.camera, end_after_s=settings.event_end_after_s),
+            sinks=self._sinks,
+            alerts=AlertEngine(options.alert_rule) if options.alert_rule else None,
+            classes=options.classes,
+            on_tick=self._tick,
+            on_error=self._publish_error,
+            on_crash=self._publisher_crashed,
+            clock=self._clock,
+        )
 
     def start(self) -> None:
         # RUNNING first: a reader that loses the stream at once reports `reconnecting`, which
@@ -179,30 +211,31 @@ class Session:
                 self._stop.set()
                 self._state = SessionState.STOPPED
         if already:
-            return not (self._reader.alive or self._publisher.is_alive())
+            return not self._alive()
         self._worker.unregister(self.id)
         deadline = time.monotonic() + timeout
         # Signal both threads before waiting on either, so the publisher is not left running
         # while the reader's wait uses up the whole timeout.
         self._reader.stop(0.0)
         self._frames.close()
-        self._results.close()
-        if self._publisher.is_alive():
+        if self._publisher is not None:
+            self._publisher.stop()
             self._publisher.join(max(0.0, deadline - time.monotonic()))
         self._reader.join(max(0.0, deadline - time.monotonic()))
-        self._hub.close_session(self.id, {"type": "session_stopped", "session_id": self.id, "reason": reason}, reason)
-        if self._metrics is not None:
-            self._metrics.forget_session(self.id)
+        self._hub.close_session(self.id, wire.stopped_message(self.id, reason), reason)
         log.info("session %s stopped: %s", self.id, reason)
-        return not (self._reader.alive or self._publisher.is_alive())
+        return not self._alive()
+
+    def _alive(self) -> bool:
+        return self._reader.alive or (self._publisher is not None and self._publisher.alive)
 
     def join(self, timeout: float) -> bool:
         """Wait for the session's threads to end (after stop)."""
         deadline = time.monotonic() + timeout
         self._reader.join(timeout)
-        if self._publisher.ident:
+        if self._publisher is not None:
             self._publisher.join(max(0.0, deadline - time.monotonic()))
-        return not (self._reader.alive or self._publisher.is_alive())
+        return not self._alive()
 
     # -- reader side -----------------------------------------------------------------------
 
@@ -241,163 +274,110 @@ class Session:
         return frame
 
     def deliver(self, frame: Frame, detections: list[Detection], inference_s: float) -> None:
-        if self.options.classes is not None:
-            detections = [d for d in detections if d.class_name in self.options.classes]
+        """Hand the result to this session's publisher and return: the worker serves everyone."""
         self.frames_inferred += 1
         self._inference_rate.mark()
-        if self._alerts is not None:
-            for alert in self._alerts.evaluate(
-                detections,
-                now=self._clock(),
-                width=frame.width,
-                height=frame.height,
-                frame_index=frame.index,
-                timestamp=frame.timestamp,
-            ):
-                self._raise_alert(alert)
-        self._results.put((frame, detections))
+        self._publisher.results.put(FrameResult(self.id, frame, tuple(detections), inference_s))
 
-    def _raise_alert(self, alert: Alert) -> None:
-        self.alerts_raised += 1
-        log.warning(
-            "ALERT session=%s class=%s confidence=%.2f bbox=%s frame=%d",
-            self.id,
-            alert.class_name,
-            alert.confidence,
-            [round(v) for v in alert.bbox],
-            alert.frame_index,
-        )
-        self._hub.publish_event(
-            self.id,
-            {"type": "alert", "session_id": self.id, "timestamp": alert.timestamp, "data": alert.as_data()},
-        )
-        if self._metrics is not None:
-            self._metrics.alert(alert.class_name)
+    # -- publisher callbacks (its thread) ----------------------------------------------------
 
-    # -- publisher -------------------------------------------------------------------------
+    def _tick(self) -> None:
+        if self._hub.viewer_count(self.id):
+            self._hub.publish_event(self.id, wire.status_message(self.snapshot()))
 
-    def _publish_loop(self) -> None:
-        last_status = 0.0
-        try:
-            while not self._stop.is_set():
-                item = self._results.get(timeout=0.5)
-                now = time.monotonic()
-                if item is not None:
-                    self._publish_or_count(*item)
-                if now - last_status >= 1.0:
-                    last_status = now
-                    if self._hub.viewer_count(self.id):
-                        self._hub.publish_event(self.id, self.status_message())
-        except Exception as exc:  # noqa: BLE001 - surface as a failed session with words, not a silent dead thread
-            log.exception("publisher of session %s crashed", self.id)
-            if self._set_state(SessionState.FAILED, f"Publisher crashed: {exc}"):
-                self._worker.unregister(self.id)
-                self._reader.stop(0.0)  # a failed session must not keep the camera connection
+    def _publish_error(self, message: str) -> None:
+        self.last_error = message
 
-    def _publish_or_count(self, frame: Frame, detections: list[Detection]) -> None:
-        """Publish one frame; a failure (a transient encoder or GPU error) costs that frame only."""
-        try:
-            self._publish(frame, detections)
-        except Exception as exc:  # noqa: BLE001 - counted, reported in status, logged (not per frame)
-            self.publish_errors += 1
-            self.last_error = f"Publishing frame {frame.index} failed: {exc}"
-            if self.publish_errors == 1 or self.publish_errors % 100 == 0:
-                log.exception("session %s: %s (%d so far)", self.id, self.last_error, self.publish_errors)
+    def _publisher_crashed(self, message: str) -> None:
+        if self._set_state(SessionState.FAILED, message):
+            self._worker.unregister(self.id)
+            self._reader.stop(0.0)  # a failed session must not keep the camera connection
 
-    def _publish(self, frame: Frame, detections: list[Detection]) -> None:
-        formats = self._hub.formats(self.id)
-        if formats:
-            jpeg = None
-            if self.options.enable_drawing:
-                annotated = self._annotator.annotate(frame.image, detections)
-                jpeg = self._encoder.encode(annotated, self.options.jpeg_quality)
-            header = {
-                "type": "frame_result",
-                "session_id": self.id,
-                "timestamp": frame.timestamp,
-                "frame_index": frame.index,
-                "detections": [d.as_dict() for d in detections],
-            }
-            payload = FramePayload()
-            if "json" in formats:
-                message = dict(header, annotated_frame=base64.b64encode(jpeg).decode() if jpeg else None)
-                payload.text = json.dumps(message, separators=(",", ":"))
-            if "binary" in formats:
-                payload.binary = pack_binary(header, jpeg)
-            self._hub.publish_frame(self.id, payload)
-        latency = time.monotonic() - frame.monotonic
-        self._latency.add(latency)
-        self.frames_published += 1
-        self._publish_rate.mark()
-        if self._metrics is not None and not self._stop.is_set():  # stop() has dropped its series
-            self._metrics.frame_latency(self.id, latency)
+    # -- zones -------------------------------------------------------------------------------
+
+    def zones(self) -> dict:
+        """The session's zones, lines and rules, in normalised coordinates."""
+        return self._ready_publisher().zones().as_dict()
+
+    def set_zones(self, spec: dict) -> dict:
+        """Replace zones, lines and rules while the session runs; ValueError names what is wrong."""
+        publisher = self._ready_publisher()
+        width, height = (self.stream.width, self.stream.height) if self.stream else (None, None)
+        config = ZoneConfig.from_dict(spec, width=width, height=height)
+        publisher.set_zones(config)
+        zones = config.as_dict()
+        self._hub.publish_event(self.id, wire.zones_message(self.id, zones))
+        return zones
+
+    def counts(self) -> dict:
+        return self._publisher.counts() if self._publisher is not None else {"zones": {}, "lines": {}, "rules": {}}
+
+    def _ready_publisher(self) -> Publisher:
+        if self._publisher is None:
+            raise SessionError("session_not_ready", 409, "The session is still opening its stream")
+        return self._publisher
 
     # -- reporting -------------------------------------------------------------------------
 
     @property
     def dropped_frames(self) -> int:
-        return self._frames.dropped + self._results.dropped + self.paused_drops
+        published_drops = self._publisher.results.dropped if self._publisher is not None else 0
+        return self._frames.dropped + published_drops + self.paused_drops
 
     @property
     def reconnects(self) -> int:
         return self._reader.reconnects
 
-    def stats(self) -> dict:
-        return {
-            "source_fps": self._source_rate.rate(),
-            "inference_fps": self._inference_rate.rate(),
-            "published_fps": self._publish_rate.rate(),
-            "frames_decoded": self.frames_decoded,
-            "frames_inferred": self.frames_inferred,
-            "frames_published": self.frames_published,
-            "dropped_frames": self.dropped_frames,
-            "latency_ms": self._latency.percentiles_ms(),
-            "viewers": self._hub.viewer_count(self.id),
-            "reconnects": self.reconnects,
-            "decode_errors": self._reader.decode_errors,
-            "publish_errors": self.publish_errors,
-            "alerts": self.alerts_raised,
-        }
+    @property
+    def frames_published(self) -> int:
+        return self._publisher.frames_published if self._publisher is not None else 0
+
+    def snapshot(self) -> SessionSnapshot:
+        """The one typed read of this session's state and figures."""
+        publisher = self._publisher
+        stats = SessionStats(
+            source_fps=self._source_rate.rate(),
+            inference_fps=self._inference_rate.rate(),
+            published_fps=publisher.rate.rate() if publisher else 0.0,
+            frames_decoded=self.frames_decoded,
+            frames_inferred=self.frames_inferred,
+            frames_published=self.frames_published,
+            dropped_frames=self.dropped_frames,
+            latency_ms=publisher.latency.percentiles_ms() if publisher else {"p50": None, "p99": None},
+            viewers=self._hub.viewer_count(self.id),
+            reconnects=self.reconnects,
+            decode_errors=self._reader.decode_errors,
+            publish_errors=publisher.publish_errors if publisher else 0,
+            alerts=publisher.alerts_raised if publisher else 0,
+            events_open=publisher.events_open if publisher else 0,
+        )
+        return SessionSnapshot(self.id, self._state.value, self.paused, self.last_error, stats, self.counts())
 
     def status(self) -> dict:
+        snap = self.snapshot()
         return {
             "session_id": self.id,
-            "state": self._state.value,
-            "paused": self.paused,
+            "state": snap.state,
+            "paused": snap.paused,
+            "camera": self.options.camera,
             "stream_url": redact_url(self.options.stream_url),
             "stream": self.stream.as_dict() if self.stream else None,
             "enable_drawing": self.options.enable_drawing,
             "confidence_threshold": self.options.confidence_threshold,
             "classes": sorted(self.options.classes) if self.options.classes is not None else None,
-            "stats": self.stats(),
-            "last_error": self.last_error,
+            "tracking": dataclasses.asdict(self.options.tracking),
+            "stats": snap.stats.as_dict(),
+            "counts": snap.counts,
+            "last_error": snap.last_error,
             "started_at": self.started_at,
             "model": self.model.as_dict(),
         }
 
-    def status_message(self) -> dict:
-        return {
-            "type": "status",
-            "session_id": self.id,
-            "state": self._state.value,
-            "paused": self.paused,
-            "stats": self.stats(),
-            "last_error": self.last_error,
-        }
-
     def stream_info_message(self) -> dict:
-        info = self.stream.as_dict() if self.stream else {"width": 0, "height": 0, "fps": 0.0, "codec": ""}
-        return {
-            "type": "stream_info",
-            "session_id": self.id,
-            **info,
-            "state": self._state.value,
-            "paused": self.paused,
-            "enable_drawing": self.options.enable_drawing,
-            "class_names": list(self.model.class_names),
-            "model": self.model.as_dict(),
-            "warning": self.model.warning,
-        }
+        zones = self._publisher.zones().as_dict() if self._publisher is not None else ZoneConfig().as_dict()
+        return wire.stream_info_message(
+            self.snapshot(), self.stream, self.model, enable_drawing=self.options.enable_drawing, zones=zones
+        )
 
     @property
     def websocket_path(self) -> str:
@@ -407,18 +387,11 @@ class Session:
 class SessionManager:
     """Owns every session of this replica: start, stop, look up, and stop all at shutdown."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        hub: Hub,
-        encoder: JpegEncoder,
-        metrics: Metrics | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, hub: Hub) -> None:
         self.settings = settings
         self.hub = hub
-        self.encoder = encoder
-        self.metrics = metrics
         self.worker: InferenceWorker | None = None
+        self.sinks: list[Sink] = []
         self._sessions: dict[str, Session] = {}
         # Start calls past the MAX_SESSIONS check, by ticket: their session (None until it is
         # built) is opening its stream and counts against MAX_SESSIONS.
@@ -426,7 +399,9 @@ class SessionManager:
         self._closing = False
         self._lock = threading.Lock()
 
-    def attach_worker(self, worker: InferenceWorker) -> None:
+    def attach_worker(self, worker: InferenceWorker, sinks: Sequence[Sink] = ()) -> None:
+        """The model is ready: sessions may start, and publish to these sinks."""
+        self.sinks = list(sinks)
         self.worker = worker
 
     async def start(
@@ -461,9 +436,8 @@ class SessionManager:
                 settings=self.settings,
                 worker=worker,
                 hub=self.hub,
-                encoder=self.encoder,
+                sinks=self.sinks,
                 model=worker.detector.info,
-                metrics=self.metrics,
                 reader_factory=reader_factory or StreamReader,
             )
             with self._lock:
@@ -475,6 +449,8 @@ class SessionManager:
                     self._refuse_if_closing()
                 status = {"stream_unavailable": 502, "stream_timeout": 504}.get(exc.kind.value, 422)
                 raise SessionError(exc.kind.value, status, str(exc)) from exc
+            except ValueError as exc:  # zones in pixels that do not fit the stream's picture
+                raise SessionError("invalid_zones", 422, str(exc)) from exc
             with self._lock:
                 # stop_all() may have run while the stream was opening; it has stopped this
                 # session already, so it must not start now.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -65,3 +66,41 @@ class LatencyWindow:
             return {"p50": None, "p99": None}
         p50, p99 = np.percentile(values, [50, 99]) * 1000.0
         return {"p50": round(float(p50), 1), "p99": round(float(p99), 1)}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStats:
+    """One session's figures at one moment: what status, WebSocket `status` and /metrics read."""
+
+    source_fps: float
+    inference_fps: float
+    published_fps: float
+    frames_decoded: int
+    frames_inferred: int
+    frames_published: int
+    dropped_frames: int
+    latency_ms: dict
+    viewers: int
+    reconnects: int
+    decode_errors: int
+    publish_errors: int
+    alerts: int
+    events_open: int
+
+    def as_dict(self) -> dict:
+        return {
+            "source_fps": self.source_fps,
+            "inference_fps": self.inference_fps,
+            "published_fps": self.published_fps,
+            "frames_decoded": self.frames_decoded,
+            "frames_inferred": self.frames_inferred,
+            "frames_published": self.frames_published,
+            "dropped_frames": self.dropped_frames,
+            "latency_ms": self.latency_ms,
+            "viewers": self.viewers,
+            "reconnects": self.reconnects,
+            "decode_errors": self.decode_errors,
+            "publish_errors": self.publish_errors,
+            "alerts": self.alerts,
+            "events_open": self.events_open,
+        }

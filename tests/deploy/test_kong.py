@@ -75,7 +75,17 @@ def test_format_version_is_kong_3(kong):
 
 
 @pytest.mark.parametrize(
-    "path", ["/api/v1/video/start", "/api/v1/video/stop", "/api/v1/video/status/abc", "/api/v1/video/sessions"]
+    "path",
+    [
+        "/api/v1/video/start",
+        "/api/v1/video/stop",
+        "/api/v1/video/status/abc",
+        "/api/v1/video/sessions",
+        "/api/v1/video/sessions/abc/zones",
+        "/api/v1/events",
+        "/api/v1/events/abc/snapshot.jpg",
+        "/api/v1/outputs",
+    ],
 )
 def test_every_control_path_is_behind_header_only_key_auth(kong, path):
     matching = [r for r in all_routes(kong) if route_matches(r, path)]

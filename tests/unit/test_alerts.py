@@ -47,7 +47,15 @@ def test_most_confident_detection_is_reported():
         timestamp=123.0,
     )
     assert len(alerts) == 1
-    assert alerts[0].as_data() == {"class_name": "car", "confidence": 0.8, "bbox": [5, 5, 9, 9], "frame_index": 7}
+    # the spec's fields, unchanged; the fields zone and line rules add are null for this kind
+    data = alerts[0].as_data()
+    assert {k: data[k] for k in ("class_name", "confidence", "bbox", "frame_index")} == {
+        "class_name": "car",
+        "confidence": 0.8,
+        "bbox": [5, 5, 9, 9],
+        "frame_index": 7,
+    }
+    assert data["kind"] == "detection" and data["rule"] is None and data["track_id"] is None
 
 
 def test_empty_class_set_means_every_class():

@@ -6,7 +6,7 @@ import struct
 import numpy as np
 
 from rtdetr_service.annotate import Annotator, class_colour
-from rtdetr_service.hub import pack_binary
+from rtdetr_service.wire import frame_binary
 from rtdetr_service.types import Detection
 
 
@@ -27,7 +27,7 @@ def test_annotate_draws_without_touching_the_input():
 
 def test_binary_layout():
     header = {"type": "frame_result", "frame_index": 3}
-    data = pack_binary(header, b"\xff\xd8jpeg")
+    data = frame_binary(header, b"\xff\xd8jpeg")
     (n,) = struct.unpack(">I", data[:4])
     assert json.loads(data[4 : 4 + n]) == header
     assert data[4 + n :] == b"\xff\xd8jpeg"

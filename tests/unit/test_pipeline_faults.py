@@ -14,6 +14,7 @@ import pytest
 from rtdetr_service.batcher import InferenceWorker
 from rtdetr_service.config import Settings
 from rtdetr_service.session import Session, SessionError, SessionManager, SessionOptions, SessionState
+from rtdetr_service.sinks.websocket import WebSocketSink
 from rtdetr_service.source import StreamReader
 from rtdetr_service.types import Frame, ModelInfo, StreamInfo
 
@@ -209,12 +210,13 @@ def worker():
 
 
 def _session(worker, reader=FakeCamera, encoder=None, hub=None) -> Session:
+    hub = hub or Hub()
     return Session(
         SessionOptions("rtsp://camera/x"),
         settings=_settings(),
         worker=worker,
-        hub=hub or Hub(),
-        encoder=encoder or Encoder(),
+        hub=hub,
+        sinks=[WebSocketSink(hub, encoder or Encoder())],
         model=MODEL,
         reader_factory=reader,
     )
@@ -228,8 +230,8 @@ def test_one_failed_encode_costs_one_frame_not_the_session(worker):
     try:
         assert _wait_for(lambda: len(hub.frames) >= 5)
         assert session.state == SessionState.RUNNING
-        stats = session.stats()
-        assert stats["publish_errors"] == 1 and "out of memory" in session.last_error
+        stats = session.snapshot().stats
+        assert stats.publish_errors == 1 and "out of memory" in session.last_error
     finally:
         session.stop()
 
@@ -267,8 +269,9 @@ def test_stop_ends_both_threads_promptly(worker):
 
 
 def _manager(**settings) -> SessionManager:
-    manager = SessionManager(_settings(**settings), Hub(), Encoder())
-    manager.attach_worker(InferenceWorker(NoDetections(), max_batch=1, batch_wait_s=0.0))
+    hub = Hub()
+    manager = SessionManager(_settings(**settings), hub)
+    manager.attach_worker(InferenceWorker(NoDetections(), max_batch=1, batch_wait_s=0.0), [WebSocketSink(hub, Encoder())])
     return manager
 
 

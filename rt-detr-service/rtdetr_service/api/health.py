@@ -26,11 +26,22 @@ async def ready(request: Request) -> JSONResponse:
         detail = f"The inference worker has stopped ({why}); restart the service"
         model = worker.detector.info.as_dict()
         return JSONResponse({"ready": False, "detail": detail, "model": model}, status_code=503)
+    outputs = [sink.stats() for sink in state.manager.sinks]
+    # Inference works, so the service is ready; an output that fails or drops is said in words.
+    warnings = [
+        f"output {o.name} is {o.state}: " + (o.detail.get("detail") or o.last_error or f"{o.dropped} item(s) dropped")
+        for o in outputs
+        if o.state != "ok"
+    ]
+    if state.event_store is None and state.settings.events_enabled:
+        warnings.append("the event store could not be opened; events are not kept (see the log)")
     return JSONResponse(
         {
             "ready": True,
+            "warnings": warnings,
+            "outputs": [o.as_dict() for o in outputs],
             "model": worker.detector.info.as_dict(),
-            "jpeg_encoder": state.manager.encoder.backend,
+            "jpeg_encoder": state.encoder.backend,
             "sessions": len(state.manager.list()),
             "batches": worker.batches,
             "inference_errors": worker.errors,

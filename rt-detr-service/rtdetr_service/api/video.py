@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -11,10 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..alerts import AlertRule
 from ..auth import API_KEY_SCHEMES, PROTECTED_PREFIX
 from ..errors import ApiError
-from ..session import SessionManager, SessionOptions
+from ..session import Session, SessionManager, SessionOptions
+from ..tracking import TrackerOptions
+from ..zones import MAX_LINES, MAX_POINTS, MAX_RULES, MAX_ZONES, ZoneConfig
 
 # The key is checked by auth.install_api_key_check; the schemes here document it for /docs.
-router = APIRouter(prefix=PROTECTED_PREFIX, tags=["video"], dependencies=API_KEY_SCHEMES)
+router = APIRouter(prefix=PROTECTED_PREFIX + "/video", tags=["video"], dependencies=API_KEY_SCHEMES)
 
 
 class AlertRuleIn(BaseModel):
@@ -40,6 +43,61 @@ class AlertRuleIn(BaseModel):
         return zones
 
 
+Point = tuple[float, float]
+
+
+def _name():
+    return Field(..., min_length=1, max_length=64, pattern=r"^[\w .:-]+$", description="Letters, digits, ' ._:-'.")
+
+
+class ZoneIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = _name()
+    points: list[Point] = Field(..., min_length=3, max_length=MAX_POINTS, description="Polygon corners.")
+
+
+class LineIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = _name()
+    a: Point
+    b: Point
+
+
+class RuleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = _name()
+    kind: Literal["enter", "dwell", "cross", "occupancy"]
+    zone: str | None = Field(None, max_length=64, description="The zone of enter, dwell and occupancy rules.")
+    line: str | None = Field(None, max_length=64, description="The line of cross rules.")
+    classes: list[str] = Field([], max_length=80, description="Class names the rule applies to; [] = every class.")
+    min_confidence: float = Field(0.0, ge=0.0, le=1.0)
+    dwell_s: float = Field(10.0, gt=0.0, le=86400.0, description="dwell: seconds inside before it fires.")
+    direction: Literal["in", "out", "any"] = Field("any", description="cross: which way counts.")
+    min_count: int = Field(1, ge=1, le=1000, description="occupancy: objects at once before it fires.")
+
+
+class ZonesIn(BaseModel):
+    """Zones (polygons), lines and the rules on them; coordinates normalised 0..1 or in pixels."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    units: Literal["normalized", "pixels"] = "normalized"
+    zones: list[ZoneIn] = Field([], max_length=MAX_ZONES)
+    lines: list[LineIn] = Field([], max_length=MAX_LINES)
+    rules: list[RuleIn] = Field([], max_length=MAX_RULES)
+
+
+class TrackingIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_hits: int | None = Field(None, ge=1, le=30, description="Frames before a track gets an id.")
+    keep_s: float | None = Field(None, ge=0.0, le=60.0, description="How long a lost track is kept.")
+    iou_threshold: float | None = Field(None, ge=0.01, le=0.99, description="Least IoU to match a track.")
+
+
 class StartRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -49,6 +107,9 @@ class StartRequest(BaseModel):
     classes: list[str] | None = Field(None, max_length=80, description="Only these class names; null = all.")
     alert: AlertRuleIn | None = Field(default_factory=AlertRuleIn, description="null turns alerts off.")
     jpeg_quality: int | None = Field(None, ge=1, le=100, description="Default: JPEG_QUALITY.")
+    camera: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[\w .:-]+$", description="A human name.")
+    zones: ZonesIn | None = Field(None, description="Zones, lines and rules (replaceable later with PUT .../zones).")
+    tracking: TrackingIn | None = Field(None, description="Tracker settings; defaults from TRACK_* settings.")
 
 
 class StopRequest(BaseModel):
@@ -85,7 +146,16 @@ async def start(body: StartRequest, request: Request) -> dict:
             cooldown_s=body.alert.cooldown_s,
             zones=tuple(np.asarray(z, dtype=np.float64) for z in body.alert.zones or ()),
         )
+    zones = _checked_zones(body.zones, known) if body.zones is not None else None
+    tracking = body.tracking or TrackingIn()
     options = SessionOptions(
+        camera=body.camera,
+        zones=zones,
+        tracking=TrackerOptions(
+            min_hits=tracking.min_hits if tracking.min_hits is not None else settings.track_min_hits,
+            keep_s=tracking.keep_s if tracking.keep_s is not None else settings.track_keep_s,
+            iou_threshold=tracking.iou_threshold if tracking.iou_threshold is not None else settings.track_iou,
+        ),
         stream_url=body.stream_url,
         enable_drawing=body.enable_drawing,
         confidence_threshold=(
@@ -113,11 +183,11 @@ async def start(body: StartRequest, request: Request) -> dict:
 
 async def _stop(manager: SessionManager, session_id: str) -> dict:
     session = await asyncio.to_thread(manager.stop, session_id)
-    stats = session.stats()
+    stats = session.snapshot().stats
     return {
         "session_id": session.id,
         "status": "stopped",
-        "message": f"Session stopped after {stats['frames_decoded']} frames ({stats['frames_inferred']} analysed)",
+        "message": f"Session stopped after {stats.frames_decoded} frames ({stats.frames_inferred} analysed)",
     }
 
 
@@ -139,3 +209,43 @@ async def status(session_id: str, request: Request) -> dict:
 @router.get("/sessions", summary="Every session of this replica")
 async def sessions(request: Request) -> dict:
     return {"sessions": [dict(s.status(), websocket_path=s.websocket_path) for s in _manager(request).list()]}
+
+
+def _checked_zones(body: ZonesIn, known: tuple[str, ...]) -> dict:
+    """The zones as a plain spec; semantic errors (names, references, coordinates) as 422 in words.
+    Pixel coordinates are checked against the picture once the stream's size is known."""
+    spec = body.model_dump()
+    try:
+        # Pixels are checked against the real picture size after the stream opens; here, against
+        # an unbounded one, so that names, references and point counts fail fast, before the open.
+        unbounded = 1 << 30 if body.units == "pixels" else None
+        config = ZoneConfig.from_dict(spec, width=unbounded, height=unbounded)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_zones", str(exc)) from exc
+    _check_classes(sorted(config.rule_classes()), known, "rules.classes")
+    return spec
+
+
+def _running(request: Request, session_id: str) -> Session:
+    return _manager(request).get(session_id)
+
+
+@router.get("/sessions/{session_id}/zones", summary="The session's zones, lines and rules (normalised)")
+async def get_zones(session_id: str, request: Request) -> dict:
+    return {"session_id": session_id, "zones": _running(request, session_id).zones()}
+
+
+@router.put("/sessions/{session_id}/zones", summary="Replace the session's zones, lines and rules")
+async def put_zones(session_id: str, body: ZonesIn, request: Request) -> dict:
+    session = _running(request, session_id)
+    spec = _checked_zones(body, _manager(request).model().class_names)
+    try:
+        zones = session.set_zones(spec)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_zones", str(exc)) from exc
+    return {"session_id": session_id, "zones": zones}
+
+
+@router.get("/sessions/{session_id}/counts", summary="Zone occupancy, line crossings and rule hits")
+async def counts(session_id: str, request: Request) -> dict:
+    return {"session_id": session_id, "counts": _running(request, session_id).counts()}

@@ -10,6 +10,7 @@ import logging
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from .. import wire
 from ..session import SessionError, SessionState
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ async def _receive_controls(websocket: WebSocket, manager, session) -> None:
         action = message.get("action") if isinstance(message, dict) and message.get("type") == "control" else None
         if action in ("pause", "resume"):
             session.paused = action == "pause"
-            manager.hub.publish_event(session.id, session.status_message())
+            manager.hub.publish_event(session.id, wire.status_message(session.snapshot()))
         elif action == "stop":
             with contextlib.suppress(SessionError):
                 await asyncio.to_thread(manager.stop, session.id, "stopped by a viewer")
