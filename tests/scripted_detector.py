@@ -1,4 +1,4 @@
-"""A Detector that sees what a script says, by the wall clock: one person walking left to right.
+"""A Detector that sees what a script says, by the wall clock: people walking left to right.
 
 The random-weight model cannot produce meaningful objects; this one stands in for the model only
 (it is handed to the real app through `create_app(detector_factory=...)`), so that everything
@@ -15,17 +15,19 @@ from rtdetr_service.types import Detection, ModelInfo
 PERSON = COCO_CLASSES.index("person")
 
 
-class WalkingPerson:
-    """Each `period_s`: a 0.9-confidence person box crosses the picture in `walk_s`, then nobody
-    is there for the rest of the period (long enough for its event to end)."""
+class WalkingPeople:
+    """Each `period_s`: `rows` people (one per row of the picture) cross it in `walk_s`, then
+    nobody is there for the rest of the period (long enough for their events to end). Their
+    confidence rises from 0.6 to 0.95 on the way, as a detector's does when someone comes closer."""
 
-    def __init__(self, walk_s: float = 3.0, period_s: float = 5.0, clock=time.time) -> None:
+    def __init__(self, rows: int = 1, walk_s: float = 3.0, period_s: float = 5.0, clock=time.time) -> None:
+        self.rows = rows
         self.walk_s = walk_s
         self.period_s = period_s
         self._clock = clock
         self.calls = 0
         self.info = ModelInfo(
-            name="scripted-walking-person", backend="scripted", device="cpu", trained=True, class_names=COCO_CLASSES
+            name="scripted-walking-people", backend="scripted", device="cpu", trained=True, class_names=COCO_CLASSES
         )
 
     def position(self, now: float) -> float | None:
@@ -39,11 +41,15 @@ class WalkingPerson:
         out = []
         for image, threshold in zip(images, thresholds, strict=True):
             height, width = image.shape[:2]
-            if done is None or threshold > 0.9:
-                out.append([])
-                continue
-            box_w, box_h = width * 0.15, height * 0.5
-            x1 = done * (width - box_w)
-            y1 = height * 0.3
-            out.append([Detection(PERSON, "person", (x1, y1, x1 + box_w, y1 + box_h), 0.9)])
+            people = []
+            if done is not None:
+                box_w, row_h = width * 0.15, height / self.rows
+                x1 = done * (width - box_w)
+                confidence = 0.6 + 0.35 * done
+                for row in range(self.rows):
+                    y1 = row * row_h + row_h * 0.1
+                    box = (x1, y1, x1 + box_w, y1 + row_h * 0.8)
+                    if confidence >= threshold:
+                        people.append(Detection(PERSON, "person", box, confidence))
+            out.append(people)
         return out

@@ -86,13 +86,18 @@ def _load_model(app: FastAPI, settings: Settings, ready: threading.Event) -> Non
 def _open_event_store(settings: Settings) -> EventStore | None:
     if not settings.events_enabled:
         return None
-    store = EventStore(
-        settings.database_url.get_secret_value(),
-        settings.data_dir,
-        queue_size=settings.event_queue_size,
-        retention_days=settings.event_retention_days,
-        max_snapshot_bytes=settings.snapshot_max_mb * 1024 * 1024,
-    )
+    try:
+        store = EventStore(
+            settings.database_url.get_secret_value(),
+            settings.data_dir,
+            queue_size=settings.event_queue_size,
+            retention_days=settings.event_retention_days,
+            max_snapshot_bytes=settings.snapshot_max_mb * 1024 * 1024,
+        )
+    except (RuntimeError, ValueError, OSError) as exc:
+        # Detection goes on without a history; /ready and the events routes say why.
+        log.error("events are not kept: %s", exc)
+        return None
     store.start()
     return store
 

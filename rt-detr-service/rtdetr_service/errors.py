@@ -60,19 +60,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 def install_body_limit(app: FastAPI, max_bytes: int) -> None:
     """Refuse request bodies over `max_bytes` with 413 before they are read at length, so no
     caller can make the event loop parse megabytes of JSON (16 zones of 100k points stalled it
-    for seconds). Declared lengths are refused at once; chunked bodies when they pass the limit."""
+    for seconds). Declared lengths are refused at once; chunked bodies when they pass the limit:
+    the app is then told the client went away, and whatever it answers is discarded."""
 
-    limit_words = f"The request body is larger than MAX_BODY_KB={max_bytes // 1024}"
-
-    def too_large() -> JSONResponse:
-        return error_response(413, "body_too_large", limit_words)
+    words = f"The request body is larger than MAX_BODY_KB={max_bytes // 1024}"
 
     class BodyLimit:
         def __init__(self, inner) -> None:
@@ -84,30 +78,32 @@ def install_body_limit(app: FastAPI, max_bytes: int) -> None:
                 return
             declared = dict(scope.get("headers") or ()).get(b"content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > max_bytes):
-                await too_large()(scope, receive, send)
+                await error_response(413, "body_too_large", words)(scope, receive, send)
                 return
             seen = 0
+            refused = False
             started = False
 
             async def counted_receive():
-                nonlocal seen
+                nonlocal seen, refused
                 message = await receive()
                 if message["type"] == "http.request":
                     seen += len(message.get("body", b""))
-                    if seen > max_bytes:
-                        raise _BodyTooLarge
+                    if seen > max_bytes and not refused:
+                        refused = True
+                        if not started:
+                            await error_response(413, "body_too_large", words)(scope, receive, send)
+                        return {"type": "http.disconnect"}
                 return message
 
-            async def tracked_send(message):
+            async def guarded_send(message):
                 nonlocal started
+                if refused:
+                    return  # the 413 has been sent; the app's own answer goes nowhere
                 if message["type"] == "http.response.start":
                     started = True
                 await send(message)
 
-            try:
-                await self.inner(scope, counted_receive, tracked_send)
-            except _BodyTooLarge:
-                if not started:
-                    await too_large()(scope, receive, send)
+            await self.inner(scope, counted_receive, guarded_send)
 
     app.add_middleware(BodyLimit)

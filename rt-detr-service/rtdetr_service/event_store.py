@@ -145,9 +145,15 @@ class EventStore:
             raise ValueError(f"jpeg_quality must be 1..100, got {jpeg_quality}")
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._url = sa.engine.make_url(url or f"sqlite:///{self.data_dir.resolve() / 'events.db'}")
-        self.safe_url = self._url.render_as_string(hide_password=True)
-        self._engine = self._make_engine(busy_timeout_s)
+        try:
+            self._url = sa.engine.make_url(url or f"sqlite:///{self.data_dir.resolve() / 'events.db'}")
+            self.safe_url = self._url.render_as_string(hide_password=True)
+            self._engine = self._make_engine(busy_timeout_s)
+        except sa.exc.ArgumentError:  # its words may quote the URL, password included: not passed on
+            raise ValueError(
+                "the event store URL is not one it can use: give sqlite:///<path> or "
+                "postgresql+psycopg://user:password@host:port/database"
+            ) from None
         self.backend = self._engine.dialect.name
         if self.backend == "sqlite":
             self._insert = sqlite.insert
@@ -359,7 +365,7 @@ class EventStore:
 
     def _write(self, batch: list[EventChange]) -> None:
         with self._lock:
-            latest = {c.event.id: c.event for c in batch}
+            latest = {c.event.id: c.event for c in batch if c.event.id not in self._tombstones}
         snapshots: dict[str, SnapshotRequest] = {}
         for change in batch:
             if change.snapshot is not None and change.event.id in latest:

@@ -138,7 +138,7 @@ class Publisher:
     def _finish(self) -> None:
         """The session ended: close its open events and let every sink forget it."""
         try:
-            changes = self._events.close_all(self._wall())
+            changes = self._events.close_all()
             if changes:
                 self._fan_out(Published(self.view, None, (), tuple(changes)), None)
         except Exception:  # noqa: BLE001 - shutting down: log, and still tell the sinks

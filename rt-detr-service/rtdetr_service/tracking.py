@@ -81,8 +81,9 @@ class Tracker:
         ids: list[int | None] = [None] * n
         for index, tracker_id in zip(tracked.data.get("index", ()), tracked.tracker_id):
             if tracker_id >= 0:
-                ids[int(index)] = self._id_base + int(tracker_id) + 1  # people read "#1", not "#0"
-                self._last_id = max(self._last_id, ids[int(index)])
+                track_id = self._id_base + int(tracker_id) + 1  # people read "#1", not "#0"
+                ids[int(index)] = track_id
+                self._last_id = max(self._last_id, track_id)
         return [dataclasses.replace(d, track_id=track_id) for d, track_id in zip(detections, ids)]
 
     def reset(self) -> None:

@@ -254,14 +254,16 @@ def _cross(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]
 
 
-def _inside(points: np.ndarray, starts: np.ndarray, v1: np.ndarray, v2: np.ndarray) -> np.ndarray:
+def _inside(points: np.ndarray, zone_of_edge: np.ndarray, v1: np.ndarray, v2: np.ndarray, zones: int) -> np.ndarray:
     """(N, Z) bool: even-odd ray casting of N points against every edge v1→v2 of every zone at once."""
-    px, py = points[:, :1], points[:, 1:]
-    x1, y1, x2, y2 = v1[:, 0], v1[:, 1], v2[:, 0], v2[:, 1]
-    straddles = (y1 > py) != (y2 > py)  # (N, E)
-    dy = np.where(y1 == y2, 1.0, y2 - y1)  # flat edges never straddle; avoids dividing by zero
-    crosses = straddles & (px < x1 + (py - y1) * (x2 - x1) / dy)
-    return np.logical_xor.reduceat(crosses, starts, axis=1)
+    px, py = points[:, 0], points[:, 1]
+    # Only a couple of edges per zone straddle a point's horizontal ray: find those in one broadcast over
+    # all (point, edge) pairs, then do the arithmetic for them alone.
+    rows, edges = np.nonzero((v1[:, 1] > py[:, None]) != (v2[:, 1] > py[:, None]))
+    x1, y1, x2, y2 = v1[edges, 0], v1[edges, 1], v2[edges, 0], v2[edges, 1]
+    left = px[rows] < x1 + (py[rows] - y1) * (x2 - x1) / (y2 - y1)  # a straddling edge is never flat
+    crossings = np.bincount(rows[left] * zones + zone_of_edge[edges[left]], minlength=len(points) * zones)
+    return (crossings.reshape(len(points), zones) % 2).astype(bool)
 
 
 def _crossings(p0: np.ndarray, p1: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -312,7 +314,6 @@ class ZoneEngine:
         changed = {r.name for r in old.rules if r not in config.rules or r.zone in moved or r.line in moved_lines}
         for track in self._tracks.values():
             track.since = {z: t for z, t in track.since.items() if z not in moved}
-            track.entered -= moved
             track.fired -= changed
         self._zone_counts = {n: self._zone_counts.get(n, {"current": {}, "entered": {}}) for n in new_zones}
         self._line_counts = {n: self._line_counts.get(n, {"in": {}, "out": {}}) for n in new_lines}
@@ -322,10 +323,10 @@ class ZoneEngine:
         self._zone_index = {z.name: i for i, z in enumerate(config.zones)}
         self._line_index = {ln.name: i for i, ln in enumerate(config.lines)}
         # Every edge of every zone in one array, so one broadcast tests every point against all of them.
-        polygons = [np.array(z.points, dtype=np.float64) for z in config.zones]
-        self._starts = np.cumsum([0] + [len(p) for p in polygons[:-1]])
-        self._v1 = np.concatenate(polygons) if polygons else None
-        self._v2 = np.concatenate([np.roll(p, -1, axis=0) for p in polygons]) if polygons else None
+        polygons = [np.array(z.points, dtype=np.float64) for z in config.zones] or [np.empty((0, 2))]
+        self._zone_of_edge = np.concatenate([np.full(len(p), i) for i, p in enumerate(polygons)]).astype(int)
+        self._v1 = np.concatenate(polygons)
+        self._v2 = np.concatenate([np.roll(p, -1, axis=0) for p in polygons])
         self._a = np.array([ln.a for ln in config.lines], dtype=np.float64).reshape(-1, 2)
         self._b = np.array([ln.b for ln in config.lines], dtype=np.float64).reshape(-1, 2)
 
@@ -342,11 +343,7 @@ class ZoneEngine:
         anchors = np.array([d.anchor for d in dets], dtype=np.float64).reshape(-1, 2) / (width, height)
         tracks = [self._tracks.get(i) or _Track(d, timestamp, anchors[row]) for row, (i, d) in enumerate(by_id.items())]
         previous = np.array([t.anchor for t in tracks], dtype=np.float64).reshape(-1, 2)
-        inside = (
-            _inside(anchors, self._starts, self._v1, self._v2)
-            if self._v1 is not None
-            else np.zeros((len(ids), 0), dtype=bool)
-        )
+        inside = _inside(anchors, self._zone_of_edge, self._v1, self._v2, len(self._config.zones))
         crossed = _crossings(previous, anchors, self._a, self._b)
 
         zones_of: dict[int, tuple[str, ...]] = {}
@@ -372,10 +369,19 @@ class ZoneEngine:
                 if name in track.since:
                     _bump(counts["current"], track.last.class_name)
         hits = self._per_track_hits(ids, dets, tracks, inside, crossed, timestamp)
-        hits += [hit for rule in self._config.rules if (hit := self._occupancy(rule, present, timestamp))]
+        occupancy = [rule for rule in self._config.rules if rule.kind == "occupancy"]
+        hits += [hit for rule in occupancy if (hit := self._occupancy(rule, present, timestamp))]
         return ZoneUpdate(tuple(hits), zones_of)
 
-    def _per_track_hits(self, ids, dets, tracks, inside, crossed, timestamp: float) -> list[RuleHit]:
+    def _per_track_hits(
+        self,
+        ids: list[int],
+        dets: list[Detection],
+        tracks: list[_Track],
+        inside: np.ndarray,
+        crossed: np.ndarray,
+        timestamp: float,
+    ) -> list[RuleHit]:
         """Enter, dwell and cross rules, for the tracks seen in this frame."""
         hits: list[RuleHit] = []
         confidences = np.array([d.confidence for d in dets], dtype=np.float64)
@@ -395,7 +401,7 @@ class ZoneEngine:
                 track = tracks[row]
                 if rule.name in track.fired:
                     continue
-                if False:
+                if rule.kind == "dwell" and timestamp - track.since[rule.zone] < rule.dwell_s:
                     continue
                 track.fired.add(rule.name)
                 self._fired[rule.name] += 1
@@ -404,8 +410,6 @@ class ZoneEngine:
         return hits
 
     def _occupancy(self, rule: Rule, present: list[_Track], timestamp: float) -> RuleHit | None:
-        if rule.kind != "occupancy":
-            return None
         inside = [t.last for t in present if rule.zone in t.since and _matches(rule, t.last)]
         if len(inside) < rule.min_count:
             self._armed[rule.name] = True  # re-arms once the count falls below the threshold

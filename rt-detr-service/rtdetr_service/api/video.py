@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -26,9 +26,9 @@ class AlertRuleIn(BaseModel):
     classes: list[str] = Field(["person"], max_length=80, description="Class names that alert; [] = every class.")
     min_confidence: float = Field(0.5, ge=0.0, le=1.0, description="Lowest confidence that alerts.")
     cooldown_s: float = Field(10.0, ge=0.0, le=86400.0, description="Quiet time per class after an alert.")
-    zones: list[list[tuple[float, float]]] | None = Field(
+    zones: list[Annotated[list[tuple[float, float]], Field(max_length=MAX_POINTS)]] | None = Field(
         None,
-        max_length=16,
+        max_length=MAX_ZONES,
         description="Polygons in 0..1 image coordinates; objects must stand inside one to alert.",
     )
 
