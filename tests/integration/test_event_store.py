@@ -1,0 +1,440 @@
+"""The event store against real databases: SQLite in a temporary directory and a real PostgreSQL
+server started for the test session. Changes come from the real event lifecycle; the writer
+thread, the snapshots on disk and the retention sweep are the real ones."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from rtdetr_service.event_store import EventStore, InvalidCursor, encode_cursor, metadata
+from rtdetr_service.events import EventLifecycle
+from rtdetr_service.types import Detection, Frame
+
+NOW = 1_780_000_000.0  # the stores' clock in these tests
+DAY = 86400.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 5.0, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+# -- a real PostgreSQL server ------------------------------------------------------------------
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parent.parent.name))
+    return Path(found[-1]).parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """Debian's PostgreSQL on 127.0.0.1 and a free port, in a temporary directory; yields the port."""
+    bin_dir = _pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries are not installed (/usr/lib/postgresql/*/bin): apt install postgresql")
+    # tmp_path_factory's directories are private to root; the server runs as `postgres` and needs its own.
+    root = Path(tempfile.mkdtemp(prefix="event-store-pg-"))
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        shutil.chown(root, "postgres", "postgres")
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    data, logfile, port = root / "data", root / "server.log", _free_port()
+
+    def run(*args: str, timeout: float = 60) -> None:
+        done = subprocess.run([*as_postgres, *args], capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            log_text = logfile.read_text() if logfile.exists() else ""
+            raise RuntimeError(f"{args[0]} failed ({done.returncode}): {done.stderr}{done.stdout}\n{log_text}")
+
+    run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={root} -c fsync=off"
+    run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(logfile), "-w", "-t", "60", "-o", options, "start")
+    try:
+        admin_url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text("CREATE DATABASE events"))
+        admin.dispose()
+        yield port
+    finally:
+        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def store_url(backend, request) -> str:
+    """"" for the embedded default (SQLite under the data dir); an empty `events` database on the server."""
+    if backend == "sqlite":
+        return ""
+    port = request.getfixturevalue("postgres_server")
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/events"
+    engine = sa.create_engine(url)
+    metadata.drop_all(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def make_store(store_url, tmp_path):
+    """Builds started stores on one data dir (a second call is a restart); stops them all at the end."""
+    stores: list[EventStore] = []
+
+    def make(start: bool = True, **kwargs) -> EventStore:
+        kwargs.setdefault("clock", lambda: NOW)
+        store = EventStore(store_url, tmp_path / "data", **kwargs)
+        stores.append(store)
+        if start:
+            store.start()
+        return store
+
+    yield make
+    for store in stores:
+        store.stop(timeout=5.0)
+
+
+# -- changes from the real lifecycle -----------------------------------------------------------
+
+
+def noise(width: int = 160, height: int = 120, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def seen(
+    lifecycle: EventLifecycle,
+    t: float,
+    *tracks: int,
+    label: str = "person",
+    class_id: int = 0,
+    zones: tuple[str, ...] = (),
+    image: np.ndarray | None = None,
+    confidence: float = 0.6,
+):
+    """The changes of one frame at time `t` in which `tracks` are seen."""
+    image = noise() if image is None else image
+    frame = Frame(image, 0, t, 0.0)
+    h, w = image.shape[:2]
+    box = (w * 0.1, h * 0.2, w * 0.5, h * 0.9)
+    detections = [Detection(class_id, label, box, confidence, track) for track in tracks]
+    return lifecycle.update(frame, detections, zones_of={track: zones for track in tracks})
+
+
+def lifecycle(camera: str | None = "gate", session: str = "session-1") -> EventLifecycle:
+    return EventLifecycle(session, camera, end_after_s=5.0, snapshot_interval_s=1.0, update_interval_s=5.0)
+
+
+def visible(store: EventStore, event_id: str, **expect):
+    """The stored event once it is there with the expected values, else None."""
+    event = store.get(event_id)
+    if event is None or any(event[key] != value for key, value in expect.items()):
+        return None
+    return event
+
+
+# -- behaviour on both backends ----------------------------------------------------------------
+
+
+def test_submitted_changes_are_stored_with_a_jpeg_snapshot_of_the_source_size(make_store, backend):
+    store = make_store()
+    life = lifecycle()
+    (new,) = seen(life, NOW - 60, 1, image=noise(320, 240), zones=("door",))
+
+    assert store.submit([new]) == 0
+    event = wait_until(lambda: visible(store, new.event.id, has_snapshot=True), what="the new event")
+
+    assert event["session_id"] == "session-1" and event["camera"] == "gate" and event["label"] == "person"
+    assert event["start_time"] == NOW - 60 and event["end_time"] is None and event["active"] is True
+    assert event["zones"] == ["door"] and event["frame"] == {"width": 320, "height": 240}
+    assert event["snapshot_url"] == f"/api/v1/events/{new.event.id}/snapshot.jpg"
+    path = store.snapshot_path(new.event.id)
+    day = time.strftime("%Y-%m-%d", time.gmtime(NOW - 60))
+    assert path == store.data_dir / "snapshots" / day / f"{new.event.id}.jpg"
+    image = cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None and image.shape == (240, 320, 3)
+    assert not list(path.parent.glob(".*.tmp"))
+
+    (end,) = life.close_all()
+    store.submit([end])
+    ended = wait_until(lambda: visible(store, new.event.id, active=False), what="the end of the event")
+    assert ended["end_time"] == NOW - 60 and ended["has_snapshot"]  # an end without a new view keeps the old one
+
+    status = store.status()
+    assert status["backend"] == backend and status["state"] == "ok" and status["running"]
+    assert status["written"] == 2 and status["dropped"] == 0 and status["errors"] == 0
+    assert status["snapshots_written"] == 1 and status["snapshot_bytes"] == path.stat().st_size
+
+
+def test_filters_and_cursor_pages_cover_every_event_once(make_store):
+    store = make_store()
+    gate, yard = lifecycle("gate"), lifecycle("yard")
+    changes, expected = [], []
+    for i in range(12):
+        life = gate if i % 2 else yard
+        label = "car" if i % 3 == 0 else "person"
+        tracks = (i, 100 + i) if i == 7 else (i,)  # equal start times, split by the first page boundary
+        batch = seen(life, NOW - 1000 + i * 10, *tracks, label=label, zones=("door",) if i % 4 == 0 else ())
+        changes += batch
+        expected += [c.event for c in batch if c.kind == "new"]
+    changes += gate.close_all() + yard.close_all()
+    store.submit(changes)
+    wait_until(lambda: sum(not e["active"] for e in store.query(limit=500)[0]) == 13, what="13 ended events")
+
+    newest_first = sorted(expected, key=lambda r: (r.start_time, r.id), reverse=True)
+    pages, cursor = [], None
+    while True:
+        page, cursor = store.query(limit=5, cursor=cursor)
+        pages.append([e["id"] for e in page])
+        if cursor is None:
+            break
+    assert [len(p) for p in pages] == [5, 5, 3]
+    assert [i for p in pages for i in p] == [r.id for r in newest_first]
+
+    def ids(**filters) -> set[str]:
+        return {e["id"] for e in store.query(limit=500, **filters)[0]}
+
+    assert ids(camera="gate") == {r.id for r in expected if r.camera == "gate"}
+    assert ids(label="car") == {r.id for r in expected if r.label == "car"}
+    assert ids(zone="door") == {r.id for r in expected if "door" in r.zones} and len(ids(zone="door")) == 3
+    assert ids(zone="nowhere") == set()
+    window = ids(after=NOW - 950, before=NOW - 920)
+    assert window == {r.id for r in expected if NOW - 950 <= r.start_time < NOW - 920}
+    assert len(window) == 4  # i = 5, 6, 7 (two objects)
+    assert ids(camera="yard", label="car", zone="door") == {
+        r.id for r in expected if r.camera == "yard" and r.label == "car" and "door" in r.zones
+    }
+    assert ids(session_id="session-1") == {r.id for r in expected}
+    assert ids(session_id="other") == set()
+
+
+def test_a_malformed_cursor_or_limit_is_refused_in_words(make_store):
+    store = make_store()
+    for bad in ("not a cursor!", encode_cursor(1.0, "x")[:-3] + "@@@", "e30", "WyJhIiwiYiJd", "WzEuMCwyXQ"):
+        with pytest.raises(InvalidCursor, match="cursor is not valid"):
+            store.query(cursor=bad)
+    for limit in (0, 501):
+        with pytest.raises(ValueError, match="limit"):
+            store.query(limit=limit)
+    assert store.query(cursor=encode_cursor(NOW, "z")) == ([], None)
+
+
+def test_delete_removes_the_row_its_zones_and_its_snapshot_and_it_stays_deleted(make_store):
+    store = make_store()
+    life = lifecycle()
+    (new,) = seen(life, NOW - 10, 1, zones=("door",))
+    store.submit([new])
+    wait_until(lambda: store.snapshot_path(new.event.id), what="the snapshot")
+    path = store.snapshot_path(new.event.id)
+
+    assert store.delete(new.event.id) is True
+
+    assert store.get(new.event.id) is None and store.snapshot_path(new.event.id) is None
+    assert not path.exists() and store.query(zone="door") == ([], None)
+    assert store.delete(new.event.id) is False
+    # A late change of the deleted event must not bring it back.
+    late = seen(life, NOW - 9, 1, zones=("door", "yard"))
+    (other,) = seen(lifecycle(), NOW - 5, 2)
+    store.submit([*late, *life.close_all(), other])
+    wait_until(lambda: store.get(other.event.id), what="the later event")
+    assert store.get(new.event.id) is None
+    assert store.status()["snapshot_bytes"] == store.snapshot_path(other.event.id).stat().st_size
+
+
+def test_events_survive_a_restart_and_events_left_open_are_closed(make_store):
+    first = make_store()
+    life = lifecycle()
+    (ended,) = seen(life, NOW - 100, 1)
+    store_changes = [ended, *life.close_all()]
+    open_life = lifecycle()
+    seen(open_life, NOW - 50, 2)
+    store_changes += seen(open_life, NOW - 49, 2, confidence=0.5)  # quiet: nothing
+    (left_open,) = seen(open_life, NOW - 44, 2)  # heartbeat: last seen moves
+    assert left_open.kind == "update"
+    store_changes += [left_open]
+    first.submit(store_changes)
+    wait_until(lambda: visible(first, left_open.event.id, last_seen=NOW - 44), what="the heartbeat")
+    assert first.stop() is True  # the session never ended the open event: as after a crash
+
+    second = make_store()
+
+    assert second.closed_at_start == 1 and second.status()["closed_at_start"] == 1
+    reopened = second.get(left_open.event.id)
+    assert reopened["end_time"] == NOW - 44 == reopened["last_seen"] and not reopened["active"]
+    assert second.get(ended.event.id)["end_time"] == NOW - 100
+    assert second.snapshot_path(ended.event.id) is not None
+    assert len(second.query()[0]) == 2
+
+
+def test_retention_deletes_events_older_than_the_retention_period(make_store):
+    store = make_store(start=False, retention_days=30, sweep_interval_s=0.2)
+    old_life, long_life, new_life = lifecycle("a"), lifecycle("b"), lifecycle("c")
+    (old,) = seen(old_life, NOW - 40 * DAY, 1)
+    (old_open,) = seen(lifecycle("d"), NOW - 31 * DAY, 5)  # never ended, gone for 31 days
+    (long,) = seen(long_life, NOW - 40 * DAY, 2)
+    seen(long_life, NOW - 1 * DAY, 2)  # started long ago, seen yesterday: kept
+    (recent,) = seen(new_life, NOW - 60, 3)
+    store.submit([old, *old_life.close_all(), old_open, long, *long_life.close_all(), recent])
+
+    store.start()
+    wait_until(lambda: store.status()["retention_deleted_events"] == 2, what="the sweep")
+
+    assert store.get(old.event.id) is None and store.get(old_open.event.id) is None
+    assert {e["id"] for e in store.query(limit=500)[0]} == {long.event.id, recent.event.id}
+    assert store.get(long.event.id)["end_time"] == NOW - 1 * DAY
+    day_dirs = {p.name for p in (store.data_dir / "snapshots").iterdir()}
+    assert time.strftime("%Y-%m-%d", time.gmtime(NOW - 31 * DAY)) not in day_dirs  # emptied days go too
+    assert sum(1 for _ in (store.data_dir / "snapshots").rglob("*.jpg")) == 2
+    assert store.status()["retention_deleted_snapshots"] == 0
+
+
+def test_retention_keeps_snapshots_under_the_size_limit_oldest_first(make_store):
+    probe = cv2.imencode(".jpg", noise(seed=0), [cv2.IMWRITE_JPEG_QUALITY, 85])[1].size
+    store = make_store(start=False, max_snapshot_bytes=int(probe * 2.5), sweep_interval_s=0.2)
+    news = []
+    for i in range(4):
+        (new,) = seen(lifecycle(f"cam{i}"), NOW - 400 + i * 100, i, image=noise(seed=i))
+        news.append(new)
+    store.submit(news)
+
+    store.start()
+    wait_until(lambda: store.status()["retention_deleted_snapshots"] == 2, what="the size sweep")
+
+    oldest, newest = news[:2], news[2:]
+    for change in oldest:
+        event = store.get(change.event.id)
+        assert event is not None and event["has_snapshot"] is False and event["snapshot_url"] is None
+        assert store.snapshot_path(change.event.id) is None
+    files = [store.snapshot_path(c.event.id) for c in newest]
+    assert all(files)
+    assert sorted(p.name for p in (store.data_dir / "snapshots").rglob("*.jpg")) == sorted(p.name for p in files)
+    status = store.status()
+    assert status["snapshot_bytes"] == sum(p.stat().st_size for p in files) <= probe * 2.5
+    assert status["retention_deleted_events"] == 0
+
+
+@contextlib.contextmanager
+def writes_locked(store: EventStore, backend: str, url: str):
+    """Hold a real lock that keeps the writer from writing: SQLite's exclusive lock (the writer's
+    statements fail after the busy timeout) or PostgreSQL's table lock (they wait)."""
+    if backend == "sqlite":
+        conn = sqlite3.connect(store.data_dir / "events.db", isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            conn.execute("ROLLBACK")
+            conn.close()
+    else:
+        engine = sa.create_engine(url)
+        with engine.connect() as conn:
+            conn.execute(sa.text("LOCK TABLE events IN ACCESS EXCLUSIVE MODE"))
+            try:
+                yield
+            finally:
+                conn.rollback()
+        engine.dispose()
+
+
+def test_a_full_queue_drops_and_counts_without_blocking(make_store, backend, store_url):
+    store = make_store(queue_size=2, batch_max=1, busy_timeout_s=0.3)
+    changes = [seen(lifecycle(f"cam{i}"), NOW - 100 + i, i, image=noise(32, 24))[0] for i in range(40)]
+
+    with writes_locked(store, backend, store_url):
+        store.submit(changes[:1])
+        wait_until(lambda: store.status()["queued"] == 0, what="the writer to take the first change")
+        started = time.perf_counter()
+        dropped = sum(store.submit([change]) for change in changes[1:])
+        elapsed = time.perf_counter() - started
+
+        assert elapsed < 0.5, f"submit blocked for {elapsed:.2f} s"
+        assert dropped >= 37  # at most 2 wait in the queue
+        status = store.status()
+        assert status["dropped"] >= dropped and status["queued"] <= 2
+        assert status["state"] in ("degraded", "failing")
+        assert f"dropping events: the writer cannot keep up ({status['dropped']} dropped)" in status["detail"]
+        if backend == "sqlite":
+            failing = wait_until(lambda: (s := store.status())["state"] == "failing" and s, what="a failed write")
+            assert "cannot write: database is locked" in failing["detail"] and failing["errors"] >= 1
+            assert failing["last_error"] == "cannot write: database is locked"
+
+    (after,) = seen(lifecycle("later"), NOW - 1, 99)
+    wait_until(lambda: store.submit([after]) == 0, what="room in the queue")
+    wait_until(lambda: store.get(after.event.id), timeout=10, what="writes to resume")
+    assert store.status()["state"] != "failing"
+
+
+def test_stop_returns_within_its_timeout_while_the_database_is_locked(make_store, backend, store_url):
+    store = make_store(busy_timeout_s=0.3)
+    (new,) = seen(lifecycle(), NOW - 10, 1)
+
+    with writes_locked(store, backend, store_url):
+        store.submit([new])
+        wait_until(lambda: store.status()["queued"] == 0, what="the writer to take the change")
+        started = time.perf_counter()
+        store.stop(timeout=0.5)
+        assert time.perf_counter() - started < 1.5
+    wait_until(lambda: not store.running, what="the writer to end once the lock is gone")
+    assert store.stop() is True and store.submit([new]) == 1  # idempotent; a stopped store drops
+
+
+def test_stop_before_start_is_legal(make_store):
+    store = make_store(start=False)
+    assert store.stop() is True and store.stop() is True
+    with pytest.raises(RuntimeError, match="stopped"):
+        store.start()
+
+
+# -- secrets -----------------------------------------------------------------------------------
+
+
+def test_a_password_in_the_url_never_shows(postgres_server, tmp_path, caplog):
+    caplog.set_level("INFO")
+    url = f"postgresql+psycopg://postgres:s3cret-pw@127.0.0.1:{postgres_server}/events"  # trust auth ignores it
+    store = EventStore(url, tmp_path / "data")
+    try:
+        status = store.status()
+        assert status["backend"] == "postgresql" and "***" in status["url"]
+        assert "s3cret-pw" not in repr(status)
+    finally:
+        store.stop()
+
+    closed = f"postgresql+psycopg://postgres:s3cret-pw@127.0.0.1:{_free_port()}/events"
+    with pytest.raises(RuntimeError, match="cannot open the event store") as failed:
+        EventStore(closed, tmp_path / "other")
+    assert "s3cret-pw" not in str(failed.value)
+    for unusable in ("not a url :s3cret-pw", "mysql+nosuchdriver://u:s3cret-pw@h/db"):
+        with pytest.raises(ValueError, match="URL is not one it can use") as refused:
+            EventStore(unusable, tmp_path / "other")
+        assert "s3cret-pw" not in str(refused.value)
+    assert "s3cret-pw" not in caplog.text
