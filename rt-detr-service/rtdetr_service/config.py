@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     max_body_kb: int = Field(
         256, ge=4, le=16384, description="Largest control request body (KiB); larger is refused before parsing."
     )
-    track_min_hits: int = Field(2, ge=1, le=30, description="Default frames a track needs before it gets an id.")
+    track_min_hits: int = Field(2, ge=2, le=30, description="Default frames a track needs before it gets an id.")
     track_keep_s: float = Field(
         1.0, ge=0.0, le=60.0, description="Default time a lost track is kept, by frame timestamps."
     )

@@ -178,7 +178,8 @@ class Session:
                 activation_threshold=options.confidence_threshold,
                 frame_rate=self.stream.fps if self.stream and self.stream.fps > 0 else 30.0,
             ),
-            zones=ZoneEngine(zones),
+            # A box missed for a frame or two still stands where it was: occupancy must not re-fire.
+            zones=ZoneEngine(zones, hold_s=options.tracking.keep_s),
             events=EventLifecycle(self.id, options.camera, end_after_s=settings.event_end_after_s),
             sinks=self._sinks,
             alerts=AlertEngine(options.alert_rule) if options.alert_rule else None,

@@ -25,13 +25,15 @@ _LIBRARY_FPS = 30.0  # `lost_track_buffer` counts frames of a 30-fps video, what
 class TrackerOptions:
     """Per-session tracker settings (validated at construction: ValueError with the field name)."""
 
-    min_hits: int = 2  # consecutive matched frames before an id is issued
+    # Consecutive matched frames before an id is issued. At least 2: the library issues an id
+    # at a track's first match after the frame that created it, so 1 would act as 2.
+    min_hits: int = 2
     keep_s: float = 1.0  # how long a lost track is kept, by frame timestamps
     iou_threshold: float = 0.1  # least IoU to match a detection to a track
 
     def __post_init__(self) -> None:
-        if isinstance(self.min_hits, bool) or not isinstance(self.min_hits, int) or not 1 <= self.min_hits <= 30:
-            raise ValueError(f"min_hits must be a whole number from 1 to 30, got {self.min_hits!r}")
+        if isinstance(self.min_hits, bool) or not isinstance(self.min_hits, int) or not 2 <= self.min_hits <= 30:
+            raise ValueError(f"min_hits must be a whole number from 2 to 30, got {self.min_hits!r}")
         if not _number_in(self.keep_s, 0.0, 60.0):
             raise ValueError(f"keep_s must be from 0 to 60 seconds, got {self.keep_s!r}")
         if not _number_in(self.iou_threshold, 0.01, 0.99):

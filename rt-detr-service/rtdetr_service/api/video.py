@@ -93,7 +93,7 @@ class ZonesIn(BaseModel):
 class TrackingIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    min_hits: int | None = Field(None, ge=1, le=30, description="Frames before a track gets an id.")
+    min_hits: int | None = Field(None, ge=2, le=30, description="Frames before a track gets an id.")
     keep_s: float | None = Field(None, ge=0.0, le=60.0, description="How long a lost track is kept.")
     iou_threshold: float | None = Field(None, ge=0.01, le=0.99, description="Least IoU to match a track.")
 
