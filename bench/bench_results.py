@@ -98,7 +98,9 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     rows = [measure(n, args.frames) for n in args.counts]
-    print(f"{'detections':>10} {'mean ms':>8} {'p50 ms':>7} {'p99 ms':>7} {'of 33.3 ms':>10} {'events':>7} {'alerts':>7}")
+    print(
+        f"{'detections':>10} {'mean ms':>8} {'p50 ms':>7} {'p99 ms':>7} {'of 33.3 ms':>10} {'events':>7} {'alerts':>7}"
+    )
     for r in rows:
         print(
             f"{r['detections']:>10} {r['mean_ms']:>8} {r['p50_ms']:>7} {r['p99_ms']:>7} "

@@ -20,7 +20,7 @@ from .batcher import InferenceWorker
 from .config import DEFAULT_MODEL, Settings
 from .detector import Detector, load_detector, warm_up
 from .encode import JpegEncoder
-from .errors import install_error_handlers, install_body_limit
+from .errors import install_body_limit, install_error_handlers
 from .event_store import EventStore
 from .hub import Hub
 from .metrics import Metrics

@@ -84,7 +84,8 @@ class EventChange:
 
 @dataclass(slots=True)
 class _Open:
-    record: EventRecord
+    record: EventRecord  # as of its last change; `last_seen` below is newer
+    last_seen: float  # kept here, not in the record: most frames change nothing else
     last_emit: float  # frame time of the last change handed out
     last_snapshot: float  # frame time of the last snapshot requested
     pending: SnapshotRequest | None = None  # a better view that waits for the snapshot interval
@@ -190,30 +191,37 @@ class EventLifecycle:
             rules=_merged((), rules),
             has_snapshot=True,
         )
-        self._open[det.track_id] = _Open(record, last_emit=now, last_snapshot=now)
+        self._open[det.track_id] = _Open(record, last_seen=now, last_emit=now, last_snapshot=now)
         return EventChange("new", record, None, SnapshotRequest(record.id, frame, det))
 
     def _advance(
         self, state: _Open, frame: Frame, det: Detection, zones: Sequence[str], rules: Sequence[str]
     ) -> EventChange | None:
+        # Per tracked object per frame: the common case (nothing new) must stay allocation-free.
         now = frame.timestamp
-        before = state.record
-        record = replace(before, last_seen=max(before.last_seen, now))
-        if det.confidence >= before.best_confidence + self._min_gain:
-            record = replace(record, best_confidence=det.confidence, best_bbox=tuple(det.bbox), best_time=now)
+        state.last_seen = max(state.last_seen, now)
+        record = state.record
+        better = det.confidence >= record.best_confidence + self._min_gain
+        if better:
             # Keep only the newest best: a waiting view that was beaten is never written.
             state.pending = SnapshotRequest(record.id, frame, det)
         new_zones, new_rules = _merged(record.zones, zones), _merged(record.rules, rules)
-        noteworthy = new_zones != record.zones or new_rules != record.rules
-        record = replace(record, zones=new_zones, rules=new_rules)
-
-        snapshot = None
-        if state.pending is not None and now - state.last_snapshot >= self._snapshot_interval:
-            snapshot, state.pending, state.last_snapshot = state.pending, None, now
+        noteworthy = new_zones is not record.zones or new_rules is not record.rules
+        snapshot_due = state.pending is not None and now - state.last_snapshot >= self._snapshot_interval
         heartbeat = now - state.last_emit >= self._update_interval
-        state.record = record
-        if not (noteworthy or snapshot is not None or heartbeat):
+        if not (better or noteworthy or snapshot_due or heartbeat):
             return None
+        before = replace(record, last_seen=state.last_seen) if record.last_seen != state.last_seen else record
+        if better:
+            record = replace(record, best_confidence=det.confidence, best_bbox=tuple(det.bbox), best_time=now)
+        if noteworthy:
+            record = replace(record, zones=new_zones, rules=new_rules)
+        state.record = record = replace(record, last_seen=state.last_seen)
+        if not (noteworthy or snapshot_due or heartbeat):
+            return None  # a better view waits for its snapshot interval; the record has it
+        snapshot = None
+        if snapshot_due:
+            snapshot, state.pending, state.last_snapshot = state.pending, None, now
         state.last_emit = now
         return EventChange("update", record, before, snapshot)
 
@@ -221,19 +229,19 @@ class EventLifecycle:
         gone = [
             track
             for track, state in self._open.items()
-            if track not in keep and now - state.record.last_seen >= self._end_after
+            if track not in keep and now - state.last_seen >= self._end_after
         ]
         return [self._end(track) for track in gone]
 
     def _evict_oldest(self) -> EventChange:
-        track = min(self._open, key=lambda t: self._open[t].record.last_seen)
+        track = min(self._open, key=lambda t: self._open[t].last_seen)
         self.evicted += 1
         return self._end(track)
 
     def _end(self, track: int) -> EventChange:
         state = self._open.pop(track)
-        before = state.record
-        record = replace(before, end_time=before.last_seen)
+        before = replace(state.record, last_seen=state.last_seen)
+        record = replace(before, end_time=state.last_seen)
         # A better view still waiting for its interval is handed out now, or it would be lost.
         return EventChange("end", record, before, state.pending)
 

@@ -69,9 +69,13 @@ class _SessionCollector(Collector):
             "rtdetr_zone_objects", "Tracked objects in a zone now, by class", labels=["session", "zone", "class_name"]
         )
         zone_entered = CounterMetricFamily(
-            "rtdetr_zone_entries", "Tracked objects that entered a zone, by class", labels=["session", "zone", "class_name"]
+            "rtdetr_zone_entries",
+            "Tracked objects that entered a zone, by class",
+            labels=["session", "zone", "class_name"],
         )
-        rule_hits = CounterMetricFamily("rtdetr_rule_hits", "Times a zone or line rule fired", labels=["session", "rule"])
+        rule_hits = CounterMetricFamily(
+            "rtdetr_rule_hits", "Times a zone or line rule fired", labels=["session", "rule"]
+        )
         states = GaugeMetricFamily("rtdetr_sessions", "Sessions by state", labels=["state"])
         by_state: dict[str, int] = {}
         for snap in self._snapshots():
@@ -115,7 +119,9 @@ class _SinkCollector(Collector):
             "dropped": CounterMetricFamily(
                 "rtdetr_sink_dropped", "Items an output dropped because it could not keep up", labels=["sink"]
             ),
-            "queued": GaugeMetricFamily("rtdetr_sink_queue_depth", "Items waiting in an output's queue", labels=["sink"]),
+            "queued": GaugeMetricFamily(
+                "rtdetr_sink_queue_depth", "Items waiting in an output's queue", labels=["sink"]
+            ),
         }
         for sink in self._sinks():
             stats = sink.stats()

@@ -8,7 +8,6 @@ only maps our settings and `Detection`s onto it.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -81,12 +80,16 @@ class Tracker:
         )
         tracked = self._tracker.update(boxes, timestamp=self._advance(timestamp))
         ids: list[int | None] = [None] * n
-        for index, tracker_id in zip(tracked.data.get("index", ()), tracked.tracker_id):
+        for index, tracker_id in zip(tracked.data.get("index", ()), tracked.tracker_id, strict=True):
             if tracker_id >= 0:
                 track_id = self._id_base + int(tracker_id) + 1  # people read "#1", not "#0"
                 ids[int(index)] = track_id
                 self._last_id = max(self._last_id, track_id)
-        return [dataclasses.replace(d, track_id=track_id) for d, track_id in zip(detections, ids)]
+        # Built directly, not with dataclasses.replace: this runs for every box of every frame.
+        return [
+            Detection(d.class_id, d.class_name, d.bbox, d.confidence, track_id) if track_id is not None else d
+            for d, track_id in zip(detections, ids, strict=True)
+        ]
 
     def reset(self) -> None:
         """Forget every track (the scene may have changed); ids go on counting from the last one."""

@@ -347,15 +347,15 @@ class ZoneEngine:
         crossed = _crossings(previous, anchors, self._a, self._b)
 
         zones_of: dict[int, tuple[str, ...]] = {}
-        for row, (track_id, det, track) in enumerate(zip(ids, dets, tracks)):
-            now_in = tuple(z.name for z, is_in in zip(self._config.zones, inside[row]) if is_in)
+        for row, (track_id, det, track) in enumerate(zip(ids, dets, tracks, strict=True)):
+            now_in = tuple(z.name for z, is_in in zip(self._config.zones, inside[row], strict=True) if is_in)
             # Leaving a zone resets its dwell clock; staying keeps the time it came in.
             track.since = {name: track.since.get(name, timestamp) for name in now_in}
             for name in now_in:
                 if name not in track.entered:
                     track.entered.add(name)
                     _bump(self._zone_counts[name]["entered"], det.class_name)
-            for line, direction in zip(self._config.lines, crossed[row]):
+            for line, direction in zip(self._config.lines, crossed[row], strict=True):
                 if direction:
                     _bump(self._line_counts[line.name]["in" if direction > 0 else "out"], det.class_name)
             track.last, track.last_seen, track.anchor = det, timestamp, anchors[row]
@@ -435,5 +435,6 @@ def _bump(counter: dict[str, int], key: str) -> None:
 
 def _hit(rule: Rule, det: Detection, timestamp: float, **extra) -> RuleHit:
     where = {"rule": rule.name, "kind": rule.kind, "zone": rule.zone, "line": rule.line}
-    return RuleHit(**where, class_name=det.class_name, confidence=det.confidence, bbox=det.bbox, timestamp=timestamp,
-                   **extra)
+    return RuleHit(
+        **where, class_name=det.class_name, confidence=det.confidence, bbox=det.bbox, timestamp=timestamp, **extra
+    )

@@ -88,6 +88,14 @@ def test_models_are_mounted_read_only_where_model_points(compose, settings_cls, 
     assert (repo / "models").is_dir()
 
 
+def test_event_history_lives_on_a_named_volume_where_data_dir_points(compose, repo):
+    service = compose["services"]["rt-detr-service"]
+    data_dir = service["environment"]["DATA_DIR"]
+    (mount,) = [m for m in mounts(service) if m[1] == data_dir]
+    assert mount[2] == "rw" and mount[0] in compose.get("volumes", {}), mount
+    assert f"mkdir -p /app/models {data_dir}" in (repo / "rt-detr-service" / "Dockerfile").read_text()
+
+
 def test_service_reserves_an_nvidia_gpu(compose):
     devices = compose["services"]["rt-detr-service"]["deploy"]["resources"]["reservations"]["devices"]
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)

@@ -96,7 +96,7 @@ def backend(request) -> str:
 
 @pytest.fixture
 def store_url(backend, request) -> str:
-    """"" for the embedded default (SQLite under the data dir); an empty `events` database on the server."""
+    """ "" for the embedded default (SQLite under the data dir); an empty `events` database on the server."""
     if backend == "sqlite":
         return ""
     port = request.getfixturevalue("postgres_server")

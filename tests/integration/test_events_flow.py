@@ -11,9 +11,9 @@ import time
 import cv2
 import numpy as np
 import pytest
+from scripted_detector import WalkingPeople
 from websockets.sync.client import connect
 
-from scripted_detector import WalkingPeople
 from support import make_settings, run_service
 
 ZONES = {

@@ -16,7 +16,10 @@ SQUARE = [[0.1, 0.1], [0.4, 0.1], [0.4, 0.4], [0.1, 0.4]]
 def session(live_service, rtsp_url):
     with live_service.client() as client:
         body = client.post("/api/v1/video/start", json={"stream_url": rtsp_url, "camera": "bad-input"}).json()
-        zones = {"zones": [{"name": "keep", "points": SQUARE}], "rules": [{"name": "r", "kind": "enter", "zone": "keep"}]}
+        zones = {
+            "zones": [{"name": "keep", "points": SQUARE}],
+            "rules": [{"name": "r", "kind": "enter", "zone": "keep"}],
+        }
         assert client.put(f"/api/v1/video/sessions/{body['session_id']}/zones", json=zones).status_code == 200
         yield body["session_id"]
         client.post("/api/v1/video/stop", json={"session_id": body["session_id"]})
@@ -34,11 +37,18 @@ def _zone(points, name="z"):
         (_zone([[0, 0], [1.5, 0], [1, 1]]), "invalid_zones", "outside"),
         ({"units": "pixels", **_zone([[0, 0], [400, 0], [300, 200]])}, "invalid_zones", "outside"),
         ({"zones": [{"name": f"z{i}", "points": SQUARE} for i in range(17)]}, "invalid_request", "at most 16"),
-        ({"rules": [{"name": f"r{i}", "kind": "enter", "zone": "z"} for i in range(33)]}, "invalid_request", "at most 32"),
+        (
+            {"rules": [{"name": f"r{i}", "kind": "enter", "zone": "z"} for i in range(33)]},
+            "invalid_request",
+            "at most 32",
+        ),
         ({**_zone(SQUARE), "rules": [{"name": "r", "kind": "enter", "zone": "nowhere"}]}, "invalid_zones", "nowhere"),
         ({**_zone(SQUARE), "rules": [{"name": "r", "kind": "cross", "zone": "z"}]}, "invalid_zones", "line"),
-        ({**_zone(SQUARE), "rules": [{"name": "r", "kind": "enter", "zone": "z", "classes": ["unicorn"]}]},
-         "invalid_request", "unicorn"),
+        (
+            {**_zone(SQUARE), "rules": [{"name": "r", "kind": "enter", "zone": "z", "classes": ["unicorn"]}]},
+            "invalid_request",
+            "unicorn",
+        ),
         ({"zones": [{"name": "a", "points": SQUARE}, {"name": "a", "points": SQUARE}]}, "invalid_zones", "'a'"),
         ({"lines": [{"name": "l", "a": [0.5, 0.5], "b": [0.5, 0.5]}]}, "invalid_zones", "'l'"),
         ({"zones": [{"name": "", "points": SQUARE}]}, "invalid_request", "name"),

@@ -271,7 +271,9 @@ def test_stop_ends_both_threads_promptly(worker):
 def _manager(**settings) -> SessionManager:
     hub = Hub()
     manager = SessionManager(_settings(**settings), hub)
-    manager.attach_worker(InferenceWorker(NoDetections(), max_batch=1, batch_wait_s=0.0), [WebSocketSink(hub, Encoder())])
+    manager.attach_worker(
+        InferenceWorker(NoDetections(), max_batch=1, batch_wait_s=0.0), [WebSocketSink(hub, Encoder())]
+    )
     return manager
 
 

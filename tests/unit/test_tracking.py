@@ -9,8 +9,9 @@ FPS = 30.0
 
 
 def box(x: float, y: float, *, size: float = 100.0, confidence: float = 0.9, name: str = "car") -> Detection:
-    return Detection(class_id=0 if name == "person" else 2, class_name=name, bbox=(x, y, x + size, y + size),
-                     confidence=confidence)
+    return Detection(
+        class_id=0 if name == "person" else 2, class_name=name, bbox=(x, y, x + size, y + size), confidence=confidence
+    )
 
 
 def tracker(activation_threshold: float = 0.5, **options) -> Tracker:

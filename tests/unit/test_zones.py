@@ -183,8 +183,11 @@ def _zone(name="door", points=((0, 0), (1, 0), (1, 1))):
     ("d", "size", "message"),
     [
         ({"units": "pixels", "zones": [_zone()]}, {}, "width and height"),
-        ({"units": "pixels", "zones": [_zone(points=((0, 0), (2000, 10), (5, 5)))]}, {"width": 1920, "height": 1080},
-         "zone 'door': point \\(2000, 10\\) is outside the frame"),
+        (
+            {"units": "pixels", "zones": [_zone(points=((0, 0), (2000, 10), (5, 5)))]},
+            {"width": 1920, "height": 1080},
+            "zone 'door': point \\(2000, 10\\) is outside the frame",
+        ),
         ({"zones": [_zone(points=((0, 0), (1.2, 0.5), (0, 1)))]}, {}, "zone 'door'.*outside"),
         ({"lines": [{"name": "gate", "a": [0, 0], "b": [0, 1.5]}]}, {}, "line 'gate'.*outside"),
         ({"lines": [{"name": "gate", "a": [0.5, 0.5], "b": [0.5, 0.5]}]}, {}, "line 'gate'.*different"),
@@ -246,8 +249,13 @@ def test_forget_and_long_absence_drop_a_tracks_state():
 
 def test_a_256_point_polygon_against_300_tracks_matches_known_points():
     # given a 256-point circle of radius 0.3 at the centre and a concave L-shaped zone in the corner
-    circle = Zone("circle", tuple((0.5 + 0.3 * math.cos(a), 0.5 + 0.3 * math.sin(a))
-                                  for a in np.linspace(0, 2 * math.pi, MAX_POINTS, endpoint=False)))
+    circle = Zone(
+        "circle",
+        tuple(
+            (0.5 + 0.3 * math.cos(a), 0.5 + 0.3 * math.sin(a))
+            for a in np.linspace(0, 2 * math.pi, MAX_POINTS, endpoint=False)
+        ),
+    )
     ell = Zone("ell", ((0.0, 0.0), (0.2, 0.0), (0.2, 0.1), (0.1, 0.1), (0.1, 0.2), (0.0, 0.2)))
     e = ZoneEngine(ZoneConfig(zones=(circle, ell)))
     # and 300 tracks at radii well inside or well outside the circle, at all angles
@@ -270,7 +278,15 @@ def test_a_hit_is_json_ready():
     e = engine(Rule("in-door", "enter", zone="door"))
     (hit,) = frame(e, 12.5, Detection(0, "person", (100.123, 100.0, 300.987, 400.456), 0.912345, 7)).hits
     assert hit.as_data() == {
-        "rule": "in-door", "kind": "enter", "zone": "door", "line": None, "track_id": 7, "class_name": "person",
-        "confidence": 0.9123, "bbox": [100.1, 100.0, 301.0, 400.5], "timestamp": 12.5, "direction": None,
+        "rule": "in-door",
+        "kind": "enter",
+        "zone": "door",
+        "line": None,
+        "track_id": 7,
+        "class_name": "person",
+        "confidence": 0.9123,
+        "bbox": [100.1, 100.0, 301.0, 400.5],
+        "timestamp": 12.5,
+        "direction": None,
         "count": None,
     }

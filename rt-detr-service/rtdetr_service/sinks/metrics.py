@@ -14,20 +14,18 @@ class MetricsSink:
     def __init__(self, metrics: Metrics, clock=time.monotonic) -> None:
         self._metrics = metrics
         self._clock = clock
-        self._ended: set[str] = set()
         self.handled = 0
 
     def handle(self, item: Published) -> None:
         self.handled += 1
         session_id = item.session.session_id
-        if item.result is not None and session_id not in self._ended:
+        if item.result is not None:
             self._metrics.frame_latency(session_id, self._clock() - item.result.frame.monotonic)
         for alert in item.alerts:
             self._metrics.alert(alert.class_name, alert.kind)
 
     def session_ended(self, session_id: str) -> None:
-        # The publisher may still be finishing a frame: keep its series from coming back.
-        self._ended.add(session_id)
+        # Called by the session's publisher after its last item: the series cannot come back.
         self._metrics.forget_session(session_id)
 
     def close(self, timeout: float = 0.0) -> None:
