@@ -254,7 +254,7 @@ def run_ours(service: Service, feed: Feed, streams: int, warmup: float, seconds:
         stages_end = [_stages(s, hub) for s in sessions]
         inferred = sum(s.frames_inferred for s in sessions) - inferred_start
         batches = worker.batches - batches_start
-        server_stats = [s.stats() for s in sessions]
+        server_stats = [s.snapshot().stats.as_dict() for s in sessions]
         states = [s.state.value for s in sessions]
         received, extensions = _collect(procs)
     finally:
@@ -382,6 +382,8 @@ def sweep_ours(args, clip: str, model_dir: str, src_fps: float, workdir: Path, p
         cpu_threads=args.cpu_threads,
         port=free_port(),
         log_level="warning",
+        # The event store runs as deployed, on a database of the run's own.
+        data_dir=workdir / "data",
     )
     feed = Feed(clip, src_fps, workdir, args.viewer_compression, args.viewer_format)
     service = Service(settings)

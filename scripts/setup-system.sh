@@ -3,7 +3,7 @@
 #   setup-system.sh venv  - what `python3 -m venv` needs (make deps)
 #   setup-system.sh run   - plus the GStreamer test camera (make run)
 #   setup-system.sh test  - plus Chromium for browser tests, deck for kong.yml, shellcheck, ffmpeg,
-#                           PostgreSQL (the event store runs on it too),
+#                           PostgreSQL (the event store runs on it too), mosquitto (the MQTT output),
 #                           curl (the test runs make run's curl lines as printed)
 #   setup-system.sh lint  - shellcheck (make lint);  push - ffmpeg (make push, make soak)
 set -euo pipefail
@@ -19,7 +19,7 @@ case "$profile" in
     packages+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
                gstreamer1.0-plugins-ugly gstreamer1.0-x fonts-dejavu-core)
     if [ "$profile" = test ]; then
-      packages+=(chromium deck shellcheck ffmpeg curl postgresql)
+      packages+=(chromium deck shellcheck ffmpeg curl postgresql mosquitto)
     fi
     ;;
   lint) packages+=(shellcheck) ;;

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -92,8 +95,17 @@ class RtspCamera:
             self.proc = None
 
 
+def scratch_dir(prefix: str) -> Path:
+    """A temporary folder removed when the test process ends."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
 def make_settings(model_dir: Path, **overrides) -> Settings:
     values = dict(
+        # Never the repository's data/: each service of the tests keeps its events apart.
+        data_dir=scratch_dir("rtdetr-data-"),
         api_keys=API_KEY,
         model=str(model_dir),
         device="cpu",

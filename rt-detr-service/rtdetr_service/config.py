@@ -85,6 +85,32 @@ class Settings(BaseSettings):
     )
     alert_log: bool = Field(True, description="Log every alert (one line each, written off the pipeline).")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    webhook_urls: SecretStr = Field(
+        SecretStr(""),
+        description="Comma-separated URLs that get every event change and alert as signed JSON; empty = off.",
+    )
+    webhook_secret: SecretStr = Field(
+        SecretStr(""),
+        description="HMAC-SHA256 key of the X-Rtdetr-Signature header; required when WEBHOOK_URLS is set.",
+    )
+    webhook_timeout_s: float = Field(5.0, gt=0, le=60, description="Bound on one webhook request.")
+    webhook_max_retries: int = Field(
+        3, ge=0, le=10, description="Retries of a 5xx, connection error or timeout (capped backoff); 4xx never."
+    )
+    webhook_queue_size: int = Field(
+        1024, ge=1, le=1_000_000, description="Messages waiting per webhook URL; beyond it they are dropped."
+    )
+    mqtt_url: SecretStr = Field(
+        SecretStr(""),
+        description="MQTT broker, e.g. mqtt://user:password@host:1883 (mqtts:// for TLS); empty = off.",
+    )
+    mqtt_client_id: str = Field("", max_length=128, description="MQTT client id; empty = one chosen by the broker.")
+    mqtt_topic_prefix: str = Field(
+        "rtdetr", min_length=1, max_length=128, pattern=r"^[^#+\s]+$", description="First level of every MQTT topic."
+    )
+    mqtt_queue_size: int = Field(
+        1024, ge=1, le=1_000_000, description="MQTT messages waiting to be sent; beyond it they are dropped."
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -134,6 +160,8 @@ class Settings(BaseSettings):
             )
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("RECONNECT_MAX_S must be >= RECONNECT_MIN_S")
+        if self.webhook_urls.get_secret_value().strip() and not self.webhook_secret.get_secret_value():
+            raise ValueError("WEBHOOK_SECRET is required when WEBHOOK_URLS is set: receivers verify the signature")
         return self
 
     def resolved_model(self) -> str:

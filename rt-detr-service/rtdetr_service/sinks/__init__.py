@@ -61,7 +61,37 @@ def _event_store(ctx: SinkContext) -> Sink | None:
     return EventStoreSink(ctx.event_store)
 
 
-SINKS: list[Callable[[SinkContext], Sink | None]] = [_websocket, _metrics, _alert_log, _event_store]
+def _webhook(ctx: SinkContext) -> Sink | None:
+    urls = [u.strip() for u in ctx.settings.webhook_urls.get_secret_value().split(",") if u.strip()]
+    if not urls:
+        return None
+    from .webhook import WebhookSink
+
+    s = ctx.settings
+    sink = WebhookSink(
+        urls,
+        s.webhook_secret.get_secret_value(),
+        timeout_s=s.webhook_timeout_s,
+        max_retries=s.webhook_max_retries,
+        queue_size=s.webhook_queue_size,
+    )
+    sink.start()
+    return sink
+
+
+def _mqtt(ctx: SinkContext) -> Sink | None:
+    url = ctx.settings.mqtt_url.get_secret_value().strip()
+    if not url:
+        return None
+    from .mqtt import MqttSink
+
+    s = ctx.settings
+    sink = MqttSink(url, client_id=s.mqtt_client_id, topic_prefix=s.mqtt_topic_prefix, queue_size=s.mqtt_queue_size)
+    sink.start()
+    return sink
+
+
+SINKS: list[Callable[[SinkContext], Sink | None]] = [_websocket, _metrics, _alert_log, _event_store, _webhook, _mqtt]
 
 
 def build_sinks(ctx: SinkContext) -> list[Sink]:

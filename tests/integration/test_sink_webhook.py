@@ -1,0 +1,303 @@
+"""The webhook sink against real local HTTP receivers: signed bodies, retries, redirects, dead ends."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import hmac
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from rtdetr_service.alerts import Alert
+from rtdetr_service.events import EventLifecycle
+from rtdetr_service.sinks import Published, SessionView
+from rtdetr_service.sinks.webhook import WebhookSink
+from rtdetr_service.types import Detection, Frame, FrameResult
+
+from support import free_port
+
+SECRET = "shared-webhook-secret"
+TOKEN = "path-token-9f2c"  # a secret in the URL path: it must never be logged
+T0 = 1_700_000_000.0
+VIEW = SessionView("session-1", "gate", enable_drawing=False, jpeg_quality=75)
+
+
+class Receiver:
+    """A real HTTP endpoint that checks each signature and answers from a script of statuses."""
+
+    def __init__(self, statuses=(), *, location: str | None = None, tolerance_s: float = 300.0) -> None:
+        self.statuses = list(statuses)  # answered in order; then 200
+        self.location = location
+        self.tolerance_s = tolerance_s
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with receiver.lock:
+                    receiver.requests.append(
+                        {
+                            "path": self.path,
+                            "body": body,
+                            "verified": receiver.verify(self.headers.get("X-Rtdetr-Signature", ""), body),
+                            "delivery": self.headers.get("X-Rtdetr-Delivery"),
+                        }
+                    )
+                    status = receiver.statuses.pop(0) if receiver.statuses else 200
+                self.send_response(status)
+                if receiver.location:
+                    self.send_header("Location", receiver.location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook/{TOKEN}"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def verify(self, header: str, body: bytes) -> bool:
+        """What a receiver does: recompute the HMAC, compare in constant time, refuse stale ones."""
+        fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
+        if "t" not in fields or "v1" not in fields:
+            return False
+        expected = hmac.new(SECRET.encode(), f"{fields['t']}.".encode() + body, hashlib.sha256).hexdigest()
+        fresh = abs(time.time() - int(fields["t"])) <= self.tolerance_s
+        return fresh and hmac.compare_digest(expected, fields["v1"])
+
+    def received(self) -> list[dict]:
+        with self.lock:
+            return list(self.requests)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receivers():
+    made: list[Receiver] = []
+
+    def make(*args, **kwargs) -> Receiver:
+        made.append(Receiver(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for receiver in made:
+        receiver.close()
+
+
+@pytest.fixture
+def sinks():
+    made: list[WebhookSink] = []
+
+    def make(urls, **kwargs) -> WebhookSink:
+        kwargs.setdefault("backoff_s", 0.05)
+        kwargs.setdefault("backoff_max_s", 0.2)
+        kwargs.setdefault("timeout_s", 2.0)
+        sink = WebhookSink(urls, SECRET, **kwargs)
+        sink.start()
+        made.append(sink)
+        return sink
+
+    yield make
+    for sink in made:
+        sink.close(1.0)
+
+
+def wait_until(predicate, timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def frame(t: float, index: int = 0) -> Frame:
+    return Frame(np.zeros((48, 64, 3), np.uint8), index, T0 + t, t)
+
+
+def person(track: int, confidence: float = 0.6) -> Detection:
+    return Detection(0, "person", (10.0, 5.0, 20.0, 30.0), confidence, track)
+
+
+def event_steps() -> tuple[Published, Published]:
+    """A real life: a person appears (new), then is gone past end_after_s (end)."""
+    events = EventLifecycle("session-1", "gate", end_after_s=1.0)
+    f = frame(0.0)
+    tracked = (person(7),)
+    new = events.update(f, list(tracked))
+    end = events.tick(T0 + 2.0)
+    assert [c.kind for c in new] == ["new"] and [c.kind for c in end] == ["end"]
+    alert = Alert(
+        "person",
+        0.6,
+        (10.0, 5.0, 20.0, 30.0),
+        0,
+        T0,
+        track_id=7,
+        kind="enter",
+        rule="door",
+        zone="porch",
+        event_id=new[0].event.id,
+    )
+    first = Published(VIEW, FrameResult("session-1", f, tracked, 0.01), (alert,), tuple(new))
+    return first, Published(VIEW, None, (), tuple(end))
+
+
+def test_events_and_alerts_arrive_signed_in_their_schemas(receivers, sinks):
+    receiver = receivers()
+    sink = sinks([receiver.url])
+    first, second = event_steps()
+
+    sink.handle(first)
+    sink.handle(second)
+
+    assert wait_until(lambda: len(receiver.received()) == 3)
+    got = receiver.received()
+    assert all(r["verified"] for r in got) and all(r["path"] == f"/hook/{TOKEN}" for r in got)
+    new, alert, end = (json.loads(r["body"]) for r in got)
+    assert new["schema"] == "rtdetr.event.v1" and new["type"] == "new" and new["before"] is None
+    assert (new["session_id"], new["camera"]) == ("session-1", "gate")
+    assert new["after"]["label"] == "person" and new["after"]["track_id"] == 7 and new["after"]["active"]
+    assert alert["schema"] == "rtdetr.alert.v1" and alert["timestamp"] == T0
+    assert alert["alert"]["rule"] == "door" and alert["alert"]["event_id"] == new["after"]["id"]
+    assert end["type"] == "end" and end["before"]["active"] and not end["after"]["active"]
+    assert end["after"]["id"] == new["after"]["id"] and end["after"]["end_time"] is not None
+    assert len({r["delivery"] for r in got}) == 3
+    assert wait_until(lambda: sink.stats().sent == 3)
+    assert sink.stats().state == "ok" and sink.stats().failed == 0
+
+
+def test_a_wrong_secret_does_not_verify(receivers):
+    receiver = receivers()
+    sink = WebhookSink([receiver.url], "not-the-shared-secret")
+    sink.start()
+    try:
+        sink.handle(event_steps()[1])
+        assert wait_until(lambda: len(receiver.received()) == 1)
+        assert not receiver.received()[0]["verified"]
+    finally:
+        sink.close(1.0)
+
+
+def test_5xx_is_retried_with_the_same_delivery_id_and_a_fresh_signature(receivers, sinks):
+    receiver = receivers([503, 503])
+    sink = sinks([receiver.url], max_retries=3)
+
+    sink.handle(event_steps()[1])
+
+    assert wait_until(lambda: sink.stats().sent == 1)
+    got = receiver.received()
+    assert len(got) == 3 and all(r["verified"] for r in got)
+    assert len({r["delivery"] for r in got}) == 1 and len({r["body"] for r in got}) == 1
+    stats = sink.stats()
+    assert stats.failed == 0 and stats.detail["retries"] == 2
+
+
+def test_retries_are_bounded(receivers, sinks):
+    receiver = receivers([503] * 10)
+    sink = sinks([receiver.url], max_retries=2)
+
+    sink.handle(event_steps()[1])
+
+    assert wait_until(lambda: sink.stats().failed == 1)
+    time.sleep(0.3)
+    assert len(receiver.received()) == 3
+    assert sink.stats().state == "failing" and "HTTP 503" in sink.stats().last_error
+
+
+def test_4xx_is_not_retried_and_the_url_token_is_never_shown(receivers, sinks, caplog):
+    caplog.set_level("DEBUG")
+    receiver = receivers([400])
+    sink = sinks([receiver.url], max_retries=3)
+
+    sink.handle(event_steps()[1])
+
+    assert wait_until(lambda: sink.stats().failed == 1)
+    time.sleep(0.3)
+    assert len(receiver.received()) == 1
+    stats = sink.stats()
+    assert "HTTP 400" in stats.last_error and stats.detail["retries"] == 0
+    shown = caplog.text + json.dumps(stats.as_dict()) + repr(stats)
+    assert TOKEN not in shown and "127.0.0.1" in shown
+
+
+def test_a_redirect_is_not_followed(receivers, sinks):
+    elsewhere = receivers()
+    redirecting = receivers([302], location=elsewhere.url)
+    sink = sinks([redirecting.url])
+
+    sink.handle(event_steps()[1])
+
+    assert wait_until(lambda: sink.stats().failed == 1)
+    time.sleep(0.3)
+    assert len(redirecting.received()) == 1 and elsewhere.received() == []
+    assert "302" in sink.stats().last_error
+
+
+def test_a_dead_receiver_costs_drops_not_publisher_time(receivers, sinks):
+    alive = receivers()
+    dead_url = f"http://127.0.0.1:{free_port()}/hook/{TOKEN}"  # nothing listens: connection refused
+    sink = sinks([dead_url, alive.url], queue_size=4, max_retries=3)
+    item = event_steps()[1]
+
+    durations = []
+    gc.disable()  # a collector pause is not the sink's time
+    try:
+        for _ in range(200):
+            started = time.perf_counter()
+            sink.handle(item)
+            durations.append(time.perf_counter() - started)
+    finally:
+        gc.enable()
+
+    assert max(durations) < 0.010
+    dead, live = sink.stats().detail["destinations"]
+    assert dead["dropped"] > 150 and dead["queued"] <= 4
+    # The live receiver has its own queue: it drops only what its own thread could not keep up with.
+    assert wait_until(lambda: len(alive.received()) == sink.stats().detail["destinations"][1]["sent"] > 0)
+    assert wait_until(lambda: sink.stats().detail["destinations"][0]["failed"] >= 1)
+    stats = sink.stats()
+    assert stats.state == "failing" and stats.dropped >= dead["dropped"]
+    assert "ConnectError" in stats.last_error and TOKEN not in stats.last_error
+
+
+def test_close_returns_within_its_timeout_when_the_receiver_hangs():
+    # A receiver that accepts connections and never answers: every request waits for its timeout.
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(16)
+        url = f"http://127.0.0.1:{hole.getsockname()[1]}/hook"
+        sink = WebhookSink([url], SECRET, timeout_s=10.0, queue_size=8)
+        sink.start()
+        for _ in range(8):
+            sink.handle(event_steps()[1])
+        time.sleep(0.1)  # the first request is in flight
+
+        started = time.monotonic()
+        sink.close(0.5)
+        took = time.monotonic() - started
+
+        assert took < 0.8
+        assert sink.stats().dropped >= 7  # what was still queued is given up, counted
+        sink.close(0.5)  # idempotent
+
+
+def test_settings_are_checked_before_anything_starts():
+    with pytest.raises(ValueError, match="WEBHOOK_SECRET"):
+        WebhookSink(["http://127.0.0.1:9/hook"], "")
+    with pytest.raises(ValueError, match="WEBHOOK_URLS") as info:
+        WebhookSink([f"ftp://127.0.0.1/{TOKEN}"], SECRET)
+    assert TOKEN not in str(info.value)
