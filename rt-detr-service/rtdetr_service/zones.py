@@ -62,7 +62,7 @@ class Zone:
 
 @dataclass(frozen=True, slots=True)
 class Line:
-    """A named line segment a–b, normalised; crossing it to the left of a→b (y down) is "in"."""
+    """A named line segment a–b, normalised; crossing to the right-hand side of a→b on screen is "in"."""
 
     name: str
     a: Point
