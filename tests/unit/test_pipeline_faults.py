@@ -474,3 +474,66 @@ def test_a_loss_after_a_healthy_run_backs_off_from_the_start(monkeypatch):
         reconnect_max=0.8,
     )
     assert _delays(states)[:3] == [0.1, 0.1, 0.1]
+
+
+class _SlowFor:
+    """A sink that takes 0.3 s over every item of one session (a slow disk, a dead receiver
+    reached inline), and is instant for the others."""
+
+    name = "slow"
+
+    def __init__(self, slow_session: list) -> None:
+        self._slow = slow_session
+        self.items: dict[str, int] = {}
+
+    def handle(self, item) -> None:
+        sid = item.session.session_id
+        self.items[sid] = self.items.get(sid, 0) + 1
+        if sid in self._slow:
+            time.sleep(0.3)
+
+    def session_ended(self, session_id) -> None:
+        pass
+
+    def close(self, timeout) -> None:
+        pass
+
+    def stats(self):
+        return None
+
+
+def test_a_slow_output_of_one_session_slows_neither_inference_nor_another_session(worker):
+    # given two sessions on one worker, and an output that is slow for the first one only
+    slow_ids: list = []
+    sink = _SlowFor(slow_ids)
+    sessions = []
+    for _ in range(2):
+        session = Session(
+            SessionOptions("rtsp://camera/x"),
+            settings=_settings(),
+            worker=worker,
+            hub=Hub(),
+            sinks=[sink],
+            model=MODEL,
+            reader_factory=FakeCamera,
+        )
+        session.open()
+        sessions.append(session)
+    slow, fast = sessions
+    slow_ids.append(slow.id)
+    for session in sessions:
+        session.start()
+    try:
+        # when they run for a second
+        time.sleep(1.0)
+        # then both are inferred at the camera's rate (the worker never waits for an output),
+        # the fast one publishes everything, and the slow one drops, counted, instead of queueing
+        assert slow.frames_inferred > 40 and fast.frames_inferred > 40
+        assert abs(slow.frames_inferred - fast.frames_inferred) < 0.25 * fast.frames_inferred
+        assert fast.frames_published >= fast.frames_inferred - 2
+        assert slow.frames_published <= 5
+        # (one result may be in the slot and one in the sink when counted)
+        assert slow.dropped_frames >= slow.frames_inferred - slow.frames_published - 2
+    finally:
+        for session in sessions:
+            session.stop()
