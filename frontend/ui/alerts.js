@@ -13,6 +13,27 @@ function percent(confidence) {
   return typeof confidence === "number" ? `${Math.round(confidence * 100)}%` : "?";
 }
 
+/** What happened, in words: "person #12 entered door", or "person #12" for a plain class alert. */
+export function alertTitle(data) {
+  const track = data.track_id !== null && data.track_id !== undefined ? ` #${data.track_id}` : "";
+  const who = `${data.class_name || "object"}${track}`;
+  if (!data.rule) return who;
+  switch (data.kind) {
+    case "enter":
+      return `${who} entered ${data.zone || "a zone"}`;
+    case "dwell":
+      return `${who} stays in ${data.zone || "a zone"}`;
+    case "cross": {
+      const direction = data.direction && data.direction !== "any" ? ` (${data.direction})` : "";
+      return `${who} crossed ${data.line || "a line"}${direction}`;
+    }
+    case "occupancy":
+      return `${data.zone || "zone"} is busy (${data.rule})`;
+    default:
+      return `${data.rule}: ${who}`;
+  }
+}
+
 function thumbElement(src, label) {
   if (!src) {
     const none = document.createElement("span");
@@ -35,10 +56,13 @@ export class AlertView {
     this.count = 0;
   }
 
-  /** Show one alert message ({timestamp, data: {class_name, confidence, bbox}}) with an optional crop. */
+  /**
+   * Show one alert message ({timestamp, data: {class_name, confidence, bbox, track_id, rule, kind, zone,
+   * line, direction}}) with an optional crop.
+   */
   add(alert, thumbnail) {
     const data = alert.data || {};
-    const name = data.class_name || "object";
+    const name = alertTitle(data);
     const conf = percent(data.confidence);
     const time = clock(alert.timestamp);
     this.count += 1;

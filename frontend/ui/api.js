@@ -34,38 +34,69 @@ function errorMessage(status, statusText, body) {
   return `The service answered ${status} ${statusText}`.trim();
 }
 
-/** Call a control route; resolve with the parsed JSON or throw an ApiError with readable words. */
-export async function request(method, path, { key, body } = {}) {
-  const headers = { accept: "application/json" };
+async function send(method, path, { key, body, signal, accept = "application/json" }) {
+  const headers = { accept };
   if (key) headers.apikey = key;
   if (body !== undefined) headers["content-type"] = "application/json";
-  let response;
   try {
-    response = await fetch(serviceUrl(path), {
+    return await fetch(serviceUrl(path), {
       method,
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
       cache: "no-store",
       credentials: "same-origin",
+      signal,
     });
-  } catch {
+  } catch (err) {
+    if (err && err.name === "AbortError") throw err; // the caller gave up on purpose
     throw new ApiError("Cannot reach the service. Is it running, and was this page opened from it?", 0, "network");
   }
-  const text = await response.text();
+}
+
+async function failure(response) {
   let data = null;
   try {
-    data = text ? JSON.parse(text) : null;
+    data = JSON.parse(await response.text());
   } catch {
     data = null;
   }
-  if (!response.ok) {
-    throw new ApiError(errorMessage(response.status, response.statusText, data), response.status, data && data.error);
-  }
-  return data;
+  return new ApiError(errorMessage(response.status, response.statusText, data), response.status, data && data.error);
 }
+
+/** Call a control route; resolve with the parsed JSON or throw an ApiError with readable words. */
+export async function request(method, path, { key, body, signal } = {}) {
+  const response = await send(method, path, { key, body, signal });
+  if (!response.ok) throw await failure(response);
+  const text = await response.text();
+  try {
+    return text ? JSON.parse(text) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** GET an image route (it needs the key header, so no <img src>); resolve with its Blob. */
+export async function requestImage(path, { key, signal } = {}) {
+  const response = await send("GET", path, { key, signal, accept: "image/jpeg" });
+  if (!response.ok) throw await failure(response);
+  return response.blob();
+}
+
+const sessionPath = (sessionId) => `/api/v1/video/sessions/${encodeURIComponent(sessionId)}`;
 
 export const api = {
   start: (key, body) => request("POST", "/api/v1/video/start", { key, body }),
   stop: (key, sessionId) => request("POST", "/api/v1/video/stop", { key, body: { session_id: sessionId } }),
   sessions: (key) => request("GET", "/api/v1/video/sessions", { key }),
+  zones: (key, sessionId) => request("GET", `${sessionPath(sessionId)}/zones`, { key }),
+  putZones: (key, sessionId, zones) => request("PUT", `${sessionPath(sessionId)}/zones`, { key, body: zones }),
+  /** Events, newest first; filters ({session_id, label, ...}) with empty values are left out. */
+  events: (key, filters, signal) => {
+    const query = new URLSearchParams();
+    for (const [name, value] of Object.entries(filters)) {
+      if (value !== undefined && value !== null && value !== "") query.set(name, String(value));
+    }
+    return request("GET", `/api/v1/events?${query}`, { key, signal });
+  },
+  snapshot: (key, snapshotUrl, signal) => requestImage(snapshotUrl, { key, signal }),
 };

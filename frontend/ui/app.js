@@ -1,14 +1,18 @@
-// Viewer page: start or attach to a session, show its live annotated video, numbers and alerts.
+// Viewer page: start or attach to a session, show its live annotated video, numbers, alerts,
+// zones and lines with their counts, and the session's events.
 
 import { api, ApiError, websocketUrl } from "./api.js";
 import { StreamConnection } from "./stream.js";
 import { FrameRenderer } from "./renderer.js";
 import { AlertView } from "./alerts.js";
+import { ZonesPanel } from "./zones.js";
+import { EventsPanel } from "./events.js";
 
 const KEY_STORAGE = "rtdetr-viewer.apiKey";
 const URL_STORAGE = "rtdetr-viewer.streamUrl";
 const HUD_INTERVAL_MS = 250;
 const MAX_CLASS_CHIPS = 12; // a random-weight model at threshold 0 finds all 80 classes
+const MAX_TRACK_IDS = 4; // per class chip; the rest are counted
 const STALL_MS = 4000; // a running session that paints nothing this long gets an explanation
 const RECENT_ERROR_MS = 30000;
 // Alerts are sent before their frame: a thumbnail waits for that frame to be painted, this long at most.
@@ -26,6 +30,7 @@ const el = {
   alertClasses: $("alert-classes"),
   alertMin: $("alert-min-confidence"),
   alertCooldown: $("alert-cooldown"),
+  camera: $("camera-name"),
   start: $("start-btn"),
   stop: $("stop-btn"),
   pause: $("pause-btn"),
@@ -63,6 +68,31 @@ const el = {
 
 const renderer = new FrameRenderer(el.canvas, { onResize: setAspect, onPaint: () => flushAlerts() });
 const alerts = new AlertView({ toasts: $("toasts"), log: $("alert-log"), count: $("alert-count") });
+const zones = new ZonesPanel({
+  stage: el.stage,
+  layer: $("zones-layer"),
+  drawZone: $("draw-zone"),
+  drawLine: $("draw-line"),
+  draft: $("zone-draft"),
+  hint: $("zone-hint"),
+  name: $("zone-name"),
+  alert: $("zone-alert"),
+  alertLabel: $("zone-alert-label"),
+  finish: $("zone-finish"),
+  cancel: $("zone-cancel"),
+  error: $("zone-error"),
+  list: $("zones-list"),
+}, { getKey: () => el.key.value, describe });
+const events = new EventsPanel({
+  list: $("events-list"),
+  label: $("events-label"),
+  status: $("events-status"),
+  open: $("events-open"),
+  dialog: $("snapshot-dialog"),
+  dialogImage: $("snapshot-image"),
+  dialogTitle: $("snapshot-title"),
+  dialogCaption: $("snapshot-caption"),
+}, { getKey: () => el.key.value, describe });
 
 // What the page shows. phase: idle | starting | connecting | live | stopping.
 const view = {
@@ -80,7 +110,7 @@ const view = {
   retryReason: null, // the service's words when it refused this viewer for now (too many viewers)
   framesReceived: 0,
   drawingOff: false,
-  classCounts: new Map(),
+  classCounts: new Map(), // class name -> {count, tracks: [track ids]}
   endedReason: null,
 };
 
@@ -229,12 +259,21 @@ function renderHud() {
   h.failed.textContent = `${s.publish_errors ?? "–"} / ${renderer.decodeErrors}`;
   renderLastError();
 
-  const items = [...view.classCounts.entries()].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
-  const nodes = items.slice(0, MAX_CLASS_CHIPS).map(([name, count]) => {
+  const items = [...view.classCounts.entries()].sort((a, b) => b[1].count - a[1].count || a[0].localeCompare(b[0]));
+  const nodes = items.slice(0, MAX_CLASS_CHIPS).map(([name, { count, tracks }]) => {
     const li = document.createElement("li");
     const b = document.createElement("b");
     b.textContent = String(count);
     li.append(`${name} `, b);
+    if (tracks.length) {
+      const ids = document.createElement("small");
+      ids.className = "tracks";
+      const more = tracks.length - MAX_TRACK_IDS;
+      const shown = tracks.slice(0, MAX_TRACK_IDS).map((t) => `#${t}`).join(" ");
+      ids.textContent = ` ${shown}${more > 0 ? ` +${more}` : ""}`;
+      ids.title = "Track ids";
+      li.append(ids);
+    }
     return li;
   });
   if (items.length > MAX_CLASS_CHIPS) {
@@ -302,6 +341,8 @@ function attach(session) {
   if (session.stream) setAspect(session.stream.width, session.stream.height);
   renderer.reset();
   renderer.clear();
+  zones.setSession(session.session_id, session.zones, session.stream);
+  events.start(session.session_id);
 
   const conn = new StreamConnection(websocketUrl(session.websocket_path), {
     onOpen() {
@@ -319,7 +360,13 @@ function attach(session) {
       if (view.conn !== conn) return;
       view.framesReceived += 1;
       const counts = new Map();
-      for (const d of header.detections || []) counts.set(d.class_name, (counts.get(d.class_name) || 0) + 1);
+      for (const d of header.detections || []) {
+        const entry = counts.get(d.class_name) || { count: 0, tracks: [] };
+        entry.count += 1;
+        if (d.track_id !== null && d.track_id !== undefined) entry.tracks.push(d.track_id);
+        counts.set(d.class_name, entry);
+      }
+      for (const entry of counts.values()) entry.tracks.sort((a, b) => a - b);
       view.classCounts = counts;
       view.drawingOff = !jpeg;
       if (jpeg) renderer.push(jpeg, header);
@@ -353,6 +400,11 @@ function handleMessage(message) {
       setAspect(message.width, message.height);
       updateState(message);
       showModelWarning(message.model, message.warning);
+      zones.setStreamSize(view.session.stream);
+      if (message.zones) zones.setZones(message.zones);
+      break;
+    case "zones":
+      zones.setZones(message.zones);
       break;
     case "status": {
       updateState(message);
@@ -360,6 +412,8 @@ function handleMessage(message) {
       const after = message.stats ? message.stats.publish_errors : undefined;
       view.publishErrorRises = typeof before === "number" && after > before ? view.publishErrorRises + 1 : 0;
       view.stats = message.stats || view.stats;
+      if (message.counts) zones.setCounts(message.counts);
+      events.setOpen(message.events_open);
       const error = message.last_error || null;
       if (error !== view.lastError) {
         view.lastError = error;
@@ -369,6 +423,7 @@ function handleMessage(message) {
     }
     case "alert":
       queueAlert(message);
+      events.refreshSoon(); // an alert usually opens or updates an event
       break;
     case "session_stopped":
       break; // the close that follows ends the view (StreamConnection.onEnd)
@@ -462,6 +517,8 @@ function finishSession(reason) {
   view.classCounts = new Map();
   view.drawingOff = false;
   view.endedReason = reason;
+  zones.reset();
+  events.stop();
   renderHud();
   if (el.key.value) refreshSessions();
 }
@@ -483,6 +540,8 @@ function startBody() {
   if (confidence !== null) body.confidence_threshold = confidence;
   const classes = list(el.classes.value);
   if (classes.length) body.classes = classes;
+  const camera = el.camera.value.trim();
+  if (camera) body.camera = camera;
   body.alert = el.alertEnabled.checked
     ? {
         classes: list(el.alertClasses.value),

@@ -4,88 +4,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
-Page, expect = sync_api.Page, sync_api.expect
+expect = sync_api.expect
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-LIVE_TIMEOUT_MS = 45_000  # opening the stream plus the first CPU inferences of the test model
-LIT = 0.01  # share of non-black pixels that says a frame was painted (the test camera is mostly black)
-
-# Sums of the canvas's pixels: how much of it is not black, and a checksum that moves with the picture.
-CANVAS_SIGNATURE = """() => {
-  const canvas = document.getElementById("video");
-  const { data } = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
-  let lit = 0, checksum = 0;
-  for (let i = 0; i < data.length; i += 4) {
-    const v = data[i] + data[i + 1] + data[i + 2];
-    if (v > 30) lit += 1;
-    checksum = (checksum * 31 + v) % 1000000007;
-  }
-  return { width: canvas.width, height: canvas.height, lit: lit / (data.length / 4), checksum };
-}"""
-
-
-def poll(what: str, probe, timeout_s: float = 30.0, interval_s: float = 0.25):
-    """Call probe until it returns something truthy; fail naming `what` after timeout_s."""
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval_s)
-    pytest.fail(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")
-
-
-def fill_start_form(page: Page, key: str, stream_url: str, *, alert_everything: bool = True) -> None:
-    """Type the key and URL; optionally set the advanced fields so an alert must fire on random weights."""
-    page.get_by_label("API key").fill(key)
-    page.get_by_label("Stream URL").fill(stream_url)
-    if alert_everything:
-        page.locator("#advanced summary").click()
-        page.get_by_label("Confidence threshold").fill("0")
-        page.get_by_label("Alert classes").fill("")
-        page.get_by_label("Alert min confidence").fill("0")
-        page.get_by_label("Alert cooldown (s)").fill("1")
-
-
-def hud_number(page: Page, element_id: str) -> float | None:
-    text = page.locator(f"#{element_id}").inner_text().split()[0]
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def new_session(api: httpx.Client, before: set[str]) -> dict:
-    """The one session started since `before` was taken."""
-    sessions = [s for s in api.get("/api/v1/video/sessions").json()["sessions"] if s["session_id"] not in before]
-    assert len(sessions) == 1, sessions
-    return sessions[0]
-
-
-def start_session(api: httpx.Client, stream_url: str) -> str:
-    """A session started by someone else (through the API), alerts off: its id."""
-    started = api.post("/api/v1/video/start", json={"stream_url": stream_url, "alert": None})
-    assert started.status_code == 200, started.text
-    return started.json()["session_id"]
-
-
-def watch_from_list(page: Page, base_url: str, key: str) -> None:
-    """Open the page, give the key, list the running sessions and watch the first."""
-    page.goto(base_url + "/")
-    page.get_by_label("API key").fill(key)
-    page.get_by_role("button", name="Refresh").click()
-    page.locator("#sessions-list button", has_text="Watch").first.click()
-
-
-def viewers(api: httpx.Client, session_id: str) -> int:
-    return api.get(f"/api/v1/video/status/{session_id}").json()["stats"]["viewers"]
+from viewer_page import (  # noqa: E402 (after the skip: it imports Playwright too)
+    ARTIFACTS,
+    CANVAS_SIGNATURE,
+    LIT,
+    LIVE_TIMEOUT_MS,
+    fill_start_form,
+    hud_number,
+    new_session,
+    poll,
+    start_session,
+    viewers,
+    watch_from_list,
+)
 
 
 def test_start_shows_live_video_numbers_and_alerts_then_stop_returns_to_a_blank_idle_view(
@@ -133,11 +71,11 @@ def test_start_shows_live_video_numbers_and_alerts_then_stop_returns_to_a_blank_
     page.screenshot(path=str(ARTIFACTS / "viewer.png"), full_page=True)
 
     # when the person presses Stop
-    page.get_by_role("button", name="Stop").click()
+    page.get_by_role("button", name="Stop", exact=True).click()
 
     # then the page is idle and the service no longer runs the session
     expect(page.locator("#state-badge")).to_have_text("idle")
-    expect(page.get_by_role("button", name="Start")).to_be_enabled()
+    expect(page.get_by_role("button", name="Start", exact=True)).to_be_enabled()
     status = api.get(f"/api/v1/video/status/{session['session_id']}")
     assert status.status_code == 404 or status.json()["state"] == "stopped"
 
@@ -168,13 +106,13 @@ def test_a_refused_start_shows_the_services_words(page, live_service, rtsp_url, 
     # when the person starts it from the page
     page.goto(live_service.base_url + "/")
     fill_start_form(page, key, stream_url, alert_everything=False)
-    page.get_by_role("button", name="Start").click()
+    page.get_by_role("button", name="Start", exact=True).click()
 
     # then the page shows those words, not a status code, and stays ready for another try
     expect(page.locator("#error-banner")).to_be_visible()
     expect(page.locator("#error-text")).to_have_text(detail)
     expect(page.locator("#state-badge")).to_have_text("idle")
-    expect(page.get_by_role("button", name="Start")).to_be_enabled()
+    expect(page.get_by_role("button", name="Start", exact=True)).to_be_enabled()
 
 
 def test_the_key_stays_out_of_urls_and_in_session_storage(page, live_service, rtsp_url):
@@ -183,7 +121,7 @@ def test_the_key_stays_out_of_urls_and_in_session_storage(page, live_service, rt
     page.on("request", lambda request: requests.append(request.url))
     page.goto(live_service.base_url + "/")
     fill_start_form(page, live_service.api_key, "file:///etc/passwd", alert_everything=False)
-    page.get_by_role("button", name="Start").click()
+    page.get_by_role("button", name="Start", exact=True).click()
     expect(page.locator("#error-banner")).to_be_visible()
 
     # then the key is in this tab's sessionStorage and in no URL the page asked for
@@ -199,7 +137,7 @@ def test_closing_the_tab_leaves_no_viewer_behind(page, live_service, rtsp_url, a
     # given a page watching a session it started
     page.goto(live_service.base_url + "/")
     fill_start_form(page, live_service.api_key, rtsp_url, alert_everything=False)
-    page.get_by_role("button", name="Start").click()
+    page.get_by_role("button", name="Start", exact=True).click()
     expect(page.locator("#state-badge")).to_have_text("running", timeout=LIVE_TIMEOUT_MS)
     session_id = new_session(api, sessions_before)["session_id"]
     poll("the viewer to be counted", lambda: viewers(api, session_id) == 1)
@@ -225,16 +163,16 @@ def test_attach_to_a_running_session_pause_resume_and_leave(page, live_service, 
     poll("the viewer to be counted", lambda: viewers(api, session_id) == 1)
 
     # when the person pauses, then resumes, from the keyboard
-    page.get_by_role("button", name="Pause").focus()
+    page.get_by_role("button", name="Pause", exact=True).focus()
     page.keyboard.press("Enter")
     poll("the session to pause", lambda: api.get(f"/api/v1/video/status/{session_id}").json()["paused"])
     expect(page.locator("#state-badge")).to_have_text("paused")
-    page.get_by_role("button", name="Resume").press("Enter")
+    page.get_by_role("button", name="Resume", exact=True).press("Enter")
     poll("the session to resume", lambda: not api.get(f"/api/v1/video/status/{session_id}").json()["paused"])
     expect(page.locator("#state-badge")).to_have_text("running")
 
     # when the person leaves the session
-    page.get_by_role("button", name="Leave").click()
+    page.get_by_role("button", name="Leave", exact=True).click()
 
     # then the page is idle, the viewer is gone, and the session keeps running for others
     expect(page.locator("#state-badge")).to_have_text("idle")
@@ -246,7 +184,7 @@ def test_a_lost_camera_shows_reconnecting_then_live_again(page, live_service, rt
     # given a page watching the test camera
     page.goto(live_service.base_url + "/")
     fill_start_form(page, live_service.api_key, rtsp_camera.url, alert_everything=False)
-    page.get_by_role("button", name="Start").click()
+    page.get_by_role("button", name="Start", exact=True).click()
     expect(page.locator("#state-badge")).to_have_text("running", timeout=LIVE_TIMEOUT_MS)
 
     # when the camera goes away
