@@ -24,6 +24,8 @@ CONSTRAINTS := rt-detr-service/constraints.txt
 $(DEPS): rt-detr-service/requirements.txt rt-detr-service/requirements-ultralytics.txt tests/requirements.txt $(CONSTRAINTS)
 	$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || bash scripts/setup-system.sh venv
 	$(PYTHON) -m venv $(VENV)
+	@echo "Installing the pinned Python dependencies into $(VENV): about 6 GB (torch with its CUDA libraries)," \
+	  "2 to 5 minutes on a fresh machine, quiet while it works."
 	$(PIP) -c $(CONSTRAINTS) -r rt-detr-service/requirements.txt -r rt-detr-service/requirements-ultralytics.txt -r tests/requirements.txt
 	$(PIP) --no-deps $(NO_DEPS)
 	touch $@

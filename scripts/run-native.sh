@@ -71,7 +71,9 @@ elif [ "$CAMERA" = gstreamer ]; then
   grep -q '^READY' "$RUN_DIR"/camera.log || { echo "The test camera did not start in 10 s (${RUN_DIR}/camera.log)" >&2; exit 1; }
 fi
 
-"$PY" -m rtdetr_service >"$RUN_DIR"/service.log 2>&1 &
+# The log exists before tail looks for it: tail -f on a missing file gives up at once.
+: > "$RUN_DIR"/service.log
+"$PY" -m rtdetr_service >>"$RUN_DIR"/service.log 2>&1 &
 pids+=($!)
 service=${pids[-1]}
 tail -n +1 -f "$RUN_DIR"/service.log &
@@ -88,11 +90,11 @@ cat <<EOT
   API key:      ${key}
   Test camera:  ${stream_url}   (paste it into the viewer page's stream field)
 
-  Start a session (the answer holds session_id and websocket_path):
-    curl -s -X POST http://127.0.0.1:${PORT}/api/v1/video/start -H "apikey: ${key}" -H 'Content-Type: application/json' -d '{"stream_url": "${stream_url}", "enable_drawing": true}'
-  Watch it:  ws://127.0.0.1:${PORT}/ws/stream/<session_id>?token=<viewer_token>   (the websocket_path above)
-  Status:    curl -s http://127.0.0.1:${PORT}/api/v1/video/status/<session_id> -H "apikey: ${key}"
-  Stop:      curl -s -X POST http://127.0.0.1:${PORT}/api/v1/video/stop -H "apikey: ${key}" -H 'Content-Type: application/json' -d '{"session_id": "<session_id>"}'
+  Start a session; its answer is shown, and SID keeps its id for the lines below (one shell):
+    SID=\$(curl -s -X POST http://127.0.0.1:${PORT}/api/v1/video/start -H "apikey: ${key}" -H 'Content-Type: application/json' -d '{"stream_url": "${stream_url}", "enable_drawing": true}' | tee /dev/stderr | python3 -c 'import json, sys; print(json.load(sys.stdin).get("session_id", ""))')
+  Watch it:  the viewer page, or ws://127.0.0.1:${PORT} + the websocket_path of that answer
+  Status:    curl -s http://127.0.0.1:${PORT}/api/v1/video/status/\$SID -H "apikey: ${key}"
+  Stop:      curl -s -X POST http://127.0.0.1:${PORT}/api/v1/video/stop -H "apikey: ${key}" -H 'Content-Type: application/json' -d "{\\"session_id\\": \\"\$SID\\"}"
 
 EOT
 

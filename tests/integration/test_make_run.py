@@ -30,8 +30,9 @@ def _lines(proc) -> queue.Queue:
     return lines
 
 
-def _run(line: str) -> str:
-    return subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=60, check=True).stdout
+def _shell(*lines: str) -> subprocess.CompletedProcess:
+    """The lines pasted one after the other into one bash."""
+    return subprocess.run(["bash", "-c", "\n".join(lines)], capture_output=True, text=True, timeout=60, check=True)
 
 
 def test_make_run_prints_lines_that_work_as_printed(tmp_path, tiny_model_dir):
@@ -69,6 +70,12 @@ def test_make_run_prints_lines_that_work_as_printed(tmp_path, tiny_model_dir):
             except queue.Empty:
                 pass
         banner = "\n".join(printed)
+        # the README's sample of this banner has the same lines, in the same order
+        readme = (ROOT / "README.md").read_text().split("<!-- make-run-banner -->", 1)[1].split("```")[1]
+        labels = [" ".join(line.split()[:2])[:12] for line in readme.strip().splitlines() if line.strip()]
+        shown = [" ".join(line.split()) for line in printed if line.strip()]
+        positions = [next(i for i, line in enumerate(shown) if line.startswith(label)) for label in labels]
+        assert positions == sorted(positions), (labels, shown)
         key = re.search(r"API key:\s+(\S+)", banner).group(1)
         # the generated key is kept for the next run, readable by its owner only
         assert (tmp_path / "api_key").read_text().strip() == key
@@ -76,16 +83,22 @@ def test_make_run_prints_lines_that_work_as_printed(tmp_path, tiny_model_dir):
         start_line = next(line.strip() for line in printed if "/api/v1/video/start" in line)
         status_line = next(line.split("Status:", 1)[1].strip() for line in printed if "Status:" in line)
         stop_line = next(line.split("Stop:", 1)[1].strip() for line in printed if "Stop:" in line)
+        # nothing for the shell to read as a redirect or leave to fill in by hand
+        assert not any("<" in line for line in (start_line, status_line, stop_line))
 
-        started = json.loads(_run(start_line))
+        # the start line shows the answer and keeps the id in SID
+        start = _shell(start_line, 'echo "$SID"')
+        started = json.loads(start.stderr)
         assert started["status"] == "running", started
         session_id = started["session_id"]
+        assert start.stdout.strip() == session_id
         with connect(f"ws://127.0.0.1:{port}{started['websocket_path']}", open_timeout=10) as ws:
             assert json.loads(ws.recv(timeout=10))["type"] == "stream_info"
             assert frame_results(ws, 1, seconds=30)
-        status = json.loads(_run(status_line.replace("<session_id>", session_id)))
+        # and the status and stop lines work as pasted after it, in the same shell
+        status = json.loads(_shell(f"SID={session_id}", status_line).stdout)
         assert status["state"] == "running" and status["stats"]["frames_inferred"] > 0
-        stopped = json.loads(_run(stop_line.replace("<session_id>", session_id)))
+        stopped = json.loads(_shell(f"SID={session_id}", stop_line).stdout)
         assert stopped["status"] == "stopped"
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does
