@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 from ..metrics import Metrics
@@ -14,10 +15,12 @@ class MetricsSink:
     def __init__(self, metrics: Metrics, clock=time.monotonic) -> None:
         self._metrics = metrics
         self._clock = clock
+        self._lock = threading.Lock()  # every session's publisher thread counts here
         self.handled = 0
 
     def handle(self, item: Published) -> None:
-        self.handled += 1
+        with self._lock:
+            self.handled += 1
         session_id = item.session.session_id
         if item.result is not None:
             self._metrics.frame_latency(session_id, self._clock() - item.result.frame.monotonic)

@@ -7,6 +7,8 @@ never holds this thread.
 
 from __future__ import annotations
 
+import threading
+
 from .. import wire
 from ..annotate import Annotator
 from ..hub import FramePayload, Hub
@@ -20,6 +22,7 @@ class WebSocketSink:
         self._hub = hub
         self._encoder = encoder
         self._annotator = Annotator()
+        self._lock = threading.Lock()  # every session's publisher thread counts here
         self.handled = 0
         self.sent = 0
 
@@ -30,7 +33,8 @@ class WebSocketSink:
         result = item.result
         if result is None:
             return
-        self.handled += 1
+        with self._lock:
+            self.handled += 1
         formats = self._hub.formats(session_id)
         if not formats:
             return
@@ -44,7 +48,8 @@ class WebSocketSink:
             binary=wire.frame_binary(header, jpeg) if "binary" in formats else None,
         )
         self._hub.publish_frame(session_id, payload)
-        self.sent += 1
+        with self._lock:
+            self.sent += 1
 
     def session_ended(self, session_id: str) -> None:
         pass
