@@ -152,6 +152,7 @@ def test_a_stalled_event_store_drops_and_says_so_but_inference_keeps_its_rate(ti
                 stalled = _inferred_in(client, session_id, 8.0)
                 store = _output(client, "event_store")
                 ready = client.get("/ready").json()
+                status = client.get(f"/api/v1/video/status/{session_id}").json()
             finally:
                 blocker.rollback()
                 blocker.close()
@@ -159,6 +160,7 @@ def test_a_stalled_event_store_drops_and_says_so_but_inference_keeps_its_rate(ti
             assert healthy > 0 and stalled >= 0.8 * healthy, (healthy, stalled)
             assert store["dropped"] > 0 and store["state"] != "ok", store
             assert any("event_store" in w for w in ready["warnings"]), ready["warnings"]
+            assert any("event_store" in w for w in status["warnings"]), status["warnings"]
             # and once the lock is gone the store writes again
             written = store["sent"]
             assert _wait(lambda: _output(client, "event_store")["sent"] > written, timeout=20)

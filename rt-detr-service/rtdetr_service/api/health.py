@@ -6,6 +6,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..sinks import output_warnings
+
 router = APIRouter(tags=["health"])
 
 
@@ -28,11 +30,7 @@ async def ready(request: Request) -> JSONResponse:
         return JSONResponse({"ready": False, "detail": detail, "model": model}, status_code=503)
     outputs = [sink.stats() for sink in state.manager.sinks]
     # Inference works, so the service is ready; an output that fails or drops is said in words.
-    warnings = [
-        f"output {o.name} is {o.state}: " + (o.detail.get("detail") or o.last_error or f"{o.dropped} item(s) dropped")
-        for o in outputs
-        if o.state != "ok"
-    ]
+    warnings = output_warnings(state.manager.sinks)
     if state.event_store is None and state.settings.events_enabled:
         warnings.append("the event store could not be opened; events are not kept (see the log)")
     return JSONResponse(

@@ -13,6 +13,7 @@ from ..alerts import AlertRule
 from ..auth import API_KEY_SCHEMES, PROTECTED_PREFIX
 from ..errors import ApiError
 from ..session import Session, SessionManager, SessionOptions
+from ..sinks import output_warnings
 from ..tracking import TrackerOptions
 from ..zones import MAX_LINES, MAX_POINTS, MAX_RULES, MAX_ZONES, ZoneConfig
 
@@ -203,12 +204,16 @@ async def delete_session(session_id: str, request: Request) -> dict:
 
 @router.get("/status/{session_id}", summary="State, stream and statistics of one session")
 async def status(session_id: str, request: Request) -> dict:
-    return _manager(request).get(session_id).status()
+    manager = _manager(request)
+    # The outputs are shared: a store that drops events drops this session's too.
+    return dict(manager.get(session_id).status(), warnings=output_warnings(manager.sinks))
 
 
 @router.get("/sessions", summary="Every session of this replica")
 async def sessions(request: Request) -> dict:
-    return {"sessions": [dict(s.status(), websocket_path=s.websocket_path) for s in _manager(request).list()]}
+    manager = _manager(request)
+    warnings = output_warnings(manager.sinks)
+    return {"sessions": [dict(s.status(), warnings=warnings, websocket_path=s.websocket_path) for s in manager.list()]}
 
 
 def _checked_zones(body: ZonesIn, known: tuple[str, ...]) -> dict:

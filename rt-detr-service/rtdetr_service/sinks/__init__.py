@@ -7,7 +7,7 @@ it off. Nothing in the session, the worker or the reader knows which sinks exist
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from .base import Published, QueuedSink, SessionView, Sink, SinkStats
 
@@ -17,7 +17,16 @@ if TYPE_CHECKING:
     from ..hub import Hub
     from ..metrics import Metrics
 
-__all__ = ["Published", "QueuedSink", "SessionView", "Sink", "SinkContext", "SinkStats", "build_sinks"]
+__all__ = [
+    "Published",
+    "QueuedSink",
+    "SessionView",
+    "Sink",
+    "SinkContext",
+    "SinkStats",
+    "build_sinks",
+    "output_warnings",
+]
 
 
 @dataclass(frozen=True)
@@ -91,7 +100,24 @@ def _mqtt(ctx: SinkContext) -> Sink | None:
     return sink
 
 
-SINKS: list[Callable[[SinkContext], Sink | None]] = [_websocket, _metrics, _alert_log, _event_store, _webhook, _mqtt]
+SINKS: list[Callable[[SinkContext], Sink | None]] = [
+    _websocket,
+    _metrics,
+    _alert_log,
+    _event_store,
+    _webhook,
+    _mqtt,
+]
+
+
+def output_warnings(sinks: Sequence[Sink]) -> list[str]:
+    """Each output that is not well, in words: what /ready and session status say."""
+    words = []
+    for stats in (sink.stats() for sink in sinks):
+        if stats.state != "ok":
+            why = stats.detail.get("detail") or stats.last_error or f"{stats.dropped} item(s) dropped"
+            words.append(f"output {stats.name} is {stats.state}: {why}")
+    return words
 
 
 def build_sinks(ctx: SinkContext) -> list[Sink]:
