@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = "models/rtdetr_v2_r18vd"
+_KAFKA_TOPIC = r"^[A-Za-z0-9._-]{0,249}$"  # Kafka's legal topic names; empty = that topic is off
 
 
 class Settings(BaseSettings):
@@ -111,6 +112,46 @@ class Settings(BaseSettings):
     mqtt_queue_size: int = Field(
         1024, ge=1, le=1_000_000, description="MQTT messages waiting to be sent; beyond it they are dropped."
     )
+    kafka_bootstrap_servers: str = Field(
+        "", max_length=2048, description="Kafka brokers to start from, e.g. kafka1:9092,kafka2:9092; empty = off."
+    )
+    kafka_detections_topic: str = Field(
+        "detection-results",
+        pattern=_KAFKA_TOPIC,
+        description="Topic of every frame's detections (rtdetr.detections.v1); empty = not sent.",
+    )
+    kafka_events_topic: str = Field(
+        "rtdetr-events", pattern=_KAFKA_TOPIC, description="Topic of event changes (rtdetr.event.v1); empty = not sent."
+    )
+    kafka_alerts_topic: str = Field(
+        "rtdetr-alerts", pattern=_KAFKA_TOPIC, description="Topic of alerts (rtdetr.alert.v1); empty = not sent."
+    )
+    kafka_client_id: str = Field(
+        "rtdetr-service", min_length=1, max_length=128, description="Kafka client.id (broker logs, quotas)."
+    )
+    kafka_linger_ms: int = Field(
+        20, ge=0, le=5000, description="How long the Kafka producer waits to fill a batch (linger.ms)."
+    )
+    kafka_queue_size: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="Kafka messages waiting, in the sink's queue and again in the producer's; beyond it, dropped.",
+    )
+    kafka_delivery_timeout_s: float = Field(
+        30.0, ge=1, le=3600, description="A Kafka message not acknowledged within this is counted failed."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security.protocol."
+    )
+    kafka_sasl_mechanism: Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "", description="Kafka sasl.mechanism; required with a SASL_* protocol."
+    )
+    kafka_sasl_username: str = Field("", max_length=256, description="Kafka sasl.username.")
+    kafka_sasl_password: SecretStr = Field(SecretStr(""), description="Kafka sasl.password.")
+    kafka_ssl_ca_location: str = Field(
+        "", max_length=4096, description="CA certificate file for Kafka TLS (ssl.ca.location); empty = system CAs."
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -162,7 +203,31 @@ class Settings(BaseSettings):
             raise ValueError("RECONNECT_MAX_S must be >= RECONNECT_MIN_S")
         if self.webhook_urls.get_secret_value().strip() and not self.webhook_secret.get_secret_value():
             raise ValueError("WEBHOOK_SECRET is required when WEBHOOK_URLS is set: receivers verify the signature")
+        self._kafka_is_consistent()
         return self
+
+    def _kafka_is_consistent(self) -> None:
+        # Settings the chosen protocol would ignore are refused: a password that is never sent
+        # looks like security that is not there.
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl and not (self.kafka_sasl_mechanism and self.kafka_sasl_username):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs KAFKA_SASL_MECHANISM and "
+                "KAFKA_SASL_USERNAME (and KAFKA_SASL_PASSWORD)"
+            )
+        if not sasl and (
+            self.kafka_sasl_mechanism or self.kafka_sasl_username or self.kafka_sasl_password.get_secret_value()
+        ):
+            raise ValueError(
+                "KAFKA_SASL_* is set but KAFKA_SECURITY_PROTOCOL is not SASL_PLAINTEXT or SASL_SSL: it would be ignored"
+            )
+        if self.kafka_ssl_ca_location and not self.kafka_security_protocol.endswith("SSL"):
+            raise ValueError(
+                "KAFKA_SSL_CA_LOCATION is set but KAFKA_SECURITY_PROTOCOL is not SSL or SASL_SSL: it would be ignored"
+            )
+        topics = (self.kafka_detections_topic, self.kafka_events_topic, self.kafka_alerts_topic)
+        if self.kafka_bootstrap_servers.strip() and not any(topics):
+            raise ValueError("KAFKA_BOOTSTRAP_SERVERS is set but every KAFKA_*_TOPIC is empty: nothing would be sent")
 
     def resolved_model(self) -> str:
         """MODEL as a local path when it names one (relative to the working directory, then to

@@ -1,7 +1,9 @@
-"""Every message the service sends, in one place: the WebSocket formats of the system spec.
+"""Every message the service sends, in one place: the WebSocket formats of the system spec, and
+the outputs' messages (webhook, MQTT, Kafka), each named by its `schema` (docs/schemas/).
 
-Publishers, the hub and the API build messages here and nowhere else, so a field is added once
-and stays the same in JSON, in the binary variant's header and in the REST answers.
+Publishers, the hub, the sinks and the API build messages here and nowhere else, so a field is
+added once and stays the same in JSON, in the binary variant's header, in the REST answers and
+on every output.
 """
 
 from __future__ import annotations
@@ -13,8 +15,15 @@ from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
     from .alerts import Alert
+    from .events import EventChange
     from .session import SessionSnapshot
+    from .sinks.base import Published, SessionView
     from .types import Detection, FrameResult, ModelInfo, StreamInfo
+
+# The outputs' message formats; a change that could break a consumer gets a new name (v2).
+EVENT_SCHEMA = "rtdetr.event.v1"
+ALERT_SCHEMA = "rtdetr.alert.v1"
+DETECTIONS_SCHEMA = "rtdetr.detections.v1"
 
 
 def dumps(message: dict) -> str:
@@ -84,3 +93,51 @@ def stream_info_message(
         "warning": model.warning,
         "zones": zones,
     }
+
+
+# -- the outputs (webhook, MQTT, Kafka) ---------------------------------------------------------
+
+
+def output_event(view: SessionView, change: EventChange) -> dict:
+    """`rtdetr.event.v1`: one event change, with the record before it (null when new) and after."""
+    return {
+        "schema": EVENT_SCHEMA,
+        "type": change.kind,
+        "session_id": view.session_id,
+        "camera": view.camera,
+        "before": change.before.as_dict() if change.before is not None else None,
+        "after": change.event.as_dict(),
+    }
+
+
+def output_alert(view: SessionView, alert: Alert) -> dict:
+    """`rtdetr.alert.v1`: one alert."""
+    return {
+        "schema": ALERT_SCHEMA,
+        "session_id": view.session_id,
+        "camera": view.camera,
+        "timestamp": alert.timestamp,
+        "alert": alert.as_data(),
+    }
+
+
+def output_detections(view: SessionView, result: FrameResult) -> dict:
+    """`rtdetr.detections.v1`: one frame's detections, boxes in source pixels, with track ids
+    (null until the tracker has confirmed one)."""
+    width, height = result.size
+    return {
+        "schema": DETECTIONS_SCHEMA,
+        "session_id": view.session_id,
+        "camera": view.camera,
+        "frame_index": result.index,
+        "timestamp": result.timestamp,
+        "width": width,
+        "height": height,
+        "detections": [d.as_dict() for d in result.detections],
+    }
+
+
+def output_messages(item: Published) -> list[dict]:
+    """The event and alert messages of one published step: its event changes, then its alerts."""
+    view = item.session
+    return [output_event(view, c) for c in item.events] + [output_alert(view, a) for a in item.alerts]

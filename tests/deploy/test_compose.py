@@ -182,3 +182,24 @@ def test_soak_defaults_point_at_kong_and_the_compose_camera(repo, compose, media
     stream = urlsplit(re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", default))
     assert stream.hostname == "mediamtx"
     assert users_with(mediamtx, "read").get(stream.username) == stream.password
+
+
+def test_mosquitto_is_optional_pinned_on_loopback_and_reads_the_repo_config(compose, repo):
+    mosquitto = compose["services"]["mosquitto"]
+    assert re.fullmatch(r"eclipse-mosquitto:2\.0\.\d+", mosquitto["image"]), mosquitto["image"]
+    assert mosquitto["profiles"] == ["mqtt"], "a broker nobody asked for must not start with `make up`"
+    for port in mosquitto.get("ports", []):
+        assert str(port).startswith("127.0.0.1:"), f"mosquitto published beyond loopback: {port}"
+    (config,) = [m for m in mounts(mosquitto) if m[1] == "/mosquitto/config/mosquitto.conf"]
+    assert config[0] == "./mosquitto/mosquitto.conf" and config[2] == "ro"
+    lines = [line.split() for line in (repo / "mosquitto" / "mosquitto.conf").read_text().splitlines()]
+    settings = {words[0]: words[1:] for words in lines if words and not words[0].startswith("#")}
+    assert settings["listener"] == ["1883"] and 1883 in {int(p) for p in mosquitto["expose"]}
+    # The service reaches the broker only when asked to: it does not wait for a profile's service.
+    assert "mosquitto" not in compose["services"]["rt-detr-service"].get("depends_on", {})
+
+
+def test_outputs_are_passed_through_to_the_service_and_off_by_default(compose):
+    env = compose["services"]["rt-detr-service"]["environment"]
+    for name in ("WEBHOOK_URLS", "WEBHOOK_SECRET", "MQTT_URL", "KAFKA_BOOTSTRAP_SERVERS"):
+        assert env[name] == f"${{{name}:-}}", f"{name}: pass it through, empty by default"

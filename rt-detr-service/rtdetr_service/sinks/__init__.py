@@ -100,6 +100,31 @@ def _mqtt(ctx: SinkContext) -> Sink | None:
     return sink
 
 
+def _kafka(ctx: SinkContext) -> Sink | None:
+    s = ctx.settings
+    if not s.kafka_bootstrap_servers.strip():
+        return None
+    from .kafka import KafkaSink
+
+    sink = KafkaSink(
+        s.kafka_bootstrap_servers,
+        detections_topic=s.kafka_detections_topic,
+        events_topic=s.kafka_events_topic,
+        alerts_topic=s.kafka_alerts_topic,
+        client_id=s.kafka_client_id,
+        linger_ms=s.kafka_linger_ms,
+        queue_size=s.kafka_queue_size,
+        delivery_timeout_s=s.kafka_delivery_timeout_s,
+        security_protocol=s.kafka_security_protocol,
+        sasl_mechanism=s.kafka_sasl_mechanism,
+        sasl_username=s.kafka_sasl_username,
+        sasl_password=s.kafka_sasl_password.get_secret_value(),
+        ssl_ca_location=s.kafka_ssl_ca_location,
+    )
+    sink.start()
+    return sink
+
+
 SINKS: list[Callable[[SinkContext], Sink | None]] = [
     _websocket,
     _metrics,
@@ -107,6 +132,7 @@ SINKS: list[Callable[[SinkContext], Sink | None]] = [
     _event_store,
     _webhook,
     _mqtt,
+    _kafka,
 ]
 
 

@@ -16,7 +16,6 @@ that restarted without persistence, or a count dropped meanwhile, is set right.
 
 from __future__ import annotations
 
-import json
 import logging
 import ssl
 import threading
@@ -28,8 +27,8 @@ from urllib.parse import unquote, urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from ..wire import dumps, output_alert, output_event
 from .base import DEGRADED_FOR_S, Published, QueuedSink, SinkStats
-from .webhook import alert_message, event_message
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +182,7 @@ class MqttSink(QueuedSink):
     def _messages(self, item: Published) -> list[tuple[str, str, int, bool]]:
         view = item.session
         camera = _topic_part(view.camera or view.session_id)
-        out = [(f"{self.prefix}/events", _json(event_message(view, change)), 1, False) for change in item.events]
+        out = [(f"{self.prefix}/events", dumps(output_event(view, change)), 1, False) for change in item.events]
         if item.result is not None:
             now = Counter(_topic_part(d.class_name) for d in item.result.detections if d.track_id is not None)
             with self._state_lock:
@@ -195,7 +194,7 @@ class MqttSink(QueuedSink):
                 (f"{self.prefix}/{camera}/{label}", str(count), 1, True) for label, count in sorted(changed.items())
             )
         out.extend(
-            (f"{self.prefix}/{camera}/alerts", _json(alert_message(view, alert)), 1, False) for alert in item.alerts
+            (f"{self.prefix}/{camera}/alerts", dumps(output_alert(view, alert)), 1, False) for alert in item.alerts
         )
         return out
 
@@ -219,7 +218,3 @@ class MqttSink(QueuedSink):
         # Connected: a failed write before the reconnect is history; recent drops are not.
         state = "degraded" if time.monotonic() - self._last_drop < DEGRADED_FOR_S else "ok"
         return replace(base, state=state)
-
-
-def _json(message: dict) -> str:
-    return json.dumps(message, separators=(",", ":"))

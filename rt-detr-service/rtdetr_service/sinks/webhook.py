@@ -11,61 +11,27 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import queue
 import time
 import uuid
 from dataclasses import replace
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 from urllib.parse import urlsplit
 
 import httpx
 
-from .base import Published, QueuedSink, SessionView, SinkStats
-
-if TYPE_CHECKING:
-    from ..alerts import Alert
-    from ..events import EventChange
+from ..wire import dumps, output_messages
+from .base import Published, QueuedSink, SinkStats
 
 log = logging.getLogger(__name__)
 # httpx logs every request at INFO with its whole URL, and webhook URLs carry tokens in their
 # paths (Slack, Home Assistant); the redacting log filter knows query strings and userinfo only.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
-EVENT_SCHEMA = "rtdetr.event.v1"
-ALERT_SCHEMA = "rtdetr.alert.v1"
 SIGNATURE_HEADER = "X-Rtdetr-Signature"
 DELIVERY_HEADER = "X-Rtdetr-Delivery"  # one id per message, the same on every retry: receivers dedupe by it
 _STATES = ("ok", "degraded", "failing")
-
-
-def event_message(view: SessionView, change: EventChange) -> dict:
-    """The wire form of one event change (shared with the MQTT sink)."""
-    return {
-        "schema": EVENT_SCHEMA,
-        "type": change.kind,
-        "session_id": view.session_id,
-        "camera": view.camera,
-        "before": change.before.as_dict() if change.before is not None else None,
-        "after": change.event.as_dict(),
-    }
-
-
-def alert_message(view: SessionView, alert: Alert) -> dict:
-    """The wire form of one alert (shared with the MQTT sink)."""
-    return {
-        "schema": ALERT_SCHEMA,
-        "session_id": view.session_id,
-        "camera": view.camera,
-        "timestamp": alert.timestamp,
-        "alert": alert.as_data(),
-    }
-
-
-def messages(item: Published) -> list[dict]:
-    """Every message one published step makes: its event changes, then its alerts."""
-    return [event_message(item.session, c) for c in item.events] + [alert_message(item.session, a) for a in item.alerts]
 
 
 def sign(secret: bytes, timestamp: int, body: bytes) -> str:
@@ -221,8 +187,8 @@ class WebhookSink:
 
     def handle(self, item: Published) -> None:
         """Queue each message of the item for every destination; never waits."""
-        for message in messages(item):
-            entry = (uuid.uuid4().hex, json.dumps(message, separators=(",", ":")).encode())
+        for message in output_messages(item):
+            entry = (uuid.uuid4().hex, dumps(message).encode())
             for destination in self._destinations:
                 destination.handle(entry)
 

