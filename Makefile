@@ -9,7 +9,7 @@ DEPS := $(VENV)/.deps-installed
 SERVICE_ENV := PYTHONPATH=rt-detr-service
 MODEL_VARIANT ?= r18vd
 
-.PHONY: help run serve test models deps constraints system system-test up down logs push soak bench lint clean
+.PHONY: help run serve test models export deps constraints system system-test up down logs push soak bench lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
@@ -51,8 +51,11 @@ serve: deps ## run only the service (settings from the environment / .env)
 test: system-test deps ## set up, then run every test (CPU only)
 	$(SERVICE_ENV) $(PY) -m pytest
 
-models: deps ## download official RT-DETRv2 weights into models/ (MODEL_VARIANT=r18vd|r34vd|r50vd|r101vd)
+models: deps ## download official weights into models/ (MODEL_VARIANT=r18vd|r34vd|r50vd|r101vd|d-fine-n|d-fine-s|...)
 	$(SERVICE_ENV) $(PY) scripts/download_models.py $(MODEL_VARIANT)
+
+export: deps ## export MODEL for BACKEND now (ONNX / OpenVINO IR / TensorRT engine, cached in models/.cache)
+	$(SERVICE_ENV) $(PY) -m rtdetr_service.backends.export
 
 up: ## docker compose: start MediaMTX, Kong and the service (GPU host)
 	docker compose up -d --build

@@ -375,6 +375,7 @@ def sweep_ours(args, clip: str, model_dir: str, src_fps: float, workdir: Path, p
         model=model_dir,
         device=args.device,
         compile=args.compile,
+        backend=args.backend,
         input_size=args.input_size,
         max_sessions=max(*counts, args.soak_streams or 0, 1),
         max_batch=args.max_batch,
@@ -643,6 +644,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--compile", action="store_true", help="Settings.compile: torch.compile the service's model")
+    p.add_argument(
+        "--backend",
+        choices=("torch", "auto", "openvino", "onnxruntime", "tensorrt"),
+        default="torch",
+        help="Settings.backend of our side (torch: the reference; auto: what the service would pick)",
+    )
     p.add_argument("--input-size", type=int, default=640)
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--batch-wait-ms", type=float, default=2.0)

@@ -3,6 +3,13 @@
 #
 #   bench/gpu.sh wheels             where the package index is reachable: the service's dependencies
 #                                   that a bare torch image lacks, as wheels for PYTHON_VERSION, in .whl/
+#   bench/gpu.sh quick              THE ONE COMMAND for a short lease (at most QUICK_BUDGET s, 480):
+#                                   the figures that matter most, in this order, JSON saved after each
+#                                   step so a run cut short keeps what it measured: tests/gpu; the
+#                                   largest count of 1080p30 streams ours sustains with torch fp16
+#                                   (8, 16, 24, 32, 48; 16's p50/p99 among them); the same with
+#                                   TensorRT where it imports; the baseline's count; a 2-minute
+#                                   memory check at 16 streams -> quick-*.json, quick.log
 #   bench/gpu.sh check              tests/gpu and tests/unit on the GPU (about 1 to 2 min)
 #   bench/gpu.sh sweep-baseline     the baseline at 1 and 2 1080p30 streams -> baseline.json (about 2 to 3 min)
 #   bench/gpu.sh sweep-ours         ours at 1,4,8,12,16,24,32 streams, up to the first count it cannot
@@ -32,6 +39,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 PYTHON_VERSION=${PYTHON_VERSION:-3.12}
 RESULTS=${BENCH_RESULTS:-${OUT:-bench-results}}
+QUICK_BUDGET=${QUICK_BUDGET:-480}
 SOAK_DIR=${BENCH_RESULTS:-/tmp/bench-results}
 SOAK_HOLD=${SOAK_HOLD:-560}
 SOAK_WAIT=${SOAK_WAIT:-570}
@@ -42,7 +50,10 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PIP_ROOT_USER_ACTION=ignore
 # torchvision, transformers, numpy, OpenCV, Pillow, httpx, prometheus-client, pytest, uvloop,
 # anyio, h11, click, PyYAML), with every requirement of these, recursively: the versions of the
 # project's .venv. typing-extensions: pydantic 2.14 needs >= 4.16, newer than images may have.
+# The results path adds the tracker (trackers, with supervision and its small needs) and the event
+# store (SQLAlchemy); the outputs' clients (paho-mqtt, confluent-kafka) load only when configured.
 WHEELS=(
+    trackers==2.6.1 supervision==0.31.2 pydeprecate==0.13.0 defusedxml==0.7.1 SQLAlchemy==2.1.9
     av==18.1.0 fastapi==0.165.0 starlette==1.10.0 pydantic==2.14.3 pydantic_core==2.50.4
     pydantic-settings==2.16.3 python-dotenv==1.2.4 typing-inspection==0.4.5 annotated-types==0.8.0
     uvicorn==0.54.0 websockets==17.4 httptools==0.9.0 opentelemetry-api==1.45.2 annotated-doc==0.0.7
@@ -74,10 +85,14 @@ try:
 except ImportError:
     from pip._vendor.packaging.requirements import Requirement
 
+# trackers asks for opencv-python; the image's opencv-python-headless is the same cv2 (the
+# project installs trackers without its dependencies for that reason).
+SAME = {"opencv-python": "opencv-python-headless"}
 gaps = []
 for dist in md.distributions(path=["/tmp/site"]):
     for line in dist.requires or []:
         req = Requirement(line)
+        req.name = SAME.get(req.name, req.name)
         if req.marker is not None and not req.marker.evaluate({"extra": ""}):
             continue  # an extra, or another platform or Python
         try:
@@ -187,6 +202,39 @@ soak_wait() {
     fi
 }
 
+quick() {  # the priority figures within QUICK_BUDGET seconds, each step bounded by what is left
+    local started=$SECONDS
+    # run CAP NAME CMD...: CMD for at most min(CAP, the budget left) seconds, its output in NAME.log
+    run() {
+        local cap=$1 name=$2 budget=$((QUICK_BUDGET - (SECONDS - started)))
+        shift 2
+        ((budget < cap)) || budget=$cap
+        if ((budget < 20)); then
+            echo "quick: no time left for $name" | tee -a "$RESULTS/quick.log"
+            return 0
+        fi
+        echo "quick: $name (up to ${budget} s)" | tee -a "$RESULTS/quick.log"
+        timeout --signal=INT --kill-after=10 "$budget" "$@" 2>&1 | tee "$RESULTS/$name.log" ||
+            echo "quick: $name ended early (status ${PIPESTATUS[0]})" | tee -a "$RESULTS/quick.log"
+    }
+    local bench_py=("$PYTHON" bench/bench_pipeline.py --device cuda)
+    local search=(--warmup 5 --duration 10 --streams "8,16,24,32,48")
+    run 60 quick-check "$PYTHON" -m pytest -q -p no:cacheprovider tests/gpu
+    run 130 quick-ours-torch "${bench_py[@]}" --only ours --backend torch "${search[@]}" \
+        --json "$RESULTS/quick-ours-torch.json" "$@"
+    if "$PYTHON" -c "import tensorrt" 2>/dev/null; then
+        run 130 quick-ours-tensorrt "${bench_py[@]}" --only ours --backend tensorrt "${search[@]}" \
+            --json "$RESULTS/quick-ours-tensorrt.json" "$@"
+    else
+        echo "quick: TensorRT does not import here; its count is still to be taken" | tee -a "$RESULTS/quick.log"
+    fi
+    run 60 quick-baseline "${bench_py[@]}" --only baseline --streams 1,2 --warmup 5 --duration 10 \
+        --json "$RESULTS/quick-baseline.json" "$@"
+    run 150 quick-memory "${bench_py[@]}" --only ours --backend torch --soak-only --soak-streams 16 \
+        --max-batch 16 --soak 120 --soak-warmup 15 --json "$RESULTS/quick-memory.json" "$@"
+    echo "quick: done in $((SECONDS - started)) s; results in $RESULTS" | tee -a "$RESULTS/quick.log"
+}
+
 usage() {
     awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
     exit 2
@@ -196,6 +244,10 @@ step=${1:-}
 shift || true
 case "$step" in
 wheels) wheels ;;
+quick)
+    install_wheels
+    quick "$@"
+    ;;
 check)
     install_wheels
     check

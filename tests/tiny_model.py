@@ -1,7 +1,10 @@
-"""Build a small random-weight RT-DETRv2 (COCO 80 classes) and save it with save_pretrained.
+"""Small random-weight real-time DETRs (COCO 80 classes), saved with save_pretrained.
 
-Tests load it through the service's real loader; it is marked untrained like every model whose
-weights we generate ourselves.
+Tests load them through the service's real loader; they are marked untrained like every model
+whose weights we generate ourselves. `build()` keeps the default RT-DETRv2 exactly as the
+service's other tests know it; `conditioned=True` gives it (and every other architecture here)
+trained-like activation scales, which the backend parity tests need (see
+`detector.condition_random_weights`).
 """
 
 from __future__ import annotations
@@ -9,7 +12,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from rtdetr_service.detector import coco_rtdetr_v2_config, random_weights_model
+from rtdetr_service.coco import COCO_CLASSES
+from rtdetr_service.detector import coco_rtdetr_v2_config, condition_random_weights, random_weights_model
+
+ARCHITECTURES = ("rt_detr_v2", "d_fine", "deimv2", "rf_detr", "lw_detr")
 
 
 def tiny_config():
@@ -31,11 +37,86 @@ def tiny_config():
     )
 
 
-def build(path: Path) -> Path:
-    model = random_weights_model(tiny_config(), seed=1)
+def _labels() -> dict:
+    return dict(id2label=dict(enumerate(COCO_CLASSES)), label2id={name: i for i, name in enumerate(COCO_CLASSES)})
+
+
+def _hgnet():
+    """A small HGNetV2 (the D-FINE / DEIMv2 CNN backbone)."""
+    from transformers import HGNetV2Config
+
+    return HGNetV2Config(
+        embedding_size=16,
+        stem_channels=[3, 16, 16],
+        stage_in_channels=[16, 32, 64, 128],
+        stage_mid_channels=[16, 16, 32, 32],
+        stage_out_channels=[32, 64, 128, 128],
+        stage_num_blocks=[1, 1, 1, 1],
+        stage_numb_of_layers=[2, 2, 2, 2],
+        depths=[1, 1, 1, 1],
+        hidden_sizes=[32, 64, 128, 128],
+        out_features=["stage2", "stage3", "stage4"],
+    )
+
+
+_DETR_HEAD = dict(
+    encoder_in_channels=[64, 128, 128],
+    encoder_hidden_dim=32,
+    encoder_ffn_dim=64,
+    encoder_attention_heads=2,
+    d_model=32,
+    decoder_in_channels=[32, 32, 32],
+    decoder_ffn_dim=64,
+    decoder_attention_heads=2,
+    decoder_layers=2,
+    num_queries=50,
+    num_denoising=0,
+    hidden_expansion=0.5,
+    lqe_hidden_dim=16,
+)
+# Windowed ViT backbones: 16-pixel patches, 2 windows per side, so any multiple of 32 fits.
+_VIT = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, patch_size=16, image_size=320)
+_VIT_HEAD = dict(
+    d_model=32,
+    decoder_ffn_dim=64,
+    decoder_layers=2,
+    decoder_self_attention_heads=2,
+    decoder_cross_attention_heads=2,
+    num_queries=50,
+    group_detr=2,
+)
+
+
+def tiny_config_of(architecture: str):
+    """A CPU-fast config of each real-time DETR in transformers (model_type names)."""
+    import transformers as tf
+
+    if architecture == "rt_detr_v2":
+        return tiny_config()
+    if architecture == "d_fine":
+        return tf.DFineConfig(backbone_config=_hgnet(), **_DETR_HEAD, **_labels())
+    if architecture == "deimv2":
+        return tf.Deimv2Config(backbone_config=_hgnet(), **_DETR_HEAD, **_labels())
+    if architecture == "rf_detr":
+        backbone = tf.RfDetrDinov2Config(
+            **_VIT, num_windows=2, window_block_indexes=[0, 2], out_features=["stage1", "stage2", "stage3", "stage4"]
+        )
+        return tf.RfDetrConfig(backbone_config=backbone, **_VIT_HEAD, **_labels())
+    if architecture == "lw_detr":
+        backbone = tf.LwDetrViTConfig(
+            **_VIT, num_windows=4, window_block_indices=[0, 2], out_features=["stage1", "stage2", "stage3", "stage4"]
+        )
+        return tf.LwDetrConfig(backbone_config=backbone, projector_scale_factors=[1.0], **_VIT_HEAD, **_labels())
+    raise ValueError(f"no tiny config for {architecture}")
+
+
+def build(path: Path, architecture: str = "rt_detr_v2", *, conditioned: bool = False, seed: int = 1) -> Path:
+    model = random_weights_model(tiny_config_of(architecture), seed=seed).eval()
+    if conditioned:
+        condition_random_weights(model)
     model.save_pretrained(path)
     return path
 
 
 if __name__ == "__main__":
-    print(build(Path(sys.argv[1])))
+    print(build(Path(sys.argv[1]), *sys.argv[2:3]))

@@ -31,9 +31,13 @@ log = logging.getLogger(__name__)
 
 
 def detector_from_settings(settings: Settings) -> Detector:
-    """The model MODEL names, on DEVICE, warmed up."""
-    if settings.cpu_threads:
-        torch.set_num_threads(settings.cpu_threads)
+    """The model MODEL names, on the backend BACKEND picks, warmed up."""
+    from .backends import default_cpu_threads
+
+    # One core is left to the decoders and the publisher unless CPU_THREADS says otherwise; torch
+    # pre- and post-processes for every backend, so it gets the same count.
+    threads = settings.cpu_threads or default_cpu_threads()
+    torch.set_num_threads(threads)
     detector = load_detector(
         settings.resolved_model(),
         # `make models` fills this folder; until then (compose mounts it empty) run loudly untrained.
@@ -42,6 +46,20 @@ def detector_from_settings(settings: Settings) -> Detector:
         half=settings.half,
         input_size=settings.input_size,
         compile_model=settings.compile,
+        backend=settings.backend,
+        cpu_precision=settings.cpu_precision,
+        max_batch=settings.max_batch,
+        cache_dir=settings.model_cache_dir,
+        threads=threads,
+    )
+    info = detector.info
+    log.info(
+        "inference: %s %s on %s, %d CPU threads (%s)",
+        info.backend,
+        info.dtype,
+        info.device,
+        threads,
+        info.backend_reason,
     )
     warm_up(detector, settings.max_batch)
     return detector

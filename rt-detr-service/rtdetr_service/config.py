@@ -45,7 +45,9 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(
         2.0, ge=0.0, le=50.0, description="How long the worker waits for more sessions' frames to fill a batch."
     )
-    cpu_threads: int = Field(0, ge=0, le=256, description="torch CPU threads (0 = torch default).")
+    cpu_threads: int = Field(
+        0, ge=0, le=256, description="CPU inference threads (0 = auto: the cores this process may use, less one)."
+    )
     open_timeout_s: float = Field(10.0, gt=0, le=120, description="Bound on opening a stream.")
     read_timeout_s: float = Field(5.0, gt=0, le=120, description="A stream silent this long is reconnected.")
     reconnect_min_s: float = Field(0.5, gt=0, le=60, description="First reconnect delay.")
@@ -54,6 +56,18 @@ class Settings(BaseSettings):
         0.5, ge=0.0, le=1.0, description="Detection threshold when a start call sets none."
     )
     jpeg_quality: int = Field(75, ge=1, le=100, description="Default JPEG quality of annotated frames.")
+    backend: Literal["auto", "torch", "openvino", "onnxruntime", "tensorrt"] = Field(
+        "auto",
+        description="Where the network runs; auto = TensorRT on NVIDIA (if installed, else torch), OpenVINO on a CPU.",
+    )
+    cpu_precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32",
+        description="CPU arithmetic: fp32 matches torch; bf16 (OpenVINO) is faster, drifts; auto = bf16 where native.",
+    )
+    model_cache_dir: Path = Field(
+        REPO_ROOT / "models" / ".cache",
+        description="Where exported models (ONNX, OpenVINO IR, TensorRT engines) are kept.",
+    )
     max_viewers: int = Field(16, ge=1, le=1000, description="WebSocket viewers per session.")
     allowed_schemes: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["rtsp", "rtsps"],

@@ -1,7 +1,9 @@
-"""RT-DETRv2 behind one narrow method: a batch of BGR frames in, detections in source pixels out.
+"""Real-time DETRs behind one narrow method: a batch of BGR frames in, detections in source pixels out.
 
-Two backends: the official RT-DETRv2 through `transformers` (the default) and ultralytics
-`RTDETR` for `.pt` checkpoints. Pre- and post-processing run on the model's device.
+The models of `transformers` (RT-DETRv2 by default; RT-DETR, D-FINE, DEIMv2, RF-DETR, LW-DETR) run
+through torch eager or an exported backend (`backends/`: OpenVINO, ONNX Runtime, TensorRT), with
+the same pre- and post-processing on the model's device; ultralytics `RTDETR` serves `.pt`
+checkpoints.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .coco import COCO_CLASSES
+from .config import REPO_ROOT
 from .types import Detection, ModelInfo
 
 log = logging.getLogger(__name__)
@@ -111,44 +114,66 @@ def to_detections(
     return out
 
 
-class TransformersRTDetr:
-    """Official RT-DETRv2 (`RTDetrV2ForObjectDetection`), batched, pre/post-processing on the device."""
+class Runner(Protocol):
+    """A model in some backend's form: pixels (B, 3, S, S) in → raw (logits, pred_boxes) out."""
+
+    def __call__(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class EagerRunner:
+    """The transformers model itself (torch eager or torch.compile)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def __call__(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = self.model(pixel_values=pixels)
+        return outputs.logits, outputs.pred_boxes
+
+
+class RealtimeDetr:
+    """A real-time DETR (RT-DETR v1/v2, D-FINE, DEIMv2, RF-DETR, LW-DETR) behind `detect()`.
+
+    Every backend shares this pre- and post-processing, on the model's device: only `runner`
+    differs (torch eager, ONNX Runtime, OpenVINO, TensorRT), so backends can differ only in the
+    network's own arithmetic, which the parity tests measure.
+    """
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        runner: Runner,
         info: ModelInfo,
         device: torch.device,
         dtype: torch.dtype,
         input_size: int,
+        channels_last: bool | None = None,
     ) -> None:
-        self.model = model
+        self.runner = runner
         self.info = info
         self.device = device
-        self.dtype = dtype
+        self.dtype = dtype  # of the pixels the runner takes
         self.input_size = input_size
+        # cuDNN convolutions prefer NHWC; exported graphs take the dense NCHW layout they were traced with.
+        self.channels_last = device.type == "cuda" if channels_last is None else channels_last
         # One model instance serves every session; the worker is its only caller, but benchmarks and
         # tests may call detect() from other threads, so calls are serialised.
         self._lock = threading.Lock()
         self._stream = inference_stream(device)
 
+    @property
+    def model(self) -> torch.nn.Module | None:
+        """The torch module when the runner is eager (None for exported backends)."""
+        return getattr(self.runner, "model", None)
+
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """BGR uint8 HxWx3 → RGB (B, 3, S, S) in [0, 1], resized on the device."""
-        size = (self.input_size, self.input_size)
-        batch = []
-        for image in images:
-            tensor = torch.from_numpy(np.ascontiguousarray(image))
-            if self.device.type == "cuda":
-                tensor = tensor.pin_memory().to(self.device, non_blocking=True)
-            chw = tensor.permute(2, 0, 1).flip(0).unsqueeze(0).float()
-            # antialias matches the PIL bilinear resize the official image processor uses; it runs
-            # in float32 (it is not defined for every half-precision backend) and costs microseconds.
-            resized = F.interpolate(chw, size=size, mode="bilinear", align_corners=False, antialias=True)
-            batch.append(resized)
-        pixels = torch.cat(batch).div_(255.0).to(self.dtype)
-        if self.device.type == "cuda":
-            pixels = pixels.contiguous(memory_format=torch.channels_last)
-        return pixels
+        return preprocess(images, self.input_size, self.device, self.dtype, self.channels_last)
+
+    def raw(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's raw (logits, pred_boxes) for these images, as float32 on the CPU."""
+        with self._lock, torch.inference_mode(), torch.cuda.stream(self._stream):
+            logits, boxes = self.runner(self.preprocess(images))
+            return logits.float().cpu(), boxes.float().cpu()
 
     @torch.inference_mode()
     def detect(self, images: Sequence[np.ndarray], thresholds: Sequence[float]) -> list[list[Detection]]:
@@ -158,12 +183,42 @@ class TransformersRTDetr:
             raise ValueError("one threshold per image is required")
         with self._lock, torch.cuda.stream(self._stream):
             pixels = self.preprocess(images)
-            outputs = self.model(pixel_values=pixels)
+            logits, pred_boxes = self.runner(pixels)
             sizes = torch.tensor([img.shape[:2] for img in images])
-            scores, labels, boxes = postprocess(outputs.logits, outputs.pred_boxes, sizes)
+            scores, labels, boxes = postprocess(logits, pred_boxes, sizes)
             scores, labels, boxes = scores.cpu().numpy(), labels.cpu().numpy(), boxes.cpu().numpy()
         names = self.info.class_names
         return [to_detections(scores[i], labels[i], boxes[i], thresholds[i], names) for i in range(len(images))]
+
+
+# The name this class had while it served RT-DETRv2 only.
+TransformersRTDetr = RealtimeDetr
+
+
+def preprocess(
+    images: Sequence[np.ndarray], input_size: int, device: torch.device, dtype: torch.dtype, channels_last: bool
+) -> torch.Tensor:
+    """BGR uint8 HxWx3 → RGB (B, 3, S, S) in [0, 1], resized on `device`.
+
+    Exported backends get exactly these pixels too (torch is always installed): one resize for all
+    of them, and it is the one the official image processors use, so a backend is never blamed
+    for a difference made before the network.
+    """
+    size = (input_size, input_size)
+    batch = []
+    for image in images:
+        tensor = torch.from_numpy(np.ascontiguousarray(image))
+        if device.type == "cuda":
+            tensor = tensor.pin_memory().to(device, non_blocking=True)
+        chw = tensor.permute(2, 0, 1).flip(0).unsqueeze(0).float()
+        # antialias matches the PIL bilinear resize the official image processor uses; it runs
+        # in float32 (it is not defined for every half-precision backend) and costs microseconds.
+        resized = F.interpolate(chw, size=size, mode="bilinear", align_corners=False, antialias=True)
+        batch.append(resized)
+    pixels = torch.cat(batch).div_(255.0).to(dtype)
+    if channels_last:
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
+    return pixels
 
 
 class UltralyticsRTDetr:
@@ -198,6 +253,7 @@ class UltralyticsRTDetr:
             trained=trained,
             class_names=class_names,
             dtype="float16" if self._half else "float32",
+            backend_reason="MODEL is an ultralytics .pt checkpoint",
         )
 
     def detect(self, images: Sequence[np.ndarray], thresholds: Sequence[float]) -> list[list[Detection]]:
@@ -245,42 +301,112 @@ def r18vd_config():
 
 
 def random_weights_model(config, seed: int = 0):
-    """A random-weight RT-DETRv2 of the given architecture, marked untrained."""
-    from transformers import RTDetrV2ForObjectDetection
+    """A random-weight model of the config's architecture (any real-time DETR), marked untrained."""
+    from transformers import AutoModelForObjectDetection
 
     setattr(config, UNTRAINED_MARKER, True)
     torch.manual_seed(seed)
-    return RTDetrV2ForObjectDetection(config)
+    return AutoModelForObjectDetection.from_config(config)
+
+
+@torch.no_grad()
+def condition_random_weights(model: torch.nn.Module, input_size: int = 320, seed: int = 0) -> torch.nn.Module:
+    """Give a random-weight model the activation scale of a trained one.
+
+    transformers initialises every batch-norm scale from N(0, 0.01) and leaves the running
+    statistics at mean 0, variance 1: each of the ~40 normalised convolutions then shrinks the
+    signal ~100x, the encoder's features vanish (1e-9 and smaller in r18vd) and all 8400 encoder
+    scores come out exactly equal, so the top-300 query selection is a tie that torch, ONNX
+    Runtime and OpenVINO break differently. Scale 1, shift 0 and running statistics measured on
+    one batch of noise (each layer after the ones before it) make the scores distinct, so
+    detections depend on the picture and exported backends can be held to parity.
+    """
+    hooks = []
+
+    def measure(module, args):
+        x = args[0]
+        module.running_mean.copy_(x.mean((0, 2, 3)))
+        module.running_var.copy_(x.var((0, 2, 3)))
+
+    for module in model.modules():
+        if isinstance(getattr(module, "running_var", None), torch.Tensor) and module.running_var.dim() == 1:
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+            hooks.append(module.register_forward_pre_hook(measure))
+    noise = torch.rand((2, 3, input_size, input_size), generator=torch.Generator().manual_seed(seed))
+    try:
+        model(pixel_values=noise.to(next(model.parameters()).device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return model
 
 
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
+# The real-time DETRs of transformers: all decode with a sigmoid over queries x classes (focal
+# loss) and return logits + normalised cx, cy, w, h boxes, which `postprocess` reads.
+REALTIME_DETRS = {
+    "rt_detr": "RT-DETR",
+    "rt_detr_v2": "RT-DETRv2",
+    "d_fine": "D-FINE",
+    "deimv2": "DEIMv2",
+    "rf_detr": "RF-DETR",
+    "lw_detr": "LW-DETR",
+}
 
-def _load_transformers(
-    spec: str, is_default: bool, device: torch.device, half: bool, input_size: int, compile_model: bool
-) -> TransformersRTDetr:
-    from transformers import RTDetrV2ForObjectDetection
+
+def load_model(spec: str, is_default: bool = False) -> tuple[torch.nn.Module, str]:
+    """The model MODEL names (a folder or hub id; architecture from its config.json), on the CPU in
+    fp32, and a display name. Only the default MODEL may be missing: then random r18vd weights."""
+    from transformers import AutoConfig, AutoModelForObjectDetection
 
     path = Path(spec)
     if path.exists() or (not is_default and HUB_ID.match(spec)):
         try:
-            model = RTDetrV2ForObjectDetection.from_pretrained(spec)
+            config = AutoConfig.from_pretrained(spec)
         except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"Cannot load RT-DETRv2 weights from MODEL={spec}: {exc}") from exc
-        name = path.name if path.exists() else spec
-    elif is_default:
+            raise ModelLoadError(f"Cannot load a model config from MODEL={spec}: {exc}") from exc
+        if config.model_type not in REALTIME_DETRS:
+            raise ModelLoadError(
+                f"MODEL={spec} is a {config.model_type!r} model; supported: "
+                + ", ".join(f"{name} ({kind})" for kind, name in REALTIME_DETRS.items())
+            )
+        try:
+            model = AutoModelForObjectDetection.from_pretrained(spec)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(
+                f"Cannot load {REALTIME_DETRS[config.model_type]} weights from MODEL={spec}: {exc}"
+            ) from exc
+        return model.eval(), path.name if path.exists() else spec
+    if is_default:
         log.warning(
             "!!! No trained weights at %s: running a RANDOM-WEIGHT RT-DETRv2-S. Detections are meaningless. "
             "Run `make models` where there is internet. !!!",
             spec,
         )
-        model = random_weights_model(r18vd_config())
-        name = "rtdetr_v2_r18vd architecture (random weights)"
-    else:
-        raise ModelLoadError(f"MODEL={spec} does not exist: give a weights directory, a hub id or a .pt file")
+        model = condition_random_weights(random_weights_model(r18vd_config()).eval())
+        return model, "rtdetr_v2_r18vd architecture (random weights)"
+    raise ModelLoadError(f"MODEL={spec} does not exist: give a weights directory, a hub id or a .pt file")
 
-    trained = not getattr(model.config, UNTRAINED_MARKER, False)
-    dtype = torch.float16 if (half and device.type == "cuda") else torch.float32
+
+def fitted_input_size(config, requested: int) -> int:
+    """The input size nearest `requested` that the architecture accepts.
+
+    Windowed ViT backbones (RF-DETR, LW-DETR) need a multiple of patch size x windows per side
+    (14-pixel patches and 4 windows per side: multiples of 56, so 640 becomes 616); the CNN backbones take
+    any multiple of 32.
+    """
+    backbone = getattr(config, "backbone_config", None)
+    patch = getattr(backbone, "patch_size", None)
+    if not patch:
+        return requested
+    side = getattr(backbone, "num_windows_side", None) or getattr(backbone, "num_windows", 1)
+    step = int(patch) * int(side)
+    return max(step, round(requested / step) * step)
+
+
+def _torch_runner(model, device: torch.device, dtype: torch.dtype, compile_model: bool) -> EagerRunner:
     model = model.to(device=device, dtype=dtype).eval()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -296,17 +422,77 @@ def _load_transformers(
         # Automatic dynamic shapes: the second batch size seen recompiles once with a symbolic
         # batch dimension, which then serves every batch size.
         model = torch.compile(model, mode="max-autotune-no-cudagraphs")
+    return EagerRunner(model)
+
+
+def _load_realtime_detr(
+    spec: str,
+    is_default: bool,
+    device: str,
+    half: bool,
+    input_size: int,
+    compile_model: bool,
+    backend: str,
+    cpu_precision: str,
+    max_batch: int,
+    cache_dir: Path | None,
+    threads: int,
+) -> RealtimeDetr:
+    from . import backends
+
+    try:
+        choice = backends.choose(backend, device, half=half, cpu_precision=cpu_precision)
+    except backends.BackendError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    model, name = load_model(spec, is_default)
+    trained = not getattr(model.config, UNTRAINED_MARKER, False)
     id2label = model.config.id2label
     class_names = tuple(str(id2label[i]) for i in sorted(id2label))
+    size = fitted_input_size(model.config, input_size)
+    if size != input_size:
+        log.warning("INPUT_SIZE=%d does not fit %s's windows: using %d", input_size, model.config.model_type, size)
+    threads = threads or backends.default_cpu_threads()
+    cache_dir = Path(cache_dir) if cache_dir else REPO_ROOT / "models" / ".cache"  # the MODEL_CACHE_DIR default
+    runner = None
+    if choice.backend != "torch":
+        try:
+            runner = backends.build_runner(
+                choice, model, input_size=size, max_batch=max_batch, cache_dir=cache_dir, threads=threads
+            )
+        except Exception as exc:  # an export or engine build failed: any exception of any backend library
+            if not choice.fallback:
+                raise ModelLoadError(f"BACKEND={choice.backend} cannot run MODEL={spec}: {exc}") from exc
+            log.warning("%s failed for %s, falling back to torch: %s", choice.backend, name, exc)
+            torch_choice = backends.choose("torch", device, half=half, cpu_precision="fp32")
+            choice = backends.Choice(
+                "torch",
+                torch_choice.precision,
+                torch_choice.device,
+                f"{choice.reason}, but its export failed ({type(exc).__name__}): torch",
+            )
+            model = model.to("cpu", torch.float32)
+    if runner is None:
+        runner = _torch_runner(model, choice.device, backends.PIXEL_DTYPES[choice.precision], compile_model)
+    dtype = getattr(runner, "input_dtype", None) or (
+        backends.PIXEL_DTYPES[choice.precision] if choice.backend == "torch" else torch.float32
+    )
     info = ModelInfo(
         name=name,
-        backend="transformers",
-        device=str(device),
+        backend=choice.backend,
+        device=str(choice.device),
         trained=trained,
         class_names=class_names,
-        dtype=str(dtype).removeprefix("torch."),
+        dtype=choice.dtype,
+        backend_reason=choice.reason,
     )
-    return TransformersRTDetr(model, info, device, dtype, input_size)
+    return RealtimeDetr(
+        runner,
+        info,
+        choice.device,
+        dtype,
+        size,
+        channels_last=choice.backend == "torch" and choice.device.type == "cuda",
+    )
 
 
 def load_detector(
@@ -317,19 +503,36 @@ def load_detector(
     half: bool = True,
     input_size: int = 640,
     compile_model: bool = False,
+    backend: str = "torch",
+    cpu_precision: str = "fp32",
+    max_batch: int = 32,
+    cache_dir: Path | str | None = None,
+    threads: int = 0,
 ) -> Detector:
-    """Load MODEL: a `.pt` file → ultralytics; a weights directory or hub id → transformers.
+    """Load MODEL: a `.pt` file → ultralytics; a weights directory or hub id → transformers, run by
+    `backend` (torch eager unless told: the reference every other backend is tested against).
 
     Only the default MODEL may be missing: then a random-weight model of the same architecture
     runs, marked untrained everywhere. Any other unloadable MODEL is an error.
     """
-    torch_device = resolve_device(device)
     if spec.endswith(".pt"):
         if not Path(spec).is_file():
             raise ModelLoadError(f"MODEL={spec} does not exist")
-        detector: Detector = UltralyticsRTDetr(spec, torch_device, half, input_size)
+        detector: Detector = UltralyticsRTDetr(spec, resolve_device(device), half, input_size)
     else:
-        detector = _load_transformers(spec, is_default, torch_device, half, input_size, compile_model)
+        detector = _load_realtime_detr(
+            spec,
+            is_default,
+            device,
+            half,
+            input_size,
+            compile_model,
+            backend,
+            cpu_precision,
+            max_batch,
+            cache_dir,
+            threads,
+        )
     level = logging.INFO if detector.info.trained else logging.WARNING
     log.log(level, "model loaded: %s", detector.info.as_dict())
     return detector

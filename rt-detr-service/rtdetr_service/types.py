@@ -136,6 +136,7 @@ class ModelInfo:
     trained: bool
     class_names: tuple[str, ...] = field(repr=False)
     dtype: str = "float32"
+    backend_reason: str = ""  # why this backend and precision (BACKEND=auto says what it found)
 
     @property
     def warning(self) -> str | None:
@@ -152,6 +153,7 @@ class ModelInfo:
             "backend": self.backend,
             "device": self.device,
             "dtype": self.dtype,
+            "backend_reason": self.backend_reason,
             "trained": self.trained,
             "warning": self.warning,
         }

@@ -107,7 +107,8 @@ def test_health_ready_metrics(live_service, rtsp_url, stop_sessions):
     assert f'rtdetr_session_frames_decoded_total{{session="{session_id}"}}' in text
     assert f'rtdetr_session_decode_errors_total{{session="{session_id}"}} 0.0' in text
     assert f'rtdetr_session_publish_errors_total{{session="{session_id}"}} 0.0' in text
-    assert 'rtdetr_model_info{backend="transformers",device="cpu"' in text and 'trained="false"' in text
+    # BACKEND=auto on a CPU: OpenVINO
+    assert 'rtdetr_model_info{backend="openvino",device="cpu"' in text and 'trained="false"' in text
     assert "rtdetr_batch_size_count" in text
     assert f'rtdetr_frame_latency_seconds_count{{session="{session_id}"}}' in text
     assert "process_resident_memory_bytes" in text

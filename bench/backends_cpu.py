@@ -1,0 +1,104 @@
+"""Per-frame latency of each CPU backend on the same model, rounds interleaved in one process.
+
+PYTHONPATH=rt-detr-service .venv/bin/python bench/backends_cpu.py --rounds 5 --threads 2
+PYTHONPATH=rt-detr-service .venv/bin/python bench/backends_cpu.py --threads 1 --busy 1 --backends torch:fp32
+
+RT-DETRv2-S (r18vd) with conditioned random weights (`condition_random_weights`: the speed of a
+trained model, whose activations are not vanishingly small) at 640x640, batch 1. Interleaving the
+rounds spreads a busy machine's noise over every backend alike; the spread is printed, not hidden.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rtdetr_service.detector import condition_random_weights, load_detector, r18vd_config, random_weights_model
+
+VARIANTS = (("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--per-round", type=int, default=3, help="timed frames per backend per round")
+    parser.add_argument("--threads", type=int, default=0, help="inference threads (0 = the service's default)")
+    parser.add_argument("--input-size", type=int, default=640)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--backends", default=",".join(f"{b}:{p}" for b, p in VARIANTS), help="e.g. torch:fp32,openvino:fp32"
+    )
+    parser.add_argument("--busy", type=int, default=0, help="busy-loop processes competing for the cores while timing")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    from rtdetr_service.backends import default_cpu_threads
+
+    threads = args.threads or default_cpu_threads()
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "r18vd"
+        condition_random_weights(random_weights_model(r18vd_config()).eval()).save_pretrained(folder)
+        detectors = {}
+        variants = [tuple(item.split(":")) for item in args.backends.split(",")]
+        for backend, precision in variants:
+            started = time.monotonic()
+            detectors[f"{backend} {precision}"] = load_detector(
+                str(folder),
+                device="cpu",
+                input_size=args.input_size,
+                backend=backend,
+                cpu_precision=precision,
+                cache_dir=Path(tmp) / "cache",
+                threads=threads,
+            )
+            print(f"{backend} {precision}: loaded (export included) in {time.monotonic() - started:.1f} s", flush=True)
+        frame = (np.random.default_rng(0).random((720, 1280, 3)) * 255).astype(np.uint8)
+        for detector in detectors.values():
+            detector.detect([frame], [0.5])  # warm-up
+        times: dict[str, list[float]] = {name: [] for name in detectors}
+        # Other load, as a decoder or another process would make it: plain busy loops.
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+        try:
+            _rounds(args, detectors, frame, times)
+        finally:
+            for hog in hogs:
+                hog.kill()
+                hog.wait()
+    first = next(iter(times))
+    base = statistics.median(times[first])
+    print(
+        f"\n{threads} threads, {args.busy} busy processes, {args.input_size}x{args.input_size}, batch 1, "
+        f"{args.rounds} interleaved rounds"
+    )
+    print(f"| backend | ms per frame: median (min-max) | vs {first} |")
+    print("| --- | --- | --- |")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"| {name} | {median:.0f} ({min(values):.0f}-{max(values):.0f}) | {base / median:.1f}x |")
+    if args.json:
+        args.json.write_text(json.dumps({"threads": threads, "busy": args.busy, "ms": times}, indent=2))
+    return 0
+
+
+def _rounds(args, detectors, frame, times) -> None:
+    """Each round times every backend in turn, so slow phases of a busy machine hit them alike."""
+    for _ in range(args.rounds):
+        for name, detector in detectors.items():
+            for _ in range(args.per_round):
+                started = time.perf_counter()
+                detector.detect([frame], [0.5])
+                times[name].append((time.perf_counter() - started) * 1000)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
