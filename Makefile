@@ -9,7 +9,7 @@ DEPS := $(VENV)/.deps-installed
 SERVICE_ENV := PYTHONPATH=rt-detr-service
 MODEL_VARIANT ?= r18vd
 
-.PHONY: help run serve test models export deps constraints system system-test up down logs push soak bench lint clean
+.PHONY: help run serve test models export deps constraints system system-test up down logs push soak bench bench-cpu lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
@@ -76,6 +76,9 @@ soak: ## push + N sessions, watch memory and fps for a while, then a verdict
 
 bench: deps ## pipeline vs baseline benchmark (needs a CUDA GPU for the real figures)
 	$(SERVICE_ENV) $(PY) bench/bench_pipeline.py
+
+bench-cpu: deps ## CPU backends (torch, OpenVINO, ONNX Runtime) + baseline through the pipeline, one run (~5 min)
+	$(SERVICE_ENV) $(PY) bench/bench_cpu.py
 
 lint: deps ## ruff on Python, shellcheck on shell scripts
 	bash scripts/setup-system.sh lint
