@@ -8,7 +8,7 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
-from .app import create_app
+from .app import ServiceServer, create_app
 from .config import Settings, unknown_env_file_keys
 from .logs import configure
 
@@ -42,7 +42,8 @@ def main() -> int:
         logging.getLogger("rtdetr_service").warning(
             ".env has keys no part of the stack reads (typos of a setting?): %s", ", ".join(unknown)
         )
-    uvicorn.Server(server_config(create_app(settings), settings)).run()
+    app = create_app(settings)
+    ServiceServer(server_config(app, settings), app).run()
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 from contextlib import asynccontextmanager
@@ -9,11 +11,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from . import __version__
+from . import __version__, wire
 from .api import events, health, video, ws
 from .auth import install_api_key_check
 from .batcher import InferenceWorker
@@ -123,7 +126,7 @@ def _open_event_store(settings: Settings) -> EventStore | None:
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     settings: Settings = app.state.settings
-    app.state.hub = Hub()
+    app.state.hub = Hub(stall_s=settings.viewer_stall_s)
     app.state.metrics = Metrics()
     app.state.model_error = None
     app.state.encoder = JpegEncoder("cpu")
@@ -158,6 +161,116 @@ async def lifespan(app: FastAPI):
         log.info("shut down: %d session(s) stopped", len(stopped))
 
 
+class ServiceServer(uvicorn.Server):
+    """uvicorn's server, which on shutdown first tells every viewer why (`session_stopped`) and
+    closes it with 1012 (service restart); uvicorn itself would drop them with a bare 1012
+    before the application hears of the shutdown."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self._app = app
+
+    async def shutdown(self, sockets=None) -> None:
+        hub = getattr(self._app.state, "hub", None)
+        if hub is not None:
+            reason = "service shutting down"
+            await hub.close_all(lambda sid: wire.stopped_message(sid, reason), reason, code=1012, timeout=1.0)
+        await super().shutdown(sockets=sockets)
+
+
+# Start calls wait on a camera for up to OPEN_TIMEOUT_S; these are cancelled when their caller
+# goes away, so that no session runs that nobody holds the viewer token of.
+CANCEL_ON_DISCONNECT = frozenset({"/api/v1/video/start"})
+
+
+def install_cancel_on_disconnect(app: FastAPI, paths: frozenset[str] = CANCEL_ON_DISCONNECT) -> None:
+    """Cancel the handling of a request on `paths` when its client disconnects before the
+    answer has started. Starlette does not (the handler would run to its end, for nobody)."""
+
+    class CancelOnDisconnect:
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope, receive, send) -> None:
+            if scope["type"] != "http" or scope["path"] not in paths:
+                await self.inner(scope, receive, send)
+                return
+            body_read = asyncio.Event()
+            gone = asyncio.Event()
+            answered = False
+
+            async def app_receive():
+                if body_read.is_set():
+                    # After the body, only the disconnect is left to hear; the watcher hears it.
+                    await gone.wait()
+                    return {"type": "http.disconnect"}
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    gone.set()
+                elif not message.get("more_body", False):
+                    body_read.set()
+                return message
+
+            async def app_send(message) -> None:
+                nonlocal answered
+                answered = True
+                await send(message)
+
+            async def watch() -> None:
+                await body_read.wait()
+                if (await receive())["type"] == "http.disconnect":
+                    gone.set()
+
+            handler = asyncio.create_task(self.inner(scope, app_receive, app_send))
+            watcher = asyncio.create_task(watch())
+            disconnected = asyncio.create_task(gone.wait())
+            try:
+                await asyncio.wait({handler, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+                if not handler.done() and not answered:
+                    log.info("%s %s: the client went away; cancelled", scope["method"], scope["path"])
+                    handler.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await handler
+                    return  # nobody to answer
+                await handler
+            finally:
+                watcher.cancel()
+                disconnected.cancel()
+
+    app.add_middleware(CancelOnDisconnect)
+
+
+# /docs without a CDN: Swagger UI (swagger-ui-dist, Apache-2.0) is served from the package,
+# under /ui/ so that the gateway's route for the viewer page carries it too.
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+SWAGGER_PREFIX = "/ui/swagger"
+DOCS_HEADERS = {
+    # Swagger UI sets inline styles (React); its scripts are all files of ours.
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+DOCS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{title} - API</title>
+<link rel="icon" type="image/png" href="{prefix}/favicon-32x32.png">
+<link rel="stylesheet" href="{prefix}/swagger-ui.css">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="{prefix}/swagger-ui-bundle.js"></script>
+<script src="{prefix}/docs.js"></script>
+</body>
+</html>
+"""
+
+
 # The viewer page takes an API key: it runs only its own scripts, talks only to its own origin,
 # cannot be framed, and is revalidated after an upgrade so old and new modules never mix.
 PAGE_HEADERS = {
@@ -185,12 +298,17 @@ def create_app(
         # No 307 to "the same path without the slash": behind Kong its Location would name the
         # internal upstream host. A trailing slash is a plain 404.
         redirect_slashes=False,
+        # FastAPI's pages load their scripts from a CDN; /docs is served below from the package.
+        docs_url=None,
+        redoc_url=None,
     )
+    app.docs_url = "/docs"  # served below, with local assets
     app.state.settings = settings
     app.state.detector_factory = detector_factory
     install_error_handlers(app)
     install_body_limit(app, settings.max_body_kb * 1024)
     install_api_key_check(app)
+    install_cancel_on_disconnect(app)
     app.include_router(health.router)
     app.include_router(video.router)
     app.include_router(events.router)
@@ -203,6 +321,12 @@ def create_app(
             response.headers.update(PAGE_HEADERS)
         return response
 
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        page = DOCS_PAGE.format(title=app.title, prefix=SWAGGER_PREFIX)
+        return HTMLResponse(page, headers=DOCS_HEADERS)
+
+    app.mount(SWAGGER_PREFIX, StaticFiles(directory=STATIC_DIR / "swagger-ui"), name="swagger-ui")
     frontend = settings.frontend_dir
     if (frontend / "ui").is_dir():
         app.mount("/ui", StaticFiles(directory=frontend / "ui"), name="ui")

@@ -1,4 +1,4 @@
-"""API-key check for control routes: constant-time, header only, never logged."""
+"""API-key check for control routes and /metrics: constant-time, header only, never logged."""
 
 from __future__ import annotations
 
@@ -49,6 +49,17 @@ def request_key(request: Request) -> str | None:
     return next((value for h in KEY_HEADERS if (value := request.headers.get(h))), None)
 
 
+METRICS_PATH = "/metrics"
+
+
+def metrics_key(request: Request) -> str | None:
+    """/metrics also takes `Authorization: Bearer <key>`: what Prometheus sends for a scrape
+    job's `authorization: {credentials: <key>}`."""
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    bearer = credentials.strip() if scheme.lower() == "bearer" else None
+    return request_key(request) or bearer or None
+
+
 def install_api_key_check(app: FastAPI) -> None:
     """Every request under /api/v1 needs a key, checked before anything reads its body (a
     route dependency would run after FastAPI has parsed the JSON, so a caller without a key
@@ -57,8 +68,14 @@ def install_api_key_check(app: FastAPI) -> None:
     @app.middleware("http")
     async def require_api_key(request: Request, call_next):
         path = request.url.path
+        settings = request.app.state.settings
+        rejection = None
         if path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/"):
-            rejection = key_rejection(request.app.state.settings, request_key(request))
-            if rejection is not None:
-                return error_response(rejection.status, rejection.code, rejection.detail, rejection.headers)
+            rejection = key_rejection(settings, request_key(request))
+        elif path == METRICS_PATH and settings.metrics_require_key:
+            # Metrics name every session id: with an id, a key holder's calls (and a viewer
+            # token, from the start answer) are one step away. Readers need a key too.
+            rejection = key_rejection(settings, metrics_key(request))
+        if rejection is not None:
+            return error_response(rejection.status, rejection.code, rejection.detail, rejection.headers)
         return await call_next(request)

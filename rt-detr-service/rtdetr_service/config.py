@@ -5,11 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = "models/rtdetr_v2_r18vd"
+# Where no stream may come from: link-local (cloud metadata at 169.254.169.254 among them), other
+# metadata services, "this host", multicast and broadcast. Loopback and private networks stay
+# allowed: cameras and MediaMTX live there.
+DEFAULT_DENIED_NETWORKS = (
+    "0.0.0.0/8",
+    "169.254.0.0/16",
+    "100.100.100.200/32",
+    "224.0.0.0/4",
+    "255.255.255.255/32",
+    "::/128",
+    "fe80::/10",
+    "fd00:ec2::254/128",
+    "ff00::/8",
+)
 _KAFKA_TOPIC = r"^[A-Za-z0-9._-]{0,249}$"  # Kafka's legal topic names; empty = that topic is off
 
 
@@ -40,6 +54,18 @@ class Settings(BaseSettings):
     half: bool = Field(True, description="fp16 inference on CUDA (ignored on the CPU).")
     compile: bool = Field(False, description="torch.compile the model on CUDA (slow start, faster batches).")
     input_size: int = Field(640, ge=320, le=1280, multiple_of=32, description="Square model input size.")
+    backend: Literal["auto", "torch", "openvino", "onnxruntime", "tensorrt"] = Field(
+        "auto",
+        description="Where the network runs; auto = TensorRT on NVIDIA (if installed, else torch), OpenVINO on a CPU.",
+    )
+    cpu_precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32",
+        description="CPU arithmetic: fp32 matches torch; bf16 (OpenVINO) is faster, drifts; auto = bf16 where native.",
+    )
+    model_cache_dir: Path = Field(
+        REPO_ROOT / "models" / ".cache",
+        description="Where exported models (ONNX, OpenVINO IR, TensorRT engines) are kept.",
+    )
     max_sessions: int = Field(16, ge=1, le=256, description="Concurrent sessions; more is refused with 429.")
     max_batch: int = Field(32, ge=1, le=256, description="Most frames in one forward pass.")
     batch_wait_ms: float = Field(
@@ -56,18 +82,6 @@ class Settings(BaseSettings):
         0.5, ge=0.0, le=1.0, description="Detection threshold when a start call sets none."
     )
     jpeg_quality: int = Field(75, ge=1, le=100, description="Default JPEG quality of annotated frames.")
-    backend: Literal["auto", "torch", "openvino", "onnxruntime", "tensorrt"] = Field(
-        "auto",
-        description="Where the network runs; auto = TensorRT on NVIDIA (if installed, else torch), OpenVINO on a CPU.",
-    )
-    cpu_precision: Literal["fp32", "bf16", "auto"] = Field(
-        "fp32",
-        description="CPU arithmetic: fp32 matches torch; bf16 (OpenVINO) is faster, drifts; auto = bf16 where native.",
-    )
-    model_cache_dir: Path = Field(
-        REPO_ROOT / "models" / ".cache",
-        description="Where exported models (ONNX, OpenVINO IR, TensorRT engines) are kept.",
-    )
     max_viewers: int = Field(16, ge=1, le=1000, description="WebSocket viewers per session.")
     allowed_schemes: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["rtsp", "rtsps"],
@@ -166,6 +180,26 @@ class Settings(BaseSettings):
     kafka_ssl_ca_location: str = Field(
         "", max_length=4096, description="CA certificate file for Kafka TLS (ssl.ca.location); empty = system CAs."
     )
+    viewer_stall_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="A viewer that has not taken a message for this long is closed (4408) and its slot freed.",
+    )
+    max_opens: int = Field(
+        8, ge=1, le=256, description="Streams opened at once (start calls waiting on a camera); more get 429."
+    )
+    stream_allowed_networks: Annotated[list[IPvAnyNetwork], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated networks stream hosts may resolve to (empty = any not denied).",
+    )
+    stream_denied_networks: Annotated[list[IPvAnyNetwork], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_DENIED_NETWORKS),
+        description="Comma-separated networks no stream may be opened from (default: link-local, metadata, multicast).",
+    )
+    metrics_require_key: bool = Field(
+        True, description="/metrics needs an API key (it lists session ids); ignored with AUTH_DISABLED=true."
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -182,6 +216,13 @@ class Settings(BaseSettings):
         for key in value:
             if not all("!" <= c <= "~" for c in key.get_secret_value()):
                 raise ValueError("API_KEYS: keys must be visible ASCII characters without spaces")
+        return value
+
+    @field_validator("stream_allowed_networks", "stream_denied_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [n.strip() for n in value.split(",") if n.strip()]
         return value
 
     @field_validator("allowed_schemes", mode="before")

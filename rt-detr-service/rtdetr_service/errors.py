@@ -56,6 +56,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, (ValueError, RecursionError)):
+            # FastAPI's answer to a body its JSON parser gave up on other than by a syntax
+            # error: nested deeper than Python parses (RecursionError), or not UTF-8.
+            return error_response(400, "invalid_json", "The request body is not valid JSON (or is nested too deeply)")
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 

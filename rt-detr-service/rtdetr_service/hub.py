@@ -1,7 +1,9 @@
 """WebSocket fan-out: each viewer has a newest-frame slot and its own sender task.
 
 Publisher threads hand messages over with `publish_*` (thread-safe); the event loop does the
-sending. A slow viewer skips frames; it never delays the session or other viewers.
+sending. A slow viewer skips frames; it never delays the session or other viewers. A viewer
+whose socket takes nothing for `stall_s` while a message waits for it is closed (4408) and its
+slot freed at once: otherwise clients that connect and never read would hold every slot.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ log = logging.getLogger(__name__)
 
 Format = Literal["json", "binary"]
 ALERT_BACKLOG = 64  # events (alerts, status) per viewer; beyond this the oldest are dropped
+STALLED = 4408  # close code of a viewer that stopped taking messages (4000 + HTTP 408)
 
 
 @dataclass(slots=True)
@@ -41,6 +44,7 @@ class Viewer:
     events: deque = field(default_factory=lambda: deque(maxlen=ALERT_BACKLOG))
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closing: str | None = None  # reason, once the session ended
+    close_code: int = 1000
     frames_sent: int = 0
     frames_skipped: int = 0
 
@@ -48,9 +52,12 @@ class Viewer:
 class Hub:
     """Registry of viewers per session; must be created inside the running event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, stall_s: float = 10.0, close_grace_s: float = 5.0) -> None:
         self._loop = asyncio.get_running_loop()
         self._viewers: dict[str, set[Viewer]] = {}
+        self._stall_s = stall_s
+        # How long a stalled viewer gets to take its close frame before its connection is cut.
+        self._close_grace_s = close_grace_s
 
     # -- called from the event loop --------------------------------------------------------
 
@@ -67,25 +74,67 @@ class Hub:
                 self._viewers.pop(viewer.session_id, None)
 
     async def serve(self, viewer: Viewer) -> None:
-        """Send this viewer's messages until it disconnects or the session ends."""
+        """Send this viewer's messages until it disconnects, stalls or the session ends."""
         ws = viewer.websocket
         while True:
             await viewer.wake.wait()
             viewer.wake.clear()
-            while viewer.events:
-                await ws.send_text(viewer.events.popleft())
-            payload, viewer.frame = viewer.frame, None
-            if payload is not None:
-                data = payload.for_format(viewer.format)
-                if isinstance(data, bytes):
-                    await ws.send_bytes(data)
-                elif data is not None:
-                    await ws.send_text(data)
-                viewer.frames_sent += 1
-            if viewer.closing is not None:
-                if ws.application_state == WebSocketState.CONNECTED:
-                    await ws.close(code=1000, reason=viewer.closing[:120])
+            try:
+                while viewer.events:
+                    await self._send(ws, viewer.events.popleft())
+                payload, viewer.frame = viewer.frame, None
+                if payload is not None:
+                    data = payload.for_format(viewer.format)
+                    if data is not None:
+                        await self._send(ws, data)
+                    viewer.frames_sent += 1
+            except TimeoutError:
+                self.detach(viewer)  # the slot is free now, whatever the close below takes
+                log.warning(
+                    "viewer of session %s closed: it took no message for VIEWER_STALL_S=%g s",
+                    viewer.session_id,
+                    self._stall_s,
+                )
+                await self._close_socket(ws, STALLED, f"viewer stalled: took no message for {self._stall_s:g} s")
                 return
+            if viewer.closing is not None:
+                await self._close_socket(ws, viewer.close_code, viewer.closing[:120])
+                return
+
+    async def _send(self, ws: WebSocket, data: str | bytes) -> None:
+        # The server's send waits while the socket's buffers are full: that wait is the stall.
+        async with asyncio.timeout(self._stall_s):
+            if isinstance(data, bytes):
+                await ws.send_bytes(data)
+            else:
+                await ws.send_text(data)
+
+    async def _close_socket(self, ws: WebSocket, code: int, reason: str) -> None:
+        """Close with `code`; a client that does not take even the close frame is cut off."""
+        if ws.application_state != WebSocketState.CONNECTED:
+            return
+        try:
+            async with asyncio.timeout(self._close_grace_s):
+                await ws.close(code=code, reason=reason)
+        except TimeoutError:
+            _abort(ws)
+
+    def reply(self, viewer: Viewer, message: dict) -> None:
+        """Queue a message for one viewer (answers to its control messages)."""
+        viewer.events.append(json.dumps(message, separators=(",", ":")))
+        viewer.wake.set()
+
+    async def close_all(self, message_for, reason: str, code: int, timeout: float) -> None:
+        """Give every viewer `message_for(session_id)` and close it with `code`; wait until they
+        have gone, at most `timeout` seconds (the shutdown: before the server drops them)."""
+        viewers = [v for group in self._viewers.values() for v in group]
+        for viewer in viewers:
+            viewer.events.append(json.dumps(message_for(viewer.session_id), separators=(",", ":")))
+            viewer.closing, viewer.close_code = reason, code
+            viewer.wake.set()
+        deadline = self._loop.time() + timeout
+        while self._viewers and self._loop.time() < deadline:
+            await asyncio.sleep(0.02)
 
     # -- thread-safe entry points ----------------------------------------------------------
 
@@ -138,3 +187,13 @@ class Hub:
             viewer.events.append(text)
             viewer.closing = reason
             viewer.wake.set()
+
+
+def _abort(ws: WebSocket) -> None:
+    """Drop the connection without flushing what its buffers hold. ASGI has no abort, and a
+    graceful close waits for a client that reads nothing forever; uvicorn's protocol is the
+    owner of the `receive` callable, and its transport can abort."""
+    protocol = getattr(getattr(ws, "_receive", None), "__self__", None)
+    transport = getattr(protocol, "transport", None)
+    if transport is not None and hasattr(transport, "abort"):
+        transport.abort()

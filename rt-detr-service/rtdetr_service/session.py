@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import functools
 import logging
 import secrets
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -20,7 +22,7 @@ from .hub import Hub
 from .publisher import Publisher
 from .sinks import SessionView, Sink
 from .slot import LatestSlot
-from .source import StreamError, StreamReader, redact_url, validate_stream_url
+from .source import DestinationPolicy, StreamError, StreamReader, redact_url, validate_stream_url
 from .stats import RateMeter, SessionStats
 from .tracking import Tracker, TrackerOptions
 from .types import Detection, Frame, FrameResult, ModelInfo, StreamInfo
@@ -156,6 +158,8 @@ class Session:
             self._state = new
             if error is not None:
                 self.last_error = error
+            elif changed and new == SessionState.RUNNING:
+                self.last_error = None  # recovered: the error is history (the log keeps it)
         if changed and new not in (SessionState.STOPPED,):
             self._hub.publish_event(self.id, wire.status_message(self.snapshot()))
         return changed
@@ -399,6 +403,14 @@ class SessionManager:
         self._opening: dict[object, Session | None] = {}
         self._closing = False
         self._lock = threading.Lock()
+        # Opens wait on cameras for up to OPEN_TIMEOUT_S each: they get threads of their own, at
+        # most MAX_OPENS, so that they never hold the event loop's default pool, which stop and
+        # every other blocking call use. `_opens` counts open threads until they really end.
+        self._open_pool = ThreadPoolExecutor(max_workers=settings.max_opens, thread_name_prefix="stream-open")
+        self._opens = 0
+        self.policy = DestinationPolicy(
+            allowed=tuple(settings.stream_allowed_networks), denied=tuple(settings.stream_denied_networks)
+        )
 
     def attach_worker(self, worker: InferenceWorker, sinks: Sequence[Sink] = ()) -> None:
         """The model is ready: sessions may start, and publish to these sinks."""
@@ -414,12 +426,17 @@ class SessionManager:
         it); URLs given to the default reader must pass the scheme check.
         """
         worker = self._ready_worker()
+        shown = redact_url(options.stream_url)
         if reader_factory is None:
             try:
                 url = validate_stream_url(options.stream_url, self.settings.allowed_schemes)
             except StreamError as exc:
+                log.info("start on %s refused: %s", shown, exc)
                 raise SessionError(exc.kind.value, 422, str(exc)) from exc
             options = dataclasses.replace(options, stream_url=url)
+            reader_factory = functools.partial(
+                StreamReader, policy=self.policy, schemes=tuple(self.settings.allowed_schemes)
+            )
         with self._lock:
             self._refuse_if_closing()
             if len(self._sessions) + len(self._opening) >= self.settings.max_sessions:
@@ -428,27 +445,50 @@ class SessionManager:
                     429,
                     f"MAX_SESSIONS={self.settings.max_sessions} sessions are running; stop one first",
                 )
+            if self._opens >= self.settings.max_opens:
+                raise SessionError(
+                    "too_many_opens",
+                    429,
+                    f"MAX_OPENS={self.settings.max_opens} streams are being opened right now; retry in a few seconds",
+                )
             ticket = object()
             self._opening[ticket] = None
+            self._opens += 1
         session: Session | None = None
         try:
-            session = Session(
-                options,
-                settings=self.settings,
-                worker=worker,
-                hub=self.hub,
-                sinks=self.sinks,
-                model=worker.detector.info,
-                reader_factory=reader_factory or StreamReader,
-            )
+            try:
+                session = Session(
+                    options,
+                    settings=self.settings,
+                    worker=worker,
+                    hub=self.hub,
+                    sinks=self.sinks,
+                    model=worker.detector.info,
+                    reader_factory=reader_factory,
+                )
+            except BaseException:
+                self._open_done()
+                raise
             with self._lock:
                 self._opening[ticket] = session
             try:
-                await asyncio.to_thread(session.open)
+                try:
+                    opening = self._open_pool.submit(session.open)
+                except RuntimeError:  # stop_all() shut the pool down a moment ago
+                    self._open_done()
+                    raise SessionError(
+                        "shutting_down", 503, "The service is shutting down; start the session elsewhere"
+                    ) from None
+                # Counted until the thread is done with it (or it never ran), not until we stop
+                # waiting: a cancelled start's FFmpeg may take a moment to give up.
+                opening.add_done_callback(lambda _: self._open_done())
+                await asyncio.wrap_future(opening)
             except StreamError as exc:
                 with self._lock:
                     self._refuse_if_closing()
-                status = {"stream_unavailable": 502, "stream_timeout": 504}.get(exc.kind.value, 422)
+                status = {"stream_unavailable": 502, "stream_timeout": 504, "destination_denied": 403}.get(
+                    exc.kind.value, 422
+                )
                 raise SessionError(exc.kind.value, status, str(exc)) from exc
             except ValueError as exc:  # zones in pixels that do not fit the stream's picture
                 raise SessionError("invalid_zones", 422, str(exc)) from exc
@@ -459,14 +499,33 @@ class SessionManager:
                 session.start()
                 del self._opening[ticket]
                 self._sessions[session.id] = session
-        except BaseException:
-            with self._lock:
-                self._opening.pop(ticket, None)
-            if session is not None:
-                session.stop("start failed")
+        except asyncio.CancelledError:
+            # The caller went away while the camera was answering (the HTTP layer cancels the
+            # start): nobody holds this session's viewer token, so it must not run. Stopping
+            # it interrupts FFmpeg's open at once.
+            log.info("start on %s cancelled: the caller went away while the stream was opening", shown)
+            self._abandon(ticket, session, "start cancelled: the caller went away")
             raise
-        log.info("session %s started on %s (%s)", session.id, redact_url(options.stream_url), session.stream)
+        except SessionError as exc:
+            log.warning("start on %s failed: %s: %s", shown, exc.code, exc)
+            self._abandon(ticket, session, f"start failed: {exc}")
+            raise
+        except BaseException as exc:
+            log.warning("start on %s failed: %r", shown, exc)
+            self._abandon(ticket, session, "start failed")
+            raise
+        log.info("session %s started on %s (%s)", session.id, shown, session.stream)
         return session
+
+    def _open_done(self) -> None:
+        with self._lock:
+            self._opens -= 1
+
+    def _abandon(self, ticket: object, session: Session | None, reason: str) -> None:
+        with self._lock:
+            self._opening.pop(ticket, None)
+        if session is not None:
+            session.stop(reason)
 
     def _refuse_if_closing(self) -> None:
         if self._closing:
@@ -513,4 +572,6 @@ class SessionManager:
             self._sessions.clear()
         for session in sessions:
             session.stop(reason)
+        # The opens still running were interrupted by their session's stop; none queue behind.
+        self._open_pool.shutdown(wait=False, cancel_futures=True)
         return sessions

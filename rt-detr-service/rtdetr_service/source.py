@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import ipaddress
 import logging
+import re
+import socket
 import threading
 import time
-from typing import Callable, Sequence
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 import av
+import av.container.core
+import av.logging
 
+from .config import DEFAULT_DENIED_NETWORKS
 from .logs import redact
 from .types import Frame, StreamInfo
 
@@ -42,6 +50,14 @@ class StreamErrorKind(enum.Enum):
     UNAVAILABLE = "stream_unavailable"
     TIMEOUT = "stream_timeout"
     NO_VIDEO = "no_video_stream"
+    DENIED = "destination_denied"
+
+
+# One sentence for every refused destination, whatever the port, the address or the reason: a
+# caller must not learn which internal ports are open from the service's answers.
+DENIED_WORDS = (
+    "stream_url names a destination this service may not connect to (STREAM_ALLOWED_NETWORKS / STREAM_DENIED_NETWORKS)"
+)
 
 
 class StreamError(Exception):
@@ -78,6 +94,145 @@ def validate_stream_url(url: str, allowed_schemes: Sequence[str]) -> str:
     if not host:
         raise StreamError(StreamErrorKind.UNSUPPORTED_URL, "stream_url names no host")
     return scheme + url[len(parts.scheme) :]
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationPolicy:
+    """Which addresses a stream may be opened from: in `allowed` (empty = any) and not in `denied`."""
+
+    allowed: tuple[Network, ...] = ()
+    denied: tuple[Network, ...] = tuple(ipaddress.ip_network(n) for n in DEFAULT_DENIED_NETWORKS)
+
+    def permits(self, address: str) -> bool:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # ::ffff:169.254.169.254 is 169.254.169.254
+        if any(ip in net for net in self.denied if net.version == ip.version):
+            return False
+        return not self.allowed or any(ip in net for net in self.allowed if net.version == ip.version)
+
+    def pin(self, url: str) -> str:
+        """`url` with its host replaced by the address to connect to, once every address the host
+        resolves to is permitted: FFmpeg then connects to the address checked, not to whatever a
+        second lookup returns (DNS rebinding). StreamError(DENIED) otherwise."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        try:
+            port = parts.port or 554
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, ValueError, UnicodeError) as exc:
+            raise StreamError(
+                StreamErrorKind.UNAVAILABLE, "Cannot open stream: its host name does not resolve"
+            ) from exc
+        addresses = list(dict.fromkeys(info[4][0] for info in infos))
+        if not addresses or not all(self.permits(a) for a in addresses):
+            raise StreamError(StreamErrorKind.DENIED, DENIED_WORDS)
+        address = addresses[0]
+        shown = f"[{address}]" if ":" in address else address
+        userinfo = parts.netloc.rpartition("@")[0]
+        netloc = (userinfo + "@" if "@" in parts.netloc else "") + shown + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    def permits_url(self, url: str) -> bool:
+        try:
+            self.pin(url)
+        except StreamError:
+            return False
+        return True
+
+
+# -- interrupting FFmpeg ------------------------------------------------------------------------
+#
+# While FFmpeg blocks (connecting, reading) it asks an interrupt callback, many times a second,
+# whether to give up. PyAV's callback answers from its timeouts alone, reading the clock through
+# `av.container.core.time.monotonic`. The clock below answers "later than any timeout" on a
+# thread whose watch says so: the reader was stopped, or FFmpeg announced a redirect to a
+# destination the policy denies. FFmpeg then gives up at its next check, before it sends
+# anything on the redirected connection. tests/unit/test_hostile_source.py holds PyAV to it.
+
+_REDIRECT = re.compile(r"Redirecting to (\S+)")
+
+
+class _Watch:
+    def __init__(self, stop: threading.Event, policy: DestinationPolicy | None, schemes: Sequence[str]) -> None:
+        self.stop = stop
+        self.policy = policy
+        self.schemes = schemes
+        self.logs: list | None = None  # FFmpeg's log lines on this thread while it opens a stream
+        self._seen = 0
+        self.denied = False
+        self._jumps = 0
+
+    def interrupted(self) -> bool:
+        if self.stop.is_set() or self.denied:
+            return True
+        logs = self.logs
+        if self.policy is not None and logs is not None and len(logs) > self._seen:
+            for _level, _name, message in logs[self._seen :]:
+                if (match := _REDIRECT.search(message)) and not self._redirect_allowed(match.group(1)):
+                    log.warning("stream redirected to a denied destination; not followed")
+                    self.denied = True
+            self._seen = len(logs)
+        return self.denied
+
+    def _redirect_allowed(self, url: str) -> bool:
+        try:
+            url = validate_stream_url(url, self.schemes)
+        except StreamError:
+            return False
+        return self.policy.permits_url(url)
+
+    def late(self, now: float) -> float:
+        # Later at every call, so PyAV's "clock went backwards" check never fires.
+        self._jumps += 1
+        return now + 1e6 * self._jumps
+
+
+_watches: dict[int, _Watch] = {}
+
+
+class _InterruptingClock:
+    """Stands in for the `time` module inside av.container.core."""
+
+    def __init__(self, module) -> None:
+        self._time = module
+
+    def __getattr__(self, name: str):
+        return getattr(self._time, name)
+
+    def monotonic(self) -> float:
+        now = self._time.monotonic()
+        watch = _watches.get(threading.get_ident())
+        if watch is not None and watch.interrupted():
+            return watch.late(now)
+        return now
+
+
+if not isinstance(av.container.core.time, _InterruptingClock):
+    av.container.core.time = _InterruptingClock(av.container.core.time)
+# FFmpeg's lines reach Python (at INFO, for the redirect notice) but stay out of the service
+# log, as before: the reader says what went wrong in its own words. Repeats are kept, or a
+# second stream redirected to the same place would go unseen.
+av.logging.set_level(av.logging.INFO)
+av.logging.set_skip_repeated(False)
+logging.getLogger("libav").setLevel(logging.CRITICAL)
+
+
+@contextlib.contextmanager
+def _watched(watch: _Watch) -> Iterator[_Watch]:
+    ident = threading.get_ident()
+    previous = _watches.get(ident)
+    _watches[ident] = watch
+    try:
+        yield watch
+    finally:
+        if previous is None:
+            _watches.pop(ident, None)
+        else:
+            _watches[ident] = previous
 
 
 def redact_url(url: str) -> str:
@@ -119,6 +274,8 @@ class StreamReader:
         realtime: bool = False,
         loop: bool = False,
         whitelist: str | None = None,
+        policy: DestinationPolicy | None = None,
+        schemes: Sequence[str] = ("rtsp", "rtsps"),
     ) -> None:
         self.url = url
         self._on_frame = on_frame
@@ -132,6 +289,9 @@ class StreamReader:
         self._realtime = realtime
         self._loop = loop
         self._whitelist = whitelist or protocol_whitelist(url)
+        # Checked at every open, reconnects included (DNS may change), and at every redirect.
+        self._policy = policy
+        self._schemes = tuple(schemes)
         self._paced_until: float | None = None  # when the last paced frame was due
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -145,7 +305,8 @@ class StreamReader:
     # -- lifecycle -------------------------------------------------------------------------
 
     def open(self) -> StreamInfo:
-        """Open the stream and find its video; raise StreamError with FFmpeg's reason."""
+        """Open the stream and find its video; raise StreamError with FFmpeg's reason. `stop()`
+        from another thread interrupts it."""
         container, info = self._open_container()
         with self._container_lock:
             if self._stop.is_set():
@@ -182,12 +343,17 @@ class StreamReader:
     # -- internals -------------------------------------------------------------------------
 
     def _open_container(self) -> tuple[av.container.InputContainer, StreamInfo]:
+        if self._stop.is_set():
+            raise StreamError(StreamErrorKind.UNAVAILABLE, "Stopped while opening the stream")
+        url = self._policy.pin(self.url) if self._policy is not None else self.url
         options = {
             "rtsp_transport": "tcp",
             "rtsp_flags": "prefer_tcp",
             "protocol_whitelist": self._whitelist,
-            # FFmpeg's own socket I/O timeout (microseconds) backs up PyAV's interrupt timeout.
-            "timeout": str(int(self._read_timeout * 1_000_000)),
+            # FFmpeg's own socket I/O timeout (microseconds) backs up PyAV's interrupt timeouts.
+            # Not READ_TIMEOUT_S: during the open it would cut a silent server short and call it
+            # invalid data; reads are bounded by PyAV's read timeout, which is shorter.
+            "timeout": str(int(max(self._open_timeout, self._read_timeout) * 1_000_000)),
             "fflags": "nobuffer",
             "analyzeduration": "1000000",
             "probesize": "1000000",
@@ -196,22 +362,34 @@ class StreamReader:
             for key in ("rtsp_transport", "rtsp_flags"):
                 options.pop(key)
         started = time.monotonic()
+        watch = _Watch(self._stop, self._policy, self._schemes)
         try:
-            container = av.open(self.url, options=options, timeout=(self._open_timeout, self._read_timeout))
-        except av.error.ExitError as exc:
-            elapsed = time.monotonic() - started
-            if elapsed >= self._open_timeout * 0.9:
-                raise StreamError(
-                    StreamErrorKind.TIMEOUT, f"Timed out after {elapsed:.1f} s opening the stream"
-                ) from exc
-            raise StreamError(StreamErrorKind.UNAVAILABLE, f"Cannot open stream: {_describe(exc)}") from exc
+            with _watched(watch), av.logging.Capture(local=True) as watch.logs:
+                container = av.open(url, options=options, timeout=(self._open_timeout, self._read_timeout))
         except (av.error.FFmpegError, OSError) as exc:
-            raise StreamError(StreamErrorKind.UNAVAILABLE, f"Cannot open stream: {_describe(exc)}") from exc
+            raise self._open_error(exc, time.monotonic() - started, watch) from exc
+        finally:
+            watch.logs = None
         try:
             return container, self._video_info(container)
         except BaseException:
             container.close()
             raise
+
+    def _open_error(self, exc: BaseException, elapsed: float, watch: _Watch) -> StreamError:
+        """What went wrong, in words: a denied redirect, a stop, a timeout (whatever FFmpeg calls
+        it: an interrupted read surfaces as "Invalid data"), or the server's refusal or bad data."""
+        if watch.denied:
+            return StreamError(StreamErrorKind.DENIED, DENIED_WORDS)
+        if self._stop.is_set():
+            return StreamError(StreamErrorKind.UNAVAILABLE, "Stopped while opening the stream")
+        if isinstance(exc, (av.error.ExitError, TimeoutError)) or elapsed >= 0.9 * self._open_timeout:
+            return StreamError(
+                StreamErrorKind.TIMEOUT,
+                f"Timed out after {elapsed:.1f} s opening the stream: the server did not complete its "
+                f"answer within OPEN_TIMEOUT_S={self._open_timeout:g}",
+            )
+        return StreamError(StreamErrorKind.UNAVAILABLE, f"Cannot open stream: {_describe(exc)}")
 
     @staticmethod
     def _video_info(container: av.container.InputContainer) -> StreamInfo:
@@ -241,6 +419,10 @@ class StreamReader:
                 log.debug("error closing container", exc_info=True)
 
     def _run(self) -> None:
+        with _watched(_Watch(self._stop, None, ())):
+            self._read_with_reconnects()
+
+    def _read_with_reconnects(self) -> None:
         failures = 0  # connection losses since the stream last ran healthily
         lost = False
         try:
@@ -298,9 +480,14 @@ class StreamReader:
         last_picture = time.monotonic()  # when the decoder last gave a picture
         failing = False  # whether a packet failed to decode since then
         try:
-            for packet in container.demux(stream):
+            for packet, waited in _timed(container.demux(stream)):
                 if self._stop.is_set():
                     return "stopped"
+                if waited >= self._read_timeout:
+                    # PyAV's read timeout fired, and FFmpeg's RTSP demuxer answered it with the
+                    # last frame it held instead of an error: the camera has been silent for
+                    # READ_TIMEOUT_S already. Waiting for the next timeout would double it.
+                    return f"No data for {waited:.1f} s"
                 blind = time.monotonic() - last_picture
                 if blind >= max(NO_PICTURE_S, self._read_timeout):
                     return f"Stream error: data but no decodable picture for {blind:.0f} s"
@@ -351,3 +538,15 @@ class StreamReader:
 
     def _backoff(self, failures: int) -> float:
         return min(self._reconnect_max, self._reconnect_min * (2 ** max(0, failures - 1)))
+
+
+def _timed(packets) -> Iterator[tuple[av.Packet, float]]:
+    """Each packet with the seconds spent waiting for it (inside FFmpeg, not in the caller)."""
+    iterator = iter(packets)
+    while True:
+        started = time.monotonic()
+        try:
+            packet = next(iterator)
+        except StopIteration:
+            return
+        yield packet, time.monotonic() - started

@@ -103,7 +103,7 @@ def test_health_ready_metrics(live_service, rtsp_url, stop_sessions):
     with live_service.client() as client:
         session_id = _start(client, rtsp_url)["session_id"]
         time.sleep(2)
-    text = httpx.get(f"{base}/metrics").text
+    text = httpx.get(f"{base}/metrics", headers={"apikey": live_service.api_key}).text
     assert f'rtdetr_session_frames_decoded_total{{session="{session_id}"}}' in text
     assert f'rtdetr_session_decode_errors_total{{session="{session_id}"}} 0.0' in text
     assert f'rtdetr_session_publish_errors_total{{session="{session_id}"}} 0.0' in text

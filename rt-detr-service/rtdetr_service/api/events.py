@@ -10,8 +10,11 @@ from fastapi.responses import FileResponse
 from ..auth import API_KEY_SCHEMES, PROTECTED_PREFIX
 from ..errors import ApiError
 from ..event_store import EventStore, InvalidCursor
+from .schemas import KEYED, EventDeletedAnswer, EventOut, EventsAnswer, OutputsAnswer, errors
 
-router = APIRouter(prefix=PROTECTED_PREFIX, tags=["events"], dependencies=API_KEY_SCHEMES)
+# Answers are declared with `responses=` (api/schemas.py) and response_model=None: the models document
+# them and are not run on each answer.
+router = APIRouter(prefix=PROTECTED_PREFIX, tags=["events"], dependencies=API_KEY_SCHEMES, responses=errors(*KEYED))
 
 NAME = r"^[\w .:-]{1,64}$"
 
@@ -28,7 +31,12 @@ def _store(request: Request) -> EventStore:
     return store
 
 
-@router.get("/events", summary="Events, newest first, filtered; `next_cursor` fetches the next page")
+@router.get(
+    "/events",
+    summary="Events, newest first, filtered; `next_cursor` fetches the next page",
+    response_model=None,
+    responses={200: {"model": EventsAnswer}, **errors("invalid_request", "invalid_cursor", "events_unavailable")},
+)
 async def list_events(
     request: Request,
     session_id: str | None = Query(None, max_length=64),
@@ -66,7 +74,12 @@ def _found(event_id: str, event):
     return event
 
 
-@router.get("/events/{event_id}", summary="One event")
+@router.get(
+    "/events/{event_id}",
+    summary="One event",
+    response_model=None,
+    responses={200: {"model": EventOut}, **errors("invalid_request", "event_not_found", "events_unavailable")},
+)
 async def get_event(request: Request, event_id: str) -> dict:
     return _found(event_id, await asyncio.to_thread(_store(request).get, event_id))
 
@@ -75,7 +88,10 @@ async def get_event(request: Request, event_id: str) -> dict:
     "/events/{event_id}/snapshot.jpg",
     summary="The event's best snapshot: the frame with the object's box",
     response_class=FileResponse,
-    responses={200: {"content": {"image/jpeg": {}}}},
+    responses={
+        200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
+        **errors("invalid_request", "event_not_found", "snapshot_not_found", "events_unavailable"),
+    },
 )
 async def snapshot(request: Request, event_id: str) -> FileResponse:
     store = _store(request)
@@ -86,13 +102,26 @@ async def snapshot(request: Request, event_id: str) -> FileResponse:
     return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})
 
 
-@router.delete("/events/{event_id}", summary="Delete an event and its snapshot")
+@router.delete(
+    "/events/{event_id}",
+    summary="Delete an event and its snapshot",
+    response_model=None,
+    responses={
+        200: {"model": EventDeletedAnswer},
+        **errors("invalid_request", "event_not_found", "events_unavailable"),
+    },
+)
 async def delete_event(request: Request, event_id: str) -> dict:
     if not await asyncio.to_thread(_store(request).delete, event_id):
         raise ApiError(404, "event_not_found", f"No event with id {event_id!r}")
     return {"event_id": event_id, "status": "deleted"}
 
 
-@router.get("/outputs", summary="Every output (sink): state, counters and last error in words")
+@router.get(
+    "/outputs",
+    summary="Every output (sink): state, counters and last error in words",
+    response_model=None,
+    responses={200: {"model": OutputsAnswer}},
+)
 async def outputs(request: Request) -> dict:
     return {"outputs": [sink.stats().as_dict() for sink in request.app.state.manager.sinks]}

@@ -16,9 +16,24 @@ from ..session import Session, SessionManager, SessionOptions
 from ..sinks import output_warnings
 from ..tracking import TrackerOptions
 from ..zones import MAX_LINES, MAX_POINTS, MAX_RULES, MAX_ZONES, ZoneConfig
+from .schemas import (
+    BODY,
+    KEYED,
+    CountsAnswer,
+    SessionsAnswer,
+    StartAnswer,
+    StatusAnswer,
+    StopAnswer,
+    ZonesAnswer,
+    errors,
+)
 
 # The key is checked by auth.install_api_key_check; the schemes here document it for /docs.
-router = APIRouter(prefix=PROTECTED_PREFIX + "/video", tags=["video"], dependencies=API_KEY_SCHEMES)
+# Answers are declared with `responses=` (api/schemas.py) and response_model=None: the models document
+# them and are not run on each answer.
+router = APIRouter(
+    prefix=PROTECTED_PREFIX + "/video", tags=["video"], dependencies=API_KEY_SCHEMES, responses=errors(*KEYED)
+)
 
 
 class AlertRuleIn(BaseModel):
@@ -100,7 +115,8 @@ class TrackingIn(BaseModel):
 
 
 class StartRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: "yes" is no boolean, "0.5" and true are no confidence (lax pydantic took them all).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     stream_url: str = Field(..., min_length=1, max_length=2048, examples=["rtsp://127.0.0.1:8554/camera"])
     enable_drawing: bool = Field(True, description="Send annotated JPEG frames to viewers.")
@@ -114,7 +130,7 @@ class StartRequest(BaseModel):
 
 
 class StopRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     session_id: str = Field(..., min_length=1, max_length=64)
 
@@ -132,7 +148,27 @@ def _check_classes(names: list[str] | None, known: tuple[str, ...], field: str) 
     return frozenset(names)
 
 
-@router.post("/start", summary="Open a stream and start analysing it")
+@router.post(
+    "/start",
+    summary="Open a stream and start analysing it",
+    response_model=None,
+    responses={
+        200: {"model": StartAnswer},
+        **errors(
+            *BODY,
+            "invalid_zones",
+            "unsupported_url",
+            "no_video_stream",
+            "destination_denied",
+            "too_many_sessions",
+            "too_many_opens",
+            "stream_unavailable",
+            "model_not_ready",
+            "shutting_down",
+            "stream_timeout",
+        ),
+    },
+)
 async def start(body: StartRequest, request: Request) -> dict:
     manager = _manager(request)
     settings = manager.settings
@@ -192,24 +228,44 @@ async def _stop(manager: SessionManager, session_id: str) -> dict:
     }
 
 
-@router.post("/stop", summary="Stop a session")
+@router.post(
+    "/stop",
+    summary="Stop a session",
+    response_model=None,
+    responses={200: {"model": StopAnswer}, **errors(*BODY, "session_not_found")},
+)
 async def stop(body: StopRequest, request: Request) -> dict:
     return await _stop(_manager(request), body.session_id)
 
 
-@router.delete("/sessions/{session_id}", summary="Stop a session (REST form of /stop)")
+@router.delete(
+    "/sessions/{session_id}",
+    summary="Stop a session (REST form of /stop)",
+    response_model=None,
+    responses={200: {"model": StopAnswer}, **errors("invalid_request", "session_not_found")},
+)
 async def delete_session(session_id: str, request: Request) -> dict:
     return await _stop(_manager(request), session_id)
 
 
-@router.get("/status/{session_id}", summary="State, stream and statistics of one session")
+@router.get(
+    "/status/{session_id}",
+    summary="State, stream and statistics of one session",
+    response_model=None,
+    responses={200: {"model": StatusAnswer}, **errors("invalid_request", "session_not_found")},
+)
 async def status(session_id: str, request: Request) -> dict:
     manager = _manager(request)
     # The outputs are shared: a store that drops events drops this session's too.
     return dict(manager.get(session_id).status(), warnings=output_warnings(manager.sinks))
 
 
-@router.get("/sessions", summary="Every session of this replica")
+@router.get(
+    "/sessions",
+    summary="Every session of this replica",
+    response_model=None,
+    responses={200: {"model": SessionsAnswer}},
+)
 async def sessions(request: Request) -> dict:
     manager = _manager(request)
     warnings = output_warnings(manager.sinks)
@@ -235,12 +291,25 @@ def _running(request: Request, session_id: str) -> Session:
     return _manager(request).get(session_id)
 
 
-@router.get("/sessions/{session_id}/zones", summary="The session's zones, lines and rules (normalised)")
+@router.get(
+    "/sessions/{session_id}/zones",
+    summary="The session's zones, lines and rules (normalised)",
+    response_model=None,
+    responses={200: {"model": ZonesAnswer}, **errors("invalid_request", "session_not_found", "session_not_ready")},
+)
 async def get_zones(session_id: str, request: Request) -> dict:
     return {"session_id": session_id, "zones": _running(request, session_id).zones()}
 
 
-@router.put("/sessions/{session_id}/zones", summary="Replace the session's zones, lines and rules")
+@router.put(
+    "/sessions/{session_id}/zones",
+    summary="Replace the session's zones, lines and rules",
+    response_model=None,
+    responses={
+        200: {"model": ZonesAnswer},
+        **errors(*BODY, "invalid_zones", "session_not_found", "session_not_ready"),
+    },
+)
 async def put_zones(session_id: str, body: ZonesIn, request: Request) -> dict:
     session = _running(request, session_id)
     spec = _checked_zones(body, _manager(request).model().class_names)
@@ -251,6 +320,11 @@ async def put_zones(session_id: str, body: ZonesIn, request: Request) -> dict:
     return {"session_id": session_id, "zones": zones}
 
 
-@router.get("/sessions/{session_id}/counts", summary="Zone occupancy, line crossings and rule hits")
+@router.get(
+    "/sessions/{session_id}/counts",
+    summary="Zone occupancy, line crossings and rule hits",
+    response_model=None,
+    responses={200: {"model": CountsAnswer}, **errors("invalid_request", "session_not_found")},
+)
 async def counts(session_id: str, request: Request) -> dict:
     return {"session_id": session_id, "counts": _running(request, session_id).counts()}

@@ -1,0 +1,128 @@
+"""Given a camera that freezes or comes back, and a service told to stop, when they happen, then
+the session says so within the stated time, forgets errors it recovered from, and viewers are
+told why before their sockets close."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from support import ROOT, RtspCamera, free_port
+
+
+@pytest.fixture
+def own_camera():
+    camera = RtspCamera(free_port())
+    camera.start()
+    yield camera
+    if camera.proc is not None and camera.proc.poll() is None:
+        os.kill(camera.proc.pid, signal.SIGCONT)
+    camera.stop()
+
+
+def _start(client, url: str) -> str:
+    response = client.post("/api/v1/video/start", json={"stream_url": url})
+    assert response.status_code == 200, response.text
+    return response.json()["session_id"]
+
+
+def _wait_for(predicate, timeout: float, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+def test_a_frozen_camera_leaves_running_within_the_read_timeout(live_service, own_camera, stop_sessions):
+    read_timeout = live_service.app.state.settings.read_timeout_s
+    with live_service.client() as client:
+        session_id = _start(client, own_camera.url)
+        session = live_service.app.state.manager.get(session_id)
+        assert _wait_for(lambda: session.frames_decoded > 10, 20)
+        # when the camera process freezes (its sockets stay open, nothing more comes)
+        os.kill(own_camera.proc.pid, signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        # then the session leaves `running` within about READ_TIMEOUT_S, not twice that
+        assert _wait_for(lambda: session.state.value != "running", 4 * read_timeout)
+        took = time.monotonic() - frozen_at
+        assert took < read_timeout + 1.0, (took, read_timeout)
+        assert session.state.value == "reconnecting"
+
+
+def test_last_error_is_cleared_once_the_stream_is_back(live_service, own_camera, stop_sessions):
+    with live_service.client() as client:
+        session_id = _start(client, own_camera.url)
+
+        def status():
+            return client.get(f"/api/v1/video/status/{session_id}").json()
+
+        own_camera.stop()
+        lost = _wait_for(lambda: (s := status())["state"] == "reconnecting" and s, 15, 0.2)
+        assert lost and lost["last_error"]
+        own_camera.start()
+        back = _wait_for(lambda: (s := status())["state"] == "running" and s["stats"]["reconnects"] >= 1 and s, 30, 0.2)
+        assert back, status()
+        assert back["last_error"] is None
+
+
+def test_sigterm_tells_viewers_why_before_closing(tiny_model_dir, rtsp_url):
+    port = free_port()
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT / "rt-detr-service"),
+        API_KEYS="sigterm-test-key",
+        PORT=str(port),
+        MODEL=str(tiny_model_dir),
+        DEVICE="cpu",
+        INPUT_SIZE="320",
+        CPU_THREADS="1",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rtdetr_service"],
+        cwd=ROOT / "rt-detr-service",
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert _wait_for(lambda: _ready(base), 60, 0.2)
+        headers = {"apikey": "sigterm-test-key"}
+        body = httpx.post(f"{base}/api/v1/video/start", json={"stream_url": rtsp_url}, headers=headers, timeout=30)
+        path = body.json()["websocket_path"]
+        with connect(f"ws://127.0.0.1:{port}{path}", open_timeout=10) as ws:
+            assert json.loads(ws.recv(timeout=10))["type"] == "stream_info"
+            # when the service gets SIGTERM
+            proc.send_signal(signal.SIGTERM)
+            # then the viewer reads `session_stopped`, then the close 1012 (service restart)
+            kinds = []
+            with pytest.raises(ConnectionClosed) as info:
+                while True:
+                    message = ws.recv(timeout=10)
+                    if isinstance(message, str):
+                        kinds.append(json.loads(message)["type"])
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1012
+            assert kinds and kinds[-1] == "session_stopped", kinds
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _ready(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/ready", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
