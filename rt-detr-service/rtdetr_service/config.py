@@ -140,6 +140,12 @@ class Settings(BaseSettings):
     mqtt_queue_size: int = Field(
         1024, ge=1, le=1_000_000, description="MQTT messages waiting to be sent; beyond it they are dropped."
     )
+    mqtt_detections_max_fps: float = Field(
+        0.0,
+        ge=0.0,
+        le=60.0,
+        description="Per-frame detections on <prefix>/<camera>/detections, at most this many a second; 0 = off.",
+    )
     kafka_bootstrap_servers: str = Field(
         "", max_length=2048, description="Kafka brokers to start from, e.g. kafka1:9092,kafka2:9092; empty = off."
     )

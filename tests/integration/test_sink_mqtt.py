@@ -317,3 +317,27 @@ def test_a_url_that_is_not_mqtt_is_refused_without_showing_the_password():
     with pytest.raises(ValueError, match="MQTT_URL") as info:
         MqttSink(f"http://rtdetr:{PASSWORD}@127.0.0.1:1883")
     assert PASSWORD not in str(info.value)
+
+
+def test_per_frame_detections_are_published_at_most_at_the_rate_cap(broker, subscribers):
+    # given a sink with the detections topic on, capped at 2 a second
+    broker.start()
+    sink = MqttSink(f"mqtt://rtdetr:{PASSWORD}@127.0.0.1:{broker.port}", queue_size=64, detections_max_fps=2.0)
+    sink.start()
+    try:
+        assert wait_until(lambda: sink.connected)
+        watcher = subscribers(broker.port)
+        session = Session()
+        # when 30 frames come, 0.1 s apart by their timestamps (3 s of a 10 fps camera)
+        for _ in range(30):
+            sink.handle(session.step([det("person", 1)]))
+        # then about one frame in five is sent (2 a second), each a valid detections message
+        assert wait_until(lambda: len(watcher.payloads("rtdetr/gate/detections")) >= 6, timeout=10)
+        time.sleep(0.5)
+        sent = [json.loads(p) for p in watcher.payloads("rtdetr/gate/detections")]
+        assert len(sent) == 6, [m["frame_index"] for m in sent]
+        assert {m["schema"] for m in sent} == {"rtdetr.detections.v1"}
+        assert [m["frame_index"] for m in sent] == [0, 5, 10, 15, 20, 25]
+        assert sent[0]["detections"][0]["track_id"] == 1
+    finally:
+        sink.close(1.0)

@@ -95,7 +95,13 @@ def _mqtt(ctx: SinkContext) -> Sink | None:
     from .mqtt import MqttSink
 
     s = ctx.settings
-    sink = MqttSink(url, client_id=s.mqtt_client_id, topic_prefix=s.mqtt_topic_prefix, queue_size=s.mqtt_queue_size)
+    sink = MqttSink(
+        url,
+        client_id=s.mqtt_client_id,
+        topic_prefix=s.mqtt_topic_prefix,
+        queue_size=s.mqtt_queue_size,
+        detections_max_fps=s.mqtt_detections_max_fps,
+    )
     sink.start()
     return sink
 

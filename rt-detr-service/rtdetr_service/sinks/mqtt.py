@@ -27,7 +27,7 @@ from urllib.parse import unquote, urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from ..wire import dumps, output_alert, output_event
+from ..wire import dumps, output_alert, output_detections, output_event
 from .base import DEGRADED_FOR_S, Published, QueuedSink, SinkStats
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class MqttSink(QueuedSink):
         reconnect_min_s: float = 1.0,
         reconnect_max_s: float = 30.0,
         keepalive_s: int = 30,
+        detections_max_fps: float = 0.0,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
@@ -67,6 +68,10 @@ class MqttSink(QueuedSink):
         self._state_lock = threading.Lock()
         self._link_error: str | None = f"connecting to {self.host}:{self.port}"
         self._counts: dict[str, tuple[str, Counter]] = {}  # session id -> (topic camera, label counts)
+        # Per-frame detections on <prefix>/<camera>/detections, at most this many a second per
+        # session (0 = off): a 30 fps camera would otherwise flood a home-automation broker.
+        self._detections_interval = 1.0 / detections_max_fps if detections_max_fps > 0 else None
+        self._last_detections: dict[str, float] = {}  # session id -> frame time of the last one sent
         self._closed = False
 
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
@@ -175,6 +180,7 @@ class MqttSink(QueuedSink):
         """Its objects are gone: every label it counted goes back to 0."""
         with self._state_lock:
             camera, labels = self._counts.pop(session_id, ("", Counter()))
+            self._last_detections.pop(session_id, None)
         entries = [(f"{self.prefix}/{camera}/{label}", "0", 1, True) for label, n in labels.items() if n]
         for entry in entries:
             super().handle(entry)
@@ -193,10 +199,23 @@ class MqttSink(QueuedSink):
             out.extend(
                 (f"{self.prefix}/{camera}/{label}", str(count), 1, True) for label, count in sorted(changed.items())
             )
+            if self._detections_due(view.session_id, item.result.timestamp):
+                detections = dumps(output_detections(view, item.result))
+                out.append((f"{self.prefix}/{camera}/detections", detections, 0, False))
         out.extend(
             (f"{self.prefix}/{camera}/alerts", dumps(output_alert(view, alert)), 1, False) for alert in item.alerts
         )
         return out
+
+    def _detections_due(self, session_id: str, timestamp: float) -> bool:
+        if self._detections_interval is None:
+            return False
+        with self._state_lock:
+            last = self._last_detections.get(session_id)
+            if last is not None and 0 <= timestamp - last < self._detections_interval:
+                return False
+            self._last_detections[session_id] = timestamp
+            return True
 
     # -- writer side -------------------------------------------------------------------------
 
