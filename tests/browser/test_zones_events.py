@@ -342,8 +342,10 @@ def test_the_events_panel_lists_events_with_snapshots_filters_enlarges_and_frees
 
     # when the person watches a session (with a zone, to see both in one picture)
     session["id"] = start_session(api, rtsp_url)
-    zones = {"zones": [{"name": "door", "points": [list(p) for p in DOOR]}],
-             "lines": [{"name": "gate", "a": [0.1, 0.85], "b": [0.9, 0.85]}]}
+    zones = {
+        "zones": [{"name": "door", "points": [list(p) for p in DOOR]}],
+        "lines": [{"name": "gate", "a": [0.1, 0.85], "b": [0.9, 0.85]}],
+    }
     assert api.put(f"/api/v1/video/sessions/{session['id']}/zones", json=zones).status_code == 200
     watch_from_list(page, live_service.base_url, live_service.api_key)
     expect(page.locator("#state-badge")).to_have_text("running", timeout=LIVE_TIMEOUT_MS)
