@@ -9,7 +9,7 @@ DEPS := $(VENV)/.deps-installed
 SERVICE_ENV := PYTHONPATH=rt-detr-service
 MODEL_VARIANT ?= r18vd
 
-.PHONY: help run serve test models export deps constraints system system-test up down logs push soak bench bench-cpu lint clean
+.PHONY: help run serve test models export deps constraints system system-test up down logs push soak soak-hour bench bench-cpu lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
@@ -66,13 +66,19 @@ down: ## docker compose: stop the stack
 logs: ## docker compose: follow the logs
 	docker compose logs -f --tail=100
 
-push: ## loop-push a clip to an RTSP URL with ffmpeg (CLIP=..., URL=...)
+push: ## loop-push a clip to an RTSP URL with ffmpeg (CLIP=..., URL=...; natively starts the relay camera)
 	bash scripts/setup-system.sh push
 	bash scripts/push.sh
 
-soak: ## push + N sessions, watch memory and fps for a while, then a verdict
+soak: ## push + N sessions, watch memory and fps for a while, then a verdict (STACK=native: all local)
 	bash scripts/setup-system.sh push
 	bash scripts/soak.sh
+
+soak-hour: deps ## the 1-hour native soak of docs/reliability.md: CSV in test-artifacts/soak-1h, plot in docs/img
+	bash scripts/setup-system.sh push
+	STACK=native DURATION=3600 WARMUP=60 INTERVAL=5 SESSIONS=2 VIEWERS=6 OUT=test-artifacts/soak-1h \
+	  PLOT=docs/img/soak-1h.png SOAK_ARGS="--hold 5 --stall-hold 90 --cut-every 600 --cut-for 8 --snapshot" \
+	  bash scripts/soak.sh
 
 bench: deps ## pipeline vs baseline benchmark (needs a CUDA GPU for the real figures)
 	$(SERVICE_ENV) $(PY) bench/bench_pipeline.py

@@ -15,9 +15,11 @@ case "$profile" in
   venv) ;;
   run | test)
     # gstreamer1.0-x: timeoverlay (the camera's clock), only a recommendation of plugins-good.
+    # gstreamer1.0-plugins-bad: h264parse, with which the relay camera (make push natively) hands
+    # late readers a decodable stream.
     # fonts-dejavu-core: the clock overlay and Chromium both need a font to render.
     packages+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-               gstreamer1.0-plugins-ugly gstreamer1.0-x fonts-dejavu-core)
+               gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad gstreamer1.0-x fonts-dejavu-core)
     if [ "$profile" = test ]; then
       packages+=(chromium deck shellcheck ffmpeg curl postgresql mosquitto)
     fi

@@ -17,15 +17,37 @@
 #                 container (metrics are not routed through Kong); "none" skips the memory check
 #   PUSH          local = run scripts/push.sh in the background (default), none = a camera
 #                 already publishes
-#   PUSH_URL      where PUSH=local publishes (default rtsp://publisher:demo-publish@localhost:8554/camera)
+#   PUSH_URL      where PUSH=local publishes (default rtsp://publisher:demo-publish@localhost:8554/camera);
+#                 with nothing listening there, push.sh starts the native relay camera on it
+#   STACK         service (default): soak the service at BASE_URL, as above. native: soak a whole
+#                 native stack it starts itself (scripts/soak_native.py: relay camera, ffmpeg push,
+#                 `python -m rtdetr_service`, churning and stalled viewers; CSV + PNG in OUT),
+#                 using SESSIONS, DURATION, WARMUP, INTERVAL and these:
+#   VIEWERS       native: churning WebSocket viewers (default 4)
+#   OUT           native: output folder (default test-artifacts/soak)
+#   PLOT          native: PNG path (default OUT/soak.png)
+#   SOAK_ARGS     native: more scripts/soak_native.py options (e.g. "--cut-every 600")
 set -euo pipefail
 
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'
   exit 0
 fi
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [[ "${STACK:-service}" == native ]]; then
+  args=(--sessions "${SESSIONS:-2}" --viewers "${VIEWERS:-4}" --duration "${DURATION:-600}"
+    --warmup "${WARMUP:-30}" --interval "${INTERVAL:-5}" --out "${OUT:-$repo_root/test-artifacts/soak}")
+  [[ -n "${PLOT:-}" ]] && args+=(--plot "$PLOT")
+  # shellcheck disable=SC2206  # SOAK_ARGS is a list of options, split on purpose
+  extra=(${SOAK_ARGS:-})
+  PYTHONPATH="$repo_root/rt-detr-service" exec "${SOAK_PYTHON:-$repo_root/.venv/bin/python}" \
+    "$repo_root/scripts/soak_native.py" "${args[@]}" "${extra[@]}"
+elif [[ "${STACK:-service}" != service ]]; then
+  echo "soak: STACK must be 'service' or 'native'" >&2
+  exit 2
+fi
+
 # The compose stack reads its passwords from .env; so does this script when they are not set.
 for name in MEDIAMTX_PUBLISH_PASS MEDIAMTX_READ_PASS; do
   if [ -z "${!name:-}" ] && [ -f "$repo_root/.env" ]; then
@@ -89,7 +111,7 @@ rss_bytes() {  # service resident memory from prometheus-client's process collec
   if [[ "$METRICS_URL" == "none" ]]; then
     return 0
   elif [[ -n "$METRICS_URL" ]]; then
-    text="$(curl -sS --max-time 10 "$METRICS_URL" 2>/dev/null || true)"
+    text="$(curl -sS --max-time 10 -H "apikey: ${API_KEY}" "$METRICS_URL" 2>/dev/null || true)"
   elif command -v docker >/dev/null 2>&1; then
     text="$(docker compose -f "$repo_root/docker-compose.yml" exec -T rt-detr-service python -c \
       "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8080/metrics', timeout=5).read().decode())" \
