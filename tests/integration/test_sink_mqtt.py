@@ -25,7 +25,7 @@ from rtdetr_service.sinks import Published, SessionView
 from rtdetr_service.sinks.mqtt import MqttSink
 from rtdetr_service.types import Detection, Frame, FrameResult
 
-from support import free_port
+from support import free_port, wait_until
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 PASSWORD = "mqtt-s3cret-pw"  # the broker allows anonymous clients, so any password is accepted
@@ -101,15 +101,6 @@ class Subscriber:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-def wait_until(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from rtdetr_service.sinks import Published, SessionView
 from rtdetr_service.sinks.webhook import WebhookSink
 from rtdetr_service.types import Detection, Frame, FrameResult
 
-from support import free_port
+from support import free_port, wait_until
 
 SECRET = "shared-webhook-secret"
 TOKEN = "path-token-9f2c"  # a secret in the URL path: it must never be logged
@@ -113,15 +113,6 @@ def sinks():
     yield make
     for sink in made:
         sink.close(1.0)
-
-
-def wait_until(predicate, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def frame(t: float, index: int = 0) -> Frame:
