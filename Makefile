@@ -83,7 +83,7 @@ soak-hour: deps ## the 1-hour native soak of docs/reliability.md: CSV in test-ar
 bench: deps ## pipeline vs baseline benchmark (needs a CUDA GPU for the real figures)
 	$(SERVICE_ENV) $(PY) bench/bench_pipeline.py
 
-bench-cpu: deps ## CPU backends (torch, OpenVINO, ONNX Runtime) + baseline through the pipeline, one run (~5 min)
+bench-cpu: deps ## CPU backends (torch, OpenVINO bf16/fp32, ONNX Runtime), baseline, ultralytics predict: one run (~7 min)
 	$(SERVICE_ENV) $(PY) bench/bench_cpu.py
 
 lint: deps ## ruff on Python, shellcheck on shell scripts

@@ -43,8 +43,8 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     from rtdetr_service.backends import default_cpu_threads
 
-    threads = args.threads or default_cpu_threads()
-    torch.set_num_threads(threads)
+    # 0: each backend's own default (the service's CPU_THREADS=0); torch's pool as the service sets it.
+    torch.set_num_threads(args.threads or default_cpu_threads("torch"))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "r18vd"
         condition_random_weights(random_weights_model(r18vd_config()).eval()).save_pretrained(folder)
@@ -59,9 +59,14 @@ def main() -> int:
                 backend=backend,
                 cpu_precision=precision,
                 cache_dir=Path(tmp) / "cache",
-                threads=threads,
+                threads=args.threads,
             )
-            print(f"{backend} {precision}: loaded (export included) in {time.monotonic() - started:.1f} s", flush=True)
+            threads = detectors[f"{backend} {precision}"].info.cpu_threads
+            print(
+                f"{backend} {precision}: loaded (export included) in {time.monotonic() - started:.1f} s, "
+                f"{threads} threads",
+                flush=True,
+            )
         frame = (np.random.default_rng(0).random((720, 1280, 3)) * 255).astype(np.uint8)
         for detector in detectors.values():
             detector.detect([frame], [0.5])  # warm-up
@@ -76,8 +81,10 @@ def main() -> int:
                 hog.wait()
     first = next(iter(times))
     base = statistics.median(times[first])
+    threads = {name: detector.info.cpu_threads for name, detector in detectors.items()}
+    shown = args.threads or ", ".join(f"{name} {count}" for name, count in threads.items())
     print(
-        f"\n{threads} threads, {args.busy} busy processes, {args.input_size}x{args.input_size}, batch 1, "
+        f"\nthreads: {shown}; {args.busy} busy processes, {args.input_size}x{args.input_size}, batch 1, "
         f"{args.rounds} interleaved rounds"
     )
     print(f"| backend | ms per frame: median (min-max) | vs {first} |")

@@ -1,10 +1,14 @@
 """CPU backends through the real pipeline, side by side in one run, on the same clip and settings.
 
 Ours (the service, one session fed by a paced 30 fps clip, one WebSocket viewer) with BACKEND=torch,
-openvino (fp32) and onnxruntime, then the spec-style baseline (bench/baseline.py), then ultralytics
-`RTDETR.predict` as a user would write it when an RT-DETR `.pt` is at hand offline (else skipped,
-and the output says so). Per side: frames/s inferred and delivered, p50/p99 latency; one JSON, a
-table, the OpenVINO / torch frames/s ratio (target >= 3x) and a PNG plot.
+openvino (the default CPU_PRECISION=auto: bf16 where the CPU has it), openvino-fp32 and onnxruntime,
+each with the service's default threads unless --cpu-threads; then the spec-style baseline
+(bench/baseline.py), then ultralytics `RTDETR(pt).predict` as a user would write it, on an RT-DETR
+`.pt` found on disk or else ultralytics' own rtdetr-l architecture with random weights (built from
+its bundled yaml, nothing downloaded; a larger network than r18vd: the GFLOP per frame of each
+network are printed and stored, so the sides compare per unit of work). Per side: frames/s inferred and
+delivered, p50/p99 latency; one JSON, a table, the OpenVINO / torch frames/s ratios (target >= 3x
+for the service's default) and a PNG plot.
 
     PYTHONPATH=rt-detr-service .venv/bin/python bench/bench_cpu.py            # what `make bench-cpu` runs
     PYTHONPATH=rt-detr-service .venv/bin/python bench/bench_cpu.py --warmup 5 --duration 10 --sides torch,openvino
@@ -37,7 +41,14 @@ sys.path.insert(1, str(ROOT / "rt-detr-service"))
 from clip import cached_clip, clip_info  # noqa: E402
 from measure import percentiles_ms  # noqa: E402
 
-OURS = ("torch", "openvino", "onnxruntime")
+# Our sides: name -> (BACKEND, CPU_PRECISION). "openvino" is what BACKEND=auto runs on a CPU with the
+# default CPU_PRECISION=auto (bf16 where the CPU has it); "openvino-fp32" is the bit-parity setting.
+OURS = {
+    "torch": ("torch", "fp32"),
+    "openvino": ("openvino", "auto"),
+    "openvino-fp32": ("openvino", "fp32"),
+    "onnxruntime": ("onnxruntime", "fp32"),
+}
 SIDES = (*OURS, "baseline", "ultralytics")
 TARGET_RATIO = 3.0  # OpenVINO frames/s over torch eager's, same machine, same run
 
@@ -55,6 +66,43 @@ def conditioned_model(cache: Path) -> Path:
     return path
 
 
+def random_ultralytics_pt(cache: Path) -> Path:
+    """ultralytics' own rtdetr-l architecture (its bundled rtdetr-l.yaml) with random weights, saved
+    once as a checkpoint: what `predict` costs, offline. ultralytics has no r18vd-sized RT-DETR."""
+    path = cache / "rtdetr-l-random.pt"
+    if not path.exists():
+        os.environ.setdefault("YOLO_OFFLINE", "1")
+        from ultralytics import RTDETR
+
+        RTDETR("rtdetr-l.yaml").save(str(path))
+    return path
+
+
+def gflop_per_frame(forward, input_size: int) -> float:
+    """2 x multiply-adds of `forward(pixels)` on one input_size^2 frame (torch.utils.flop_counter)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    pixels = torch.rand(1, 3, input_size, input_size)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        forward(pixels)
+    return round(counter.get_total_flops() / 1e9, 1)
+
+
+def model_gflop(model_dir: Path, ultralytics_pt: Path | None, input_size: int) -> dict:
+    """GFLOP per frame of each network the sides run, so that sides of different models compare."""
+    from transformers import AutoModelForObjectDetection
+
+    detr = AutoModelForObjectDetection.from_pretrained(model_dir).eval()
+    out = {"r18vd": gflop_per_frame(lambda x: detr(pixel_values=x), input_size)}
+    if ultralytics_pt:
+        from ultralytics import RTDETR
+
+        network = RTDETR(str(ultralytics_pt)).model.eval()
+        out[ultralytics_pt.name] = gflop_per_frame(network, input_size)
+    return out
+
+
 def find_ultralytics_pt(given: Path | None) -> tuple[Path | None, str]:
     """An RT-DETR checkpoint on disk, and where it was looked for: nothing is downloaded."""
     if given:
@@ -69,14 +117,15 @@ def find_ultralytics_pt(given: Path | None) -> tuple[Path | None, str]:
     for place in places:
         for candidate in sorted(place.glob("rtdetr*.pt")) if place.is_dir() else []:
             return candidate, str(candidate)
-    return None, "no rtdetr*.pt in " + ", ".join(str(p) for p in dict.fromkeys(places))
+    shown = ("." if p == ROOT else str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in places)
+    return None, "no rtdetr*.pt in " + ", ".join(dict.fromkeys(shown)) + " (paths from the repository root)"
 
 
 # -- one side, in its own process -----------------------------------------------------------
 
 
 def child_ours(args) -> dict:
-    """The real service with BACKEND=args.child, one session, one viewer, one measured window."""
+    """The real service with the side's BACKEND and CPU_PRECISION, one session, one viewer, one measured window."""
     import bench_pipeline as pipeline
 
     from rtdetr_service.config import Settings
@@ -89,8 +138,8 @@ def child_ours(args) -> dict:
             api_keys=pipeline.API_KEY,
             model=str(args.model_dir),
             device="cpu",
-            backend=args.child,
-            cpu_precision="fp32",
+            backend=OURS[args.child][0],
+            cpu_precision=OURS[args.child][1],
             input_size=args.input_size,
             max_sessions=1,
             cpu_threads=args.cpu_threads,
@@ -113,6 +162,7 @@ def child_ours(args) -> dict:
         "side": f"ours {args.child}",
         "backend": model.get("backend"),
         "dtype": model.get("dtype"),
+        "cpu_threads": model.get("cpu_threads"),
         "startup_s": round(startup_s, 1),
         "inferred_fps": result["inference_fps_total"],
         "delivered_fps": result["fps_mean"],
@@ -152,7 +202,7 @@ def child_ultralytics(args) -> dict:
                 per_frame.append(sum(result.speed.values()) / 1000.0)
     fps = round(len(done) / args.duration, 2)
     return {
-        "side": "ultralytics predict",
+        "side": f"ultralytics predict {Path(args.ultralytics_pt).stem}",
         "backend": "ultralytics",
         "dtype": "float32",
         "checkpoint": str(args.ultralytics_pt),
@@ -244,17 +294,30 @@ def run_child(args, side: str, clip: Path, model_dir: Path, workdir: Path) -> di
 # -- report ---------------------------------------------------------------------------------
 
 
-def ratios(sides: dict) -> dict | None:
-    torch_side, ov_side = sides.get("torch"), sides.get("openvino")
+def ratios(sides: dict, name: str = "openvino") -> dict | None:
+    """An OpenVINO side's frames/s over torch eager's, both as configured (the target: the service's default)."""
+    torch_side, ov_side = sides.get("torch"), sides.get(name)
     if not torch_side or not ov_side or "error" in torch_side or "error" in ov_side:
         return None
-    out = {}
+    threads = [torch_side.get("cpu_threads"), ov_side.get("cpu_threads")]
+    out = {"side": name, "dtype": ov_side["dtype"], "threads": threads}
     for key in ("inferred_fps", "delivered_fps"):
         out[key] = round(ov_side[key] / torch_side[key], 2) if torch_side[key] else None
     delivered = out["delivered_fps"]
     out["target"] = f">= {TARGET_RATIO:g}x delivered frames/s"
     out["outcome"] = "not measured" if delivered is None else "PASS" if delivered >= TARGET_RATIO else "FAIL"
     return out
+
+
+SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def describe(side: dict, short: bool = False) -> str:
+    """ "openvino bfloat16 x2": backend, precision and inference threads of a side."""
+    threads = side.get("cpu_threads") or side.get("torch_threads")
+    dtype = SHORT_DTYPE.get(side["dtype"], side["dtype"]) if short else side["dtype"]
+    text = dtype if short else f"{side['backend']} {dtype}"
+    return text + (f" x{threads}" if threads else "")
 
 
 def print_table(results: dict) -> None:
@@ -269,15 +332,15 @@ def print_table(results: dict) -> None:
         lat = side["latency_ms"]
         thirds = " / ".join(str(t["p99"]) for t in side.get("latency_thirds_ms", [])) or "-"
         print(
-            f"{side['side']:<24} {side['backend'] + ' ' + side['dtype']:<22} {side['inferred_fps']:>10.2f} "
+            f"{side['side']:<24} {describe(side):<22} {side['inferred_fps']:>10.2f} "
             f"{side['delivered_fps']:>11.2f} {lat['p50']!s:>9} {lat['p99']!s:>9} {thirds:>24} {side['wall_s']:>7.0f}"
         )
     for name, why in results["skipped"].items():
         print(f"{name:<24} skipped: {why}")
-    ratio = results["ratio_openvino_over_torch"]
-    if ratio:
+    for ratio in filter(None, [results["ratio_openvino_over_torch"], results.get("ratio_openvino_fp32_over_torch")]):
         print(
-            f"\nOpenVINO / torch eager, same run: {ratio['delivered_fps']}x frames/s delivered, "
+            f"\n{ratio['side']} ({ratio['dtype']}, {ratio['threads'][1]} threads) / torch eager "
+            f"({ratio['threads'][0]} threads), same run: {ratio['delivered_fps']}x frames/s delivered, "
             f"{ratio['inferred_fps']}x inferred (target {ratio['target']}): {ratio['outcome']}"
         )
     env = results["environment"]
@@ -293,7 +356,15 @@ def plot(results: dict, path: Path) -> None:
     from matplotlib import ticker
 
     sides = [s for s in results["sides"].values() if "error" not in s]
-    names = [s["side"].replace(" (spec-style)", "\n(spec-style)").replace("ours ", "ours\n") for s in sides]
+    breaks = {" (spec-style)": "\n(spec-style)", "ours ": "ours\n", " predict ": "\npredict\n"}
+
+    def label(side: dict) -> str:
+        name = side["side"]
+        for old, new in breaks.items():
+            name = name.replace(old, new)
+        return name + "\n" + describe(side, short=True)
+
+    names = [label(s) for s in sides]
     x = range(len(sides))
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     for axis, keys, labels, unit in (
@@ -413,8 +484,14 @@ def main(argv=None) -> int:
     if "ultralytics" in args.side_list:
         args.ultralytics_pt, where = find_ultralytics_pt(args.ultralytics_pt)
         if not args.ultralytics_pt:
-            results["skipped"]["ultralytics"] = f"no RT-DETR .pt available offline ({where}); none downloaded"
-            args.side_list.remove("ultralytics")
+            # No trained checkpoint offline: ultralytics' own rtdetr-l with random weights (a larger network).
+            args.ultralytics_pt = random_ultralytics_pt(args.cache)
+            results["environment"]["ultralytics_checkpoint"] = (
+                f"{args.ultralytics_pt.name}: rtdetr-l.yaml with random weights ({where}; none downloaded)"
+            )
+    results["environment"]["gflop_per_frame"] = model_gflop(
+        model_dir, args.ultralytics_pt if "ultralytics" in args.side_list else None, args.input_size
+    )
     print(
         f"clip {clip['width']}x{clip['height']} {clip['codec']} {clip['fps']:g} fps; model r18vd (conditioned random "
         f"weights); sides {', '.join(args.side_list)}; {args.warmup:g} s warmup + {args.duration:g} s each",
@@ -422,6 +499,10 @@ def main(argv=None) -> int:
     )
     for name, why in results["skipped"].items():
         print(f"{name}: skipped: {why}", flush=True)
+    if "ultralytics_checkpoint" in results["environment"]:
+        print(f"ultralytics: {results['environment']['ultralytics_checkpoint']}", flush=True)
+    gflop = ", ".join(f"{name} {value:g}" for name, value in results["environment"]["gflop_per_frame"].items())
+    print(f"GFLOP per {args.input_size}x{args.input_size} frame: {gflop}", flush=True)
 
     def save() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -451,6 +532,7 @@ def main(argv=None) -> int:
             save()
     results["environment"]["load_after"] = [round(v, 2) for v in os.getloadavg()]
     results["ratio_openvino_over_torch"] = ratios(results["sides"])
+    results["ratio_openvino_fp32_over_torch"] = ratios(results["sides"], "openvino-fp32")
     save()
     print_table(results)
     if any("error" not in s for s in results["sides"].values()):

@@ -50,6 +50,7 @@ const el = {
   clearAlerts: $("clear-alerts"),
   hud: {
     state: $("hud-state"),
+    backend: $("hud-backend"),
     sourceFps: $("hud-source-fps"),
     inferenceFps: $("hud-inference-fps"),
     shownFps: $("hud-shown-fps"),
@@ -242,9 +243,23 @@ function fixed(value, digits = 1) {
   return typeof value === "number" && Number.isFinite(value) ? value.toFixed(digits) : "–";
 }
 
+const PRECISION = { float32: "fp32", bfloat16: "bf16", float16: "fp16" };
+
+// "openvino bf16, 2 threads": where the network runs, as the service chose it (the reason on hover).
+function backendText(model) {
+  if (!model || !model.backend) return ["–", ""];
+  const parts = [model.backend, PRECISION[model.dtype] || model.dtype].filter(Boolean).join(" ");
+  const threads = typeof model.cpu_threads === "number" ? `, ${model.cpu_threads} thread${model.cpu_threads === 1 ? "" : "s"}` : "";
+  const device = model.device && model.device !== "cpu" ? ` on ${model.device}` : "";
+  return [`${parts}${device}${threads}`, model.backend_reason || ""];
+}
+
 function renderHud() {
   const s = view.stats || {};
   const h = el.hud;
+  const [backend, reason] = view.phase === "idle" ? ["–", ""] : backendText(view.session && view.session.model);
+  h.backend.textContent = backend;
+  h.backend.title = reason;
   h.sourceFps.textContent = fixed(s.source_fps);
   h.inferenceFps.textContent = fixed(s.inference_fps);
   h.shownFps.textContent = view.phase === "idle" ? "–" : String(renderer.shownFps());

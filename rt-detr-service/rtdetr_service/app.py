@@ -37,10 +37,9 @@ def detector_from_settings(settings: Settings) -> Detector:
     """The model MODEL names, on the backend BACKEND picks, warmed up."""
     from .backends import default_cpu_threads
 
-    # One core is left to the decoders and the publisher unless CPU_THREADS says otherwise; torch
-    # pre- and post-processes for every backend, so it gets the same count.
-    threads = settings.cpu_threads or default_cpu_threads()
-    torch.set_num_threads(threads)
+    # torch pre- and post-processes for every backend: its pool gets torch's default (a core left
+    # to the decoders) unless CPU_THREADS says otherwise; the backend picks its own (0 = its default).
+    torch.set_num_threads(settings.cpu_threads or default_cpu_threads("torch"))
     detector = load_detector(
         settings.resolved_model(),
         # `make models` fills this folder; until then (compose mounts it empty) run loudly untrained.
@@ -53,15 +52,15 @@ def detector_from_settings(settings: Settings) -> Detector:
         cpu_precision=settings.cpu_precision,
         max_batch=settings.max_batch,
         cache_dir=settings.model_cache_dir,
-        threads=threads,
+        threads=settings.cpu_threads,
     )
     info = detector.info
     log.info(
-        "inference: %s %s on %s, %d CPU threads (%s)",
+        "inference: %s %s on %s, %s CPU threads (%s)",
         info.backend,
         info.dtype,
         info.device,
-        threads,
+        info.cpu_threads if info.cpu_threads is not None else "no",
         info.backend_reason,
     )
     warm_up(detector, settings.max_batch)

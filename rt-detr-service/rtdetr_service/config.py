@@ -59,8 +59,8 @@ class Settings(BaseSettings):
         description="Where the network runs; auto = TensorRT on NVIDIA (if installed, else torch), OpenVINO on a CPU.",
     )
     cpu_precision: Literal["fp32", "bf16", "auto"] = Field(
-        "fp32",
-        description="CPU arithmetic: fp32 matches torch; bf16 (OpenVINO) is faster, drifts; auto = bf16 where native.",
+        "auto",
+        description="CPU arithmetic: auto = bf16 (OpenVINO) where the CPU has it, else fp32; fp32 matches torch.",
     )
     model_cache_dir: Path = Field(
         REPO_ROOT / "models" / ".cache",
@@ -72,7 +72,10 @@ class Settings(BaseSettings):
         2.0, ge=0.0, le=50.0, description="How long the worker waits for more sessions' frames to fill a batch."
     )
     cpu_threads: int = Field(
-        0, ge=0, le=256, description="CPU inference threads (0 = auto: the cores this process may use, less one)."
+        0,
+        ge=0,
+        le=256,
+        description="CPU inference threads (0 = auto: all usable cores for OpenVINO/ONNX Runtime, one less for torch).",
     )
     open_timeout_s: float = Field(10.0, gt=0, le=120, description="Bound on opening a stream.")
     read_timeout_s: float = Field(5.0, gt=0, le=120, description="A stream silent this long is reconnected.")

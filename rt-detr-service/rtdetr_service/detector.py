@@ -254,6 +254,7 @@ class UltralyticsRTDetr:
             class_names=class_names,
             dtype="float16" if self._half else "float32",
             backend_reason="MODEL is an ultralytics .pt checkpoint",
+            cpu_threads=torch.get_num_threads() if device.type == "cpu" else None,
         )
 
     def detect(self, images: Sequence[np.ndarray], thresholds: Sequence[float]) -> list[list[Detection]]:
@@ -451,7 +452,7 @@ def _load_realtime_detr(
     size = fitted_input_size(model.config, input_size)
     if size != input_size:
         log.warning("INPUT_SIZE=%d does not fit %s's windows: using %d", input_size, model.config.model_type, size)
-    threads = threads or backends.default_cpu_threads()
+    threads = threads or backends.default_cpu_threads(choice.backend)
     cache_dir = Path(cache_dir) if cache_dir else REPO_ROOT / "models" / ".cache"  # the MODEL_CACHE_DIR default
     runner = None
     if choice.backend != "torch":
@@ -473,6 +474,7 @@ def _load_realtime_detr(
             model = model.to("cpu", torch.float32)
     if runner is None:
         runner = _torch_runner(model, choice.device, backends.PIXEL_DTYPES[choice.precision], compile_model)
+        threads = torch.get_num_threads()  # torch eager runs on torch's own pool (set by the app)
     dtype = getattr(runner, "input_dtype", None) or (
         backends.PIXEL_DTYPES[choice.precision] if choice.backend == "torch" else torch.float32
     )
@@ -484,6 +486,7 @@ def _load_realtime_detr(
         class_names=class_names,
         dtype=choice.dtype,
         backend_reason=choice.reason,
+        cpu_threads=threads if choice.device.type == "cpu" else None,
     )
     return RealtimeDetr(
         runner,

@@ -137,6 +137,7 @@ class ModelInfo:
     class_names: tuple[str, ...] = field(repr=False)
     dtype: str = "float32"
     backend_reason: str = ""  # why this backend and precision (BACKEND=auto says what it found)
+    cpu_threads: int | None = None  # inference threads on the CPU (None: the network runs elsewhere)
 
     @property
     def warning(self) -> str | None:
@@ -154,6 +155,7 @@ class ModelInfo:
             "device": self.device,
             "dtype": self.dtype,
             "backend_reason": self.backend_reason,
+            "cpu_threads": self.cpu_threads,
             "trained": self.trained,
             "warning": self.warning,
         }

@@ -61,6 +61,12 @@ def test_start_shows_live_video_numbers_and_alerts_then_stop_returns_to_a_blank_
     expect(page.locator("#hud-damaged")).to_have_text("0")
     expect(page.locator("#hud-failed")).to_have_text("0 / 0")
 
+    # and it says where the network runs, as the service reports it (the reason on hover)
+    model = session["model"]
+    precision = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[model["dtype"]]
+    expect(page.locator("#hud-backend")).to_have_text(f"{model['backend']} {precision}, 1 thread")
+    assert model["backend_reason"] and page.locator("#hud-backend").get_attribute("title") == model["backend_reason"]
+
     # and alerts pop up as toasts and land in the log with a thumbnail of the object
     expect(page.locator("#toasts .toast:not(.more)").first).to_contain_text("Alert:", timeout=LIVE_TIMEOUT_MS)
     expect(page.locator("#alert-log li img.thumb").first).to_be_visible(timeout=LIVE_TIMEOUT_MS)

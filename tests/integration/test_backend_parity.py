@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from rtdetr_service.backends import default_cpu_threads
 from rtdetr_service.detector import (
     condition_random_weights,
     load_detector,
@@ -116,6 +117,14 @@ def assert_parity(reference, detector, precision: str, images: list[np.ndarray])
     return dict(logit=logit_diff, box_px=box_diff * INPUT)
 
 
+def runner_threads(detector) -> int:
+    """The thread count the backend library itself was configured with."""
+    runner = detector.runner
+    if detector.info.backend == "openvino":
+        return runner.compiled.get_property("INFERENCE_NUM_THREADS")
+    return runner.session.get_session_options().intra_op_num_threads
+
+
 @pytest.fixture(scope="module")
 def conditioned_models(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("parity-models")
@@ -140,6 +149,7 @@ def test_every_backend_matches_torch_on_every_architecture(conditioned_models, c
         )
         # Then it says what it is, and its outputs and detections match the reference's
         assert (detector.info.backend, detector.info.dtype) == (backend, "float32")
+        assert detector.info.cpu_threads == default_cpu_threads(backend) == runner_threads(detector)
         assert_parity(reference, detector, precision, images)
 
 
@@ -149,8 +159,9 @@ def test_mixed_batch_sizes_match_single_frames(conditioned_models, cache_dir):
     for backend in ("onnxruntime", "openvino"):
         detector = load_detector(
             str(conditioned_models["rt_detr_v2"]), device="cpu", input_size=INPUT, backend=backend,
-            cpu_precision="fp32", cache_dir=cache_dir,
+            cpu_precision="fp32", cache_dir=cache_dir, threads=1,
         )  # fmt: skip
+        assert detector.info.cpu_threads == runner_threads(detector) == 1  # CPU_THREADS=1 is obeyed
         together = detector.raw(images)
         for i, image in enumerate(images):
             alone = detector.raw([image])

@@ -119,6 +119,7 @@ class ModelInfoOut(_Answer):
     device: str
     dtype: str
     backend_reason: str = Field(..., description="Why this backend and precision.")
+    cpu_threads: int | None = Field(..., description="Inference threads on the CPU; null on a GPU.")
     trained: bool
     warning: str | None = Field(..., description="Set when the weights are not trained (detections are random).")
 

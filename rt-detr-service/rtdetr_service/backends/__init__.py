@@ -46,18 +46,28 @@ def available(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
-def default_cpu_threads() -> int:
-    """Inference threads when CPU_THREADS=0: every core this process may use but one.
-
-    The decoders (one per camera) and the publisher need CPU time too; an inference pool as large
-    as the machine makes its threads wait for each other whenever one of them is descheduled,
-    which on a busy 2-core box made one torch pass 6x slower than a single thread.
-    """
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, e.g. a container's cpuset)."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+        return os.cpu_count() or 1
+
+
+def default_cpu_threads(backend: str = "torch") -> int:
+    """Inference threads when CPU_THREADS=0, for the backend that runs the network.
+
+    torch eager (OpenMP): every core but one. Its pool makes every thread wait at each operator
+    for the slowest one, so when a decoder, the publisher or another process takes a core, a
+    pass stalls: on a busy 2-core box one torch pass took 6x longer with 2 threads than with 1.
+    OpenVINO and ONNX Runtime (their own schedulers, not pinned, not spinning): every core. Measured
+    on 2 cores (bench/backends_cpu.py, r18vd at 640), 2 threads against 1: quiet, 1.8x faster;
+    with one busy process competing, within 10 % (OpenVINO fp32) or 2 % (ONNX Runtime); with three,
+    OpenVINO fp32 unchanged and bf16 18 % slower, where torch went from 560 to 869 ms with one.
+    Leaving a core idle costs them more than sharing it with the decoders.
+    """
+    cores = usable_cores()
+    return cores if backend in CPU_BACKENDS else max(1, cores - 1)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -127,9 +137,10 @@ def _cpu_precision(backend: str, requested: str) -> str:
         return "fp32"
     if requested == "bf16":
         return "bf16"
-    # auto: bf16 only where the CPU computes it natively (else it is emulated, slower than fp32),
-    # and only for OpenVINO; torch eager stays fp32. Not the default: bf16 moves random-weight
-    # r18vd scores by up to 0.07 and box edges by up to 8 px (README, Backends).
+    # auto (the default): bf16 only where the CPU computes it natively (else it is emulated, slower
+    # than fp32), and only for OpenVINO, as OpenVINO itself defaults; torch eager stays fp32. The
+    # GPU's default is fp16 for the same reason. bf16 moves random-weight r18vd scores by up to
+    # 0.07 and box edges by up to 8 px (README, Backends); CPU_PRECISION=fp32 keeps parity.
     return "bf16" if backend == "openvino" and cpu_has_native_bf16() else "fp32"
 
 
