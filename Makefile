@@ -51,7 +51,7 @@ serve: deps ## run only the service (settings from the environment / .env)
 test: system-test deps ## set up, then run every test (CPU only)
 	$(SERVICE_ENV) $(PY) -m pytest
 
-models: deps ## download official weights into models/ (MODEL_VARIANT=r18vd|r34vd|r50vd|r101vd|d-fine-n|d-fine-s|...)
+models: deps ## download official weights into models/ (MODEL_VARIANT=r18vd|r34vd|...|d-fine-s|rf-detr-base|lw-detr-s|deimv2-n)
 	$(SERVICE_ENV) $(PY) scripts/download_models.py $(MODEL_VARIANT)
 
 export: deps ## export MODEL for BACKEND now (ONNX / OpenVINO IR / TensorRT engine, cached in models/.cache)

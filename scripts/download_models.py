@@ -12,8 +12,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# MODEL_VARIANT -> hub id. Only ids whose model pages were checked are listed; any other
-# transformers real-time DETR (DEIMv2, RF-DETR, LW-DETR, RT-DETR v1) works as MODEL=<hub id or folder>.
+# MODEL_VARIANT -> hub id. The RT-DETRv2 and D-FINE ids are the authors' own; the other three are
+# the checkpoints the pinned transformers names in its own docs for those classes (RF-DETR's is
+# Roboflow's; LW-DETR's and DEIMv2's are conversions to the transformers format by the people who
+# ported them). None of these could be downloaded where this was written (no model hub access);
+# a download is checked against the architectures the service loads before it is saved. Check
+# each model's license before use: they differ between models and between releases of one.
+# Any other transformers real-time DETR works as MODEL=<hub id or folder>.
 HUB_IDS = {
     "r18vd": "PekingU/rtdetr_v2_r18vd",
     "r34vd": "PekingU/rtdetr_v2_r34vd",
@@ -23,6 +28,9 @@ HUB_IDS = {
     "d-fine-s": "ustc-community/dfine-small-coco",
     "d-fine-l": "ustc-community/dfine-large-coco",
     "d-fine-x": "ustc-community/dfine-xlarge-coco",
+    "rf-detr-base": "Roboflow/rf-detr-base",
+    "lw-detr-s": "AnnaZhang/lwdetr_small_60e_coco",
+    "deimv2-n": "harshaljanjani/DEIMv2_HGNetv2_N_COCO_Transformers",
 }
 VARIANTS = tuple(HUB_IDS)
 
@@ -46,15 +54,26 @@ def main() -> int:
     parser.add_argument("--dest", type=Path, default=ROOT / "models")
     args = parser.parse_args()
 
-    from transformers import AutoModelForObjectDetection
+    from transformers import AutoConfig, AutoModelForObjectDetection
+
+    from rtdetr_service.detector import REALTIME_DETRS
 
     hub_id = HUB_IDS[args.variant]
     target = args.dest / folder_name(args.variant)
     shown = target.relative_to(ROOT) if target.is_relative_to(ROOT) else target
     print(f"downloading {hub_id} ...", flush=True)
     try:
+        # The config first (a few kB): a checkpoint the service cannot load is refused before the weights come.
+        config = AutoConfig.from_pretrained(hub_id)
+        if config.model_type not in REALTIME_DETRS:
+            print(
+                f"{hub_id} is a {config.model_type!r} model, not one the service loads "
+                f"({', '.join(REALTIME_DETRS.values())}); nothing saved",
+                file=sys.stderr,
+            )
+            return 1
         model = AutoModelForObjectDetection.from_pretrained(hub_id)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         print(f"cannot download {hub_id}: {exc}", file=sys.stderr)
         print(OFFLINE_HELP.format(hub_id=hub_id, folder=target.name, target=shown), file=sys.stderr)
         return 1
