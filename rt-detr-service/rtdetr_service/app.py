@@ -113,6 +113,10 @@ def _open_event_store(settings: Settings) -> EventStore | None:
             queue_size=settings.event_queue_size,
             retention_days=settings.event_retention_days,
             max_snapshot_bytes=settings.snapshot_max_mb * 1024 * 1024,
+            # A live open event is written at every heartbeat (5 s) while seen and ends
+            # EVENT_END_AFTER_S after it was last seen: one unwritten ten times that long is a
+            # stopped replica's, and another replica sharing the database may close it.
+            stale_after_s=max(600.0, 10 * settings.event_end_after_s),
         )
     except (RuntimeError, ValueError, OSError) as exc:
         # Detection goes on without a history; /ready and the events routes say why.

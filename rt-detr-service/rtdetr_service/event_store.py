@@ -32,6 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from .annotate import Annotator
 from .events import EventChange, EventRecord, SnapshotRequest
+from .fairqueue import FairQueue
 from .logs import redact
 
 log = logging.getLogger(__name__)
@@ -132,13 +133,21 @@ class EventStore:
         retention_days: float = 30.0,
         max_snapshot_bytes: int = 2 * 1024**3,
         sweep_interval_s: float = 600.0,
+        stale_after_s: float = 600.0,
         jpeg_quality: int = 85,
         busy_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if queue_size < 1 or batch_max < 1 or retention_days <= 0 or max_snapshot_bytes < 0 or sweep_interval_s <= 0:
+        if (
+            queue_size < 1
+            or batch_max < 1
+            or retention_days <= 0
+            or max_snapshot_bytes < 0
+            or sweep_interval_s <= 0
+            or stale_after_s <= 0
+        ):
             raise ValueError(
-                "queue_size and batch_max must be >= 1, retention_days and sweep_interval_s > 0, "
+                "queue_size and batch_max must be >= 1, retention_days, sweep_interval_s and stale_after_s > 0, "
                 "max_snapshot_bytes >= 0"
             )
         if not 1 <= jpeg_quality <= 100:
@@ -162,12 +171,14 @@ class EventStore:
         else:
             raise ValueError(f"event store supports sqlite and postgresql URLs, got {self.safe_url}")
 
-        self._queue: queue.Queue[EventChange] = queue.Queue(maxsize=queue_size)
+        # One queue for every session, fair between them: a session flooding it loses its own oldest.
+        self._queue: FairQueue[EventChange] = FairQueue(queue_size)
         self._queue_size = queue_size
         self._batch_max = batch_max
         self._retention_s = retention_days * 86400.0
         self._max_snapshot_bytes = max_snapshot_bytes
         self._sweep_interval = sweep_interval_s
+        self._stale_after = stale_after_s
         self._jpeg_quality = jpeg_quality
         self._clock = clock
         self._annotator = Annotator()
@@ -189,6 +200,7 @@ class EventStore:
         self.snapshots_written = 0
         self.retention_deleted_events = 0
         self.retention_deleted_snapshots = 0
+        self.closed_stale = 0  # open events no run wrote for stale_after_s, closed by the sweep
         self._failing = False
         self._last_drop = -math.inf  # monotonic time of the newest drop
         self._snapshot_bytes = 0
@@ -243,9 +255,22 @@ class EventStore:
         return ins.on_conflict_do_update(index_elements=[events_table.c.id], set_=set_)
 
     def _close_left_open(self) -> int:
+        """At start, end the events an earlier run left open (end time = last seen).
+
+        SQLite is one process's file: every open event is this service's own, left by a crash.
+        PostgreSQL is shared by replicas: an open event may be another replica's, live, so only
+        those no one has written for `stale_after_s` are closed (live ones are written at least
+        at every heartbeat); the sweep closes the rest of a stopped replica's as they go stale.
+        """
+        return self._close_open(None if self.backend == "sqlite" else self._clock() - self._stale_after)
+
+    def _close_open(self, written_before: float | None) -> int:
         t = events_table
+        stale = t.c.end_time.is_(None)
+        if written_before is not None:
+            stale = sa.and_(stale, t.c.updated_at < written_before)
         with self._engine.begin() as conn:
-            result = conn.execute(sa.update(t).where(t.c.end_time.is_(None)).values(end_time=t.c.last_seen))
+            result = conn.execute(sa.update(t).where(stale).values(end_time=t.c.last_seen))
             return max(result.rowcount or 0, 0)
 
     def _total_snapshot_bytes(self) -> int:
@@ -287,18 +312,20 @@ class EventStore:
         return self._thread is not None and self._thread.is_alive()
 
     def submit(self, changes: Sequence[EventChange]) -> int:
-        """Queue changes for the writer without ever blocking; returns how many were dropped."""
+        """Queue changes for the writer without ever blocking; returns how many were dropped.
+
+        When the queue is full, each change pushes out the oldest queued change of the session
+        with the most waiting (often the caller's own): the store keeps each event's newest
+        state, so an older change is the one to lose, and a flooding session loses its own.
+        """
         dropped = 0
         try:
             if self._stopping.is_set():
                 dropped = len(changes)
             else:
-                for i, change in enumerate(changes):
-                    try:
-                        self._queue.put_nowait(change)
-                    except queue.Full:
-                        dropped = len(changes) - i
-                        break
+                for change in changes:
+                    if self._queue.put_nowait(change, change.event.session_id) is not None:
+                        dropped += 1
             if dropped:
                 self._count_dropped(dropped)
         except Exception:  # noqa: BLE001 - a sink must never break the publisher that feeds it
@@ -478,9 +505,17 @@ class EventStore:
             self._record_failure(exc, "retention sweep failed")
 
     def sweep(self) -> tuple[int, int]:
-        """Delete events older than the retention period, then the oldest snapshots while their total
-        is over the size limit; returns (events deleted, snapshots deleted). Runs on the writer thread."""
+        """Close a stopped replica's abandoned open events (shared databases only), delete events
+        older than the retention period, then the oldest snapshots while their total is over the
+        size limit; returns (events deleted, snapshots deleted). Runs on the writer thread."""
         t = events_table
+        # SQLite's open events are all this run's (the rest were closed at start); on a shared
+        # database, a replica that stopped leaves its open events for the others to close.
+        closed = 0 if self.backend == "sqlite" else self._close_open(self._clock() - self._stale_after)
+        if closed:
+            with self._lock:
+                self.closed_stale += closed
+            log.warning("event store: closed %d open event(s) no one has written for %.0f s", closed, self._stale_after)
         cutoff = self._clock() - self._retention_s
         deleted_events = 0
         while True:
@@ -708,4 +743,5 @@ class EventStore:
             "queue_size": self._queue_size,
             **counters,
             "closed_at_start": self.closed_at_start,
+            "closed_stale": self.closed_stale,
         }

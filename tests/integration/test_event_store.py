@@ -286,7 +286,9 @@ def test_events_survive_a_restart_and_events_left_open_are_closed(make_store):
     wait_until(lambda: visible(first, left_open.event.id, last_seen=NOW - 44), what="the heartbeat")
     assert first.stop() is True  # the session never ended the open event: as after a crash
 
-    second = make_store()
+    # (past the time after which an open event no one writes is taken as abandoned: on PostgreSQL,
+    # shared by replicas, a younger one may be another replica's, live; see the next test)
+    second = make_store(clock=lambda: NOW + 601)
 
     assert second.closed_at_start == 1 and second.status()["closed_at_start"] == 1
     reopened = second.get(left_open.event.id)
@@ -294,6 +296,56 @@ def test_events_survive_a_restart_and_events_left_open_are_closed(make_store):
     assert second.get(ended.event.id)["end_time"] == NOW - 100
     assert second.snapshot_path(ended.event.id) is not None
     assert len(second.query()[0]) == 2
+
+
+def test_replicas_sharing_postgresql_close_only_events_no_one_writes_any_more(postgres_server, tmp_path):
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{postgres_server}/events"
+    engine = sa.create_engine(url)
+    metadata.drop_all(engine)
+    engine.dispose()
+    clock = [NOW]
+    stores = []
+
+    def replica(name: str) -> EventStore:
+        store = EventStore(url, tmp_path / name, sweep_interval_s=0.2, stale_after_s=600, clock=lambda: clock[0])
+        stores.append(store)
+        store.start()
+        return store
+
+    try:
+        # Given replica A with an open event it keeps writing, and replica B that stopped with one open
+        a = replica("a")
+        live = lifecycle("gate", session="on-a")
+        (a_new,) = seen(live, NOW - 10, 1)
+        a.submit([a_new])
+        b = replica("b")
+        gone = lifecycle("door", session="on-b")
+        (b_new,) = seen(gone, NOW - 20, 1)
+        b.submit([b_new])
+        wait_until(lambda: a.get(a_new.event.id) and a.get(b_new.event.id), what="both events")
+        assert b.stop() is True
+
+        # When B starts again at once
+        b = replica("b-again")
+        # Then it closes neither: A's is live, and its own might be as far as it can tell
+        assert b.closed_at_start == 0
+        assert a.get(a_new.event.id)["active"] and a.get(b_new.event.id)["active"]
+
+        # When time passes in which A keeps writing its event and no one writes B's old one
+        clock[0] = NOW + 300
+        (heartbeat,) = seen(live, NOW + 290, 1)
+        a.submit([heartbeat])
+        wait_until(lambda: visible(a, a_new.event.id, last_seen=NOW + 290), what="A's heartbeat")
+        clock[0] = NOW + 700
+
+        # Then a sweep closes the abandoned event at its last sighting, and A's stays open
+        wait_until(lambda: not a.get(b_new.event.id)["active"], what="the abandoned event to be closed")
+        assert a.get(b_new.event.id)["end_time"] == NOW - 20
+        assert a.get(a_new.event.id)["active"]
+        assert a.status()["closed_stale"] + b.status()["closed_stale"] == 1
+    finally:
+        for store in stores:
+            store.stop()
 
 
 def test_retention_deletes_events_older_than_the_retention_period(make_store):
@@ -392,6 +444,27 @@ def test_a_full_queue_drops_and_counts_without_blocking(make_store, backend, sto
     wait_until(lambda: store.submit([after]) == 0, what="room in the queue")
     wait_until(lambda: store.get(after.event.id), timeout=10, what="writes to resume")
     assert store.status()["state"] != "failing"
+
+
+def test_a_session_flooding_a_stalled_store_loses_its_own_changes_not_another_sessions(make_store, backend, store_url):
+    # The writer waits on the lock with the first change for up to 5 s: meanwhile nothing leaves the queue.
+    store = make_store(queue_size=8, batch_max=1, busy_timeout_s=5.0)
+    flood = lifecycle("busy-cam", session="flood")
+    quiet = lifecycle("quiet-cam", session="quiet")
+    with writes_locked(store, backend, store_url):
+        (first,) = seen(quiet, NOW - 60, 1)
+        store.submit([first])  # the writer takes it and waits on the lock
+        wait_until(lambda: store.status()["queued"] == 0, what="the writer to take the first change")
+        # the quiet session's one new event, between floods of the busy one
+        flooded = sum(store.submit(seen(flood, NOW - 59 + i / 10, i)) for i in range(100))
+        (second,) = seen(quiet, NOW - 58, 2)
+        flooded += store.submit([second])
+        flooded += sum(store.submit(seen(flood, NOW - 49 + i / 10, 100 + i)) for i in range(100))
+        # then the flood paid for itself: 200 changes through 8 places
+        assert flooded >= 200 - 8
+    # and once the database is free, the quiet session's changes are all written
+    wait_until(lambda: store.get(second.event.id), timeout=15, what="the quiet session's event to be written")
+    assert store.get(first.event.id)
 
 
 def test_stop_returns_within_its_timeout_while_the_database_is_locked(make_store, backend, store_url):

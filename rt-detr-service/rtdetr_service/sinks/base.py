@@ -3,7 +3,9 @@
 A session's publisher calls `handle()` on every sink for every published frame (and for the
 event changes of frames that never came: a stalled camera still ends its events). `handle()`
 runs on that session's publisher thread, so it must never block: a sink that does I/O puts the
-item on its own bounded queue (`QueuedSink`) and drops, counted, when the queue is full.
+item on its own bounded queue (`QueuedSink`) and drops, counted, when the queue is full. That
+queue is fair between sessions (`FairQueue`): a session that floods it drops its own oldest
+items, not its neighbours'.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
+
+from ..fairqueue import FairQueue
 
 if TYPE_CHECKING:
     from ..alerts import Alert
@@ -97,14 +101,15 @@ class QueuedSink:
     """Base of sinks that do I/O: a bounded queue, one writer thread, drops counted.
 
     Subclasses implement `accept(item)` (cheap, on the publisher thread: pick what to queue, or
-    None to skip) and `write(batch)` (on the writer thread). A failing write is counted and
-    logged once per burst; it never ends the thread.
+    None to skip) and `write(batch)` (on the writer thread); a sink that makes several entries of
+    an item calls `offer` for each. A failing write is counted and logged once per burst; it
+    never ends the thread.
     """
 
     name = "queued"
 
     def __init__(self, *, queue_size: int = 1024, batch_max: int = 64) -> None:
-        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._queue: FairQueue = FairQueue(queue_size)
         self._queue_size = queue_size
         self._batch_max = batch_max
         self._stop = threading.Event()
@@ -129,16 +134,27 @@ class QueuedSink:
 
     def handle(self, item: Published) -> None:
         entry = self.accept(item)
-        if entry is None:
-            return
+        if entry is not None:
+            self.offer(entry, item.session.session_id)
+
+    def weight(self, entry) -> int:
+        """How many messages an entry stands for in the counters."""
+        return 1
+
+    def offer(self, entry, session_id: str) -> None:
+        """Queue one entry of a session. When the queue is full, the oldest entry of the session
+        with the most waiting makes room (counted as dropped): whoever floods loses its own."""
+        weight = self.weight(entry)
         with self._lock:
-            self.handled += 1
-        try:
-            self._queue.put_nowait(entry)
-        except queue.Full:
-            with self._lock:
-                self.dropped += 1
-                self._last_drop = time.monotonic()
+            self.handled += weight
+        pushed_out = self._queue.put_nowait(entry, session_id)
+        if pushed_out is not None:
+            self._count_dropped(self.weight(pushed_out))
+
+    def _count_dropped(self, n: int) -> None:
+        with self._lock:
+            self.dropped += n
+            self._last_drop = time.monotonic()
 
     def session_ended(self, session_id: str) -> None:
         pass

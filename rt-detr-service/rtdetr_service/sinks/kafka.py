@@ -129,19 +129,12 @@ class KafkaSink(QueuedSink):
             + (len(item.alerts) if self.topics["alerts"] else 0)
         )
 
-    def handle(self, item: Published) -> None:
-        """Queue the step; its JSON is made on the sink's thread. Never waits."""
-        count = self._count(item)
-        if not count:
-            return
-        with self._lock:
-            self.handled += count
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            with self._lock:
-                self.dropped += count
-                self._last_drop = time.monotonic()
+    def accept(self, item: Published):
+        """Queue the whole step; its JSON is made on the sink's thread."""
+        return item if self._count(item) else None
+
+    def weight(self, entry: Published) -> int:
+        return self._count(entry)
 
     # -- the sink's thread -------------------------------------------------------------------
 

@@ -174,7 +174,7 @@ class MqttSink(QueuedSink):
                 self._last_drop = time.monotonic()
             return
         for entry in entries:
-            super().handle(entry)
+            self.offer(entry, item.session.session_id)
 
     def session_ended(self, session_id: str) -> None:
         """Its objects are gone: every label it counted goes back to 0."""
@@ -183,7 +183,7 @@ class MqttSink(QueuedSink):
             self._last_detections.pop(session_id, None)
         entries = [(f"{self.prefix}/{camera}/{label}", "0", 1, True) for label, n in labels.items() if n]
         for entry in entries:
-            super().handle(entry)
+            self.offer(entry, session_id)
 
     def _messages(self, item: Published) -> list[tuple[str, str, int, bool]]:
         view = item.session

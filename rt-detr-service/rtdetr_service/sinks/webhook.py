@@ -190,7 +190,7 @@ class WebhookSink:
         for message in output_messages(item):
             entry = (uuid.uuid4().hex, dumps(message).encode())
             for destination in self._destinations:
-                destination.handle(entry)
+                destination.offer(entry, item.session.session_id)
 
     def session_ended(self, session_id: str) -> None:
         pass
