@@ -70,3 +70,51 @@ def test_metrics_can_be_opened_deliberately(tiny_model_dir):
         assert httpx.get(f"{service.base_url}/metrics").status_code == 200
     finally:
         service.stop()
+
+
+TRAVERSALS = [
+    "/ui/../../README.md",
+    "/ui/..%2f..%2fREADME.md",
+    "/ui/%2e%2e/%2e%2e/README.md",
+    "/ui/%2e%2e%2f%2e%2e%2fREADME.md",
+    "/ui/....//....//README.md",
+    "/ui/..%5c..%5cREADME.md",
+    "/ui/%252e%252e/%252e%252e/README.md",
+    "/ui/swagger/../../../rt-detr-service/rtdetr_service/config.py",
+    "/ui//etc/passwd",
+    "/ui/%2fetc%2fpasswd",
+    "/ui/../../../../etc/passwd",
+    "/ui/app.js%00../../README.md",
+    "/.env",
+    "/ui/.env",
+    "//etc/passwd",
+]
+
+
+def raw_get(base_url: str, path: str) -> tuple[int, bytes]:
+    """GET `path` exactly as written (an HTTP client would normalise the dots away first)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(base_url)
+    with socket.create_connection((where.hostname, where.port), timeout=5) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {where.netloc}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, data.partition(b"\r\n\r\n")[2]
+
+
+@pytest.mark.parametrize("path", TRAVERSALS)
+def test_static_files_never_leave_their_folder(live_service, path):
+    # Given the viewer's files served under /ui (the folder next to README.md and the service's code)
+    status, body = raw_get(live_service.base_url, path)
+    # Then a path that climbs out, however it is spelled, gets nothing from outside
+    assert status in (400, 404), (status, body[:200])
+    assert b"rtdetr-stack" not in body and b"class Settings" not in body and b"root:" not in body
+
+
+def test_the_viewer_files_are_still_served(live_service):
+    status, body = raw_get(live_service.base_url, "/ui/app.js")
+    assert status == 200 and b"function" in body
