@@ -2,12 +2,13 @@
 
 Given `ffmpeg -re -stream_loop -1 -i clip.mp4 -c copy -f rtsp -rtsp_transport tcp` publishing a
 320x240 15 fps clip to the native relay camera (`scripts/test_camera.py --relay`), and the real
-service in this process with 2 sessions reading it (drawing on), when 4 WebSocket viewers connect
-and leave every 1.5-4.5 s for 30 s, then a stalled viewer (upgrade done, 4 KB receive buffer,
-never reads) joins for 45 s more, and then everyone leaves, then, from a CSV row every 3 s
-(test-artifacts/soak-short/samples.csv: RSS, threads and fds of this process, which hosts the
-service; load average; fps, latency and reconnects from GET /api/v1/video/status/{id}; frames and
-latency the viewers saw):
+service in a process of its own (`python -m rtdetr_service`, as `make serve` runs it) with 2
+sessions reading it (drawing on), when 4 WebSocket viewers connect and leave every 1.5-4.5 s for
+30 s, then a stalled viewer (upgrade done, 4 KB receive buffer, never reads) joins for 45 s more,
+and then everyone leaves, then, from a CSV row every 3 s (test-artifacts/soak-short/samples.csv:
+RSS, threads and fds of the service's process, which holds only the service, not the test runner
+and what hundreds of earlier tests left in it; load average; fps, latency and reconnects from
+GET /api/v1/video/status/{id}; frames and latency the viewers saw):
 
 - RSS grows less than 8 MB/min over the second half (least squares). Trial runs moved by ±3 MB
   within 45 s (allocator noise); a leak of one 320x240 JPEG (~10 KB) per frame sent to the
@@ -15,7 +16,7 @@ latency the viewers saw):
   (~50 a minute) ~3 MB/min, so this bound catches per-frame leaks, not slow per-connection ones
   (the 1-hour soak in docs/reliability.md holds those to 1 MB/min);
 - threads and fds in the second half peak no higher than in the first (+3 threads, +6 fds: the
-  viewers' own client threads and sockets come and go with the churn, in this same process);
+  service's per-viewer sockets and tasks come and go with the churn);
 - after the viewers leave, threads are back to the baseline taken before they came (+2) and fds
   too (+4: pooled HTTP connections);
 - no viewer is refused (no 4429: the stalled viewer must not hold slots others need) and every
@@ -37,7 +38,7 @@ import sys
 
 import pytest
 
-from support import API_KEY, ROOT, make_settings, run_service
+from support import ROOT
 
 pytestmark = pytest.mark.skipif(not shutil.which("ffmpeg"), reason="the soak publisher is ffmpeg")
 
@@ -69,10 +70,11 @@ def test_short_soak_memory_threads_fds_flat_and_a_stalled_viewer_harms_nobody(ti
         pusher = soak.Pusher(clip, camera.url, tmp_path / "push.log")
         pusher.start()
         parts.callback(pusher.stop)
-        service = run_service(make_settings(tiny_model_dir, max_sessions=4))
+        service = soak.ServiceProcess(tiny_model_dir, tmp_path, soak.free_port(), {"MAX_SESSIONS": "4"})
+        service.start()
         parts.callback(service.stop)
         workload = soak.Workload(
-            service.base_url, API_KEY, camera.url, out, pid="self", sessions=2, viewers=4,
+            service.base_url, service.api_key, camera.url, out, pid=service.proc.pid, sessions=2, viewers=4,
             hold_s=3.0, stall_hold_s=60.0, interval_s=3.0, pusher=pusher,
         )  # fmt: skip
         parts.callback(workload.close)
