@@ -42,7 +42,7 @@ from clip import cached_clip, clip_info  # noqa: E402
 from measure import percentiles_ms  # noqa: E402
 
 # Our sides: name -> (BACKEND, CPU_PRECISION). "openvino" is what BACKEND=auto runs on a CPU with the
-# default CPU_PRECISION=auto (bf16 where the CPU has it); "openvino-fp32" is the bit-parity setting.
+# default CPU_PRECISION=auto (bf16 where the CPU has it); "openvino-fp32" is the setting that keeps parity with torch.
 OURS = {
     "torch": ("torch", "fp32"),
     "openvino": ("openvino", "auto"),
