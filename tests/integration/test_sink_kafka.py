@@ -272,7 +272,9 @@ def test_a_broker_killed_mid_run_costs_counted_drops_then_delivers_again(broker,
     assert wait_until(lambda: sink.stats().failed > 0, timeout=5), sink.stats()
     stats = sink.stats()
     assert stats.dropped > 0
-    assert stats.detail["awaiting_ack"] <= 32 and stats.queued <= 32, "memory is bounded"
+    # memory is bounded, not 600 messages: librdkafka holds at most queue_size messages, and its
+    # out-queue count (len) also has events not yet polled: delivery reports, errors (34 seen once)
+    assert stats.detail["awaiting_ack"] <= 2 * 32 and stats.queued <= 32, "memory is bounded"
     assert broker.bootstrap in stats.last_error
 
     # when the broker comes back (the same port, empty), then the sink delivers again
