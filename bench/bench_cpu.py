@@ -215,31 +215,25 @@ def child_ultralytics(args) -> dict:
     }
 
 
+def shared_flags(args, clip: Path) -> list[str]:
+    """What every side's process is told alike: the clip, the window, the input size, the threads."""
+    return [
+        "--clip", str(clip),
+        "--warmup", str(args.warmup),
+        "--duration", str(args.duration),
+        "--input-size", str(args.input_size),
+        "--cpu-threads", str(args.cpu_threads),
+    ]  # fmt: skip
+
+
 def run_baseline(args, clip: Path, model_dir: Path, workdir: Path) -> dict:
     """bench/baseline.py at one stream: thread per session, batch 1, no frame skipped."""
     out = workdir / "baseline.json"
     command = [
         sys.executable,
         str(BENCH / "baseline.py"),
-        "--clip",
-        str(clip),
-        "--model",
-        str(model_dir),
-        "--device",
-        "cpu",
-        "--streams",
-        "1",
-        "--keep-going",
-        "--warmup",
-        str(args.warmup),
-        "--duration",
-        str(args.duration),
-        "--input-size",
-        str(args.input_size),
-        "--cpu-threads",
-        str(args.cpu_threads),
-        "--out",
-        str(out),
+        *shared_flags(args, clip),
+        *("--model", str(model_dir), "--device", "cpu", "--streams", "1", "--keep-going", "--out", str(out)),
     ]
     code = subprocess.run(command).returncode
     if code != 0 or not out.exists():
@@ -266,22 +260,8 @@ def run_child(args, side: str, clip: Path, model_dir: Path, workdir: Path) -> di
     command = [
         sys.executable,
         str(Path(__file__).resolve()),
-        "--child",
-        side,
-        "--clip",
-        str(clip),
-        "--model-dir",
-        str(model_dir),
-        "--warmup",
-        str(args.warmup),
-        "--duration",
-        str(args.duration),
-        "--input-size",
-        str(args.input_size),
-        "--cpu-threads",
-        str(args.cpu_threads),
-        "--json",
-        str(out),
+        *shared_flags(args, clip),
+        *("--child", side, "--model-dir", str(model_dir), "--json", str(out)),
     ]
     if args.ultralytics_pt:
         command += ["--ultralytics-pt", str(args.ultralytics_pt)]
