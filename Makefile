@@ -55,7 +55,7 @@ models: deps ## download official weights into models/ (MODEL_VARIANT=r18vd|r34v
 	$(SERVICE_ENV) $(PY) scripts/download_models.py $(MODEL_VARIANT)
 
 export: deps ## export MODEL for BACKEND now (ONNX / OpenVINO IR / TensorRT engine, cached in models/.cache)
-	$(SERVICE_ENV) $(PY) -m rtdetr_service.backends.export
+	$(SERVICE_ENV) $(PY) -m rtdetr_service.inference.export_cli
 
 up: ## docker compose: start MediaMTX, Kong and the service (GPU host)
 	docker compose up -d --build

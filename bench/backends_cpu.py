@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from bench_cpu import gflop_per_frame
 
-from rtdetr_service.detector import condition_random_weights, load_detector, r18vd_config, random_weights_model
+from rtdetr_service.inference.loading import load_detector
+from rtdetr_service.inference.random_weights import condition_random_weights, r18vd_config, random_weights_model
 
 VARIANTS = (("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"))
 
@@ -47,7 +48,7 @@ def main() -> int:
     parser.add_argument("--ceiling", action="store_true", help="also time fp32/bf16 matrix products on these threads")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    from rtdetr_service.backends import default_cpu_threads
+    from rtdetr_service.inference.backends import default_cpu_threads
 
     # 0: each backend's own default (the service's CPU_THREADS=0); torch's pool as the service sets it.
     torch.set_num_threads(args.threads or default_cpu_threads("torch"))

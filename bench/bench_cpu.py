@@ -60,7 +60,7 @@ def conditioned_model(cache: Path) -> Path:
     """r18vd with conditioned random weights, saved once (the fallback's model, loadable by every side)."""
     path = cache / "rtdetr_v2_r18vd_conditioned"
     if not (path / "config.json").exists():
-        from rtdetr_service.detector import condition_random_weights, r18vd_config, random_weights_model
+        from rtdetr_service.inference.random_weights import condition_random_weights, r18vd_config, random_weights_model
 
         condition_random_weights(random_weights_model(r18vd_config()).eval()).save_pretrained(path)
     return path
@@ -128,7 +128,7 @@ def child_ours(args) -> dict:
     """The real service with the side's BACKEND and CPU_PRECISION, one session, one viewer, one measured window."""
     import bench_pipeline as pipeline
 
-    from rtdetr_service.config import Settings
+    from rtdetr_service.core.config import Settings
 
     with tempfile.TemporaryDirectory(prefix="bench-cpu-") as tmp:
         workdir = Path(tmp)

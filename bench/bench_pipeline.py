@@ -60,7 +60,7 @@ def prepare_model(spec: str, cache: Path) -> str:
     if spec == "r18vd":
         path = cache / "rtdetr_v2_r18vd_random"
         if not (path / "config.json").exists():
-            from rtdetr_service.detector import r18vd_config, random_weights_model
+            from rtdetr_service.inference.random_weights import r18vd_config, random_weights_model
 
             random_weights_model(r18vd_config()).save_pretrained(path)
         return str(path)
@@ -92,7 +92,7 @@ class Service:
         import uvicorn
 
         from rtdetr_service.__main__ import server_config
-        from rtdetr_service.app import create_app
+        from rtdetr_service.web.app import create_app
 
         self.settings = settings
         self.app = create_app(settings)
@@ -128,8 +128,8 @@ class Service:
     def start_session(self, clip: str):
         """A session on the clip through the manager, as POST /start makes one, but with a paced, looping
         file reader (the HTTP route only accepts network URLs)."""
-        from rtdetr_service.session import SessionOptions
-        from rtdetr_service.source import StreamReader
+        from rtdetr_service.ingest.reader import StreamReader
+        from rtdetr_service.sessions.session import SessionOptions
 
         options = SessionOptions(
             stream_url=clip, enable_drawing=True, confidence_threshold=0.5, alert_rule=None, jpeg_quality=75
@@ -366,7 +366,7 @@ def _memory_per_stream(counts: list[dict], idle_mb: float) -> dict:
 def sweep_ours(args, clip: str, model_dir: str, src_fps: float, workdir: Path, progress=lambda results: None) -> dict:
     """The sweep (and the soak) of our side; `progress(results)` is called whenever a result is
     added, so that a run cut short by a time limit still leaves what it measured."""
-    from rtdetr_service.config import Settings
+    from rtdetr_service.core.config import Settings
 
     counts = [] if args.soak_only else args.stream_counts
     settings = Settings(

@@ -17,12 +17,12 @@ import time
 
 import numpy as np
 
-from rtdetr_service.events import EventLifecycle
-from rtdetr_service.publisher import Publisher
-from rtdetr_service.sinks import SessionView
-from rtdetr_service.tracking import Tracker, TrackerOptions
-from rtdetr_service.types import Detection, Frame, FrameResult
-from rtdetr_service.zones import ZoneConfig, ZoneEngine
+from rtdetr_service.analytics.events import EventLifecycle
+from rtdetr_service.analytics.publisher import Publisher
+from rtdetr_service.analytics.tracking import Tracker, TrackerOptions
+from rtdetr_service.analytics.zones import ZoneConfig, ZoneEngine
+from rtdetr_service.core.results import SessionView
+from rtdetr_service.core.types import Detection, Frame, FrameResult
 
 WIDTH, HEIGHT, FPS = 1920, 1080, 30.0
 

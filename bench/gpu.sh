@@ -105,7 +105,7 @@ if gaps:
     sys.exit("bench/gpu.sh: missing requirements (add them to WHEELS):\n  " + "\n  ".join(gaps))
 
 import av, fastapi, pydantic_settings, uvicorn, websockets  # noqa: E401,F401
-import rtdetr_service.app  # noqa: F401
+import rtdetr_service.web.app  # noqa: F401
 import torch
 
 if not torch.cuda.is_available():

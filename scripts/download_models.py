@@ -56,7 +56,7 @@ def main() -> int:
 
     from transformers import AutoConfig, AutoModelForObjectDetection
 
-    from rtdetr_service.detector import REALTIME_DETRS
+    from rtdetr_service.inference.loading import REALTIME_DETRS
 
     hub_id = HUB_IDS[args.variant]
     target = args.dest / folder_name(args.variant)

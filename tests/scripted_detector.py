@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 
-from rtdetr_service.coco import COCO_CLASSES
-from rtdetr_service.types import Detection, ModelInfo
+from rtdetr_service.core.coco import COCO_CLASSES
+from rtdetr_service.core.types import Detection, ModelInfo
 
 PERSON = COCO_CLASSES.index("person")
 

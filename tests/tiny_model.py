@@ -12,8 +12,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from rtdetr_service.coco import COCO_CLASSES
-from rtdetr_service.detector import coco_rtdetr_v2_config, condition_random_weights, random_weights_model
+from rtdetr_service.core.coco import COCO_CLASSES
+from rtdetr_service.inference.random_weights import (
+    coco_rtdetr_v2_config,
+    condition_random_weights,
+    random_weights_model,
+)
 
 ARCHITECTURES = ("rt_detr_v2", "d_fine", "deimv2", "rf_detr", "lw_detr")
 

@@ -17,10 +17,10 @@ import pytest
 import torch
 from websockets.sync.client import connect
 
-from rtdetr_service.detector import load_detector, warm_up
-from rtdetr_service.encode import JpegEncoder
-from rtdetr_service.session import SessionOptions
-from rtdetr_service.source import StreamReader
+from rtdetr_service.inference.loading import load_detector, warm_up
+from rtdetr_service.ingest.reader import StreamReader
+from rtdetr_service.outputs.encode import JpegEncoder
+from rtdetr_service.sessions.session import SessionOptions
 
 from support import frame_results, make_settings, run_service
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from rtdetr_service.detector import load_detector
+from rtdetr_service.inference.loading import load_detector
 
 from tiny_model import ARCHITECTURES, build
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from scripted_detector import WalkingPeople
 
-from rtdetr_service.api.video import StartRequest, StopRequest, ZonesIn
-from rtdetr_service.app import create_app
-from rtdetr_service.coco import COCO_CLASSES
-from rtdetr_service.source import StreamErrorKind
-from rtdetr_service.zones import ZoneConfig
+from rtdetr_service.analytics.zones import ZoneConfig
+from rtdetr_service.core.coco import COCO_CLASSES
+from rtdetr_service.ingest.urls import StreamErrorKind
+from rtdetr_service.web.app import create_app
+from rtdetr_service.web.routes.video import StartRequest, StopRequest, ZonesIn
 
 from support import make_settings, run_service
 

@@ -19,13 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from rtdetr_service.backends import default_cpu_threads
-from rtdetr_service.detector import (
-    condition_random_weights,
-    load_detector,
-    r18vd_config,
-    random_weights_model,
-)
+from rtdetr_service.inference.backends import default_cpu_threads
+from rtdetr_service.inference.loading import load_detector
+from rtdetr_service.inference.random_weights import condition_random_weights, r18vd_config, random_weights_model
 
 from tiny_model import ARCHITECTURES, build, tiny_config_of
 

@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from rtdetr_service.batcher import InferenceWorker
-from rtdetr_service.detector import load_detector
-from rtdetr_service.slot import LatestSlot
-from rtdetr_service.types import Frame
+from rtdetr_service.core.slot import LatestSlot
+from rtdetr_service.core.types import Frame
+from rtdetr_service.inference.loading import load_detector
+from rtdetr_service.inference.worker import InferenceWorker
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import threading
 import av
 import numpy as np
 
-from rtdetr_service.source import StreamReader
+from rtdetr_service.ingest.reader import StreamReader
 
 FRAMES = 150
 

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from rtdetr_service.event_store import EventStore, InvalidCursor, encode_cursor, metadata
-from rtdetr_service.events import EventLifecycle
-from rtdetr_service.types import Detection, Frame
+from rtdetr_service.analytics.events import EventLifecycle
+from rtdetr_service.core.types import Detection, Frame
+from rtdetr_service.outputs.store.event_store import EventStore, InvalidCursor, encode_cursor, metadata
 
 NOW = 1_780_000_000.0  # the stores' clock in these tests
 DAY = 86400.0

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from hostile_servers import FakeServer, delayed_proxy, garbage, header_flood, redirect_to, silent, trickle
 
-from rtdetr_service.source import DENIED_WORDS
+from rtdetr_service.ingest.urls import DENIED_WORDS
 
 from support import make_settings, run_service
 from support import wait_until as _wait_for

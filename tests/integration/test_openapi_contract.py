@@ -46,8 +46,8 @@ from schemathesis.specs.openapi.checks import (
 )
 from scripted_detector import WalkingPeople
 
-from rtdetr_service.app import create_app
-from rtdetr_service.source import StreamError, validate_stream_url
+from rtdetr_service.ingest.urls import StreamError, validate_stream_url
+from rtdetr_service.web.app import create_app
 
 from support import API_KEY, make_settings, run_service
 

@@ -17,12 +17,11 @@ import pytest
 from test_sink_mqtt import MOSQUITTO, Subscriber
 from test_sink_mqtt import Broker as Mosquitto
 
-from rtdetr_service import wire
-from rtdetr_service.alerts import Alert
-from rtdetr_service.events import EventLifecycle
-from rtdetr_service.sinks import Published, SessionView
-from rtdetr_service.sinks.webhook import WebhookSink
-from rtdetr_service.types import Detection, Frame, FrameResult
+from rtdetr_service.analytics.events import EventLifecycle
+from rtdetr_service.core.results import Alert, Published, SessionView
+from rtdetr_service.core.types import Detection, Frame, FrameResult
+from rtdetr_service.outputs import messages
+from rtdetr_service.outputs.webhook import WebhookSink
 
 from support import free_port
 
@@ -105,12 +104,12 @@ def steps() -> list[Published]:
 
 
 def test_the_wire_builders_match_the_schema_files():
-    messages = []
+    sent = []
     for step in steps():
-        messages += wire.output_messages(step)
+        sent += messages.output_messages(step)
         if step.result is not None:
-            messages.append(wire.output_detections(step.session, step.result))
-    assert check(messages) == set(NAMES)
+            sent.append(messages.output_detections(step.session, step.result))
+    assert check(sent) == set(NAMES)
 
 
 def test_the_examples_in_the_docs_match_the_schema_files():
@@ -122,7 +121,7 @@ def test_the_examples_in_the_docs_match_the_schema_files():
 def test_a_field_the_schema_does_not_know_fails_the_check():
     # given a message the schema knows, when a field is added or a type changes, then it is caught
     (step,) = [s for s in steps() if s.alerts][:1]
-    good = wire.output_alert(step.session, step.alerts[0])
+    good = messages.output_alert(step.session, step.alerts[0])
     assert check([good])
     with pytest.raises(AssertionError):
         check([{**good, "extra": 1}])
@@ -161,7 +160,7 @@ def test_webhook_bodies_match_the_schemas():
 
 @pytest.mark.skipif(not Path(MOSQUITTO).exists(), reason="mosquitto is not installed (make setup-test)")
 def test_mqtt_payloads_match_the_schemas(tmp_path):
-    from rtdetr_service.sinks.mqtt import MqttSink
+    from rtdetr_service.outputs.mqtt import MqttSink
 
     broker = Mosquitto(free_port(), tmp_path)
     broker.start()

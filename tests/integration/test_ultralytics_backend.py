@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from rtdetr_service.detector import UltralyticsRTDetr, load_detector
+from rtdetr_service.inference.detector import UltralyticsRTDetr
+from rtdetr_service.inference.loading import load_detector
 
 from support import frame_results, make_settings, run_service
 
@@ -45,7 +46,7 @@ def test_loader_picks_ultralytics_for_pt(rtdetr_pt):
 
 
 def test_missing_pt_is_a_clear_error(tmp_path):
-    from rtdetr_service.detector import ModelLoadError
+    from rtdetr_service.inference.loading import ModelLoadError
 
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_detector(str(tmp_path / "nope.pt"), device="cpu")

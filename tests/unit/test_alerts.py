@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from rtdetr_service.alerts import AlertEngine, AlertRule
-from rtdetr_service.types import Detection
+from rtdetr_service.analytics.alerts import AlertEngine, AlertRule
+from rtdetr_service.core.types import Detection
 
 
 def det(name: str, conf: float, bbox=(10, 10, 20, 40), class_id: int = 0) -> Detection:

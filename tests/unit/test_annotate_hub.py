@@ -5,9 +5,9 @@ import struct
 
 import numpy as np
 
-from rtdetr_service.annotate import Annotator, class_colour
-from rtdetr_service.types import Detection
-from rtdetr_service.wire import frame_binary
+from rtdetr_service.core.types import Detection
+from rtdetr_service.outputs.annotate import Annotator, class_colour
+from rtdetr_service.outputs.messages import frame_binary
 
 
 def test_colour_is_stable_and_distinct():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtdetr_service.events import EventLifecycle
-from rtdetr_service.types import Detection, Frame
+from rtdetr_service.analytics.events import EventLifecycle
+from rtdetr_service.core.types import Detection, Frame
 
 T0 = 1_700_000_000.0
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from rtdetr_service.fairqueue import FairQueue
-from rtdetr_service.sinks.base import QueuedSink
+from rtdetr_service.core.fairqueue import FairQueue
+from rtdetr_service.outputs.base import QueuedSink
 
 
 def test_a_flooding_key_pushes_out_its_own_oldest_items_only():

@@ -11,7 +11,8 @@ import time
 import pytest
 from hostile_servers import FakeServer, garbage, header_flood, redirect_to, silent, trickle
 
-from rtdetr_service.source import DENIED_WORDS, DestinationPolicy, StreamError, StreamErrorKind, StreamReader
+from rtdetr_service.ingest.reader import StreamReader
+from rtdetr_service.ingest.urls import DENIED_WORDS, DestinationPolicy, StreamError, StreamErrorKind
 
 
 def _reader(url: str, *, open_timeout: float = 2.0, policy: DestinationPolicy | None = None) -> StreamReader:

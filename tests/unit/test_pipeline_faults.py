@@ -11,12 +11,13 @@ import time
 import numpy as np
 import pytest
 
-from rtdetr_service.batcher import InferenceWorker
-from rtdetr_service.config import Settings
-from rtdetr_service.session import Session, SessionError, SessionManager, SessionOptions, SessionState
-from rtdetr_service.sinks.websocket import WebSocketSink
-from rtdetr_service.source import StreamReader
-from rtdetr_service.types import Frame, ModelInfo, StreamInfo
+from rtdetr_service.core.config import Settings
+from rtdetr_service.core.types import Frame, ModelInfo, StreamInfo
+from rtdetr_service.inference.worker import InferenceWorker
+from rtdetr_service.ingest.reader import StreamReader
+from rtdetr_service.outputs.websocket import WebSocketSink
+from rtdetr_service.sessions.manager import SessionManager
+from rtdetr_service.sessions.session import Session, SessionError, SessionOptions, SessionState
 
 MODEL = ModelInfo(name="fake", backend="fake", device="cpu", trained=True, class_names=("person",))
 
@@ -424,7 +425,7 @@ class _BlindConnection(_DroppedAtOnce):
 
 
 def test_data_without_pictures_ends_the_connection(monkeypatch):
-    import rtdetr_service.source as source
+    import rtdetr_service.ingest.reader as source
 
     monkeypatch.setattr(source, "NO_PICTURE_S", 0.3)
     states = _watch(
@@ -462,7 +463,7 @@ class _Picture:
 
 
 def test_a_loss_after_a_healthy_run_backs_off_from_the_start(monkeypatch):
-    import rtdetr_service.source as source
+    import rtdetr_service.ingest.reader as source
 
     monkeypatch.setattr(source, "HEALTHY_RUN_S", 0.2)
     states = _watch(

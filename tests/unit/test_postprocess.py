@@ -5,7 +5,7 @@ import math
 import numpy as np
 import torch
 
-from rtdetr_service.detector import postprocess, to_detections
+from rtdetr_service.inference.detector import postprocess, to_detections
 
 
 def _logit(p: float) -> float:

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from rtdetr_service.config import Settings
+from rtdetr_service.core.config import Settings
 
 
 def make(**values) -> Settings:
@@ -73,7 +73,7 @@ def test_env_file_shared_with_compose_is_read_for_our_names_only(tmp_path, monke
 
 
 def test_a_typo_in_the_shared_env_file_is_pointed_out(tmp_path):
-    from rtdetr_service.config import unknown_env_file_keys
+    from rtdetr_service.core.config import unknown_env_file_keys
 
     env = tmp_path / ".env"
     env.write_text("API_KEYS=k\nMAX_SESION=3\nMEDIAMTX_READ_PASS=x\nKONG_DECLARATIVE_FILE=/k.yml\nRTSP_BIND=0.0.0.0\n")

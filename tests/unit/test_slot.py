@@ -3,7 +3,7 @@
 import threading
 import time
 
-from rtdetr_service.slot import LatestSlot
+from rtdetr_service.core.slot import LatestSlot
 
 
 def test_keeps_only_newest_and_counts_drops():

@@ -2,8 +2,8 @@
 
 import pytest
 
-from rtdetr_service.session import SessionState as S
-from rtdetr_service.session import can_transition
+from rtdetr_service.sessions.session import SessionState as S
+from rtdetr_service.sessions.session import can_transition
 
 ALLOWED = {
     (S.STARTING, S.RUNNING),

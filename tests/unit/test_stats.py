@@ -1,6 +1,6 @@
 """Rates and latency summaries, with time passed in."""
 
-from rtdetr_service.stats import LatencyWindow, RateMeter
+from rtdetr_service.core.stats import LatencyWindow, RateMeter
 
 
 def test_rate_of_a_steady_stream():

@@ -2,8 +2,8 @@
 
 import pytest
 
-from rtdetr_service.tracking import Tracker, TrackerOptions
-from rtdetr_service.types import Detection
+from rtdetr_service.analytics.tracking import Tracker, TrackerOptions
+from rtdetr_service.core.types import Detection
 
 FPS = 30.0
 

@@ -2,15 +2,9 @@
 
 import pytest
 
-from rtdetr_service.logs import redact
-from rtdetr_service.source import (
-    StreamError,
-    StreamErrorKind,
-    _describe,
-    protocol_whitelist,
-    redact_url,
-    validate_stream_url,
-)
+from rtdetr_service.core.logs import redact
+from rtdetr_service.ingest.reader import _describe
+from rtdetr_service.ingest.urls import StreamError, StreamErrorKind, protocol_whitelist, redact_url, validate_stream_url
 
 ALLOWED = ["rtsp", "rtsps"]
 
@@ -110,7 +104,7 @@ def test_ffmpeg_enforces_the_whitelist(tmp_path):
     import av
     import numpy as np
 
-    from rtdetr_service.source import StreamReader
+    from rtdetr_service.ingest.reader import StreamReader
 
     clip = tmp_path / "clip.mp4"
     with av.open(str(clip), "w") as out:
@@ -138,7 +132,7 @@ def test_ffmpeg_enforces_the_whitelist(tmp_path):
 
 
 def test_ffmpeg_reasons_never_carry_credentials():
-    from rtdetr_service.source import StreamReader
+    from rtdetr_service.ingest.reader import StreamReader
 
     reader = StreamReader(
         "rtsp://admin:hunter2@127.0.0.1:1/camera", on_frame=lambda f: None, on_state=lambda s, e: None,

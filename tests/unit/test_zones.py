@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from rtdetr_service.types import Detection
-from rtdetr_service.zones import MAX_POINTS, MAX_ZONES, Line, Rule, Zone, ZoneConfig, ZoneEngine
+from rtdetr_service.analytics.zones import MAX_POINTS, MAX_ZONES, Line, Rule, Zone, ZoneConfig, ZoneEngine
+from rtdetr_service.core.types import Detection
 
 SIZE = 1000  # frames are 1000x1000 px, so a pixel anchor x is normalised x / 1000
 

@@ -1,0 +1,147 @@
+"""What the results stage produces and every output reads: alerts, event records and changes,
+the published step of a session, and a session's snapshot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from rtdetr_service.core.stats import SessionStats
+from rtdetr_service.core.types import Detection, Frame, FrameResult
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """An alert: the classic class/confidence rule (`kind` "detection", `rule` None) or a zone
+    or line rule that fired for one tracked object."""
+
+    class_name: str
+    confidence: float
+    bbox: tuple[float, float, float, float]
+    frame_index: int
+    timestamp: float
+    track_id: int | None = None
+    kind: str = "detection"  # detection | enter | dwell | cross | occupancy
+    rule: str | None = None
+    zone: str | None = None
+    line: str | None = None
+    direction: str | None = None
+    count: int | None = None
+    event_id: str | None = None
+
+    def as_data(self) -> dict:
+        return {
+            "class_name": self.class_name,
+            "confidence": round(self.confidence, 4),
+            "bbox": [round(v, 1) for v in self.bbox],
+            "frame_index": self.frame_index,
+            "track_id": self.track_id,
+            "kind": self.kind,
+            "rule": self.rule,
+            "zone": self.zone,
+            "line": self.line,
+            "direction": self.direction,
+            "count": self.count,
+            "event_id": self.event_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """What is known about one object's life; times are frame timestamps (Unix seconds)."""
+
+    id: str
+    session_id: str
+    camera: str | None
+    track_id: int
+    label: str
+    class_id: int
+    start_time: float
+    end_time: float | None
+    last_seen: float
+    best_confidence: float
+    best_bbox: tuple[float, float, float, float]
+    best_time: float
+    frame_width: int
+    frame_height: int
+    zones: tuple[str, ...] = ()  # every zone entered during the life, in order of entry
+    rules: tuple[str, ...] = ()  # every rule fired for it, in order of first firing
+    has_snapshot: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.end_time is None
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "session_id": self.session_id,
+            "camera": self.camera,
+            "track_id": self.track_id,
+            "label": self.label,
+            "class_id": self.class_id,
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+            "last_seen": self.last_seen,
+            "best_confidence": round(self.best_confidence, 4),
+            "best_bbox": [round(v, 1) for v in self.best_bbox],
+            "best_time": self.best_time,
+            "frame": {"width": self.frame_width, "height": self.frame_height},
+            "zones": list(self.zones),
+            "rules": list(self.rules),
+            "has_snapshot": self.has_snapshot,
+            "active": self.active,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRequest:
+    """The frame at the object's best so far and its box there: what a snapshot is made from."""
+
+    event_id: str
+    frame: Frame
+    detection: Detection
+
+
+@dataclass(frozen=True, slots=True)
+class EventChange:
+    """One step of a life. `before` is the record as it was (None for "new"); an "end" carries
+    `event.track_id`, which is how the zone engine and tracker learn to forget a track."""
+
+    kind: Literal["new", "update", "end"]
+    event: EventRecord
+    before: EventRecord | None
+    snapshot: SnapshotRequest | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionView:
+    """What sinks may know of the session a result belongs to."""
+
+    session_id: str
+    camera: str | None
+    enable_drawing: bool
+    jpeg_quality: int
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """One step of a session's results: a frame with its tracked detections (None when only
+    time passed), the alerts it raised and the event changes it caused."""
+
+    session: SessionView
+    result: FrameResult | None
+    alerts: tuple[Alert, ...] = ()
+    events: tuple[EventChange, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSnapshot:
+    """A session's state and figures at one moment; every status document is made from one."""
+
+    session_id: str
+    state: str
+    paused: bool
+    last_error: str | None
+    stats: SessionStats
+    counts: dict

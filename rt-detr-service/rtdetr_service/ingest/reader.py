@@ -1,0 +1,340 @@
+"""Stream reading with PyAV: one reader thread per session, reconnect with backoff."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable, Iterator, Sequence
+
+import av
+import av.container.core
+import av.logging
+
+from rtdetr_service.core.logs import redact
+from rtdetr_service.core.types import Frame, StreamInfo
+from rtdetr_service.ingest.pyav_clock import Watch, watched
+from rtdetr_service.ingest.urls import (
+    DENIED_WORDS,
+    DestinationPolicy,
+    StreamError,
+    StreamErrorKind,
+    protocol_whitelist,
+    redact_url,
+)
+
+log = logging.getLogger(__name__)
+
+
+END_OF_STREAM = "End of stream"
+# A connection that delivered this long counts as healthy: its loss starts the backoff afresh.
+HEALTHY_RUN_S = 10.0
+# Packets arriving but no picture decoded for this long (a decoder that never recovers): reconnect.
+# Generous, because a decoder waits for the next keyframe and some cameras send one every 10 s+.
+NO_PICTURE_S = 30.0
+
+
+def _describe(exc: BaseException) -> str:
+    """FFmpeg's reason in one line; it often quotes the URL, whose secrets are masked."""
+    text = str(exc).strip() or type(exc).__name__
+    return redact(text.replace("\n", " "))
+
+
+class StreamReader:
+    """Decodes every frame of one stream on its own thread and hands each to `on_frame`.
+
+    `open()` runs in the caller (the start call waits for it); `start()` then reads until
+    `stop()`. On loss it reconnects with capped exponential backoff and reports state changes
+    through `on_state(state, error)` with state in {"running", "reconnecting", "failed"}.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        on_frame: Callable[[Frame], None],
+        on_state: Callable[[str, str | None], None],
+        open_timeout: float,
+        read_timeout: float,
+        reconnect_min: float,
+        reconnect_max: float,
+        name: str = "reader",
+        realtime: bool = False,
+        loop: bool = False,
+        whitelist: str | None = None,
+        policy: DestinationPolicy | None = None,
+        schemes: Sequence[str] = ("rtsp", "rtsps"),
+    ) -> None:
+        self.url = url
+        self._on_frame = on_frame
+        self._on_state = on_state
+        self._open_timeout = open_timeout
+        self._read_timeout = read_timeout
+        self._reconnect_min = reconnect_min
+        self._reconnect_max = reconnect_max
+        # realtime/loop/whitelist serve local files (benchmarks, soak clips): paced at their frame
+        # rate like `ffmpeg -re`, looped like `-stream_loop -1`. Network streams need none of them.
+        self._realtime = realtime
+        self._loop = loop
+        self._whitelist = whitelist or protocol_whitelist(url)
+        # Checked at every open, reconnects included (DNS may change), and at every redirect.
+        self._policy = policy
+        self._schemes = tuple(schemes)
+        self._paced_until: float | None = None  # when the last paced frame was due
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._container: av.container.InputContainer | None = None
+        self._container_lock = threading.Lock()
+        self._frame_index = 0
+        self.info: StreamInfo | None = None
+        self.reconnects = 0
+        self.decode_errors = 0  # packets the decoder rejected (bit errors, lost packets)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open(self) -> StreamInfo:
+        """Open the stream and find its video; raise StreamError with FFmpeg's reason. `stop()`
+        from another thread interrupts it."""
+        container, info = self._open_container()
+        with self._container_lock:
+            if self._stop.is_set():
+                # stop() came while FFmpeg was connecting: nobody will start this reader now.
+                container.close()
+                raise StreamError(StreamErrorKind.UNAVAILABLE, "Stopped while opening the stream")
+            self._container, self.info = container, info
+        return info
+
+    def start(self) -> None:
+        if self._container is None:
+            raise RuntimeError("open() must succeed before start()")
+        self._thread.start()
+
+    def stop(self, timeout: float = 1.0) -> bool:
+        """Ask the thread to end; True if it ended within timeout. Safe to call in any state."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        if not self._thread.is_alive() and not self._thread.ident:
+            # Never started (open failed or start not called): release the container here.
+            self._close()
+        return not self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> bool:
+        if self._thread.ident:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _open_container(self) -> tuple[av.container.InputContainer, StreamInfo]:
+        if self._stop.is_set():
+            raise StreamError(StreamErrorKind.UNAVAILABLE, "Stopped while opening the stream")
+        url = self._policy.pin(self.url) if self._policy is not None else self.url
+        options = {
+            "rtsp_transport": "tcp",
+            "rtsp_flags": "prefer_tcp",
+            "protocol_whitelist": self._whitelist,
+            # FFmpeg's own socket I/O timeout (microseconds) backs up PyAV's interrupt timeouts.
+            # Not READ_TIMEOUT_S: during the open it would cut a silent server short and call it
+            # invalid data; reads are bounded by PyAV's read timeout, which is shorter.
+            "timeout": str(int(max(self._open_timeout, self._read_timeout) * 1_000_000)),
+            "fflags": "nobuffer",
+            "analyzeduration": "1000000",
+            "probesize": "1000000",
+        }
+        if not self.url.lower().startswith("rtsp"):
+            for key in ("rtsp_transport", "rtsp_flags"):
+                options.pop(key)
+        started = time.monotonic()
+        watch = Watch(self._stop, self._policy, self._schemes)
+        try:
+            with watched(watch), av.logging.Capture(local=True) as watch.logs:
+                container = av.open(url, options=options, timeout=(self._open_timeout, self._read_timeout))
+        except (av.error.FFmpegError, OSError) as exc:
+            raise self._open_error(exc, time.monotonic() - started, watch) from exc
+        finally:
+            watch.logs = None
+        try:
+            return container, self._video_info(container)
+        except BaseException:
+            container.close()
+            raise
+
+    def _open_error(self, exc: BaseException, elapsed: float, watch: Watch) -> StreamError:
+        """What went wrong, in words: a denied redirect, a stop, a timeout (whatever FFmpeg calls
+        it: an interrupted read surfaces as "Invalid data"), or the server's refusal or bad data."""
+        if watch.denied:
+            return StreamError(StreamErrorKind.DENIED, DENIED_WORDS)
+        if self._stop.is_set():
+            return StreamError(StreamErrorKind.UNAVAILABLE, "Stopped while opening the stream")
+        if isinstance(exc, (av.error.ExitError, TimeoutError)) or elapsed >= 0.9 * self._open_timeout:
+            return StreamError(
+                StreamErrorKind.TIMEOUT,
+                f"Timed out after {elapsed:.1f} s opening the stream: the server did not complete its "
+                f"answer within OPEN_TIMEOUT_S={self._open_timeout:g}",
+            )
+        return StreamError(StreamErrorKind.UNAVAILABLE, f"Cannot open stream: {_describe(exc)}")
+
+    @staticmethod
+    def _video_info(container: av.container.InputContainer) -> StreamInfo:
+        if not container.streams.video:
+            raise StreamError(StreamErrorKind.NO_VIDEO, "The stream has no video track")
+        stream = container.streams.video[0]
+        # Slice threading: frame threading would hold back one frame per decoder thread (on a
+        # 16-core host, half a second at 30 fps) before the reader ever sees it, and with many
+        # cameras it oversubscribes the cores (ARCHITECTURE.md: 1407 vs 862 fps for 16 streams).
+        stream.thread_type = "SLICE"
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else 0.0
+        return StreamInfo(
+            width=int(stream.codec_context.width or 0),
+            height=int(stream.codec_context.height or 0),
+            fps=round(fps, 3) if fps < 1000 else 0.0,
+            codec=stream.codec_context.name,
+        )
+
+    def _close(self) -> None:
+        with self._container_lock:
+            container, self._container = self._container, None
+        if container is not None:
+            try:
+                container.close()
+            except Exception:  # noqa: BLE001 - closing must never raise out of stop()
+                log.debug("error closing container", exc_info=True)
+
+    def _run(self) -> None:
+        with watched(Watch(self._stop, None, ())):
+            self._read_with_reconnects()
+
+    def _read_with_reconnects(self) -> None:
+        failures = 0  # connection losses since the stream last ran healthily
+        lost = False
+        try:
+            while not self._stop.is_set():
+                if self._container is None:
+                    try:
+                        container, info = self._open_container()
+                    except StreamError as exc:
+                        failures += 1
+                        delay = self._backoff(failures)
+                        self._on_state("reconnecting", f"{exc}; retrying in {delay:.1f} s")
+                        if self._stop.wait(delay):
+                            break
+                        continue
+                    with self._container_lock:
+                        self._container, self.info = container, info
+                    if lost:
+                        self.reconnects += 1
+                        log.info("reconnected to %s", redact_url(self.url))
+                    lost = False
+                    self._on_state("running", None)
+                connected = time.monotonic()
+                error = self._decode_until_error()
+                self._close()
+                if self._stop.is_set():
+                    break
+                if self._loop and error == END_OF_STREAM:
+                    continue
+                if time.monotonic() - connected >= max(HEALTHY_RUN_S, self._read_timeout):
+                    # It ran for a while, so this is a new loss: back off from the start again. A
+                    # server that accepts and drops at once keeps backing off instead of being
+                    # hammered every RECONNECT_MIN_S.
+                    failures = 0
+                failures += 1
+                lost = True
+                delay = self._backoff(failures)
+                self._on_state("reconnecting", f"{error}; reconnecting in {delay:.1f} s")
+                log.warning("stream %s lost: %s", redact_url(self.url), error)
+                if self._stop.wait(delay):
+                    break
+        except Exception as exc:  # noqa: BLE001 - any bug must surface as a failed session, not a dead thread
+            log.exception("reader for %s crashed", redact_url(self.url))
+            self._on_state("failed", f"Reader crashed: {_describe(exc)}")
+        finally:
+            self._close()
+
+    def _decode_until_error(self) -> str:
+        container = self._container
+        stream = container.streams.video[0]
+        time_base = float(stream.time_base) if stream.time_base else 0.0
+        rate = stream.average_rate or stream.guessed_rate
+        interval = 1.0 / float(rate) if rate else 0.0
+        clock_start: float | None = None
+        pts_start = 0.0
+        last_picture = time.monotonic()  # when the decoder last gave a picture
+        failing = False  # whether a packet failed to decode since then
+        try:
+            for packet, waited in _timed(container.demux(stream)):
+                if self._stop.is_set():
+                    return "stopped"
+                if waited >= self._read_timeout:
+                    # PyAV's read timeout fired, and FFmpeg's RTSP demuxer answered it with the
+                    # last frame it held instead of an error: the camera has been silent for
+                    # READ_TIMEOUT_S already. Waiting for the next timeout would double it.
+                    return f"No data for {waited:.1f} s"
+                blind = time.monotonic() - last_picture
+                if blind >= max(NO_PICTURE_S, self._read_timeout):
+                    return f"Stream error: data but no decodable picture for {blind:.0f} s"
+                try:
+                    frames = packet.decode()
+                except av.error.FFmpegError as exc:
+                    # A damaged packet (a bit error, a lost RTP packet) costs the frames that
+                    # depend on it, not the connection: the decoder resumes at the next good one.
+                    self.decode_errors += 1
+                    if not failing:
+                        failing = True
+                        log.warning("stream %s: undecodable packet skipped: %s", redact_url(self.url), _describe(exc))
+                    elif blind >= self._read_timeout:
+                        return f"Stream error: nothing decodable for {blind:.1f} s: {_describe(exc)}"
+                    continue
+                if frames:
+                    failing = False
+                    last_picture = time.monotonic()
+                for frame in frames:
+                    due: float | None = None
+                    if self._realtime and frame.pts is not None and time_base:
+                        pts = frame.pts * time_base
+                        if clock_start is None:
+                            # A looped file continues the previous pass's timeline, so a reader
+                            # that fell behind does not catch up at the loop point.
+                            previous = self._paced_until
+                            clock_start = previous + interval if previous is not None else time.monotonic()
+                            pts_start = pts
+                        due = clock_start + (pts - pts_start)
+                        self._paced_until = due
+                        delay = due - time.monotonic()
+                        if delay > 0 and self._stop.wait(delay):
+                            return "stopped"
+                    self._frame_index += 1
+                    wall, now = time.time(), time.monotonic()
+                    if due is not None:
+                        # A paced file stands in for a camera: the frame "arrived" when it was
+                        # due, so a reader running behind its clock shows in every latency.
+                        wall, now = wall - max(0.0, now - due), min(now, due)
+                    self._on_frame(Frame(None, self._frame_index, wall, now, decoded=frame))
+                    if self._stop.is_set():
+                        return "stopped"
+            return END_OF_STREAM
+        except av.error.ExitError:
+            return f"No data for {self._read_timeout:.1f} s"
+        except (av.error.FFmpegError, OSError) as exc:
+            return f"Stream error: {_describe(exc)}"
+
+    def _backoff(self, failures: int) -> float:
+        return min(self._reconnect_max, self._reconnect_min * (2 ** max(0, failures - 1)))
+
+
+def _timed(packets) -> Iterator[tuple[av.Packet, float]]:
+    """Each packet with the seconds spent waiting for it (inside FFmpeg, not in the caller)."""
+    iterator = iter(packets)
+    while True:
+        started = time.monotonic()
+        try:
+            packet = next(iterator)
+        except StopIteration:
+            return
+        yield packet, time.monotonic() - started

@@ -1,0 +1,140 @@
+"""Every message the service sends, in one place: the WebSocket formats of the system spec, and
+the outputs' messages (webhook, MQTT, Kafka), each named by its `schema` (docs/schemas/).
+
+Publishers, the hub, the sinks and the API build messages here and nowhere else, so a field is
+added once and stays the same in JSON, in the binary variant's header, in the REST answers and
+on every output.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from rtdetr_service.core.results import Alert, EventChange, Published, SessionSnapshot, SessionView
+    from rtdetr_service.core.types import Detection, FrameResult, ModelInfo, StreamInfo
+
+# The outputs' message formats; a change that could break a consumer gets a new name (v2).
+EVENT_SCHEMA = "rtdetr.event.v1"
+ALERT_SCHEMA = "rtdetr.alert.v1"
+DETECTIONS_SCHEMA = "rtdetr.detections.v1"
+
+
+def dumps(message: dict) -> str:
+    return json.dumps(message, separators=(",", ":"))
+
+
+def frame_header(session_id: str, result: FrameResult, detections: Sequence[Detection]) -> dict:
+    """The `frame_result` message without its picture."""
+    return {
+        "type": "frame_result",
+        "session_id": session_id,
+        "timestamp": result.timestamp,
+        "frame_index": result.index,
+        "detections": [d.as_dict() for d in detections],
+    }
+
+
+def frame_json(header: dict, jpeg: bytes | None) -> str:
+    """The spec's JSON form: the JPEG base64-encoded in `annotated_frame` (null without drawing)."""
+    return dumps(dict(header, annotated_frame=base64.b64encode(jpeg).decode() if jpeg else None))
+
+
+def frame_binary(header: dict, jpeg: bytes | None) -> bytes:
+    """4-byte big-endian header length, JSON header, then the JPEG bytes (see docs/api.md)."""
+    head = dumps(header).encode()
+    return struct.pack(">I", len(head)) + head + (jpeg or b"")
+
+
+def alert_message(session_id: str, alert: Alert) -> dict:
+    return {"type": "alert", "session_id": session_id, "timestamp": alert.timestamp, "data": alert.as_data()}
+
+
+def status_message(snapshot: SessionSnapshot) -> dict:
+    return {
+        "type": "status",
+        "session_id": snapshot.session_id,
+        "state": snapshot.state,
+        "paused": snapshot.paused,
+        "stats": snapshot.stats.as_dict(),
+        "last_error": snapshot.last_error,
+        "counts": snapshot.counts,
+        "events_open": snapshot.stats.events_open,
+    }
+
+
+def zones_message(session_id: str, zones: dict) -> dict:
+    return {"type": "zones", "session_id": session_id, "zones": zones}
+
+
+def stopped_message(session_id: str, reason: str) -> dict:
+    return {"type": "session_stopped", "session_id": session_id, "reason": reason}
+
+
+def stream_info_message(
+    snapshot: SessionSnapshot, stream: StreamInfo | None, model: ModelInfo, *, enable_drawing: bool, zones: dict
+) -> dict:
+    info = stream.as_dict() if stream else {"width": 0, "height": 0, "fps": 0.0, "codec": ""}
+    return {
+        "type": "stream_info",
+        "session_id": snapshot.session_id,
+        **info,
+        "state": snapshot.state,
+        "paused": snapshot.paused,
+        "enable_drawing": enable_drawing,
+        "class_names": list(model.class_names),
+        "model": model.as_dict(),
+        "warning": model.warning,
+        "zones": zones,
+    }
+
+
+# -- the outputs (webhook, MQTT, Kafka) ---------------------------------------------------------
+
+
+def output_event(view: SessionView, change: EventChange) -> dict:
+    """`rtdetr.event.v1`: one event change, with the record before it (null when new) and after."""
+    return {
+        "schema": EVENT_SCHEMA,
+        "type": change.kind,
+        "session_id": view.session_id,
+        "camera": view.camera,
+        "before": change.before.as_dict() if change.before is not None else None,
+        "after": change.event.as_dict(),
+    }
+
+
+def output_alert(view: SessionView, alert: Alert) -> dict:
+    """`rtdetr.alert.v1`: one alert."""
+    return {
+        "schema": ALERT_SCHEMA,
+        "session_id": view.session_id,
+        "camera": view.camera,
+        "timestamp": alert.timestamp,
+        "alert": alert.as_data(),
+    }
+
+
+def output_detections(view: SessionView, result: FrameResult) -> dict:
+    """`rtdetr.detections.v1`: one frame's detections, boxes in source pixels, with track ids
+    (null until the tracker has confirmed one)."""
+    width, height = result.size
+    return {
+        "schema": DETECTIONS_SCHEMA,
+        "session_id": view.session_id,
+        "camera": view.camera,
+        "frame_index": result.index,
+        "timestamp": result.timestamp,
+        "width": width,
+        "height": height,
+        "detections": [d.as_dict() for d in result.detections],
+    }
+
+
+def output_messages(item: Published) -> list[dict]:
+    """The event and alert messages of one published step: its event changes, then its alerts."""
+    view = item.session
+    return [output_event(view, c) for c in item.events] + [output_alert(view, a) for a in item.alerts]

@@ -1,0 +1,187 @@
+"""Prometheus metrics: one registry per app, per-session figures read at scrape time."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from rtdetr_service.core.results import SessionSnapshot
+    from rtdetr_service.outputs.base import Sink
+
+LATENCY_BUCKETS = (0.01, 0.02, 0.033, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0, 5.0)
+
+
+class _SessionCollector(Collector):
+    """Reads each session's typed snapshot at scrape time (the same one status documents use)."""
+
+    def __init__(self, snapshots: Callable[[], Iterable[SessionSnapshot]]) -> None:
+        self._snapshots = snapshots
+
+    def collect(self):
+        gauges = {
+            "source_fps": GaugeMetricFamily(
+                "rtdetr_session_source_fps", "Frames per second decoded from the stream", labels=["session"]
+            ),
+            "inference_fps": GaugeMetricFamily(
+                "rtdetr_session_inference_fps", "Frames per second run through the model", labels=["session"]
+            ),
+            "published_fps": GaugeMetricFamily(
+                "rtdetr_session_published_fps", "Frames per second published to viewers", labels=["session"]
+            ),
+            "viewers": GaugeMetricFamily("rtdetr_session_viewers", "Connected WebSocket viewers", labels=["session"]),
+        }
+        counters = {
+            "frames_decoded": CounterMetricFamily(
+                "rtdetr_session_frames_decoded", "Frames decoded", labels=["session"]
+            ),
+            "dropped_frames": CounterMetricFamily(
+                "rtdetr_session_frames_dropped", "Frames skipped to stay live", labels=["session"]
+            ),
+            "reconnects": CounterMetricFamily("rtdetr_session_reconnects", "Stream reconnections", labels=["session"]),
+            "decode_errors": CounterMetricFamily(
+                "rtdetr_session_decode_errors", "Damaged packets skipped by the decoder", labels=["session"]
+            ),
+            "publish_errors": CounterMetricFamily(
+                "rtdetr_session_publish_errors", "Frames whose analysis or an output failed", labels=["session"]
+            ),
+            "alerts": CounterMetricFamily("rtdetr_session_alerts", "Alerts raised", labels=["session"]),
+        }
+        events_open = GaugeMetricFamily(
+            "rtdetr_session_events_open", "Tracked objects whose event has not ended", labels=["session"]
+        )
+        line_counts = CounterMetricFamily(
+            "rtdetr_line_crossings",
+            "Tracked objects that crossed a line, by direction and class",
+            labels=["session", "line", "direction", "class_name"],
+        )
+        zone_current = GaugeMetricFamily(
+            "rtdetr_zone_objects", "Tracked objects in a zone now, by class", labels=["session", "zone", "class_name"]
+        )
+        zone_entered = CounterMetricFamily(
+            "rtdetr_zone_entries",
+            "Tracked objects that entered a zone, by class",
+            labels=["session", "zone", "class_name"],
+        )
+        rule_hits = CounterMetricFamily(
+            "rtdetr_rule_hits", "Times a zone or line rule fired", labels=["session", "rule"]
+        )
+        states = GaugeMetricFamily("rtdetr_sessions", "Sessions by state", labels=["state"])
+        by_state: dict[str, int] = {}
+        for snap in self._snapshots():
+            sid = snap.session_id
+            stats = snap.stats.as_dict()
+            by_state[snap.state] = by_state.get(snap.state, 0) + 1
+            for key, family in gauges.items():
+                family.add_metric([sid], stats[key])
+            for key, family in counters.items():
+                family.add_metric([sid], stats[key])
+            events_open.add_metric([sid], stats["events_open"])
+            for line, directions in snap.counts.get("lines", {}).items():
+                for direction, by_class in directions.items():
+                    for name, n in by_class.items():
+                        line_counts.add_metric([sid, line, direction, name], n)
+            for zone, figures in snap.counts.get("zones", {}).items():
+                for name, n in figures.get("current", {}).items():
+                    zone_current.add_metric([sid, zone, name], n)
+                for name, n in figures.get("entered", {}).items():
+                    zone_entered.add_metric([sid, zone, name], n)
+            for rule, n in snap.counts.get("rules", {}).items():
+                rule_hits.add_metric([sid, rule], n)
+        for state, count in by_state.items():
+            states.add_metric([state], count)
+        yield states
+        yield from gauges.values()
+        yield from counters.values()
+        yield from (events_open, line_counts, zone_current, zone_entered, rule_hits)
+
+
+class _SinkCollector(Collector):
+    """Per-output counters: what each sink took, sent, failed and dropped, and its queue."""
+
+    def __init__(self, sinks: Callable[[], Sequence[Sink]]) -> None:
+        self._sinks = sinks
+
+    def collect(self):
+        families = {
+            "sent": CounterMetricFamily("rtdetr_sink_sent", "Items an output delivered", labels=["sink"]),
+            "failed": CounterMetricFamily("rtdetr_sink_failed", "Items an output failed to deliver", labels=["sink"]),
+            "dropped": CounterMetricFamily(
+                "rtdetr_sink_dropped", "Items an output dropped because it could not keep up", labels=["sink"]
+            ),
+            "queued": GaugeMetricFamily(
+                "rtdetr_sink_queue_depth", "Items waiting in an output's queue", labels=["sink"]
+            ),
+        }
+        for sink in self._sinks():
+            stats = sink.stats()
+            for key, family in families.items():
+                family.add_metric([stats.name], getattr(stats, key))
+        yield from families.values()
+
+
+class Metrics:
+    """The service's metrics; tests and each app get their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.latency = Histogram(
+            "rtdetr_frame_latency_seconds",
+            "Decode-to-publish latency per frame",
+            ["session"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "rtdetr_batch_size",
+            "Frames per forward pass",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        )
+        self.inference_seconds = Histogram(
+            "rtdetr_inference_seconds",
+            "Forward pass time incl. pre/post-processing",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.alerts = Counter("rtdetr_alerts", "Alerts raised", ["class_name", "kind"], registry=self.registry)
+        self.model_info = Gauge(
+            "rtdetr_model_info",
+            "The loaded model (value 1); trained=false means random weights",
+            ["name", "backend", "device", "dtype", "trained"],
+            registry=self.registry,
+        )
+
+    def watch_sessions(self, snapshots: Callable[[], Iterable[SessionSnapshot]]) -> None:
+        self.registry.register(_SessionCollector(snapshots))
+
+    def watch_sinks(self, sinks: Callable[[], Sequence[Sink]]) -> None:
+        self.registry.register(_SinkCollector(sinks))
+
+    def frame_latency(self, session_id: str, seconds: float) -> None:
+        self.latency.labels(session_id).observe(seconds)
+
+    def batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.inference_seconds.observe(seconds)
+
+    def alert(self, class_name: str, kind: str = "detection") -> None:
+        self.alerts.labels(class_name, kind).inc()
+
+    def forget_session(self, session_id: str) -> None:
+        try:
+            self.latency.remove(session_id)
+        except KeyError:
+            pass

@@ -1,0 +1,376 @@
+"""Sessions: one stream, its reader, its publisher stage, its state; and their manager."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import secrets
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from rtdetr_service.analytics.alerts import AlertEngine, AlertRule
+from rtdetr_service.analytics.events import EventLifecycle
+from rtdetr_service.analytics.publisher import Publisher
+from rtdetr_service.analytics.tracking import Tracker, TrackerOptions
+from rtdetr_service.analytics.zones import ZoneConfig, ZoneEngine
+from rtdetr_service.core.results import SessionSnapshot, SessionView
+from rtdetr_service.core.slot import LatestSlot
+from rtdetr_service.core.stats import RateMeter, SessionStats
+from rtdetr_service.core.types import Detection, Frame, FrameResult, ModelInfo, StreamInfo
+from rtdetr_service.ingest.reader import StreamReader
+from rtdetr_service.ingest.urls import redact_url
+from rtdetr_service.outputs import messages
+from rtdetr_service.outputs.base import Sink
+from rtdetr_service.outputs.hub import Hub
+
+if TYPE_CHECKING:
+    from rtdetr_service.core.config import Settings
+    from rtdetr_service.inference.worker import InferenceWorker
+
+log = logging.getLogger(__name__)
+
+
+class SessionState(str, enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    RECONNECTING = "reconnecting"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+# Legal transitions; anything else is a bug and is refused.
+_TRANSITIONS = {
+    SessionState.STARTING: {SessionState.RUNNING, SessionState.STOPPED, SessionState.FAILED},
+    SessionState.RUNNING: {SessionState.RECONNECTING, SessionState.STOPPED, SessionState.FAILED},
+    SessionState.RECONNECTING: {SessionState.RUNNING, SessionState.STOPPED, SessionState.FAILED},
+    SessionState.FAILED: {SessionState.STOPPED},
+    SessionState.STOPPED: set(),
+}
+
+
+def can_transition(current: SessionState, new: SessionState) -> bool:
+    return new == current or new in _TRANSITIONS[current]
+
+
+class SessionError(Exception):
+    """A start/stop request that cannot be served; `code` and `status` map to the HTTP answer."""
+
+    def __init__(self, code: str, status: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOptions:
+    """What a start call asked for, already validated (pixel zones are checked once the stream's
+    size is known)."""
+
+    stream_url: str
+    enable_drawing: bool = True
+    confidence_threshold: float = 0.5
+    classes: frozenset[str] | None = None
+    alert_rule: AlertRule | None = None
+    jpeg_quality: int = 75
+    camera: str | None = None
+    zones: dict | None = field(default=None, compare=False)
+    tracking: TrackerOptions = TrackerOptions()
+
+
+class Session:
+    """One camera: reader thread → (shared inference worker) → publisher thread → sinks."""
+
+    def __init__(
+        self,
+        options: SessionOptions,
+        *,
+        settings: Settings,
+        worker: InferenceWorker,
+        hub: Hub,
+        sinks: Sequence[Sink],
+        model: ModelInfo,
+        clock=time.monotonic,
+        reader_factory: Callable[..., StreamReader] = StreamReader,
+    ) -> None:
+        self.id = str(uuid.uuid4())
+        self.viewer_token = secrets.token_urlsafe(24)
+        self.options = options
+        self.model = model
+        self._settings = settings
+        self._worker = worker
+        self._hub = hub
+        self._sinks = sinks
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state = SessionState.STARTING
+        self.paused = False
+        self.last_error: str | None = None
+        self.started_at = time.time()
+        self.stream: StreamInfo | None = None
+
+        self._frames = LatestSlot[Frame](on_put=worker.notify)
+        self._stop = threading.Event()
+        self._publisher: Publisher | None = None
+        self._reader = reader_factory(
+            options.stream_url,
+            on_frame=self._on_frame,
+            on_state=self._on_reader_state,
+            open_timeout=settings.open_timeout_s,
+            read_timeout=settings.read_timeout_s,
+            reconnect_min=settings.reconnect_min_s,
+            reconnect_max=settings.reconnect_max_s,
+            name=f"reader-{self.id[:8]}",
+        )
+        self.frames_decoded = 0
+        self.frames_inferred = 0
+        self.paused_drops = 0
+        self._source_rate = RateMeter(clock=clock)
+        self._inference_rate = RateMeter(clock=clock)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def state(self) -> SessionState:
+        return self._state
+
+    def _set_state(self, new: SessionState, error: str | None = None) -> bool:
+        with self._lock:
+            if not can_transition(self._state, new):
+                return False
+            changed = new != self._state
+            self._state = new
+            if error is not None:
+                self.last_error = error
+            elif changed and new == SessionState.RUNNING:
+                self.last_error = None  # recovered: the error is history (the log keeps it)
+        if changed and new not in (SessionState.STOPPED,):
+            self._hub.publish_event(self.id, messages.status_message(self.snapshot()))
+        return changed
+
+    def open(self) -> StreamInfo:
+        """Open the stream (blocking, bounded by OPEN_TIMEOUT_S), then build the publisher for
+        its size; raises StreamError, or ValueError for zones that do not fit the picture."""
+        self.stream = self._reader.open()
+        zones = ZoneConfig.from_dict(self.options.zones or {}, width=self.stream.width, height=self.stream.height)
+        self._publisher = self._build_publisher(zones)
+        return self.stream
+
+    def _build_publisher(self, zones: ZoneConfig) -> Publisher:
+        options, settings = self.options, self._settings
+        view = SessionView(self.id, options.camera, options.enable_drawing, options.jpeg_quality)
+        return Publisher(
+            view,
+            tracker=Tracker(
+                options.tracking,
+                activation_threshold=options.confidence_threshold,
+                frame_rate=self.stream.fps if self.stream and self.stream.fps > 0 else 30.0,
+            ),
+            # A box missed for a frame or two still stands where it was: occupancy must not re-fire.
+            zones=ZoneEngine(zones, hold_s=options.tracking.keep_s),
+            events=EventLifecycle(self.id, options.camera, end_after_s=settings.event_end_after_s),
+            sinks=self._sinks,
+            alerts=AlertEngine(options.alert_rule) if options.alert_rule else None,
+            classes=options.classes,
+            on_tick=self._tick,
+            on_error=self._publish_error,
+            on_crash=self._publisher_crashed,
+            clock=self._clock,
+        )
+
+    def start(self) -> None:
+        # RUNNING first: a reader that loses the stream at once reports `reconnecting`, which
+        # must not be overwritten afterwards.
+        self._set_state(SessionState.RUNNING)
+        self._worker.register(self)
+        self._publisher.start()
+        self._reader.start()
+
+    def stop(self, reason: str = "stopped by request", timeout: float = 0.5) -> bool:
+        """Stop everything this session owns; idempotent and legal from every state.
+
+        Returns True when every thread has ended within `timeout`. A reader blocked inside FFmpeg
+        ends by itself within READ_TIMEOUT_S and releases the stream on its way out.
+        """
+        with self._lock:
+            if self._stop.is_set():
+                already = True
+            else:
+                already = False
+                self._stop.set()
+                self._state = SessionState.STOPPED
+        if already:
+            return not self._alive()
+        self._worker.unregister(self.id)
+        deadline = time.monotonic() + timeout
+        # Signal both threads before waiting on either, so the publisher is not left running
+        # while the reader's wait uses up the whole timeout.
+        self._reader.stop(0.0)
+        self._frames.close()
+        if self._publisher is not None:
+            self._publisher.stop()
+            self._publisher.join(max(0.0, deadline - time.monotonic()))
+        self._reader.join(max(0.0, deadline - time.monotonic()))
+        self._hub.close_session(self.id, messages.stopped_message(self.id, reason), reason)
+        log.info("session %s stopped: %s", self.id, reason)
+        return not self._alive()
+
+    def _alive(self) -> bool:
+        return self._reader.alive or (self._publisher is not None and self._publisher.alive)
+
+    def join(self, timeout: float) -> bool:
+        """Wait for the session's threads to end (after stop)."""
+        deadline = time.monotonic() + timeout
+        self._reader.join(timeout)
+        if self._publisher is not None:
+            self._publisher.join(max(0.0, deadline - time.monotonic()))
+        return not self._alive()
+
+    # -- reader side -----------------------------------------------------------------------
+
+    def _on_frame(self, frame: Frame) -> None:
+        self.frames_decoded += 1
+        self._source_rate.mark()
+        if self._frames.empty:
+            # The model keeps up: convert here, on this session's own thread, in parallel with
+            # other sessions. When it does not, most frames are replaced unread and are never
+            # converted; the worker converts the few it takes.
+            frame.convert()
+        self._frames.put(frame)
+
+    def _on_reader_state(self, state: str, error: str | None) -> None:
+        if state == "reconnecting":
+            self._set_state(SessionState.RECONNECTING, error)
+        elif state == "running":
+            self._set_state(SessionState.RUNNING)
+            if self._reader.info is not None:
+                self.stream = self._reader.info
+        elif state == "failed":
+            if self._set_state(SessionState.FAILED, error):
+                self._worker.unregister(self.id)
+
+    # -- worker side (BatchClient) ---------------------------------------------------------
+
+    @property
+    def confidence_threshold(self) -> float:
+        return self.options.confidence_threshold
+
+    def take_frame(self) -> Frame | None:
+        frame = self._frames.take()
+        if frame is not None and self.paused:
+            self.paused_drops += 1
+            return None
+        return frame
+
+    def deliver(self, frame: Frame, detections: list[Detection], inference_s: float) -> None:
+        """Hand the result to this session's publisher and return: the worker serves everyone."""
+        self.frames_inferred += 1
+        self._inference_rate.mark()
+        self._publisher.results.put(FrameResult(self.id, frame, tuple(detections), inference_s))
+
+    # -- publisher callbacks (its thread) ----------------------------------------------------
+
+    def _tick(self) -> None:
+        if self._hub.viewer_count(self.id):
+            self._hub.publish_event(self.id, messages.status_message(self.snapshot()))
+
+    def _publish_error(self, message: str) -> None:
+        self.last_error = message
+
+    def _publisher_crashed(self, message: str) -> None:
+        if self._set_state(SessionState.FAILED, message):
+            self._worker.unregister(self.id)
+            self._reader.stop(0.0)  # a failed session must not keep the camera connection
+
+    # -- zones -------------------------------------------------------------------------------
+
+    def zones(self) -> dict:
+        """The session's zones, lines and rules, in normalised coordinates."""
+        return self._ready_publisher().zones().as_dict()
+
+    def set_zones(self, spec: dict) -> dict:
+        """Replace zones, lines and rules while the session runs; ValueError names what is wrong."""
+        publisher = self._ready_publisher()
+        width, height = (self.stream.width, self.stream.height) if self.stream else (None, None)
+        config = ZoneConfig.from_dict(spec, width=width, height=height)
+        publisher.set_zones(config)
+        zones = config.as_dict()
+        self._hub.publish_event(self.id, messages.zones_message(self.id, zones))
+        return zones
+
+    def counts(self) -> dict:
+        return self._publisher.counts() if self._publisher is not None else {"zones": {}, "lines": {}, "rules": {}}
+
+    def _ready_publisher(self) -> Publisher:
+        if self._publisher is None:
+            raise SessionError("session_not_ready", 409, "The session is still opening its stream")
+        return self._publisher
+
+    # -- reporting -------------------------------------------------------------------------
+
+    @property
+    def dropped_frames(self) -> int:
+        published_drops = self._publisher.results.dropped if self._publisher is not None else 0
+        return self._frames.dropped + published_drops + self.paused_drops
+
+    @property
+    def reconnects(self) -> int:
+        return self._reader.reconnects
+
+    @property
+    def frames_published(self) -> int:
+        return self._publisher.frames_published if self._publisher is not None else 0
+
+    def snapshot(self) -> SessionSnapshot:
+        """The one typed read of this session's state and figures."""
+        publisher = self._publisher
+        stats = SessionStats(
+            source_fps=self._source_rate.rate(),
+            inference_fps=self._inference_rate.rate(),
+            published_fps=publisher.rate.rate() if publisher else 0.0,
+            frames_decoded=self.frames_decoded,
+            frames_inferred=self.frames_inferred,
+            frames_published=self.frames_published,
+            dropped_frames=self.dropped_frames,
+            latency_ms=publisher.latency.percentiles_ms() if publisher else {"p50": None, "p99": None},
+            viewers=self._hub.viewer_count(self.id),
+            reconnects=self.reconnects,
+            decode_errors=self._reader.decode_errors,
+            publish_errors=publisher.publish_errors if publisher else 0,
+            alerts=publisher.alerts_raised if publisher else 0,
+            events_open=publisher.events_open if publisher else 0,
+        )
+        return SessionSnapshot(self.id, self._state.value, self.paused, self.last_error, stats, self.counts())
+
+    def status(self) -> dict:
+        snap = self.snapshot()
+        return {
+            "session_id": self.id,
+            "state": snap.state,
+            "paused": snap.paused,
+            "camera": self.options.camera,
+            "stream_url": redact_url(self.options.stream_url),
+            "stream": self.stream.as_dict() if self.stream else None,
+            "enable_drawing": self.options.enable_drawing,
+            "confidence_threshold": self.options.confidence_threshold,
+            "classes": sorted(self.options.classes) if self.options.classes is not None else None,
+            "tracking": dataclasses.asdict(self.options.tracking),
+            "stats": snap.stats.as_dict(),
+            "counts": snap.counts,
+            "last_error": snap.last_error,
+            "started_at": self.started_at,
+            "model": self.model.as_dict(),
+        }
+
+    def stream_info_message(self) -> dict:
+        zones = self._publisher.zones().as_dict() if self._publisher is not None else ZoneConfig().as_dict()
+        return messages.stream_info_message(
+            self.snapshot(), self.stream, self.model, enable_drawing=self.options.enable_drawing, zones=zones
+        )
+
+    @property
+    def websocket_path(self) -> str:
+        return f"/ws/stream/{self.id}?token={self.viewer_token}"

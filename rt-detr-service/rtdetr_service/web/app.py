@@ -1,0 +1,251 @@
+"""The FastAPI application: settings, model loading in the lifespan, routers, viewer page."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Callable
+
+import torch
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from rtdetr_service import __version__
+from rtdetr_service.core.config import Settings
+from rtdetr_service.inference.detector import Detector
+from rtdetr_service.inference.loading import detector_from_settings
+from rtdetr_service.inference.worker import InferenceWorker
+from rtdetr_service.outputs import messages
+from rtdetr_service.outputs.encode import JpegEncoder
+from rtdetr_service.outputs.hub import Hub
+from rtdetr_service.outputs.prometheus import Metrics
+from rtdetr_service.outputs.registry import SinkContext, build_sinks
+from rtdetr_service.outputs.store.event_store import EventStore
+from rtdetr_service.sessions.manager import SessionManager
+from rtdetr_service.web.auth import install_api_key_check
+from rtdetr_service.web.errors import install_error_handlers
+from rtdetr_service.web.middleware import install_body_limit, install_cancel_on_disconnect
+from rtdetr_service.web.routes import events, health, video, ws
+
+log = logging.getLogger(__name__)
+
+
+def _load_model(app: FastAPI, settings: Settings, ready: threading.Event) -> None:
+    """Runs on a thread so /health answers while a large model loads and compiles."""
+    state = app.state
+    try:
+        detector = state.detector_factory(settings)
+        state.encoder = JpegEncoder(detector.info.device)
+        sinks = build_sinks(SinkContext(settings, state.hub, state.metrics, state.encoder, state.event_store))
+        worker = InferenceWorker(
+            detector,
+            max_batch=settings.max_batch,
+            batch_wait_s=settings.batch_wait_ms / 1000.0,
+            on_batch=state.metrics.batch,
+        )
+        worker.start()
+        info = detector.info
+        state.metrics.model_info.labels(
+            info.name, info.backend, info.device, info.dtype, str(info.trained).lower()
+        ).set(1)
+        state.manager.attach_worker(worker, sinks)
+        if not info.trained:
+            log.warning("!!! %s !!!", info.warning)
+        log.info(
+            "ready: %s on %s (%s), JPEG via %s, outputs: %s",
+            info.name,
+            info.device,
+            info.dtype,
+            state.encoder.backend,
+            ", ".join(s.name for s in sinks),
+        )
+    except Exception as exc:  # noqa: BLE001 - reported by /ready and the log; the process stays up to say so
+        state.model_error = f"Model failed to load: {exc}"
+        log.error("%s", state.model_error, exc_info=not isinstance(exc, RuntimeError))
+    finally:
+        ready.set()
+
+
+def _open_event_store(settings: Settings) -> EventStore | None:
+    if not settings.events_enabled:
+        return None
+    try:
+        store = EventStore(
+            settings.database_url.get_secret_value(),
+            settings.data_dir,
+            queue_size=settings.event_queue_size,
+            retention_days=settings.event_retention_days,
+            max_snapshot_bytes=settings.snapshot_max_mb * 1024 * 1024,
+            # A live open event is written at every heartbeat (5 s) while seen and ends
+            # EVENT_END_AFTER_S after it was last seen: one unwritten ten times that long is a
+            # stopped replica's, and another replica sharing the database may close it.
+            stale_after_s=max(600.0, 10 * settings.event_end_after_s),
+        )
+    except (RuntimeError, ValueError, OSError) as exc:
+        # Detection goes on without a history; /ready and the events routes say why.
+        log.error("events are not kept: %s", exc)
+        return None
+    store.start()
+    return store
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    settings: Settings = app.state.settings
+    app.state.hub = Hub(stall_s=settings.viewer_stall_s)
+    app.state.metrics = Metrics()
+    app.state.model_error = None
+    app.state.encoder = JpegEncoder("cpu")
+    app.state.event_store = _open_event_store(settings)
+    app.state.manager = manager = SessionManager(settings, app.state.hub)
+    app.state.metrics.watch_sessions(lambda: [s.snapshot() for s in manager.list()])
+    app.state.metrics.watch_sinks(lambda: manager.sinks)
+    app.state.model_ready = threading.Event()
+    loader = threading.Thread(
+        target=_load_model, args=(app, settings, app.state.model_ready), name="model-loader", daemon=True
+    )
+    loader.start()
+    try:
+        yield
+    finally:
+        stopped = app.state.manager.stop_all("service shutting down")
+        for session in stopped:
+            # A reader inside FFmpeg's open (reconnecting) ends within OPEN_TIMEOUT_S, one
+            # inside a read within READ_TIMEOUT_S.
+            session.join(max(settings.open_timeout_s, settings.read_timeout_s) + 1.0)
+        loader.join(timeout=1.0)
+        worker = app.state.manager.worker
+        if worker is not None:
+            worker.stop()
+        # Outputs drain after every session has ended (their last events included).
+        for sink in app.state.manager.sinks:
+            sink.close(2.0)
+        if app.state.event_store is not None:
+            app.state.event_store.stop(5.0)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        log.info("shut down: %d session(s) stopped", len(stopped))
+
+
+class ServiceServer(uvicorn.Server):
+    """uvicorn's server, which on shutdown first tells every viewer why (`session_stopped`) and
+    closes it with 1012 (service restart); uvicorn itself would drop them with a bare 1012
+    before the application hears of the shutdown."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self._app = app
+
+    async def shutdown(self, sockets=None) -> None:
+        hub = getattr(self._app.state, "hub", None)
+        if hub is not None:
+            reason = "service shutting down"
+            await hub.close_all(lambda sid: messages.stopped_message(sid, reason), reason, code=1012, timeout=1.0)
+        await super().shutdown(sockets=sockets)
+
+
+# /docs without a CDN: Swagger UI (swagger-ui-dist, Apache-2.0) is served from the package,
+# under /ui/ so that the gateway's route for the viewer page carries it too.
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+SWAGGER_PREFIX = "/ui/swagger"
+DOCS_HEADERS = {
+    # Swagger UI sets inline styles (React); its scripts are all files of ours.
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+DOCS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{title} - API</title>
+<link rel="icon" type="image/png" href="{prefix}/favicon-32x32.png">
+<link rel="stylesheet" href="{prefix}/swagger-ui.css">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="{prefix}/swagger-ui-bundle.js"></script>
+<script src="{prefix}/docs.js"></script>
+</body>
+</html>
+"""
+
+
+# The viewer page takes an API key: it runs only its own scripts, talks only to its own origin,
+# cannot be framed, and is revalidated after an upgrade so old and new modules never mix.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def create_app(
+    settings: Settings | None = None, detector_factory: Callable[[Settings], Detector] = detector_from_settings
+) -> FastAPI:
+    """The service. `detector_factory` builds the model in the lifespan (another Detector can be
+    given: the same pipeline then runs on it)."""
+    settings = settings or Settings()
+    app = FastAPI(
+        title="rt-detr-service",
+        version=__version__,
+        summary="Real-time RT-DETRv2 analysis of RTSP streams",
+        lifespan=lifespan,
+        # No 307 to "the same path without the slash": behind Kong its Location would name the
+        # internal upstream host. A trailing slash is a plain 404.
+        redirect_slashes=False,
+        # FastAPI's pages load their scripts from a CDN; /docs is served below from the package.
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.docs_url = "/docs"  # served below, with local assets
+    app.state.settings = settings
+    app.state.detector_factory = detector_factory
+    install_error_handlers(app)
+    install_body_limit(app, settings.max_body_kb * 1024)
+    install_api_key_check(app)
+    install_cancel_on_disconnect(app)
+    app.include_router(health.router)
+    app.include_router(video.router)
+    app.include_router(events.router)
+    app.include_router(ws.router)
+
+    @app.middleware("http")
+    async def page_headers(request: Request, call_next):
+        response = await call_next(request)
+        if request.url.path == "/" or request.url.path.startswith("/ui/"):
+            response.headers.update(PAGE_HEADERS)
+        return response
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        page = DOCS_PAGE.format(title=app.title, prefix=SWAGGER_PREFIX)
+        return HTMLResponse(page, headers=DOCS_HEADERS)
+
+    app.mount(SWAGGER_PREFIX, StaticFiles(directory=STATIC_DIR / "swagger-ui"), name="swagger-ui")
+    frontend = settings.frontend_dir
+    if (frontend / "ui").is_dir():
+        app.mount("/ui", StaticFiles(directory=frontend / "ui"), name="ui")
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        page = frontend / "index.html"
+        if page.is_file():
+            return FileResponse(page)
+        return JSONResponse(
+            {"error": "not_found", "detail": f"No viewer page at {page}; the API is at /docs"}, status_code=404
+        )
+
+    return app

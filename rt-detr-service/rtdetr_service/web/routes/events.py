@@ -1,0 +1,127 @@
+"""Event history: list with filters and a cursor, one event, its snapshot, delete; the outputs."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse
+
+from rtdetr_service.outputs.store.event_store import EventStore, InvalidCursor
+from rtdetr_service.web.auth import API_KEY_SCHEMES, PROTECTED_PREFIX
+from rtdetr_service.web.errors import ApiError
+from rtdetr_service.web.schemas import KEYED, EventDeletedAnswer, EventOut, EventsAnswer, OutputsAnswer, errors
+
+# Answers are declared with `responses=` (api/schemas.py) and response_model=None: the models document
+# them and are not run on each answer.
+router = APIRouter(prefix=PROTECTED_PREFIX, tags=["events"], dependencies=API_KEY_SCHEMES, responses=errors(*KEYED))
+
+NAME = r"^[\w .:-]{1,64}$"
+
+
+def _store(request: Request) -> EventStore:
+    store = request.app.state.event_store
+    if store is None:
+        words = (
+            "Events are off (EVENTS_ENABLED=false)"
+            if not request.app.state.settings.events_enabled
+            else "The event store could not be opened; the service log says why"
+        )
+        raise ApiError(503, "events_unavailable", words)
+    return store
+
+
+@router.get(
+    "/events",
+    summary="Events, newest first, filtered; `next_cursor` fetches the next page",
+    response_model=None,
+    responses={200: {"model": EventsAnswer}, **errors("invalid_request", "invalid_cursor", "events_unavailable")},
+)
+async def list_events(
+    request: Request,
+    session_id: str | None = Query(None, max_length=64),
+    camera: str | None = Query(None, pattern=NAME),
+    label: str | None = Query(None, max_length=64),
+    zone: str | None = Query(None, pattern=NAME),
+    after: float | None = Query(None, ge=0, description="Events that started at or after (Unix seconds)."),
+    before: float | None = Query(None, ge=0, description="Events that started before (Unix seconds)."),
+    limit: int = Query(50, ge=1, le=500),
+    cursor: str | None = Query(None, max_length=512),
+) -> dict:
+    if after is not None and before is not None and after > before:
+        raise ApiError(422, "invalid_request", "after must not be later than before")
+    store = _store(request)
+    try:
+        events, next_cursor = await asyncio.to_thread(
+            store.query,
+            session_id=session_id,
+            camera=camera,
+            label=label,
+            zone=zone,
+            after=after,
+            before=before,
+            limit=limit,
+            cursor=cursor,
+        )
+    except InvalidCursor as exc:
+        raise ApiError(422, "invalid_cursor", str(exc)) from exc
+    return {"events": events, "next_cursor": next_cursor}
+
+
+def _found(event_id: str, event):
+    if event is None:
+        raise ApiError(404, "event_not_found", f"No event with id {event_id!r}")
+    return event
+
+
+@router.get(
+    "/events/{event_id}",
+    summary="One event",
+    response_model=None,
+    responses={200: {"model": EventOut}, **errors("invalid_request", "event_not_found", "events_unavailable")},
+)
+async def get_event(request: Request, event_id: str) -> dict:
+    return _found(event_id, await asyncio.to_thread(_store(request).get, event_id))
+
+
+@router.get(
+    "/events/{event_id}/snapshot.jpg",
+    summary="The event's best snapshot: the frame with the object's box",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
+        **errors("invalid_request", "event_not_found", "snapshot_not_found", "events_unavailable"),
+    },
+)
+async def snapshot(request: Request, event_id: str) -> FileResponse:
+    store = _store(request)
+    _found(event_id, await asyncio.to_thread(store.get, event_id))
+    path = await asyncio.to_thread(store.snapshot_path, event_id)
+    if path is None:
+        raise ApiError(404, "snapshot_not_found", f"Event {event_id!r} has no snapshot (yet, or any more)")
+    return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})
+
+
+@router.delete(
+    "/events/{event_id}",
+    summary="Delete an event and its snapshot",
+    response_model=None,
+    responses={
+        200: {"model": EventDeletedAnswer},
+        **errors("invalid_request", "event_not_found", "events_unavailable"),
+    },
+)
+async def delete_event(request: Request, event_id: str) -> dict:
+    if not await asyncio.to_thread(_store(request).delete, event_id):
+        raise ApiError(404, "event_not_found", f"No event with id {event_id!r}")
+    return {"event_id": event_id, "status": "deleted"}
+
+
+@router.get(
+    "/outputs",
+    summary="Every output (sink): state, counters and last error in words",
+    response_model=None,
+    responses={200: {"model": OutputsAnswer}},
+)
+async def outputs(request: Request) -> dict:
+    return {"outputs": [sink.stats().as_dict() for sink in request.app.state.manager.sinks]}

@@ -1,0 +1,331 @@
+"""Control API: start, stop, status and list sessions (API key required)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Literal
+
+import numpy as np
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from rtdetr_service.analytics.alerts import AlertRule
+from rtdetr_service.analytics.tracking import TrackerOptions
+from rtdetr_service.analytics.zones import MAX_LINES, MAX_POINTS, MAX_RULES, MAX_ZONES, ZoneConfig
+from rtdetr_service.outputs.registry import output_warnings
+from rtdetr_service.sessions.manager import SessionManager
+from rtdetr_service.sessions.session import Session, SessionOptions
+from rtdetr_service.web.auth import API_KEY_SCHEMES, PROTECTED_PREFIX
+from rtdetr_service.web.errors import ApiError
+from rtdetr_service.web.schemas import (
+    BODY,
+    KEYED,
+    CountsAnswer,
+    SessionsAnswer,
+    StartAnswer,
+    StatusAnswer,
+    StopAnswer,
+    ZonesAnswer,
+    errors,
+)
+
+# The key is checked by auth.install_api_key_check; the schemes here document it for /docs.
+# Answers are declared with `responses=` (api/schemas.py) and response_model=None: the models document
+# them and are not run on each answer.
+router = APIRouter(
+    prefix=PROTECTED_PREFIX + "/video", tags=["video"], dependencies=API_KEY_SCHEMES, responses=errors(*KEYED)
+)
+
+
+class AlertRuleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    classes: list[str] = Field(["person"], max_length=80, description="Class names that alert; [] = every class.")
+    min_confidence: float = Field(0.5, ge=0.0, le=1.0, description="Lowest confidence that alerts.")
+    cooldown_s: float = Field(10.0, ge=0.0, le=86400.0, description="Quiet time per class after an alert.")
+    zones: list[Annotated[list[tuple[float, float]], Field(max_length=MAX_POINTS)]] | None = Field(
+        None,
+        max_length=MAX_ZONES,
+        description="Polygons in 0..1 image coordinates; objects must stand inside one to alert.",
+    )
+
+    @field_validator("zones")
+    @classmethod
+    def _zones_are_polygons(cls, zones):
+        for zone in zones or ():
+            if len(zone) < 3:
+                raise ValueError("each zone needs at least 3 points")
+            if any(not (0.0 <= v <= 1.0) for point in zone for v in point):
+                raise ValueError("zone coordinates must be between 0 and 1")
+        return zones
+
+
+Point = tuple[float, float]
+
+
+def _name():
+    return Field(..., min_length=1, max_length=64, pattern=r"^[\w .:-]+$", description="Letters, digits, ' ._:-'.")
+
+
+class ZoneIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = _name()
+    points: list[Point] = Field(..., min_length=3, max_length=MAX_POINTS, description="Polygon corners.")
+
+
+class LineIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = _name()
+    a: Point
+    b: Point
+
+
+class RuleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = _name()
+    kind: Literal["enter", "dwell", "cross", "occupancy"]
+    zone: str | None = Field(None, max_length=64, description="The zone of enter, dwell and occupancy rules.")
+    line: str | None = Field(None, max_length=64, description="The line of cross rules.")
+    classes: list[str] = Field([], max_length=80, description="Class names the rule applies to; [] = every class.")
+    min_confidence: float = Field(0.0, ge=0.0, le=1.0)
+    dwell_s: float = Field(10.0, gt=0.0, le=86400.0, description="dwell: seconds inside before it fires.")
+    direction: Literal["in", "out", "any"] = Field("any", description="cross: which way counts.")
+    min_count: int = Field(1, ge=1, le=1000, description="occupancy: objects at once before it fires.")
+
+
+class ZonesIn(BaseModel):
+    """Zones (polygons), lines and the rules on them; coordinates normalised 0..1 or in pixels."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    units: Literal["normalized", "pixels"] = "normalized"
+    zones: list[ZoneIn] = Field([], max_length=MAX_ZONES)
+    lines: list[LineIn] = Field([], max_length=MAX_LINES)
+    rules: list[RuleIn] = Field([], max_length=MAX_RULES)
+
+
+class TrackingIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_hits: int | None = Field(None, ge=2, le=30, description="Frames before a track gets an id.")
+    keep_s: float | None = Field(None, ge=0.0, le=60.0, description="How long a lost track is kept.")
+    iou_threshold: float | None = Field(None, ge=0.01, le=0.99, description="Least IoU to match a track.")
+
+
+class StartRequest(BaseModel):
+    # strict: "yes" is no boolean, "0.5" and true are no confidence (lax pydantic took them all).
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    stream_url: str = Field(..., min_length=1, max_length=2048, examples=["rtsp://127.0.0.1:8554/camera"])
+    enable_drawing: bool = Field(True, description="Send annotated JPEG frames to viewers.")
+    confidence_threshold: float | None = Field(None, ge=0.0, le=1.0, description="Default: DEFAULT_CONFIDENCE.")
+    classes: list[str] | None = Field(None, max_length=80, description="Only these class names; null = all.")
+    alert: AlertRuleIn | None = Field(default_factory=AlertRuleIn, description="null turns alerts off.")
+    jpeg_quality: int | None = Field(None, ge=1, le=100, description="Default: JPEG_QUALITY.")
+    camera: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[\w .:-]+$", description="A human name.")
+    zones: ZonesIn | None = Field(None, description="Zones, lines and rules (replaceable later with PUT .../zones).")
+    tracking: TrackingIn | None = Field(None, description="Tracker settings; defaults from TRACK_* settings.")
+
+
+class StopRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    session_id: str = Field(..., min_length=1, max_length=64)
+
+
+def _manager(request: Request) -> SessionManager:
+    return request.app.state.manager
+
+
+def _check_classes(names: list[str] | None, known: tuple[str, ...], field: str) -> frozenset[str] | None:
+    if names is None:
+        return None
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ApiError(422, "invalid_request", f"{field}: unknown class name(s) {', '.join(unknown)}")
+    return frozenset(names)
+
+
+@router.post(
+    "/start",
+    summary="Open a stream and start analysing it",
+    response_model=None,
+    responses={
+        200: {"model": StartAnswer},
+        **errors(
+            *BODY,
+            "invalid_zones",
+            "unsupported_url",
+            "no_video_stream",
+            "destination_denied",
+            "too_many_sessions",
+            "too_many_opens",
+            "stream_unavailable",
+            "model_not_ready",
+            "shutting_down",
+            "stream_timeout",
+        ),
+    },
+)
+async def start(body: StartRequest, request: Request) -> dict:
+    manager = _manager(request)
+    settings = manager.settings
+    known = manager.model().class_names
+    classes = _check_classes(body.classes, known, "classes")
+    rule = None
+    default_alert_fits = "alert" in body.model_fields_set or set(AlertRuleIn().classes) <= set(known)
+    if body.alert is not None and default_alert_fits:
+        rule = AlertRule(
+            classes=_check_classes(body.alert.classes, known, "alert.classes") or frozenset(),
+            min_confidence=body.alert.min_confidence,
+            cooldown_s=body.alert.cooldown_s,
+            zones=tuple(np.asarray(z, dtype=np.float64) for z in body.alert.zones or ()),
+        )
+    zones = _checked_zones(body.zones, known) if body.zones is not None else None
+    tracking = body.tracking or TrackingIn()
+    options = SessionOptions(
+        camera=body.camera,
+        zones=zones,
+        tracking=TrackerOptions(
+            min_hits=tracking.min_hits if tracking.min_hits is not None else settings.track_min_hits,
+            keep_s=tracking.keep_s if tracking.keep_s is not None else settings.track_keep_s,
+            iou_threshold=tracking.iou_threshold if tracking.iou_threshold is not None else settings.track_iou,
+        ),
+        stream_url=body.stream_url,
+        enable_drawing=body.enable_drawing,
+        confidence_threshold=(
+            body.confidence_threshold if body.confidence_threshold is not None else settings.default_confidence
+        ),
+        classes=classes,
+        alert_rule=rule,
+        jpeg_quality=body.jpeg_quality or settings.jpeg_quality,
+    )
+    session = await manager.start(options)
+    info = session.stream
+    message = f"Session started: {info.width}x{info.height} {info.codec} at {info.fps:g} fps"
+    if session.model.warning:
+        message += f". WARNING: {session.model.warning}"
+    return {
+        "session_id": session.id,
+        "status": session.state.value,
+        "message": message,
+        "websocket_path": session.websocket_path,
+        "viewer_token": session.viewer_token,
+        "stream": info.as_dict(),
+        "model": session.model.as_dict(),
+    }
+
+
+async def _stop(manager: SessionManager, session_id: str) -> dict:
+    session = await asyncio.to_thread(manager.stop, session_id)
+    stats = session.snapshot().stats
+    return {
+        "session_id": session.id,
+        "status": "stopped",
+        "message": f"Session stopped after {stats.frames_decoded} frames ({stats.frames_inferred} analysed)",
+    }
+
+
+@router.post(
+    "/stop",
+    summary="Stop a session",
+    response_model=None,
+    responses={200: {"model": StopAnswer}, **errors(*BODY, "session_not_found")},
+)
+async def stop(body: StopRequest, request: Request) -> dict:
+    return await _stop(_manager(request), body.session_id)
+
+
+@router.delete(
+    "/sessions/{session_id}",
+    summary="Stop a session (REST form of /stop)",
+    response_model=None,
+    responses={200: {"model": StopAnswer}, **errors("invalid_request", "session_not_found")},
+)
+async def delete_session(session_id: str, request: Request) -> dict:
+    return await _stop(_manager(request), session_id)
+
+
+@router.get(
+    "/status/{session_id}",
+    summary="State, stream and statistics of one session",
+    response_model=None,
+    responses={200: {"model": StatusAnswer}, **errors("invalid_request", "session_not_found")},
+)
+async def status(session_id: str, request: Request) -> dict:
+    manager = _manager(request)
+    # The outputs are shared: a store that drops events drops this session's too.
+    return dict(manager.get(session_id).status(), warnings=output_warnings(manager.sinks))
+
+
+@router.get(
+    "/sessions",
+    summary="Every session of this replica",
+    response_model=None,
+    responses={200: {"model": SessionsAnswer}},
+)
+async def sessions(request: Request) -> dict:
+    manager = _manager(request)
+    warnings = output_warnings(manager.sinks)
+    return {"sessions": [dict(s.status(), warnings=warnings, websocket_path=s.websocket_path) for s in manager.list()]}
+
+
+def _checked_zones(body: ZonesIn, known: tuple[str, ...]) -> dict:
+    """The zones as a plain spec; semantic errors (names, references, coordinates) as 422 in words.
+    Pixel coordinates are checked against the picture once the stream's size is known."""
+    spec = body.model_dump()
+    try:
+        # Pixels are checked against the real picture size after the stream opens; here, against
+        # an unbounded one, so that names, references and point counts fail fast, before the open.
+        unbounded = 1 << 30 if body.units == "pixels" else None
+        config = ZoneConfig.from_dict(spec, width=unbounded, height=unbounded)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_zones", str(exc)) from exc
+    _check_classes(sorted(config.rule_classes()), known, "rules.classes")
+    return spec
+
+
+def _running(request: Request, session_id: str) -> Session:
+    return _manager(request).get(session_id)
+
+
+@router.get(
+    "/sessions/{session_id}/zones",
+    summary="The session's zones, lines and rules (normalised)",
+    response_model=None,
+    responses={200: {"model": ZonesAnswer}, **errors("invalid_request", "session_not_found", "session_not_ready")},
+)
+async def get_zones(session_id: str, request: Request) -> dict:
+    return {"session_id": session_id, "zones": _running(request, session_id).zones()}
+
+
+@router.put(
+    "/sessions/{session_id}/zones",
+    summary="Replace the session's zones, lines and rules",
+    response_model=None,
+    responses={
+        200: {"model": ZonesAnswer},
+        **errors(*BODY, "invalid_zones", "session_not_found", "session_not_ready"),
+    },
+)
+async def put_zones(session_id: str, body: ZonesIn, request: Request) -> dict:
+    session = _running(request, session_id)
+    spec = _checked_zones(body, _manager(request).model().class_names)
+    try:
+        zones = session.set_zones(spec)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_zones", str(exc)) from exc
+    return {"session_id": session_id, "zones": zones}
+
+
+@router.get(
+    "/sessions/{session_id}/counts",
+    summary="Zone occupancy, line crossings and rule hits",
+    response_model=None,
+    responses={200: {"model": CountsAnswer}, **errors("invalid_request", "session_not_found")},
+)
+async def counts(session_id: str, request: Request) -> dict:
+    return {"session_id": session_id, "counts": _running(request, session_id).counts()}

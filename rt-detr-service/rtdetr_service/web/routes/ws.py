@@ -1,0 +1,134 @@
+"""WebSocket `/ws/stream/{session_id}`: stream info, frame results, alerts, status; control messages in."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from rtdetr_service.outputs import messages
+from rtdetr_service.sessions.session import SessionError, SessionState
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+# Control messages are a few dozen bytes, sent by a person clicking: anything much bigger or
+# faster is refused before it costs the event loop a parse or a status broadcast.
+MAX_CONTROL_BYTES = 4096
+CONTROL_RATE = 5.0  # messages per second, per viewer, sustained
+CONTROL_BURST = 10
+USAGE = 'expected {"type": "control", "action": "pause|resume|stop"}'
+
+
+@router.websocket("/ws/stream/{session_id}")
+async def stream(websocket: WebSocket, session_id: str, token: str = "", format: str = "json") -> None:
+    app = websocket.app
+    manager = app.state.manager
+    hub = app.state.hub
+    await websocket.accept()
+    session = manager.find(session_id)
+    if session is None:
+        await websocket.close(code=4404, reason="Unknown session: it may have been stopped")
+        return
+    if not hmac.compare_digest(token.encode(), session.viewer_token.encode()):
+        await websocket.close(code=4401, reason="Invalid viewer token")
+        return
+    if format not in ("json", "binary"):
+        await websocket.close(code=4400, reason="format must be json or binary")
+        return
+    if hub.viewer_count(session_id) >= app.state.settings.max_viewers:
+        await websocket.close(code=4429, reason="Too many viewers for this session")
+        return
+
+    viewer = hub.attach(websocket, session_id, format)
+    sender = None
+    try:
+        await websocket.send_text(json.dumps(session.stream_info_message()))
+        if session.state == SessionState.STOPPED:
+            await websocket.close(code=1000, reason="session stopped")
+            return
+        sender = asyncio.create_task(hub.serve(viewer))
+        receiver = asyncio.create_task(_receive_controls(websocket, manager, session, viewer))
+        done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for task in done:
+            exc = task.exception()
+            if exc is not None and not isinstance(exc, (WebSocketDisconnect, RuntimeError)):
+                log.warning("viewer of session %s ended with %r", session_id, exc, exc_info=exc)
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        hub.detach(viewer)
+
+
+class _Bucket:
+    """Token bucket: `take()` is True while the sender keeps to `rate` per second (with a burst)."""
+
+    def __init__(self, rate: float, burst: int, clock=time.monotonic) -> None:
+        self._rate, self._burst, self._clock = rate, burst, clock
+        self._tokens, self._at = float(burst), clock()
+        self._warned_at = -1e9
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def warn(self) -> bool:
+        """True at most once a second: whether to tell the sender it is being ignored."""
+        now = self._clock()
+        if now - self._warned_at >= 1.0:
+            self._warned_at = now
+            return True
+        return False
+
+
+async def _receive_controls(websocket: WebSocket, manager, session, viewer) -> None:
+    hub = manager.hub
+    bucket = _Bucket(CONTROL_RATE, CONTROL_BURST)
+
+    def error(detail: str) -> None:
+        # Through the viewer's own queue: its sender bounds every send by VIEWER_STALL_S.
+        hub.reply(viewer, {"type": "error", "detail": detail})
+
+    while True:
+        received = await websocket.receive()
+        if received["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(received.get("code", 1000))
+        if not bucket.take():
+            if bucket.warn():
+                error(f"too many messages: at most {CONTROL_RATE:g} per second; the rest are ignored")
+            continue
+        text = received.get("text")
+        if text is None:
+            error("messages must be JSON text")
+            continue
+        if len(text) > MAX_CONTROL_BYTES:
+            error(f"control messages are at most {MAX_CONTROL_BYTES} bytes; {USAGE}")
+            continue
+        try:
+            message = json.loads(text)
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than Python parses
+            error(f"messages must be JSON; {USAGE}")
+            continue
+        action = message.get("action") if isinstance(message, dict) and message.get("type") == "control" else None
+        if action in ("pause", "resume"):
+            session.paused = action == "pause"
+            hub.publish_event(session.id, messages.status_message(session.snapshot()))
+        elif action == "stop":
+            with contextlib.suppress(SessionError):
+                await asyncio.to_thread(manager.stop, session.id, "stopped by a viewer")
+        else:
+            error(USAGE)

@@ -1,0 +1,347 @@
+"""What the HTTP API answers, as models for /openapi.json: the answers of every route and the one
+error shape, with the codes each status carries.
+
+The routes declare these with `responses=` and return plain dicts: the models document, they are
+not run on every answer (a document that fell behind must not turn a good answer into a 500).
+tests/integration/test_openapi_contract.py holds the real answers to them. Answer objects forbid
+keys they do not name, so a key added to an answer and not here fails that test.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rtdetr_service.sessions.session import SessionState
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+class ErrorAnswer(BaseModel):
+    """Every error of the service (never FastAPI's own validation shape)."""
+
+    error: str = Field(..., description="A machine code, e.g. `session_not_found`.", examples=["session_not_found"])
+    detail: str = Field(..., description="Words a user can act on.", examples=["No session with id 'abc'"])
+
+
+# status -> {code: when}; what docs/api.md's error table says, by status.
+_WHEN: dict[int, dict[str, str]] = {
+    400: {"invalid_json": "The body is not JSON (or not UTF-8, or nested too deeply)."},
+    401: {"unauthorized": "No or a wrong API key in `apikey` / `X-API-Key`."},
+    403: {"destination_denied": "stream_url names an address the destination policy denies."},
+    404: {
+        "session_not_found": "No such session (or it was stopped).",
+        "event_not_found": "No such event (or it was deleted).",
+        "snapshot_not_found": "The event has no snapshot (yet, or any more).",
+    },
+    409: {"session_not_ready": "The session is still opening its stream."},
+    413: {"body_too_large": "The body is larger than MAX_BODY_KB."},
+    422: {
+        "invalid_request": "A field or parameter is missing, of the wrong type, out of range or unknown; `detail` "
+        "names it.",
+        "invalid_zones": "Zones, lines or rules wrong as a whole: names, references, coordinates.",
+        "invalid_cursor": "A `cursor` this service did not hand out.",
+        "unsupported_url": "A stream URL of a scheme not in ALLOWED_SCHEMES, or malformed.",
+        "no_video_stream": "The stream has no video track.",
+    },
+    429: {
+        "too_many_sessions": "MAX_SESSIONS sessions run already.",
+        "too_many_opens": "MAX_OPENS streams are being opened right now.",
+    },
+    502: {"stream_unavailable": "The stream could not be opened: refused, not found, bad data (words in `detail`)."},
+    503: {
+        "model_not_ready": "The model is still loading.",
+        "shutting_down": "The replica is stopping; start the session elsewhere.",
+        "events_unavailable": "Events are off (EVENTS_ENABLED=false) or the store could not be opened.",
+    },
+    504: {"stream_timeout": "The stream did not open (or send a picture) within OPEN_TIMEOUT_S."},
+}
+
+_HEADERS = {
+    401: {
+        "WWW-Authenticate": {
+            "description": "`ApiKey`: the key goes in the `apikey` (or `X-API-Key`) header.",
+            "required": True,
+            "schema": {"type": "string"},
+        }
+    }
+}
+
+
+def errors(*codes: str) -> dict[int | str, dict]:
+    """The `responses=` entries for these error codes, grouped by their status."""
+    by_status: dict[int, list[str]] = {}
+    for code in codes:
+        status = next((s for s, known in _WHEN.items() if code in known), None)
+        if status is None:
+            raise ValueError(f"unknown error code {code!r}")
+        by_status.setdefault(status, []).append(code)
+    responses: dict[int | str, dict] = {}
+    for status, named in sorted(by_status.items()):
+        responses[status] = {
+            "model": ErrorAnswer,
+            "description": " ".join(f"`{code}`: {_WHEN[status][code]}" for code in named),
+            "content": {
+                "application/json": {
+                    "examples": {code: {"value": {"error": code, "detail": _WHEN[status][code]}} for code in named}
+                }
+            },
+            **({"headers": _HEADERS[status]} if status in _HEADERS else {}),
+        }
+    return responses
+
+
+# Every route under /api/v1 needs a key: checked before routing and before the body is read.
+KEYED = ("unauthorized",)
+# Every route with a JSON body: refused before it is parsed, or when it does not parse.
+BODY = ("invalid_json", "body_too_large", "invalid_request")
+
+
+# -- sessions -------------------------------------------------------------------------------------
+
+
+class StreamInfoOut(_Answer):
+    width: int
+    height: int
+    fps: float
+    codec: str
+
+
+class ModelInfoOut(_Answer):
+    name: str
+    backend: str
+    device: str
+    dtype: str
+    backend_reason: str = Field(..., description="Why this backend and precision.")
+    cpu_threads: int | None = Field(..., description="Inference threads on the CPU; null on a GPU.")
+    trained: bool
+    warning: str | None = Field(..., description="Set when the weights are not trained (detections are random).")
+
+
+class LatencyOut(_Answer):
+    p50: float | None
+    p99: float | None
+
+
+class StatsOut(_Answer):
+    source_fps: float
+    inference_fps: float
+    published_fps: float
+    frames_decoded: int
+    frames_inferred: int
+    frames_published: int
+    dropped_frames: int
+    latency_ms: LatencyOut = Field(..., description="Decode to published; null before the first frame.")
+    viewers: int
+    reconnects: int
+    decode_errors: int
+    publish_errors: int
+    alerts: int
+    events_open: int
+
+
+class ZoneCountsOut(_Answer):
+    current: dict[str, int] = Field(..., description="Objects inside now, by class name.")
+    entered: dict[str, int] = Field(..., description="Objects that entered since the session started, by class.")
+
+
+class LineCountsOut(_Answer):
+    in_: dict[str, int] = Field(..., alias="in", description="Crossings in, by class name.")
+    out: dict[str, int] = Field(..., description="Crossings out, by class name.")
+
+
+class CountsOut(_Answer):
+    zones: dict[str, ZoneCountsOut] = Field(..., description="By zone name.")
+    lines: dict[str, LineCountsOut] = Field(..., description="By line name.")
+    rules: dict[str, int] = Field(..., description="Times each rule fired, by rule name.")
+
+
+class TrackingOut(_Answer):
+    min_hits: int
+    keep_s: float
+    iou_threshold: float
+
+
+class StatusAnswer(_Answer):
+    session_id: str
+    state: SessionState
+    paused: bool
+    camera: str | None
+    stream_url: str = Field(..., description="Credentials redacted.")
+    stream: StreamInfoOut | None = Field(..., description="null until the stream has opened.")
+    enable_drawing: bool
+    confidence_threshold: float
+    classes: list[str] | None = Field(..., description="The class filter (sorted); null for every class.")
+    tracking: TrackingOut
+    stats: StatsOut
+    counts: CountsOut
+    last_error: str | None
+    started_at: float = Field(..., description="Unix seconds.")
+    model: ModelInfoOut
+    warnings: list[str] = Field(..., description="Outputs that fail or drop, in words.")
+
+
+class SessionItem(StatusAnswer):
+    websocket_path: str
+
+
+class SessionsAnswer(_Answer):
+    sessions: list[SessionItem]
+
+
+class StartAnswer(_Answer):
+    session_id: str
+    status: SessionState
+    message: str
+    websocket_path: str = Field(..., description="The viewer's WebSocket path, viewer token included.")
+    viewer_token: str
+    stream: StreamInfoOut
+    model: ModelInfoOut
+
+
+class StopAnswer(_Answer):
+    session_id: str
+    status: Literal["stopped"]
+    message: str
+
+
+# -- zones ----------------------------------------------------------------------------------------
+
+Point = tuple[float, float]
+
+
+class ZoneOut(_Answer):
+    name: str
+    points: list[Point]
+
+
+class LineOut(_Answer):
+    name: str
+    a: Point
+    b: Point
+
+
+class RuleOut(_Answer):
+    name: str
+    kind: Literal["enter", "dwell", "cross", "occupancy"]
+    zone: str | None
+    line: str | None
+    classes: list[str]
+    min_confidence: float
+    dwell_s: float
+    direction: Literal["in", "out", "any"]
+    min_count: int
+
+
+class ZoneConfigOut(_Answer):
+    units: Literal["normalized"]
+    zones: list[ZoneOut]
+    lines: list[LineOut]
+    rules: list[RuleOut]
+
+
+class ZonesAnswer(_Answer):
+    session_id: str
+    zones: ZoneConfigOut
+
+
+class CountsAnswer(_Answer):
+    session_id: str
+    counts: CountsOut
+
+
+# -- events ---------------------------------------------------------------------------------------
+
+
+class FrameSizeOut(_Answer):
+    width: int
+    height: int
+
+
+class EventOut(_Answer):
+    id: str
+    session_id: str
+    camera: str | None
+    track_id: int
+    label: str
+    class_id: int
+    start_time: float
+    end_time: float | None = Field(..., description="null while the event is active.")
+    last_seen: float
+    best_confidence: float
+    best_bbox: tuple[float, float, float, float] = Field(..., description="x1, y1, x2, y2 in source pixels.")
+    best_time: float
+    frame: FrameSizeOut
+    zones: list[str] = Field(..., description="Zones entered, in order of entry.")
+    rules: list[str] = Field(..., description="Rules fired, in order of first firing.")
+    has_snapshot: bool
+    active: bool
+    snapshot_url: str | None
+
+
+class EventsAnswer(_Answer):
+    events: list[EventOut]
+    next_cursor: str | None = Field(..., description="Pass as `cursor` for the next page; null on the last.")
+
+
+class EventDeletedAnswer(_Answer):
+    event_id: str
+    status: Literal["deleted"]
+
+
+class OutputOut(BaseModel):
+    """One output's counters; an output may add keys of its own (the event store: `backend`, `detail`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    state: Literal["ok", "degraded", "failing"]
+    handled: int
+    sent: int
+    failed: int
+    dropped: int
+    queued: int
+    queue_size: int
+    last_error: str | None
+
+
+class OutputsAnswer(_Answer):
+    outputs: list[OutputOut]
+
+
+# -- health (for api/health.py: /ready answers 200 or 503) ------------------------------------------
+
+
+class HealthAnswer(_Answer):
+    status: Literal["ok"]
+
+
+class ReadyAnswer(_Answer):
+    ready: Literal[True]
+    warnings: list[str] = Field(..., description="An output that fails or drops, or an event store that is not open.")
+    outputs: list[OutputOut]
+    model: ModelInfoOut
+    jpeg_encoder: str
+    sessions: int
+    batches: int
+    inference_errors: int
+    last_inference_error: str | None
+    max_sessions: int
+
+
+class NotReadyAnswer(_Answer):
+    ready: Literal[False]
+    detail: str = Field(..., description="Loading, failed to load (why), or the inference worker stopped (why).")
+    model: ModelInfoOut | None
+
+
+READY_RESPONSES: dict[int | str, dict] = {
+    200: {"model": ReadyAnswer},
+    503: {"model": NotReadyAnswer, "description": "The model is loading, failed to load, or its worker stopped."},
+}
