@@ -2,6 +2,7 @@
 // zones and lines with their counts, and the session's events.
 
 import { api, ApiError, websocketUrl } from "./api.js";
+import { Banners, describe } from "./banners.js";
 import { StreamConnection } from "./stream.js";
 import { FrameRenderer } from "./renderer.js";
 import { AlertView } from "./alerts.js";
@@ -36,12 +37,6 @@ const el = {
   pause: $("pause-btn"),
   detach: $("detach-btn"),
   badge: $("state-badge"),
-  warning: $("warning-banner"),
-  warningText: $("warning-text"),
-  error: $("error-banner"),
-  errorText: $("error-text"),
-  errorDismiss: $("error-dismiss"),
-  notice: $("notice"),
   stage: $("stage"),
   canvas: $("video"),
   overlay: $("overlay"),
@@ -67,6 +62,14 @@ const el = {
   },
 };
 
+const banners = new Banners({
+  warning: $("warning-banner"),
+  warningText: $("warning-text"),
+  error: $("error-banner"),
+  errorText: $("error-text"),
+  errorDismiss: $("error-dismiss"),
+  notice: $("notice"),
+});
 const renderer = new FrameRenderer(el.canvas, { onResize: setAspect, onPaint: () => flushAlerts() });
 const alerts = new AlertView({ toasts: $("toasts"), log: $("alert-log"), count: $("alert-count") });
 const zones = new ZonesPanel({
@@ -114,44 +117,6 @@ const view = {
   classCounts: new Map(), // class name -> {count, tracks: [track ids]}
   endedReason: null,
 };
-
-// ---------- messages to the person ----------
-
-function showError(message) {
-  el.errorText.textContent = message;
-  el.error.hidden = false;
-}
-
-function clearError() {
-  el.error.hidden = true;
-  el.errorText.textContent = "";
-}
-
-let noticeTimer = 0;
-
-/** A passing remark (session started, stopped, left); it clears itself. */
-function showNotice(message) {
-  clearTimeout(noticeTimer);
-  el.notice.textContent = message || "";
-  el.notice.hidden = !message;
-  if (message) noticeTimer = setTimeout(() => showNotice(null), 8000);
-}
-
-function describe(err) {
-  if (err instanceof ApiError) return err.message;
-  return `Something went wrong in the page: ${err && err.message ? err.message : err}`;
-}
-
-function showModelWarning(model, warning) {
-  const text = warning || (model && model.warning) ||
-    (model && model.trained === false ? "Model weights are NOT trained: detections are random." : null);
-  if (text) {
-    el.warningText.textContent = text;
-    el.warning.hidden = false;
-  } else if (model && model.trained === true) {
-    el.warning.hidden = true;
-  }
-}
 
 // ---------- state and rendering ----------
 
@@ -352,7 +317,7 @@ function attach(session) {
   view.waitingSince = null;
   view.retryReason = null;
   view.endedReason = null;
-  showModelWarning(session.model);
+  banners.showModelWarning(session.model);
   if (session.stream) setAspect(session.stream.width, session.stream.height);
   renderer.reset();
   renderer.clear();
@@ -398,7 +363,7 @@ function attach(session) {
     },
     onEnd({ reason, final }) {
       if (view.conn !== conn) return;
-      if (final) showError(reason);
+      if (final) banners.showError(reason);
       finishSession(final ? null : `Session ended: ${reason}`);
     },
   });
@@ -414,7 +379,7 @@ function handleMessage(message) {
       if (message.model) view.session.model = message.model;
       setAspect(message.width, message.height);
       updateState(message);
-      showModelWarning(message.model, message.warning);
+      banners.showModelWarning(message.model, message.warning);
       zones.setStreamSize(view.session.stream);
       if (message.zones) zones.setZones(message.zones);
       break;
@@ -443,7 +408,7 @@ function handleMessage(message) {
     case "session_stopped":
       break; // the close that follows ends the view (StreamConnection.onEnd)
     case "error":
-      if (message.detail) showError(message.detail);
+      if (message.detail) banners.showError(message.detail);
       break;
     default:
       break;
@@ -570,8 +535,8 @@ function startBody() {
 async function start(event) {
   event.preventDefault();
   if (view.phase !== "idle") return;
-  clearError();
-  showNotice(null);
+  banners.clearError();
+  banners.showNotice(null);
   const key = el.key.value;
   sessionStorage.setItem(KEY_STORAGE, key);
   sessionStorage.setItem(URL_STORAGE, el.url.value.trim());
@@ -580,12 +545,12 @@ async function start(event) {
   render();
   try {
     const started = await api.start(key, startBody());
-    showNotice(started.message || null);
+    banners.showNotice(started.message || null);
     attach({ ...started, state: started.status });
     refreshSessions();
   } catch (err) {
     view.phase = "idle";
-    showError(describe(err));
+    banners.showError(describe(err));
     render();
   }
 }
@@ -593,7 +558,7 @@ async function start(event) {
 async function stop() {
   const session = view.session;
   if (!session) return;
-  clearError();
+  banners.clearError();
   const previous = view.phase;
   view.phase = "stopping";
   render();
@@ -602,14 +567,14 @@ async function stop() {
   const current = () => view.session === session;
   try {
     const answer = await api.stop(el.key.value, session.id);
-    showNotice(answer && answer.message ? answer.message : "Session stopped.");
+    banners.showNotice(answer && answer.message ? answer.message : "Session stopped.");
     if (current()) finishSession(null);
   } catch (err) {
     if (err instanceof ApiError && err.status === 404) {
       if (current()) finishSession(null); // already gone: nothing left to stop
       return;
     }
-    showError(describe(err));
+    banners.showError(describe(err));
     if (current()) view.phase = previous;
     render();
   }
@@ -624,7 +589,7 @@ function togglePause() {
 }
 
 function detach() {
-  showNotice("Left the session; it keeps running on the service.");
+  banners.showNotice("Left the session; it keeps running on the service.");
   finishSession(null);
 }
 
@@ -670,8 +635,8 @@ function renderSessions(sessions, message) {
     button.disabled = current || !s.websocket_path;
     button.setAttribute("aria-label", `Watch ${s.stream_url || s.session_id}`);
     button.addEventListener("click", () => {
-      clearError();
-      showNotice(null);
+      banners.clearError();
+      banners.showNotice(null);
       attach(s);
       renderSessions(sessions);
     });
@@ -691,7 +656,6 @@ el.pause.addEventListener("click", togglePause);
 el.detach.addEventListener("click", detach);
 el.refresh.addEventListener("click", refreshSessions);
 el.clearAlerts.addEventListener("click", () => alerts.clear());
-el.errorDismiss.addEventListener("click", clearError);
 // Leaving the page must not leave a viewer behind on the service.
 window.addEventListener("pagehide", leave);
 document.addEventListener("visibilitychange", () => {
