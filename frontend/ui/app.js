@@ -5,7 +5,7 @@ import { api, ApiError, websocketUrl } from "./api.js";
 import { Banners, describe } from "./banners.js";
 import { StreamConnection } from "./stream.js";
 import { FrameRenderer } from "./renderer.js";
-import { AlertView } from "./alerts.js";
+import { AlertQueue } from "./alertqueue.js";
 import { ZonesPanel } from "./zones.js";
 import { EventsPanel } from "./events.js";
 
@@ -16,9 +16,6 @@ const MAX_CLASS_CHIPS = 12; // a random-weight model at threshold 0 finds all 80
 const MAX_TRACK_IDS = 4; // per class chip; the rest are counted
 const STALL_MS = 4000; // a running session that paints nothing this long gets an explanation
 const RECENT_ERROR_MS = 30000;
-// Alerts are sent before their frame: a thumbnail waits for that frame to be painted, this long at most.
-const ALERT_FRAME_WAIT_MS = 2000;
-const MAX_PENDING_ALERTS = 50;
 
 const $ = (id) => document.getElementById(id);
 const el = {
@@ -42,7 +39,6 @@ const el = {
   overlay: $("overlay"),
   sessions: $("sessions-list"),
   refresh: $("refresh-sessions"),
-  clearAlerts: $("clear-alerts"),
   hud: {
     state: $("hud-state"),
     backend: $("hud-backend"),
@@ -70,8 +66,7 @@ const banners = new Banners({
   errorDismiss: $("error-dismiss"),
   notice: $("notice"),
 });
-const renderer = new FrameRenderer(el.canvas, { onResize: setAspect, onPaint: () => flushAlerts() });
-const alerts = new AlertView({ toasts: $("toasts"), log: $("alert-log"), count: $("alert-count") });
+const renderer = new FrameRenderer(el.canvas, { onResize: setAspect, onPaint: () => alertQueue.flush() });
 const zones = new ZonesPanel({
   stage: el.stage,
   layer: $("zones-layer"),
@@ -117,6 +112,13 @@ const view = {
   classCounts: new Map(), // class name -> {count, tracks: [track ids]}
   endedReason: null,
 };
+
+const alertQueue = new AlertQueue({
+  toasts: $("toasts"),
+  log: $("alert-log"),
+  count: $("alert-count"),
+  clear: $("clear-alerts"),
+}, { store: view, renderer });
 
 // ---------- state and rendering ----------
 
@@ -269,7 +271,7 @@ function renderHud() {
     nodes.push(li);
   }
   h.classes.replaceChildren(...nodes);
-  flushAlerts(); // an alert whose frame never came gives up on time
+  alertQueue.flush(); // an alert whose frame never came gives up on time
   render(); // the retry countdown and shown fps move with time
 }
 
@@ -402,7 +404,7 @@ function handleMessage(message) {
       break;
     }
     case "alert":
-      queueAlert(message);
+      alertQueue.queue(message);
       events.refreshSoon(); // an alert usually opens or updates an event
       break;
     case "session_stopped":
@@ -428,47 +430,6 @@ function expectFrames() {
   view.waitingSince = Date.now();
 }
 
-// ---------- alerts ----------
-
-// Alerts waiting for their frame, oldest first: {message, frameIndex, deadline}.
-const pendingAlerts = [];
-
-function queueAlert(message) {
-  const frameIndex = message.data ? message.data.frame_index : undefined;
-  pendingAlerts.push({ message, frameIndex, deadline: Date.now() + ALERT_FRAME_WAIT_MS });
-  if (pendingAlerts.length > MAX_PENDING_ALERTS) showAlert(pendingAlerts.shift().message, null);
-  flushAlerts();
-}
-
-/**
- * Show, in order, the alerts whose frame (or a later one) is on the canvas, cropped from it.
- * An alert whose frame never comes (dropped, drawing off) gives up after ALERT_FRAME_WAIT_MS and
- * takes the frame on the canvas, or no image in a hidden tab, where that frame is likely stale;
- * `all` flushes everything the same way (leaving the session).
- */
-function flushAlerts(all = false) {
-  const painted = renderer.lastPainted ? renderer.lastPainted.frame_index : undefined;
-  const now = Date.now();
-  while (pendingAlerts.length) {
-    const { message, frameIndex, deadline } = pendingAlerts[0];
-    const framePainted = typeof frameIndex !== "number" || (typeof painted === "number" && painted >= frameIndex);
-    const giveUp = all || view.drawingOff || now >= deadline;
-    if (!framePainted && !giveUp) break;
-    pendingAlerts.shift();
-    showAlert(message, framePainted || !document.hidden ? cropFor(message) : null);
-  }
-}
-
-function cropFor(message) {
-  const stream = (view.session && view.session.stream) || {};
-  const bbox = message.data && message.data.bbox;
-  return renderer.crop(bbox, stream.width, stream.height);
-}
-
-function showAlert(message, thumbnail) {
-  alerts.add(message, thumbnail);
-}
-
 // ---------- leaving ----------
 
 /** Stop watching without stopping the session (idempotent). */
@@ -477,7 +438,7 @@ function leave() {
   view.conn = null;
   view.retryAt = null;
   view.retryReason = null;
-  flushAlerts(true);
+  alertQueue.flush(true);
 }
 
 function finishSession(reason) {
@@ -655,7 +616,6 @@ el.stop.addEventListener("click", stop);
 el.pause.addEventListener("click", togglePause);
 el.detach.addEventListener("click", detach);
 el.refresh.addEventListener("click", refreshSessions);
-el.clearAlerts.addEventListener("click", () => alerts.clear());
 // Leaving the page must not leave a viewer behind on the service.
 window.addEventListener("pagehide", leave);
 document.addEventListener("visibilitychange", () => {
