@@ -6,16 +6,13 @@ import { Banners, describe } from "./banners.js";
 import { StreamConnection } from "./stream.js";
 import { FrameRenderer } from "./renderer.js";
 import { AlertQueue } from "./alertqueue.js";
+import { Hud } from "./hud.js";
 import { ZonesPanel } from "./zones.js";
 import { EventsPanel } from "./events.js";
 
 const KEY_STORAGE = "rtdetr-viewer.apiKey";
 const URL_STORAGE = "rtdetr-viewer.streamUrl";
 const HUD_INTERVAL_MS = 250;
-const MAX_CLASS_CHIPS = 12; // a random-weight model at threshold 0 finds all 80 classes
-const MAX_TRACK_IDS = 4; // per class chip; the rest are counted
-const STALL_MS = 4000; // a running session that paints nothing this long gets an explanation
-const RECENT_ERROR_MS = 30000;
 
 const $ = (id) => document.getElementById(id);
 const el = {
@@ -33,29 +30,10 @@ const el = {
   stop: $("stop-btn"),
   pause: $("pause-btn"),
   detach: $("detach-btn"),
-  badge: $("state-badge"),
   stage: $("stage"),
   canvas: $("video"),
-  overlay: $("overlay"),
   sessions: $("sessions-list"),
   refresh: $("refresh-sessions"),
-  hud: {
-    state: $("hud-state"),
-    backend: $("hud-backend"),
-    sourceFps: $("hud-source-fps"),
-    inferenceFps: $("hud-inference-fps"),
-    shownFps: $("hud-shown-fps"),
-    latency: $("hud-latency"),
-    serverLatency: $("hud-server-latency"),
-    dropped: $("hud-dropped"),
-    frames: $("hud-frames"),
-    viewers: $("hud-viewers"),
-    reconnects: $("hud-reconnects"),
-    damaged: $("hud-damaged"),
-    failed: $("hud-failed"),
-    lastError: $("hud-last-error"),
-    classes: $("hud-classes"),
-  },
 };
 
 const banners = new Banners({
@@ -119,84 +97,30 @@ const alertQueue = new AlertQueue({
   count: $("alert-count"),
   clear: $("clear-alerts"),
 }, { store: view, renderer });
+const hud = new Hud({
+  badge: $("state-badge"),
+  overlay: $("overlay"),
+  state: $("hud-state"),
+  backend: $("hud-backend"),
+  sourceFps: $("hud-source-fps"),
+  inferenceFps: $("hud-inference-fps"),
+  shownFps: $("hud-shown-fps"),
+  latency: $("hud-latency"),
+  serverLatency: $("hud-server-latency"),
+  dropped: $("hud-dropped"),
+  frames: $("hud-frames"),
+  viewers: $("hud-viewers"),
+  reconnects: $("hud-reconnects"),
+  damaged: $("hud-damaged"),
+  failed: $("hud-failed"),
+  lastError: $("hud-last-error"),
+  classes: $("hud-classes"),
+}, { store: view, renderer, getKey: () => el.key.value });
 
 // ---------- state and rendering ----------
 
-function stateLabel() {
-  switch (view.phase) {
-    case "idle":
-      return ["idle", "idle"];
-    case "starting":
-      return ["starting", "starting…"];
-    case "stopping":
-      return ["stopping", "stopping…"];
-    default:
-      break;
-  }
-  if (view.retryReason !== null) return ["reconnecting", "viewer refused — waiting"];
-  if (view.retryAt !== null) return ["reconnecting", "connection lost — retrying"];
-  if (view.phase === "connecting") return ["connecting", "connecting…"];
-  if (view.serverState === "reconnecting") return ["reconnecting", "camera lost — reconnecting"];
-  if (view.serverState === "failed") return ["failed", "failed"];
-  if (view.paused) return ["paused", "paused"];
-  return [view.serverState || "running", view.serverState || "running"];
-}
-
-function seconds(ms) {
-  return Math.max(0, Math.ceil(ms / 1000));
-}
-
-/** What covers the video, as [text or null, warn]. */
-function overlay() {
-  if (view.phase === "idle") {
-    if (view.endedReason) return [view.endedReason, false];
-    return [el.key.value ? "Enter a stream URL and press Start, or watch a running session." :
-      "Enter a key and a stream URL, then press Start.", false];
-  }
-  if (view.phase === "starting") return ["Opening the stream…", false];
-  if (view.phase === "stopping") return ["Stopping…", false];
-  if (view.retryAt !== null) {
-    const wait = seconds(view.retryAt - Date.now());
-    if (view.retryReason !== null) {
-      return [`${view.retryReason}\nAsking again${wait ? ` in ${wait} s` : ""}; press Leave to give up.`, true];
-    }
-    return [`Connection to the service lost — retrying${wait ? ` in ${wait} s` : ""}…`, true];
-  }
-  if (view.phase === "connecting") return ["Connecting to the live view…", false];
-  if (view.serverState === "reconnecting") {
-    return [`Camera lost — reconnecting…${view.lastError ? `\n${view.lastError}` : ""}`, true];
-  }
-  if (view.serverState === "failed") return [view.lastError || "The session failed.", true];
-  if (view.paused) return ["Paused", false];
-  if (view.drawingOff) return ["Drawing is off for this session: numbers and alerts only.", false];
-  if (view.publishErrorRises >= 2) {
-    return [`The service keeps failing to publish frames (they are skipped).\n${view.lastError || ""}`.trim(), true];
-  }
-  const quietMs = Date.now() - Math.max(renderer.lastPaintAt || 0, view.waitingSince || 0);
-  if (view.waitingSince !== null && quietMs >= STALL_MS) {
-    const lines = [renderer.painted === 0 ? `No picture after ${seconds(quietMs)} s.` :
-      `No new picture for ${seconds(quietMs)} s.`];
-    if (renderer.decodeErrors) lines.push(`This page could not decode ${renderer.decodeErrors} frame(s).`);
-    if (view.lastError) lines.push(`Service: ${view.lastError}`);
-    else if (!renderer.decodeErrors) lines.push(view.framesReceived ? "Frames arrive but none could be shown yet." :
-      "The service has sent no frames yet.");
-    return [lines.join("\n"), true];
-  }
-  if (renderer.painted === 0) return ["Waiting for the first frame…", false];
-  return [null, false];
-}
-
 function render() {
-  const [state, label] = stateLabel();
-  el.badge.dataset.state = state;
-  el.badge.textContent = label;
-  el.hud.state.textContent = label;
-
-  const [text, warn] = overlay();
-  el.overlay.hidden = text === null;
-  el.overlay.textContent = text || "";
-  el.overlay.classList.toggle("warn", warn);
-
+  hud.renderState();
   const attached = view.phase === "live" || view.phase === "connecting";
   el.start.disabled = view.phase !== "idle";
   el.stop.disabled = !attached;
@@ -206,87 +130,10 @@ function render() {
   el.pause.setAttribute("aria-pressed", String(view.paused));
 }
 
-function fixed(value, digits = 1) {
-  return typeof value === "number" && Number.isFinite(value) ? value.toFixed(digits) : "–";
-}
-
-const PRECISION = { float32: "fp32", bfloat16: "bf16", float16: "fp16" };
-
-// "openvino bf16, 2 threads": where the network runs, as the service chose it (the reason on hover).
-function backendText(model) {
-  if (!model || !model.backend) return ["–", ""];
-  const parts = [model.backend, PRECISION[model.dtype] || model.dtype].filter(Boolean).join(" ");
-  const threads = typeof model.cpu_threads === "number" ? `, ${model.cpu_threads} thread${model.cpu_threads === 1 ? "" : "s"}` : "";
-  const device = model.device && model.device !== "cpu" ? ` on ${model.device}` : "";
-  return [`${parts}${device}${threads}`, model.backend_reason || ""];
-}
-
 function renderHud() {
-  const s = view.stats || {};
-  const h = el.hud;
-  const [backend, reason] = view.phase === "idle" ? ["–", ""] : backendText(view.session && view.session.model);
-  h.backend.textContent = backend;
-  h.backend.title = reason;
-  h.sourceFps.textContent = fixed(s.source_fps);
-  h.inferenceFps.textContent = fixed(s.inference_fps);
-  h.shownFps.textContent = view.phase === "idle" ? "–" : String(renderer.shownFps());
-  h.latency.textContent = renderer.latencyMs === null ? "–" : `${Math.round(renderer.latencyMs)} ms`;
-  const lat = s.latency_ms || {};
-  h.serverLatency.textContent = typeof lat.p50 === "number" ? `${fixed(lat.p50, 0)} / ${fixed(lat.p99, 0)} ms` : "–";
-  h.dropped.textContent = `${s.dropped_frames ?? "–"} / ${renderer.dropped}`;
-  h.frames.textContent = String(view.framesReceived);
-  h.viewers.textContent = s.viewers ?? "–";
-  h.reconnects.textContent = s.reconnects ?? "–";
-  h.damaged.textContent = s.decode_errors ?? "–";
-  h.failed.textContent = `${s.publish_errors ?? "–"} / ${renderer.decodeErrors}`;
-  renderLastError();
-
-  const items = [...view.classCounts.entries()].sort((a, b) => b[1].count - a[1].count || a[0].localeCompare(b[0]));
-  const nodes = items.slice(0, MAX_CLASS_CHIPS).map(([name, { count, tracks }]) => {
-    const li = document.createElement("li");
-    const b = document.createElement("b");
-    b.textContent = String(count);
-    li.append(`${name} `, b);
-    if (tracks.length) {
-      const ids = document.createElement("small");
-      ids.className = "tracks";
-      const more = tracks.length - MAX_TRACK_IDS;
-      const shown = tracks.slice(0, MAX_TRACK_IDS).map((t) => `#${t}`).join(" ");
-      ids.textContent = ` ${shown}${more > 0 ? ` +${more}` : ""}`;
-      ids.title = "Track ids";
-      li.append(ids);
-    }
-    return li;
-  });
-  if (items.length > MAX_CLASS_CHIPS) {
-    const li = document.createElement("li");
-    li.className = "muted";
-    li.textContent = `+${items.length - MAX_CLASS_CHIPS} more classes`;
-    nodes.push(li);
-  }
-  if (!nodes.length) {
-    const li = document.createElement("li");
-    li.className = "muted";
-    li.textContent = "none";
-    nodes.push(li);
-  }
-  h.classes.replaceChildren(...nodes);
+  hud.renderNumbers();
   alertQueue.flush(); // an alert whose frame never came gives up on time
   render(); // the retry countdown and shown fps move with time
-}
-
-function renderLastError() {
-  const box = el.hud.lastError;
-  if (view.phase === "idle" || !view.lastError) {
-    box.hidden = true;
-    box.textContent = "";
-    return;
-  }
-  const when = view.lastErrorAt === null ? "before you joined" :
-    new Date(view.lastErrorAt).toLocaleTimeString([], { hour12: false });
-  box.textContent = `Last error (${when}): ${view.lastError}`;
-  box.classList.toggle("recent", view.lastErrorAt !== null && Date.now() - view.lastErrorAt < RECENT_ERROR_MS);
-  box.hidden = false;
 }
 
 function setAspect(width, height) {
