@@ -7,6 +7,7 @@ import { StreamConnection } from "./stream.js";
 import { FrameRenderer } from "./renderer.js";
 import { AlertQueue } from "./alertqueue.js";
 import { Hud } from "./hud.js";
+import { SessionList } from "./sessions.js";
 import { ZonesPanel } from "./zones.js";
 import { EventsPanel } from "./events.js";
 
@@ -32,8 +33,6 @@ const el = {
   detach: $("detach-btn"),
   stage: $("stage"),
   canvas: $("video"),
-  sessions: $("sessions-list"),
-  refresh: $("refresh-sessions"),
 };
 
 const banners = new Banners({
@@ -116,6 +115,15 @@ const hud = new Hud({
   lastError: $("hud-last-error"),
   classes: $("hud-classes"),
 }, { store: view, renderer, getKey: () => el.key.value });
+const sessions = new SessionList({ list: $("sessions-list"), refresh: $("refresh-sessions") }, {
+  store: view,
+  getKey: () => el.key.value,
+  onWatch(session) {
+    banners.clearError();
+    banners.showNotice(null);
+    attach(session);
+  },
+});
 
 // ---------- state and rendering ----------
 
@@ -181,7 +189,7 @@ function attach(session) {
       expectFrames();
       if (view.phase === "connecting") {
         view.phase = "live";
-        refreshSessions(); // the list now counts this viewer
+        sessions.refresh(); // the list now counts this viewer
       }
       render();
     },
@@ -308,7 +316,7 @@ function finishSession(reason) {
   zones.reset();
   events.stop();
   renderHud();
-  if (el.key.value) refreshSessions();
+  if (el.key.value) sessions.refresh();
 }
 
 // ---------- controls ----------
@@ -355,7 +363,7 @@ async function start(event) {
     const started = await api.start(key, startBody());
     banners.showNotice(started.message || null);
     attach({ ...started, state: started.status });
-    refreshSessions();
+    sessions.refresh();
   } catch (err) {
     view.phase = "idle";
     banners.showError(describe(err));
@@ -401,58 +409,6 @@ function detach() {
   finishSession(null);
 }
 
-async function refreshSessions() {
-  const key = el.key.value;
-  if (!key) {
-    renderSessions(null, "Enter the API key, then Refresh.");
-    return;
-  }
-  try {
-    const answer = await api.sessions(key);
-    renderSessions(answer.sessions || []);
-  } catch (err) {
-    renderSessions(null, describe(err));
-  }
-}
-
-function renderSessions(sessions, message) {
-  if (!sessions || !sessions.length) {
-    const li = document.createElement("li");
-    li.className = "muted";
-    li.textContent = message || "No running sessions.";
-    el.sessions.replaceChildren(li);
-    return;
-  }
-  el.sessions.replaceChildren(...sessions.map((s) => {
-    const li = document.createElement("li");
-    const meta = document.createElement("div");
-    meta.className = "meta";
-    const stats = s.stats || {};
-    const url = document.createElement("span");
-    url.className = "url";
-    url.textContent = s.stream_url || s.session_id;
-    url.title = url.textContent;
-    meta.append(url);
-    const small = document.createElement("small");
-    small.textContent = `${s.state} · ${stats.viewers ?? 0} viewer(s) · ${s.session_id.slice(0, 8)}`;
-    meta.append(small);
-    const button = document.createElement("button");
-    button.type = "button";
-    const current = view.session && view.session.id === s.session_id;
-    button.textContent = current ? "Watching" : "Watch";
-    button.disabled = current || !s.websocket_path;
-    button.setAttribute("aria-label", `Watch ${s.stream_url || s.session_id}`);
-    button.addEventListener("click", () => {
-      banners.clearError();
-      banners.showNotice(null);
-      attach(s);
-      renderSessions(sessions);
-    });
-    li.append(meta, button);
-    return li;
-  }));
-}
-
 // ---------- wiring ----------
 
 el.key.value = sessionStorage.getItem(KEY_STORAGE) || "";
@@ -462,7 +418,6 @@ el.form.addEventListener("submit", start);
 el.stop.addEventListener("click", stop);
 el.pause.addEventListener("click", togglePause);
 el.detach.addEventListener("click", detach);
-el.refresh.addEventListener("click", refreshSessions);
 // Leaving the page must not leave a viewer behind on the service.
 window.addEventListener("pagehide", leave);
 document.addEventListener("visibilitychange", () => {
@@ -479,4 +434,4 @@ window.addEventListener("pageshow", (event) => {
 renderer.clear();
 render();
 setInterval(renderHud, HUD_INTERVAL_MS);
-if (el.key.value) refreshSessions();
+if (el.key.value) sessions.refresh();
