@@ -1,711 +1,93 @@
 // Viewer page: start or attach to a session, show its live annotated video, numbers, alerts,
-// zones and lines with their counts, and the session's events.
+// zones and lines with their counts, and the session's events. This file only builds the pieces
+// and wires them; each piece is one class in its own module.
 
-import { api, ApiError, websocketUrl } from "./api.js";
-import { StreamConnection } from "./stream.js";
 import { FrameRenderer } from "./renderer.js";
-import { AlertView } from "./alerts.js";
 import { ZonesPanel } from "./zones.js";
 import { EventsPanel } from "./events.js";
+import { SessionStore } from "./store.js";
+import { Banners, describe } from "./banners.js";
+import { AlertQueue } from "./alertqueue.js";
+import { Hud } from "./hud.js";
+import { SessionList } from "./sessions.js";
+import { SessionController } from "./session.js";
+import { StartForm } from "./startform.js";
 
-const KEY_STORAGE = "rtdetr-viewer.apiKey";
-const URL_STORAGE = "rtdetr-viewer.streamUrl";
 const HUD_INTERVAL_MS = 250;
-const MAX_CLASS_CHIPS = 12; // a random-weight model at threshold 0 finds all 80 classes
-const MAX_TRACK_IDS = 4; // per class chip; the rest are counted
-const STALL_MS = 4000; // a running session that paints nothing this long gets an explanation
-const RECENT_ERROR_MS = 30000;
-// Alerts are sent before their frame: a thumbnail waits for that frame to be painted, this long at most.
-const ALERT_FRAME_WAIT_MS = 2000;
-const MAX_PENDING_ALERTS = 50;
 
 const $ = (id) => document.getElementById(id);
-const el = {
-  form: $("start-form"),
-  key: $("api-key"),
-  url: $("stream-url"),
-  confidence: $("confidence"),
-  classes: $("classes"),
-  alertEnabled: $("alert-enabled"),
-  alertClasses: $("alert-classes"),
-  alertMin: $("alert-min-confidence"),
-  alertCooldown: $("alert-cooldown"),
-  camera: $("camera-name"),
-  start: $("start-btn"),
-  stop: $("stop-btn"),
-  pause: $("pause-btn"),
-  detach: $("detach-btn"),
-  badge: $("state-badge"),
-  warning: $("warning-banner"),
-  warningText: $("warning-text"),
-  error: $("error-banner"),
-  errorText: $("error-text"),
-  errorDismiss: $("error-dismiss"),
-  notice: $("notice"),
-  stage: $("stage"),
-  canvas: $("video"),
-  overlay: $("overlay"),
-  sessions: $("sessions-list"),
-  refresh: $("refresh-sessions"),
-  clearAlerts: $("clear-alerts"),
-  hud: {
-    state: $("hud-state"),
-    backend: $("hud-backend"),
-    sourceFps: $("hud-source-fps"),
-    inferenceFps: $("hud-inference-fps"),
-    shownFps: $("hud-shown-fps"),
-    latency: $("hud-latency"),
-    serverLatency: $("hud-server-latency"),
-    dropped: $("hud-dropped"),
-    frames: $("hud-frames"),
-    viewers: $("hud-viewers"),
-    reconnects: $("hud-reconnects"),
-    damaged: $("hud-damaged"),
-    failed: $("hud-failed"),
-    lastError: $("hud-last-error"),
-    classes: $("hud-classes"),
+/** {name: element id} -> {name: element}. */
+const byId = (ids) => Object.fromEntries(Object.entries(ids).map(([name, id]) => [name, $(id)]));
+const keyInput = $("api-key");
+const getKey = () => keyInput.value;
+
+const store = new SessionStore();
+const banners = new Banners(byId({
+  warning: "warning-banner", warningText: "warning-text", error: "error-banner", errorText: "error-text",
+  errorDismiss: "error-dismiss", notice: "notice",
+}));
+const renderer = new FrameRenderer($("video"), {
+  onResize: (width, height) => controller.setAspect(width, height),
+  onPaint: () => alertQueue.flush(),
+});
+const alertQueue = new AlertQueue(byId({
+  toasts: "toasts", log: "alert-log", count: "alert-count", clear: "clear-alerts",
+}), { store, renderer });
+const zones = new ZonesPanel(byId({
+  stage: "stage", layer: "zones-layer", drawZone: "draw-zone", drawLine: "draw-line", draft: "zone-draft",
+  hint: "zone-hint", name: "zone-name", alert: "zone-alert", alertLabel: "zone-alert-label", finish: "zone-finish",
+  cancel: "zone-cancel", error: "zone-error", list: "zones-list",
+}), { getKey, describe });
+const events = new EventsPanel(byId({
+  list: "events-list", label: "events-label", status: "events-status", open: "events-open",
+  dialog: "snapshot-dialog", dialogImage: "snapshot-image", dialogTitle: "snapshot-title",
+  dialogCaption: "snapshot-caption",
+}), { getKey, describe });
+const hud = new Hud(byId({
+  badge: "state-badge", overlay: "overlay", state: "hud-state", backend: "hud-backend",
+  sourceFps: "hud-source-fps", inferenceFps: "hud-inference-fps", shownFps: "hud-shown-fps",
+  latency: "hud-latency", serverLatency: "hud-server-latency", dropped: "hud-dropped", frames: "hud-frames",
+  viewers: "hud-viewers", reconnects: "hud-reconnects", damaged: "hud-damaged", failed: "hud-failed",
+  lastError: "hud-last-error", classes: "hud-classes",
+}), { store, renderer, getKey });
+const sessions = new SessionList(byId({ list: "sessions-list", refresh: "refresh-sessions" }), {
+  store,
+  getKey,
+  onWatch(session) {
+    banners.clearError();
+    banners.showNotice(null);
+    controller.attach(session);
   },
-};
+});
+const controller = new SessionController(byId({ stage: "stage", canvas: "video" }), {
+  store, renderer, zones, events, alertQueue, banners, sessions, getKey, onFinished: tick,
+});
+const form = new StartForm(byId({
+  form: "start-form", key: "api-key", url: "stream-url", confidence: "confidence", classes: "classes",
+  camera: "camera-name", alertEnabled: "alert-enabled", alertClasses: "alert-classes",
+  alertMin: "alert-min-confidence", alertCooldown: "alert-cooldown",
+  start: "start-btn", stop: "stop-btn", pause: "pause-btn", detach: "detach-btn",
+}), { store, controller, banners, sessions });
+store.subscribe(() => hud.renderState());
+store.subscribe(() => form.renderButtons());
 
-const renderer = new FrameRenderer(el.canvas, { onResize: setAspect, onPaint: () => flushAlerts() });
-const alerts = new AlertView({ toasts: $("toasts"), log: $("alert-log"), count: $("alert-count") });
-const zones = new ZonesPanel({
-  stage: el.stage,
-  layer: $("zones-layer"),
-  drawZone: $("draw-zone"),
-  drawLine: $("draw-line"),
-  draft: $("zone-draft"),
-  hint: $("zone-hint"),
-  name: $("zone-name"),
-  alert: $("zone-alert"),
-  alertLabel: $("zone-alert-label"),
-  finish: $("zone-finish"),
-  cancel: $("zone-cancel"),
-  error: $("zone-error"),
-  list: $("zones-list"),
-}, { getKey: () => el.key.value, describe });
-const events = new EventsPanel({
-  list: $("events-list"),
-  label: $("events-label"),
-  status: $("events-status"),
-  open: $("events-open"),
-  dialog: $("snapshot-dialog"),
-  dialogImage: $("snapshot-image"),
-  dialogTitle: $("snapshot-title"),
-  dialogCaption: $("snapshot-caption"),
-}, { getKey: () => el.key.value, describe });
-
-// What the page shows. phase: idle | starting | connecting | live | stopping.
-const view = {
-  phase: "idle",
-  session: null, // {id, stream, model}
-  conn: null,
-  serverState: null,
-  paused: false,
-  stats: null,
-  lastError: null,
-  lastErrorAt: null, // when this page saw last_error change; null: it was there before we joined
-  publishErrorRises: 0, // status messages in a row in which publish_errors grew
-  waitingSince: null, // since when frames are expected (joined, resumed, camera back, tab shown)
-  retryAt: null, // set while the WebSocket itself is reconnecting
-  retryReason: null, // the service's words when it refused this viewer for now (too many viewers)
-  framesReceived: 0,
-  drawingOff: false,
-  classCounts: new Map(), // class name -> {count, tracks: [track ids]}
-  endedReason: null,
-};
-
-// ---------- messages to the person ----------
-
-function showError(message) {
-  el.errorText.textContent = message;
-  el.error.hidden = false;
+/** What moves with time: the numbers, alerts whose frame never came, the retry countdown. */
+function tick() {
+  hud.renderNumbers();
+  alertQueue.flush(); // an alert whose frame never came gives up on time
+  store.notify(); // the retry countdown and shown fps move with time
 }
 
-function clearError() {
-  el.error.hidden = true;
-  el.errorText.textContent = "";
-}
-
-let noticeTimer = 0;
-
-/** A passing remark (session started, stopped, left); it clears itself. */
-function showNotice(message) {
-  clearTimeout(noticeTimer);
-  el.notice.textContent = message || "";
-  el.notice.hidden = !message;
-  if (message) noticeTimer = setTimeout(() => showNotice(null), 8000);
-}
-
-function describe(err) {
-  if (err instanceof ApiError) return err.message;
-  return `Something went wrong in the page: ${err && err.message ? err.message : err}`;
-}
-
-function showModelWarning(model, warning) {
-  const text = warning || (model && model.warning) ||
-    (model && model.trained === false ? "Model weights are NOT trained: detections are random." : null);
-  if (text) {
-    el.warningText.textContent = text;
-    el.warning.hidden = false;
-  } else if (model && model.trained === true) {
-    el.warning.hidden = true;
-  }
-}
-
-// ---------- state and rendering ----------
-
-function stateLabel() {
-  switch (view.phase) {
-    case "idle":
-      return ["idle", "idle"];
-    case "starting":
-      return ["starting", "starting…"];
-    case "stopping":
-      return ["stopping", "stopping…"];
-    default:
-      break;
-  }
-  if (view.retryReason !== null) return ["reconnecting", "viewer refused — waiting"];
-  if (view.retryAt !== null) return ["reconnecting", "connection lost — retrying"];
-  if (view.phase === "connecting") return ["connecting", "connecting…"];
-  if (view.serverState === "reconnecting") return ["reconnecting", "camera lost — reconnecting"];
-  if (view.serverState === "failed") return ["failed", "failed"];
-  if (view.paused) return ["paused", "paused"];
-  return [view.serverState || "running", view.serverState || "running"];
-}
-
-function seconds(ms) {
-  return Math.max(0, Math.ceil(ms / 1000));
-}
-
-/** What covers the video, as [text or null, warn]. */
-function overlay() {
-  if (view.phase === "idle") {
-    if (view.endedReason) return [view.endedReason, false];
-    return [el.key.value ? "Enter a stream URL and press Start, or watch a running session." :
-      "Enter a key and a stream URL, then press Start.", false];
-  }
-  if (view.phase === "starting") return ["Opening the stream…", false];
-  if (view.phase === "stopping") return ["Stopping…", false];
-  if (view.retryAt !== null) {
-    const wait = seconds(view.retryAt - Date.now());
-    if (view.retryReason !== null) {
-      return [`${view.retryReason}\nAsking again${wait ? ` in ${wait} s` : ""}; press Leave to give up.`, true];
-    }
-    return [`Connection to the service lost — retrying${wait ? ` in ${wait} s` : ""}…`, true];
-  }
-  if (view.phase === "connecting") return ["Connecting to the live view…", false];
-  if (view.serverState === "reconnecting") {
-    return [`Camera lost — reconnecting…${view.lastError ? `\n${view.lastError}` : ""}`, true];
-  }
-  if (view.serverState === "failed") return [view.lastError || "The session failed.", true];
-  if (view.paused) return ["Paused", false];
-  if (view.drawingOff) return ["Drawing is off for this session: numbers and alerts only.", false];
-  if (view.publishErrorRises >= 2) {
-    return [`The service keeps failing to publish frames (they are skipped).\n${view.lastError || ""}`.trim(), true];
-  }
-  const quietMs = Date.now() - Math.max(renderer.lastPaintAt || 0, view.waitingSince || 0);
-  if (view.waitingSince !== null && quietMs >= STALL_MS) {
-    const lines = [renderer.painted === 0 ? `No picture after ${seconds(quietMs)} s.` :
-      `No new picture for ${seconds(quietMs)} s.`];
-    if (renderer.decodeErrors) lines.push(`This page could not decode ${renderer.decodeErrors} frame(s).`);
-    if (view.lastError) lines.push(`Service: ${view.lastError}`);
-    else if (!renderer.decodeErrors) lines.push(view.framesReceived ? "Frames arrive but none could be shown yet." :
-      "The service has sent no frames yet.");
-    return [lines.join("\n"), true];
-  }
-  if (renderer.painted === 0) return ["Waiting for the first frame…", false];
-  return [null, false];
-}
-
-function render() {
-  const [state, label] = stateLabel();
-  el.badge.dataset.state = state;
-  el.badge.textContent = label;
-  el.hud.state.textContent = label;
-
-  const [text, warn] = overlay();
-  el.overlay.hidden = text === null;
-  el.overlay.textContent = text || "";
-  el.overlay.classList.toggle("warn", warn);
-
-  const attached = view.phase === "live" || view.phase === "connecting";
-  el.start.disabled = view.phase !== "idle";
-  el.stop.disabled = !attached;
-  el.detach.disabled = !attached;
-  el.pause.disabled = view.phase !== "live" || view.retryAt !== null;
-  el.pause.textContent = view.paused ? "Resume" : "Pause";
-  el.pause.setAttribute("aria-pressed", String(view.paused));
-}
-
-function fixed(value, digits = 1) {
-  return typeof value === "number" && Number.isFinite(value) ? value.toFixed(digits) : "–";
-}
-
-const PRECISION = { float32: "fp32", bfloat16: "bf16", float16: "fp16" };
-
-// "openvino bf16, 2 threads": where the network runs, as the service chose it (the reason on hover).
-function backendText(model) {
-  if (!model || !model.backend) return ["–", ""];
-  const parts = [model.backend, PRECISION[model.dtype] || model.dtype].filter(Boolean).join(" ");
-  const threads = typeof model.cpu_threads === "number" ? `, ${model.cpu_threads} thread${model.cpu_threads === 1 ? "" : "s"}` : "";
-  const device = model.device && model.device !== "cpu" ? ` on ${model.device}` : "";
-  return [`${parts}${device}${threads}`, model.backend_reason || ""];
-}
-
-function renderHud() {
-  const s = view.stats || {};
-  const h = el.hud;
-  const [backend, reason] = view.phase === "idle" ? ["–", ""] : backendText(view.session && view.session.model);
-  h.backend.textContent = backend;
-  h.backend.title = reason;
-  h.sourceFps.textContent = fixed(s.source_fps);
-  h.inferenceFps.textContent = fixed(s.inference_fps);
-  h.shownFps.textContent = view.phase === "idle" ? "–" : String(renderer.shownFps());
-  h.latency.textContent = renderer.latencyMs === null ? "–" : `${Math.round(renderer.latencyMs)} ms`;
-  const lat = s.latency_ms || {};
-  h.serverLatency.textContent = typeof lat.p50 === "number" ? `${fixed(lat.p50, 0)} / ${fixed(lat.p99, 0)} ms` : "–";
-  h.dropped.textContent = `${s.dropped_frames ?? "–"} / ${renderer.dropped}`;
-  h.frames.textContent = String(view.framesReceived);
-  h.viewers.textContent = s.viewers ?? "–";
-  h.reconnects.textContent = s.reconnects ?? "–";
-  h.damaged.textContent = s.decode_errors ?? "–";
-  h.failed.textContent = `${s.publish_errors ?? "–"} / ${renderer.decodeErrors}`;
-  renderLastError();
-
-  const items = [...view.classCounts.entries()].sort((a, b) => b[1].count - a[1].count || a[0].localeCompare(b[0]));
-  const nodes = items.slice(0, MAX_CLASS_CHIPS).map(([name, { count, tracks }]) => {
-    const li = document.createElement("li");
-    const b = document.createElement("b");
-    b.textContent = String(count);
-    li.append(`${name} `, b);
-    if (tracks.length) {
-      const ids = document.createElement("small");
-      ids.className = "tracks";
-      const more = tracks.length - MAX_TRACK_IDS;
-      const shown = tracks.slice(0, MAX_TRACK_IDS).map((t) => `#${t}`).join(" ");
-      ids.textContent = ` ${shown}${more > 0 ? ` +${more}` : ""}`;
-      ids.title = "Track ids";
-      li.append(ids);
-    }
-    return li;
-  });
-  if (items.length > MAX_CLASS_CHIPS) {
-    const li = document.createElement("li");
-    li.className = "muted";
-    li.textContent = `+${items.length - MAX_CLASS_CHIPS} more classes`;
-    nodes.push(li);
-  }
-  if (!nodes.length) {
-    const li = document.createElement("li");
-    li.className = "muted";
-    li.textContent = "none";
-    nodes.push(li);
-  }
-  h.classes.replaceChildren(...nodes);
-  flushAlerts(); // an alert whose frame never came gives up on time
-  render(); // the retry countdown and shown fps move with time
-}
-
-function renderLastError() {
-  const box = el.hud.lastError;
-  if (view.phase === "idle" || !view.lastError) {
-    box.hidden = true;
-    box.textContent = "";
-    return;
-  }
-  const when = view.lastErrorAt === null ? "before you joined" :
-    new Date(view.lastErrorAt).toLocaleTimeString([], { hour12: false });
-  box.textContent = `Last error (${when}): ${view.lastError}`;
-  box.classList.toggle("recent", view.lastErrorAt !== null && Date.now() - view.lastErrorAt < RECENT_ERROR_MS);
-  box.hidden = false;
-}
-
-function setAspect(width, height) {
-  if (!(width > 0 && height > 0)) return;
-  el.stage.style.setProperty("--ar", String(width / height));
-  if (renderer.painted === 0 && (el.canvas.width !== width || el.canvas.height !== height)) {
-    el.canvas.width = width;
-    el.canvas.height = height;
-    renderer.clear();
-  }
-}
-
-// ---------- the live connection ----------
-
-function attach(session) {
-  leave();
-  view.session = {
-    id: session.session_id,
-    websocketPath: session.websocket_path,
-    stream: session.stream || null,
-    model: session.model || null,
-  };
-  view.phase = "connecting";
-  view.serverState = session.state || session.status || null;
-  view.paused = Boolean(session.paused);
-  view.stats = session.stats || null;
-  view.lastError = session.last_error || null;
-  view.lastErrorAt = null;
-  view.publishErrorRises = 0;
-  view.waitingSince = null;
-  view.retryReason = null;
-  view.endedReason = null;
-  showModelWarning(session.model);
-  if (session.stream) setAspect(session.stream.width, session.stream.height);
-  renderer.reset();
-  renderer.clear();
-  zones.setSession(session.session_id, session.zones, session.stream);
-  events.start(session.session_id);
-
-  const conn = new StreamConnection(websocketUrl(session.websocket_path), {
-    onOpen() {
-      if (view.conn !== conn) return;
-      view.retryAt = null;
-      view.retryReason = null;
-      expectFrames();
-      if (view.phase === "connecting") {
-        view.phase = "live";
-        refreshSessions(); // the list now counts this viewer
-      }
-      render();
-    },
-    onFrame(header, jpeg) {
-      if (view.conn !== conn) return;
-      view.framesReceived += 1;
-      const counts = new Map();
-      for (const d of header.detections || []) {
-        const entry = counts.get(d.class_name) || { count: 0, tracks: [] };
-        entry.count += 1;
-        if (d.track_id !== null && d.track_id !== undefined) entry.tracks.push(d.track_id);
-        counts.set(d.class_name, entry);
-      }
-      for (const entry of counts.values()) entry.tracks.sort((a, b) => a - b);
-      view.classCounts = counts;
-      view.drawingOff = !jpeg;
-      if (jpeg) renderer.push(jpeg, header);
-    },
-    onMessage(message) {
-      if (view.conn !== conn) return;
-      handleMessage(message);
-    },
-    onRetry(delay, { refused, reason }) {
-      if (view.conn !== conn) return;
-      view.retryAt = Date.now() + delay;
-      view.retryReason = refused ? reason : null;
-      render();
-    },
-    onEnd({ reason, final }) {
-      if (view.conn !== conn) return;
-      if (final) showError(reason);
-      finishSession(final ? null : `Session ended: ${reason}`);
-    },
-  });
-  view.conn = conn;
-  conn.open();
-  render();
-}
-
-function handleMessage(message) {
-  switch (message.type) {
-    case "stream_info":
-      view.session.stream = { width: message.width, height: message.height, fps: message.fps, codec: message.codec };
-      if (message.model) view.session.model = message.model;
-      setAspect(message.width, message.height);
-      updateState(message);
-      showModelWarning(message.model, message.warning);
-      zones.setStreamSize(view.session.stream);
-      if (message.zones) zones.setZones(message.zones);
-      break;
-    case "zones":
-      zones.setZones(message.zones);
-      break;
-    case "status": {
-      updateState(message);
-      const before = view.stats ? view.stats.publish_errors : undefined;
-      const after = message.stats ? message.stats.publish_errors : undefined;
-      view.publishErrorRises = typeof before === "number" && after > before ? view.publishErrorRises + 1 : 0;
-      view.stats = message.stats || view.stats;
-      if (message.counts) zones.setCounts(message.counts);
-      events.setOpen(message.events_open);
-      const error = message.last_error || null;
-      if (error !== view.lastError) {
-        view.lastError = error;
-        view.lastErrorAt = error ? Date.now() : null;
-      }
-      break;
-    }
-    case "alert":
-      queueAlert(message);
-      events.refreshSoon(); // an alert usually opens or updates an event
-      break;
-    case "session_stopped":
-      break; // the close that follows ends the view (StreamConnection.onEnd)
-    case "error":
-      if (message.detail) showError(message.detail);
-      break;
-    default:
-      break;
-  }
-  render();
-}
-
-/** State and pause from stream_info or status; frames are expected again once it runs unpaused. */
-function updateState(message) {
-  const wasWaiting = view.paused || view.serverState !== "running";
-  view.serverState = message.state || view.serverState;
-  view.paused = Boolean(message.paused);
-  if (wasWaiting && !view.paused && view.serverState === "running") expectFrames();
-}
-
-function expectFrames() {
-  view.waitingSince = Date.now();
-}
-
-// ---------- alerts ----------
-
-// Alerts waiting for their frame, oldest first: {message, frameIndex, deadline}.
-const pendingAlerts = [];
-
-function queueAlert(message) {
-  const frameIndex = message.data ? message.data.frame_index : undefined;
-  pendingAlerts.push({ message, frameIndex, deadline: Date.now() + ALERT_FRAME_WAIT_MS });
-  if (pendingAlerts.length > MAX_PENDING_ALERTS) showAlert(pendingAlerts.shift().message, null);
-  flushAlerts();
-}
-
-/**
- * Show, in order, the alerts whose frame (or a later one) is on the canvas, cropped from it.
- * An alert whose frame never comes (dropped, drawing off) gives up after ALERT_FRAME_WAIT_MS and
- * takes the frame on the canvas, or no image in a hidden tab, where that frame is likely stale;
- * `all` flushes everything the same way (leaving the session).
- */
-function flushAlerts(all = false) {
-  const painted = renderer.lastPainted ? renderer.lastPainted.frame_index : undefined;
-  const now = Date.now();
-  while (pendingAlerts.length) {
-    const { message, frameIndex, deadline } = pendingAlerts[0];
-    const framePainted = typeof frameIndex !== "number" || (typeof painted === "number" && painted >= frameIndex);
-    const giveUp = all || view.drawingOff || now >= deadline;
-    if (!framePainted && !giveUp) break;
-    pendingAlerts.shift();
-    showAlert(message, framePainted || !document.hidden ? cropFor(message) : null);
-  }
-}
-
-function cropFor(message) {
-  const stream = (view.session && view.session.stream) || {};
-  const bbox = message.data && message.data.bbox;
-  return renderer.crop(bbox, stream.width, stream.height);
-}
-
-function showAlert(message, thumbnail) {
-  alerts.add(message, thumbnail);
-}
-
-// ---------- leaving ----------
-
-/** Stop watching without stopping the session (idempotent). */
-function leave() {
-  if (view.conn) view.conn.close();
-  view.conn = null;
-  view.retryAt = null;
-  view.retryReason = null;
-  flushAlerts(true);
-}
-
-function finishSession(reason) {
-  leave();
-  renderer.reset();
-  renderer.clear(); // the last frame must not stay under the idle overlay
-  view.phase = "idle";
-  view.session = null;
-  view.serverState = null;
-  view.paused = false;
-  view.stats = null;
-  view.lastError = null;
-  view.lastErrorAt = null;
-  view.publishErrorRises = 0;
-  view.waitingSince = null;
-  view.framesReceived = 0;
-  view.classCounts = new Map();
-  view.drawingOff = false;
-  view.endedReason = reason;
-  zones.reset();
-  events.stop();
-  renderHud();
-  if (el.key.value) refreshSessions();
-}
-
-// ---------- controls ----------
-
-function list(text) {
-  return text.split(",").map((s) => s.trim()).filter(Boolean);
-}
-
-function numberOr(input, fallback) {
-  const value = input.valueAsNumber;
-  return Number.isFinite(value) ? value : fallback;
-}
-
-function startBody() {
-  const body = { stream_url: el.url.value.trim(), enable_drawing: true };
-  const confidence = numberOr(el.confidence, null);
-  if (confidence !== null) body.confidence_threshold = confidence;
-  const classes = list(el.classes.value);
-  if (classes.length) body.classes = classes;
-  const camera = el.camera.value.trim();
-  if (camera) body.camera = camera;
-  body.alert = el.alertEnabled.checked
-    ? {
-        classes: list(el.alertClasses.value),
-        min_confidence: numberOr(el.alertMin, 0.5),
-        cooldown_s: numberOr(el.alertCooldown, 10),
-      }
-    : null;
-  return body;
-}
-
-async function start(event) {
-  event.preventDefault();
-  if (view.phase !== "idle") return;
-  clearError();
-  showNotice(null);
-  const key = el.key.value;
-  sessionStorage.setItem(KEY_STORAGE, key);
-  sessionStorage.setItem(URL_STORAGE, el.url.value.trim());
-  view.phase = "starting";
-  view.endedReason = null;
-  render();
-  try {
-    const started = await api.start(key, startBody());
-    showNotice(started.message || null);
-    attach({ ...started, state: started.status });
-    refreshSessions();
-  } catch (err) {
-    view.phase = "idle";
-    showError(describe(err));
-    render();
-  }
-}
-
-async function stop() {
-  const session = view.session;
-  if (!session) return;
-  clearError();
-  const previous = view.phase;
-  view.phase = "stopping";
-  render();
-  // While the request runs the session may end by itself or the person may watch another one:
-  // only the session still shown is finished or restored here.
-  const current = () => view.session === session;
-  try {
-    const answer = await api.stop(el.key.value, session.id);
-    showNotice(answer && answer.message ? answer.message : "Session stopped.");
-    if (current()) finishSession(null);
-  } catch (err) {
-    if (err instanceof ApiError && err.status === 404) {
-      if (current()) finishSession(null); // already gone: nothing left to stop
-      return;
-    }
-    showError(describe(err));
-    if (current()) view.phase = previous;
-    render();
-  }
-}
-
-function togglePause() {
-  const action = view.paused ? "resume" : "pause";
-  if (view.conn && view.conn.send({ type: "control", action })) {
-    view.paused = !view.paused; // the next status message confirms it
-    render();
-  }
-}
-
-function detach() {
-  showNotice("Left the session; it keeps running on the service.");
-  finishSession(null);
-}
-
-async function refreshSessions() {
-  const key = el.key.value;
-  if (!key) {
-    renderSessions(null, "Enter the API key, then Refresh.");
-    return;
-  }
-  try {
-    const answer = await api.sessions(key);
-    renderSessions(answer.sessions || []);
-  } catch (err) {
-    renderSessions(null, describe(err));
-  }
-}
-
-function renderSessions(sessions, message) {
-  if (!sessions || !sessions.length) {
-    const li = document.createElement("li");
-    li.className = "muted";
-    li.textContent = message || "No running sessions.";
-    el.sessions.replaceChildren(li);
-    return;
-  }
-  el.sessions.replaceChildren(...sessions.map((s) => {
-    const li = document.createElement("li");
-    const meta = document.createElement("div");
-    meta.className = "meta";
-    const stats = s.stats || {};
-    const url = document.createElement("span");
-    url.className = "url";
-    url.textContent = s.stream_url || s.session_id;
-    url.title = url.textContent;
-    meta.append(url);
-    const small = document.createElement("small");
-    small.textContent = `${s.state} · ${stats.viewers ?? 0} viewer(s) · ${s.session_id.slice(0, 8)}`;
-    meta.append(small);
-    const button = document.createElement("button");
-    button.type = "button";
-    const current = view.session && view.session.id === s.session_id;
-    button.textContent = current ? "Watching" : "Watch";
-    button.disabled = current || !s.websocket_path;
-    button.setAttribute("aria-label", `Watch ${s.stream_url || s.session_id}`);
-    button.addEventListener("click", () => {
-      clearError();
-      showNotice(null);
-      attach(s);
-      renderSessions(sessions);
-    });
-    li.append(meta, button);
-    return li;
-  }));
-}
-
-// ---------- wiring ----------
-
-el.key.value = sessionStorage.getItem(KEY_STORAGE) || "";
-el.url.value = sessionStorage.getItem(URL_STORAGE) || el.url.value;
-el.key.addEventListener("change", () => sessionStorage.setItem(KEY_STORAGE, el.key.value));
-el.form.addEventListener("submit", start);
-el.stop.addEventListener("click", stop);
-el.pause.addEventListener("click", togglePause);
-el.detach.addEventListener("click", detach);
-el.refresh.addEventListener("click", refreshSessions);
-el.clearAlerts.addEventListener("click", () => alerts.clear());
-el.errorDismiss.addEventListener("click", clearError);
 // Leaving the page must not leave a viewer behind on the service.
-window.addEventListener("pagehide", leave);
+window.addEventListener("pagehide", () => controller.leave());
 document.addEventListener("visibilitychange", () => {
-  if (!document.hidden && view.waitingSince !== null) expectFrames(); // nothing was painted while hidden
+  if (!document.hidden && store.waitingSince !== null) store.expectFrames(); // nothing was painted while hidden
 });
 window.addEventListener("pageshow", (event) => {
-  // Back from the back/forward cache: the socket was closed on pagehide, so open it again.
-  if (event.persisted && view.session && !view.conn) {
-    const { id, websocketPath, stream, model } = view.session;
-    attach({ session_id: id, websocket_path: websocketPath, stream, model });
-  }
+  if (event.persisted) controller.reopen();
 });
 
 renderer.clear();
-render();
-setInterval(renderHud, HUD_INTERVAL_MS);
-if (el.key.value) refreshSessions();
+store.notify();
+setInterval(tick, HUD_INTERVAL_MS);
+if (getKey()) sessions.refresh();
