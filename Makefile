@@ -9,7 +9,7 @@ DEPS := $(VENV)/.deps-installed
 SERVICE_ENV := PYTHONPATH=rt-detr-service
 MODEL_VARIANT ?= r18vd
 
-.PHONY: help run serve test models export deps constraints system system-test up down logs push soak soak-hour bench bench-cpu lint clean
+.PHONY: help run serve test models export deps constraints system system-test up down logs push soak soak-hour bench bench-cpu lint settings-doc clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
@@ -92,6 +92,9 @@ lint: deps ## ruff on Python, shellcheck on shell scripts
 	$(PY) -m ruff check rt-detr-service tests bench scripts
 	$(PY) -m ruff format --check rt-detr-service tests bench scripts
 	shellcheck scripts/*.sh bench/*.sh
+
+settings-doc: deps ## write docs/settings.md from the Settings class (after changing a setting)
+	$(SERVICE_ENV) $(PY) scripts/settings_doc.py
 
 clean: ## remove the venv and run files
 	rm -rf $(VENV) .run test-artifacts

@@ -150,7 +150,7 @@ def rtsp_urls_in(text: str) -> list[str]:
     return [u.rstrip(".,;") for u in RTSP_URL.findall(text)]
 
 
-@pytest.mark.parametrize("source", ["README.md", "scripts/soak.sh", "scripts/push.sh"])
+@pytest.mark.parametrize("source", ["README.md", "docs/deploy.md", "scripts/soak.sh", "scripts/push.sh"])
 def test_documented_stream_urls_exist_and_carry_valid_credentials(repo, compose, mediamtx, source):
     text = (repo / source).read_text()
     urls = rtsp_urls_in(text)

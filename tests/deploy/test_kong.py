@@ -163,7 +163,7 @@ def test_upstream_is_round_robin_with_active_and_passive_checks_on_liveness(kong
 
 def test_single_target_because_sessions_live_in_one_replica(kong):
     (upstream,) = kong["upstreams"]
-    assert len(upstream["targets"]) == 1, "sessions are per replica: see README.md, Scaling"
+    assert len(upstream["targets"]) == 1, "sessions are per replica: see docs/deploy.md, Scaling"
 
 
 def test_upstream_target_is_the_compose_service_on_the_service_port(kong, compose, settings_cls):

@@ -27,7 +27,8 @@ from rtdetr_service.web.routes.video import StartRequest, StopRequest, ZonesIn
 from support import make_settings, run_service
 
 ROOT = Path(__file__).resolve().parents[2]
-DOC = ROOT / "docs" / "api.md"
+# The HTTP API and the WebSocket protocol: one document each, checked as one.
+DOCS = (ROOT / "docs" / "api.md", ROOT / "docs" / "websocket.md")
 SERVICE_SRC = ROOT / "rt-detr-service" / "rtdetr_service"
 BLOCK = re.compile(r"<!--\s*(example|request):\s*([\w.-]+)\s*-->\s*```json\n(.*?)\n```", re.DOTALL)
 
@@ -67,9 +68,13 @@ def _strip_comments(text: str) -> str:
     return "".join(out)
 
 
+def _doc_text() -> str:
+    return "\n".join(path.read_text() for path in DOCS)
+
+
 def doc_blocks(kind: str) -> dict[str, object]:
     """The document's examples of one kind by name, parsed; a block that is not JSON fails here."""
-    text = DOC.read_text()
+    text = _doc_text()
     blocks: dict[str, object] = {}
     for found_kind, name, body in BLOCK.findall(text):
         if found_kind != kind:
@@ -174,7 +179,7 @@ def test_every_response_example_has_exactly_the_keys_of_the_real_answer(records)
 
 def test_the_tour_captured_every_kind_of_answer_and_the_doc_shows_them(records):
     # Everything the tour captures is documented, as an example or (errors, close codes) in a table.
-    text = DOC.read_text()
+    text = _doc_text()
     examples = doc_blocks("example")
     shown = {name.split(".")[0] for name in examples}
     for name, record in records.items():
@@ -222,7 +227,7 @@ def test_every_request_example_is_accepted():
 
 
 def test_every_route_is_documented(tmp_path):
-    text = DOC.read_text()
+    text = _doc_text()
     app = create_app(make_settings(tmp_path / "no-model"))  # routes only: the lifespan (model loading) does not run
     skip = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url}
     missing = []
@@ -241,7 +246,7 @@ def test_every_route_is_documented(tmp_path):
 
 
 def test_every_error_code_of_the_code_is_documented():
-    text = DOC.read_text()
+    text = _doc_text()
     source = "\n".join(p.read_text() for p in SERVICE_SRC.rglob("*.py"))
     codes = set(re.findall(r'(?:ApiError|error_response)\(\s*\d{3},\s*"(\w+)"', source))
     codes |= set(re.findall(r'SessionError\(\s*"(\w+)"', source))
