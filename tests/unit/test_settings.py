@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from rtdetr_service.core.config import Settings
+from rtdetr_service.web.settings import Settings
 
 
 def make(**values) -> Settings:
@@ -73,7 +73,7 @@ def test_env_file_shared_with_compose_is_read_for_our_names_only(tmp_path, monke
 
 
 def test_a_typo_in_the_shared_env_file_is_pointed_out(tmp_path):
-    from rtdetr_service.core.config import unknown_env_file_keys
+    from rtdetr_service.web.settings import unknown_env_file_keys
 
     env = tmp_path / ".env"
     env.write_text("API_KEYS=k\nMAX_SESION=3\nMEDIAMTX_READ_PASS=x\nKONG_DECLARATIVE_FILE=/k.yml\nRTSP_BIND=0.0.0.0\n")
@@ -94,5 +94,5 @@ def test_readme_documents_every_setting():
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    missing = [name.upper() for name in Settings.model_fields if f"| `{name.upper()}` |" not in readme]
+    missing = [name for name in Settings.env_names() if f"| `{name}` |" not in readme]
     assert not missing, f"README.md settings table lacks {missing}"
