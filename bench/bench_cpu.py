@@ -128,7 +128,7 @@ def child_ours(args) -> dict:
     """The real service with the side's BACKEND and CPU_PRECISION, one session, one viewer, one measured window."""
     import bench_pipeline as pipeline
 
-    from rtdetr_service.core.config import Settings
+    from rtdetr_service.web.settings import Settings
 
     with tempfile.TemporaryDirectory(prefix="bench-cpu-") as tmp:
         workdir = Path(tmp)

@@ -366,7 +366,7 @@ def _memory_per_stream(counts: list[dict], idle_mb: float) -> dict:
 def sweep_ours(args, clip: str, model_dir: str, src_fps: float, workdir: Path, progress=lambda results: None) -> dict:
     """The sweep (and the soak) of our side; `progress(results)` is called whenever a result is
     added, so that a run cut short by a time limit still leaves what it measured."""
-    from rtdetr_service.core.config import Settings
+    from rtdetr_service.web.settings import Settings
 
     counts = [] if args.soak_only else args.stream_counts
     settings = Settings(

@@ -38,7 +38,9 @@ HEADER = """\
      fields' descriptions, or the group notes in that script, and run it again. -->
 
 Environment variables (or a `.env` file in the working directory), read by one
-pydantic-settings class; a bad value stops the service with the key's name. `make run` and
+pydantic-settings class, `web/settings.py`, composed of the settings each floor declares beside
+its code (`ingest/settings.py`, `inference/settings.py`, `outputs/settings.py`,
+`sessions/settings.py`); a bad value stops the service with the key's name. `make run` and
 `make serve` honour them, e.g. `DEVICE=cpu MAX_SESSIONS=4 make serve`. The `.env` may also hold
 the compose stack's keys (`MEDIAMTX_*`, `MTX_*`, `KONG_*`, `COMPOSE_*`, `PUSH_*`, `RTSP_BIND`,
 `CLIP`, `URL`); any other key the service does not know is named in a warning at start, since
@@ -210,11 +212,9 @@ class Row:
 
 
 def load_settings_class() -> type:
-    """The service's Settings class, from the top floor (or, until it moves there, from core)."""
-    try:
-        from rtdetr_service.web.settings import Settings
-    except ImportError:
-        from rtdetr_service.core.config import Settings
+    """The service's Settings class (the top floor composes every floor's settings)."""
+    from rtdetr_service.web.settings import Settings
+
     return Settings
 
 

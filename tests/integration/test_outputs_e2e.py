@@ -64,13 +64,9 @@ def test_every_output_gets_its_messages_and_a_dead_one_costs_only_itself(tiny_mo
         event_end_after_s=1.0,
         track_keep_s=0.5,
         track_min_hits=2,
-        webhook_urls=receiver.url,
-        webhook_secret=SECRET,
-        webhook_max_retries=1,
-        mqtt_url=f"mqtt://127.0.0.1:{mosquitto.port}",
-        kafka_bootstrap_servers=broker.bootstrap,
-        kafka_queue_size=64,
-        kafka_delivery_timeout_s=2.0,
+        webhook={"urls": receiver.url, "secret": SECRET, "max_retries": 1},
+        mqtt={"url": f"mqtt://127.0.0.1:{mosquitto.port}"},
+        kafka={"bootstrap_servers": broker.bootstrap, "queue_size": 64, "delivery_timeout_s": 2.0},
     )
     service = run_service(settings, detector_factory=lambda s: WalkingPeople(walk_s=2.0, period_s=3.0))
     stopped = False

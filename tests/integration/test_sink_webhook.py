@@ -17,6 +17,7 @@ import pytest
 from rtdetr_service.analytics.events import EventLifecycle
 from rtdetr_service.core.results import Alert, Published, SessionView
 from rtdetr_service.core.types import Detection, Frame, FrameResult
+from rtdetr_service.outputs.settings import WebhookSettings
 from rtdetr_service.outputs.webhook import WebhookSink
 
 from support import free_port, wait_until
@@ -100,11 +101,10 @@ def receivers():
 def sinks():
     made: list[WebhookSink] = []
 
-    def make(urls, **kwargs) -> WebhookSink:
-        kwargs.setdefault("backoff_s", 0.05)
-        kwargs.setdefault("backoff_max_s", 0.2)
-        kwargs.setdefault("timeout_s", 2.0)
-        sink = WebhookSink(urls, SECRET, **kwargs)
+    def make(urls, *, backoff_s: float = 0.05, backoff_max_s: float = 0.2, **values) -> WebhookSink:
+        values.setdefault("timeout_s", 2.0)
+        settings = WebhookSettings(urls=urls, secret=SECRET, **values)
+        sink = WebhookSink(settings, backoff_s=backoff_s, backoff_max_s=backoff_max_s)
         sink.start()
         made.append(sink)
         return sink
@@ -172,7 +172,7 @@ def test_events_and_alerts_arrive_signed_in_their_schemas(receivers, sinks):
 
 def test_a_wrong_secret_does_not_verify(receivers):
     receiver = receivers()
-    sink = WebhookSink([receiver.url], "not-the-shared-secret")
+    sink = WebhookSink(WebhookSettings(urls=[receiver.url], secret="not-the-shared-secret"))
     sink.start()
     try:
         sink.handle(event_steps()[1])
@@ -270,7 +270,7 @@ def test_close_returns_within_its_timeout_when_the_receiver_hangs():
         hole.bind(("127.0.0.1", 0))
         hole.listen(16)
         url = f"http://127.0.0.1:{hole.getsockname()[1]}/hook"
-        sink = WebhookSink([url], SECRET, timeout_s=10.0, queue_size=8)
+        sink = WebhookSink(WebhookSettings(urls=[url], secret=SECRET, timeout_s=10.0, queue_size=8))
         sink.start()
         for _ in range(8):
             sink.handle(event_steps()[1])
@@ -287,7 +287,7 @@ def test_close_returns_within_its_timeout_when_the_receiver_hangs():
 
 def test_settings_are_checked_before_anything_starts():
     with pytest.raises(ValueError, match="WEBHOOK_SECRET"):
-        WebhookSink(["http://127.0.0.1:9/hook"], "")
+        WebhookSink(WebhookSettings(urls=["http://127.0.0.1:9/hook"], secret=""))
     with pytest.raises(ValueError, match="WEBHOOK_URLS") as info:
-        WebhookSink([f"ftp://127.0.0.1/{TOKEN}"], SECRET)
+        WebhookSink(WebhookSettings(urls=[f"ftp://127.0.0.1/{TOKEN}"], secret=SECRET))
     assert TOKEN not in str(info.value)

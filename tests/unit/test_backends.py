@@ -7,11 +7,11 @@ import threading
 import pytest
 import torch
 
-from rtdetr_service.core.config import Settings
 from rtdetr_service.inference import backends
 from rtdetr_service.inference.backends.export import cache_entry, cached, weights_digest
 from rtdetr_service.inference.loading import fitted_input_size
 from rtdetr_service.inference.random_weights import random_weights_model
+from rtdetr_service.web.settings import Settings
 
 from tiny_model import tiny_config_of
 

@@ -11,13 +11,13 @@ import time
 import numpy as np
 import pytest
 
-from rtdetr_service.core.config import Settings
 from rtdetr_service.core.types import Frame, ModelInfo, StreamInfo
 from rtdetr_service.inference.worker import InferenceWorker
 from rtdetr_service.ingest.reader import StreamReader
 from rtdetr_service.outputs.websocket import WebSocketSink
 from rtdetr_service.sessions.manager import SessionManager
 from rtdetr_service.sessions.session import Session, SessionError, SessionOptions, SessionState
+from rtdetr_service.web.settings import Settings
 
 MODEL = ModelInfo(name="fake", backend="fake", device="cpu", trained=True, class_names=("person",))
 

@@ -8,8 +8,17 @@ import argparse
 import logging
 import time
 
-from rtdetr_service.core.config import Settings
+from pydantic_settings import BaseSettings
+
+from rtdetr_service.core.config import READ_ENV
 from rtdetr_service.inference.loading import detector_from_settings
+from rtdetr_service.inference.settings import InferenceSettings
+
+
+class ExportSettings(BaseSettings, InferenceSettings):
+    """MODEL and how it runs, read from the environment and `.env` as the service reads them."""
+
+    model_config = READ_ENV
 
 
 def main() -> int:
@@ -17,8 +26,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="Export MODEL for BACKEND (settings from the environment / .env).")
     parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Exporting serves no requests: keys are not needed, whatever the environment says.
-    settings = Settings(api_keys="export-only", auth_disabled=False)
+    settings = ExportSettings()  # only what loading reads: exporting serves no requests, needs no keys
     started = time.monotonic()
     detector = detector_from_settings(settings)
     info = detector.info.as_dict()

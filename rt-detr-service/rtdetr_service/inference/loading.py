@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rtdetr_service.core.config import DEFAULT_MODEL, REPO_ROOT, Settings
 from rtdetr_service.core.types import ModelInfo
 from rtdetr_service.inference import backends
 from rtdetr_service.inference.detector import (
@@ -28,6 +27,7 @@ from rtdetr_service.inference.random_weights import (
     r18vd_config,
     random_weights_model,
 )
+from rtdetr_service.inference.settings import DEFAULT_MODEL, MODEL_CACHE_DIR, InferenceSettings
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def _load_realtime_detr(
     if size != input_size:
         log.warning("INPUT_SIZE=%d does not fit %s's windows: using %d", input_size, model.config.model_type, size)
     threads = threads or backends.default_cpu_threads(choice.backend)
-    cache_dir = Path(cache_dir) if cache_dir else REPO_ROOT / "models" / ".cache"  # the MODEL_CACHE_DIR default
+    cache_dir = Path(cache_dir) if cache_dir else MODEL_CACHE_DIR
     runner = None
     if choice.backend != "torch":
         try:
@@ -238,7 +238,7 @@ def warm_up(detector: Detector, max_batch: int = 1, size: tuple[int, int] = (720
         detector.detect([image] * batch, [1.0] * batch)
 
 
-def detector_from_settings(settings: Settings) -> Detector:
+def detector_from_settings(settings: InferenceSettings) -> Detector:
     """The model MODEL names, on the backend BACKEND picks, warmed up."""
     # torch pre- and post-processes for every backend: its pool gets torch's default (a core left
     # to the decoders) unless CPU_THREADS says otherwise; the backend picks its own (0 = its default).

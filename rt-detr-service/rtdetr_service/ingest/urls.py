@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
-from rtdetr_service.core.config import DEFAULT_DENIED_NETWORKS
 from rtdetr_service.core.logs import redact
+from rtdetr_service.ingest.settings import DEFAULT_DENIED_NETWORKS
 
 # FFmpeg protocols a network stream may use underneath its scheme. Anything else (file, concat,
 # subfile, pipe, data, http redirects into them, ...) is refused by FFmpeg itself.

@@ -38,6 +38,7 @@ from rtdetr_service.outputs.messages import (
     output_detections,
     output_event,
 )
+from rtdetr_service.outputs.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 _librdkafka_log = logging.getLogger(f"{__name__}.librdkafka")
@@ -54,58 +55,56 @@ class _LibrdkafkaLog:
         _librdkafka_log.debug(fmt, *args)
 
 
+def _producer_config(settings: KafkaSettings, brokers: str, reconnect_max_s: float, stats_interval_s: float) -> dict:
+    """librdkafka's configuration from KAFKA_*: the options left empty are not given."""
+    config = {
+        "bootstrap.servers": brokers,
+        "client.id": settings.client_id,
+        # acks=all and per-partition sequence numbers: a retried batch is written once, in order.
+        "enable.idempotence": True,
+        "linger.ms": settings.linger_ms,
+        # The producer's own buffer, bounded like the queue in front of it.
+        "queue.buffering.max.messages": settings.queue_size,
+        "message.timeout.ms": int(settings.delivery_timeout_s * 1000),
+        "reconnect.backoff.max.ms": int(reconnect_max_s * 1000),
+        "statistics.interval.ms": int(stats_interval_s * 1000),
+        "security.protocol": settings.security_protocol.lower(),
+    }
+    optional = {
+        "sasl.mechanism": settings.sasl_mechanism,
+        "sasl.username": settings.sasl_username,
+        "sasl.password": settings.sasl_password.get_secret_value(),
+        "ssl.ca.location": settings.ssl_ca_location,
+    }
+    return config | {key: value for key, value in optional.items() if value}
+
+
 class KafkaSink(QueuedSink):
     name = "kafka"
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        settings: KafkaSettings,
         *,
-        detections_topic: str = "detection-results",
-        events_topic: str = "rtdetr-events",
-        alerts_topic: str = "rtdetr-alerts",
-        client_id: str = "rtdetr-service",
-        linger_ms: int = 20,
-        queue_size: int = 10_000,
-        delivery_timeout_s: float = 30.0,
-        security_protocol: str = "PLAINTEXT",
-        sasl_mechanism: str = "",
-        sasl_username: str = "",
-        sasl_password: str = "",
-        ssl_ca_location: str = "",
         reconnect_max_s: float = 5.0,
         stats_interval_s: float = 1.0,
     ) -> None:
-        servers = [s.strip() for s in bootstrap_servers.split(",") if s.strip()]
+        servers = [s.strip() for s in settings.bootstrap_servers.split(",") if s.strip()]
         if not servers:
             raise ValueError("KAFKA_BOOTSTRAP_SERVERS must name at least one host:port")
-        super().__init__(queue_size=queue_size, batch_max=64)
+        super().__init__(queue_size=settings.queue_size, batch_max=64)
         self.brokers = ",".join(servers)
-        self.topics = {"detections": detections_topic, "events": events_topic, "alerts": alerts_topic}
-        config = {
-            "bootstrap.servers": self.brokers,
-            "client.id": client_id,
-            # acks=all and per-partition sequence numbers: a retried batch is written once, in order.
-            "enable.idempotence": True,
-            "linger.ms": linger_ms,
-            # The producer's own buffer, bounded like the queue in front of it.
-            "queue.buffering.max.messages": queue_size,
-            "message.timeout.ms": int(delivery_timeout_s * 1000),
-            "reconnect.backoff.max.ms": int(reconnect_max_s * 1000),
-            "statistics.interval.ms": int(stats_interval_s * 1000),
-            "security.protocol": security_protocol.lower(),
+        self.topics = {
+            "detections": settings.detections_topic,
+            "events": settings.events_topic,
+            "alerts": settings.alerts_topic,
+        }
+        self._config = {
+            **_producer_config(settings, self.brokers, reconnect_max_s, stats_interval_s),
             "error_cb": self._on_error,
             "stats_cb": self._on_stats,
             "logger": _LibrdkafkaLog(),
         }
-        optional = {
-            "sasl.mechanism": sasl_mechanism,
-            "sasl.username": sasl_username,
-            "sasl.password": sasl_password,
-            "ssl.ca.location": ssl_ca_location,
-        }
-        config.update({key: value for key, value in optional.items() if value})
-        self._config = config
         self._state_lock = threading.Lock()
         self._connected = False
         self._link_error: str | None = f"connecting to the Kafka brokers {self.brokers}"

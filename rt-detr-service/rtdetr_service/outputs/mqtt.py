@@ -30,6 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from rtdetr_service.core.results import Published
 from rtdetr_service.outputs.base import DEGRADED_FOR_S, QueuedSink, SinkStats
 from rtdetr_service.outputs.messages import dumps, output_alert, output_detections, output_event
+from rtdetr_service.outputs.settings import MqttSettings
 
 log = logging.getLogger(__name__)
 
@@ -46,23 +47,19 @@ class MqttSink(QueuedSink):
 
     def __init__(
         self,
-        url: str,
+        settings: MqttSettings,
         *,
-        client_id: str = "",
-        topic_prefix: str = "rtdetr",
-        queue_size: int = 1024,
         reconnect_min_s: float = 1.0,
         reconnect_max_s: float = 30.0,
         keepalive_s: int = 30,
-        detections_max_fps: float = 0.0,
     ) -> None:
-        parts = urlsplit(url)
+        parts = urlsplit(settings.url.get_secret_value().strip())
         if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
             raise ValueError("MQTT_URL must look like mqtt://[user:password@]host[:port] (or mqtts:// for TLS)")
-        super().__init__(queue_size=queue_size, batch_max=1)
+        super().__init__(queue_size=settings.queue_size, batch_max=1)
         self.host = parts.hostname
         self.port = parts.port or _DEFAULT_PORTS[parts.scheme]
-        self.prefix = topic_prefix.strip("/") or "rtdetr"
+        self.prefix = settings.topic_prefix.strip("/") or "rtdetr"
         self.available_topic = f"{self.prefix}/available"
         self._keepalive = keepalive_s
         self._connected = threading.Event()
@@ -71,11 +68,12 @@ class MqttSink(QueuedSink):
         self._counts: dict[str, tuple[str, Counter]] = {}  # session id -> (topic camera, label counts)
         # Per-frame detections on <prefix>/<camera>/detections, at most this many a second per
         # session (0 = off): a 30 fps camera would otherwise flood a home-automation broker.
-        self._detections_interval = 1.0 / detections_max_fps if detections_max_fps > 0 else None
+        fps = settings.detections_max_fps
+        self._detections_interval = 1.0 / fps if fps > 0 else None
         self._last_detections: dict[str, float] = {}  # session id -> frame time of the last one sent
         self._closed = False
 
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id, protocol=mqtt.MQTTv311)
         if parts.username is not None:
             client.username_pw_set(unquote(parts.username), unquote(parts.password or "") or None)
         if parts.scheme == "mqtts":
@@ -83,7 +81,7 @@ class MqttSink(QueuedSink):
         client.will_set(self.available_topic, "offline", qos=1, retain=True)
         client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
         # paho's own store of unacknowledged QoS 1 messages, bounded like the queue in front of it.
-        client.max_queued_messages_set(queue_size)
+        client.max_queued_messages_set(settings.queue_size)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = self._on_connect_fail

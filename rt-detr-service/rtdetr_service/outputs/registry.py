@@ -1,4 +1,4 @@
-"""Outputs of the results pipeline. Adding one = a module here, a setting, and a line in SINKS.
+"""Outputs of the results pipeline. Adding one = a module here, its settings, and a line in SINKS.
 
 Each builder takes the app's `SinkContext` and returns its sink, or None when its setting turns
 it off. Nothing in the session, the worker or the reader knows which sinks exist.
@@ -13,9 +13,9 @@ from rtdetr_service.core.results import Published, SessionView
 from rtdetr_service.outputs.base import QueuedSink, Sink, SinkStats
 
 if TYPE_CHECKING:
-    from rtdetr_service.core.config import Settings
     from rtdetr_service.outputs.hub import Hub
     from rtdetr_service.outputs.prometheus import Metrics
+    from rtdetr_service.outputs.settings import OutputSettings
     from rtdetr_service.outputs.store.event_store import EventStore
 
 __all__ = [
@@ -34,7 +34,7 @@ __all__ = [
 class SinkContext:
     """What the app has for sinks to use."""
 
-    settings: Settings
+    settings: OutputSettings
     hub: Hub
     metrics: Metrics
     encoder: object
@@ -72,62 +72,31 @@ def _event_store(ctx: SinkContext) -> Sink | None:
 
 
 def _webhook(ctx: SinkContext) -> Sink | None:
-    urls = [u.strip() for u in ctx.settings.webhook_urls.get_secret_value().split(",") if u.strip()]
-    if not urls:
+    if not ctx.settings.webhook.urls:
         return None
     from rtdetr_service.outputs.webhook import WebhookSink
 
-    s = ctx.settings
-    sink = WebhookSink(
-        urls,
-        s.webhook_secret.get_secret_value(),
-        timeout_s=s.webhook_timeout_s,
-        max_retries=s.webhook_max_retries,
-        queue_size=s.webhook_queue_size,
-    )
+    sink = WebhookSink(ctx.settings.webhook)
     sink.start()
     return sink
 
 
 def _mqtt(ctx: SinkContext) -> Sink | None:
-    url = ctx.settings.mqtt_url.get_secret_value().strip()
-    if not url:
+    if not ctx.settings.mqtt.url.get_secret_value().strip():
         return None
     from rtdetr_service.outputs.mqtt import MqttSink
 
-    s = ctx.settings
-    sink = MqttSink(
-        url,
-        client_id=s.mqtt_client_id,
-        topic_prefix=s.mqtt_topic_prefix,
-        queue_size=s.mqtt_queue_size,
-        detections_max_fps=s.mqtt_detections_max_fps,
-    )
+    sink = MqttSink(ctx.settings.mqtt)
     sink.start()
     return sink
 
 
 def _kafka(ctx: SinkContext) -> Sink | None:
-    s = ctx.settings
-    if not s.kafka_bootstrap_servers.strip():
+    if not ctx.settings.kafka.bootstrap_servers.strip():
         return None
     from rtdetr_service.outputs.kafka import KafkaSink
 
-    sink = KafkaSink(
-        s.kafka_bootstrap_servers,
-        detections_topic=s.kafka_detections_topic,
-        events_topic=s.kafka_events_topic,
-        alerts_topic=s.kafka_alerts_topic,
-        client_id=s.kafka_client_id,
-        linger_ms=s.kafka_linger_ms,
-        queue_size=s.kafka_queue_size,
-        delivery_timeout_s=s.kafka_delivery_timeout_s,
-        security_protocol=s.kafka_security_protocol,
-        sasl_mechanism=s.kafka_sasl_mechanism,
-        sasl_username=s.kafka_sasl_username,
-        sasl_password=s.kafka_sasl_password.get_secret_value(),
-        ssl_ca_location=s.kafka_ssl_ca_location,
-    )
+    sink = KafkaSink(ctx.settings.kafka)
     sink.start()
     return sink
 

@@ -16,7 +16,7 @@ import queue
 import time
 import uuid
 from dataclasses import replace
-from typing import Callable, Sequence
+from typing import Callable
 from urllib.parse import urlsplit
 
 import httpx
@@ -24,6 +24,7 @@ import httpx
 from rtdetr_service.core.results import Published
 from rtdetr_service.outputs.base import QueuedSink, SinkStats
 from rtdetr_service.outputs.messages import dumps, output_messages
+from rtdetr_service.outputs.settings import WebhookSettings
 
 log = logging.getLogger(__name__)
 # httpx logs every request at INFO with its whole URL, and webhook URLs carry tokens in their
@@ -139,39 +140,34 @@ class WebhookSink:
 
     def __init__(
         self,
-        urls: Sequence[str],
-        secret: str,
+        settings: WebhookSettings,
         *,
-        timeout_s: float = 5.0,
-        max_retries: int = 3,
         backoff_s: float = 0.5,
         backoff_max_s: float = 10.0,
-        queue_size: int = 1024,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        urls = [url.get_secret_value() for url in settings.urls]
         if not urls:
             raise ValueError("WEBHOOK_URLS: at least one URL is needed")
-        if not secret:
-            raise ValueError("WEBHOOK_SECRET is required when WEBHOOK_URLS is set: receivers verify bodies with it")
         for url in urls:
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"WEBHOOK_URLS: {host_of(url)!r} is not an http(s) URL")
         # Redirects are refused; proxies from the environment are honoured (HTTPS_PROXY, NO_PROXY).
         self._client = httpx.Client(
-            timeout=timeout_s,
+            timeout=settings.timeout_s,
             follow_redirects=False,
             headers={"User-Agent": "rtdetr-service-webhook/1"},
         )
         self._destinations = [
             _Destination(
                 url,
-                secret=secret.encode(),
+                secret=settings.secret.get_secret_value().encode(),
                 client=self._client,
-                max_retries=max_retries,
+                max_retries=settings.max_retries,
                 backoff_s=backoff_s,
                 backoff_max_s=backoff_max_s,
-                queue_size=queue_size,
+                queue_size=settings.queue_size,
                 clock=clock,
             )
             for url in urls

@@ -18,8 +18,8 @@ from rtdetr_service.outputs.hub import Hub
 from rtdetr_service.sessions.session import Session, SessionError, SessionOptions
 
 if TYPE_CHECKING:
-    from rtdetr_service.core.config import Settings
     from rtdetr_service.inference.worker import InferenceWorker
+    from rtdetr_service.sessions.settings import SessionSettings
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 class SessionManager:
     """Owns every session of this replica: start, stop, look up, and stop all at shutdown."""
 
-    def __init__(self, settings: Settings, hub: Hub) -> None:
+    def __init__(self, settings: SessionSettings, hub: Hub) -> None:
         self.settings = settings
         self.hub = hub
         self.worker: InferenceWorker | None = None

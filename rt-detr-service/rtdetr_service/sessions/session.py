@@ -28,8 +28,8 @@ from rtdetr_service.outputs.base import Sink
 from rtdetr_service.outputs.hub import Hub
 
 if TYPE_CHECKING:
-    from rtdetr_service.core.config import Settings
     from rtdetr_service.inference.worker import InferenceWorker
+    from rtdetr_service.sessions.settings import SessionSettings
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Session:
         self,
         options: SessionOptions,
         *,
-        settings: Settings,
+        settings: SessionSettings,
         worker: InferenceWorker,
         hub: Hub,
         sinks: Sequence[Sink],

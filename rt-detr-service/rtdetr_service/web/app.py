@@ -15,7 +15,6 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from rtdetr_service import __version__
-from rtdetr_service.core.config import Settings
 from rtdetr_service.inference.detector import Detector
 from rtdetr_service.inference.loading import detector_from_settings
 from rtdetr_service.inference.worker import InferenceWorker
@@ -30,6 +29,7 @@ from rtdetr_service.web.auth import install_api_key_check
 from rtdetr_service.web.errors import install_error_handlers
 from rtdetr_service.web.middleware import install_body_limit, install_cancel_on_disconnect
 from rtdetr_service.web.routes import events, health, video, ws
+from rtdetr_service.web.settings import Settings
 
 log = logging.getLogger(__name__)
 
