@@ -17,7 +17,7 @@ import torch
 from file_camera import FileCamera
 from websockets.sync.client import connect
 
-from rtdetr_service.inference.loading import load_detector, warm_up
+from rtdetr_service.inference.loading import LoadOptions, load_detector, warm_up
 from rtdetr_service.outputs.encode import JpegEncoder
 from rtdetr_service.sessions.session import SessionOptions
 
@@ -34,8 +34,8 @@ def _image(h: int = 720, w: int = 1280) -> np.ndarray:
 
 
 def test_fp16_cuda_matches_fp32_cpu(tiny_model_dir):
-    cpu = load_detector(str(tiny_model_dir), device="cpu", input_size=320)
-    gpu = load_detector(str(tiny_model_dir), device="cuda", half=True, input_size=320)
+    cpu = load_detector(str(tiny_model_dir), LoadOptions(device="cpu", input_size=320))
+    gpu = load_detector(str(tiny_model_dir), LoadOptions(device="cuda", half=True, input_size=320))
     assert gpu.info.device.startswith("cuda") and gpu.info.dtype == "float16"
     image = _image()
     (on_cpu,) = cpu.detect([image], [0.0])
@@ -59,7 +59,7 @@ def _iou(a, b) -> float:
 
 
 def test_batches_of_mixed_sizes_on_the_gpu(tiny_model_dir):
-    gpu = load_detector(str(tiny_model_dir), device="cuda", input_size=320)
+    gpu = load_detector(str(tiny_model_dir), LoadOptions(device="cuda", input_size=320))
     warm_up(gpu, max_batch=4)
     images = [_image(720, 1280), _image(1080, 1920), _image(480, 640)]
     results = gpu.detect(images, [0.0, 0.0, 0.0])
@@ -95,7 +95,7 @@ def test_nvjpeg_from_many_threads_while_the_model_runs(tiny_model_dir):
     # given the worker's situation: one thread keeps the model busy on the GPU while several
     # publisher threads encode JPEGs (torchvision's nvJPEG has produced corrupt JPEGs here when
     # the caller's streams and its own were not ordered)
-    detector = load_detector(str(tiny_model_dir), device="cuda", input_size=640)
+    detector = load_detector(str(tiny_model_dir), LoadOptions(device="cuda", input_size=640))
     encoder = JpegEncoder("cuda")
     busy = threading.Event()
     stop = threading.Event()
