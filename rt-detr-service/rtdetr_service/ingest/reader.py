@@ -108,6 +108,7 @@ class StreamReader:
         return info
 
     def start(self) -> None:
+        """Start reading on the reader's own thread; `open()` must have succeeded."""
         if self._container is None:
             raise RuntimeError("open() must succeed before start()")
         self._thread.start()
@@ -123,12 +124,14 @@ class StreamReader:
         return not self._thread.is_alive()
 
     def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread to end; True if it has (or never started)."""
         if self._thread.ident:
             self._thread.join(timeout)
         return not self._thread.is_alive()
 
     @property
     def alive(self) -> bool:
+        """Whether the reading thread runs."""
         return self._thread.is_alive()
 
     # -- internals -------------------------------------------------------------------------
