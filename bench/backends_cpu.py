@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from bench_cpu import gflop_per_frame
 
-from rtdetr_service.inference.loading import load_detector
+from rtdetr_service.inference.loading import LoadOptions, load_detector
 from rtdetr_service.inference.random_weights import condition_random_weights, r18vd_config, random_weights_model
 
 VARIANTS = (("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"))
@@ -63,12 +63,14 @@ def main() -> int:
             started = time.monotonic()
             detectors[f"{backend} {precision}"] = load_detector(
                 str(folder),
-                device="cpu",
-                input_size=args.input_size,
-                backend=backend,
-                cpu_precision=precision,
-                cache_dir=Path(tmp) / "cache",
-                threads=args.threads,
+                LoadOptions(
+                    device="cpu",
+                    input_size=args.input_size,
+                    backend=backend,
+                    cpu_precision=precision,
+                    cache_dir=Path(tmp) / "cache",
+                    threads=args.threads,
+                ),
             )
             threads = detectors[f"{backend} {precision}"].info.cpu_threads
             print(

@@ -1,7 +1,7 @@
 """Pipeline benchmark: the real service against the spec's thread-per-session baseline, in one run.
 
 For each stream count it runs N sessions of a 30 fps H.264 clip (paced at its frame rate and
-looped by the service's own StreamReader, like `ffmpeg -re -stream_loop -1`), with one real
+looped by the service's own StreamReader as bench/file_camera.py, like `ffmpeg -re -stream_loop -1`), with one real
 WebSocket viewer per session in a separate process, and measures per stream the frame_result
 rate that reaches the viewer, and per frame the latency from decode to arrival at the viewer
 (`receive wall time - timestamp`). A stream sustains full rate at >= 95 % of the source fps
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import json
 import logging
 import os
@@ -128,15 +127,15 @@ class Service:
     def start_session(self, clip: str):
         """A session on the clip through the manager, as POST /start makes one, but with a paced, looping
         file reader (the HTTP route only accepts network URLs)."""
-        from rtdetr_service.ingest.reader import StreamReader
+        from file_camera import FileCamera
+
         from rtdetr_service.sessions.session import SessionOptions
 
         options = SessionOptions(
             stream_url=clip, enable_drawing=True, confidence_threshold=0.5, alert_rule=None, jpeg_quality=75
         )
-        reader = functools.partial(StreamReader, realtime=True, loop=True, whitelist="file")
         future = asyncio.run_coroutine_threadsafe(
-            self.app.state.manager.start(options, reader_factory=reader), self.loop
+            self.app.state.manager.start(options, reader_factory=FileCamera), self.loop
         )
         return future.result(timeout=60)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,10 +14,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from file_camera import FileCamera
 from websockets.sync.client import connect
 
-from rtdetr_service.inference.loading import load_detector, warm_up
-from rtdetr_service.ingest.reader import StreamReader
+from rtdetr_service.inference.loading import LoadOptions, load_detector, warm_up
 from rtdetr_service.outputs.encode import JpegEncoder
 from rtdetr_service.sessions.session import SessionOptions
 
@@ -35,8 +34,8 @@ def _image(h: int = 720, w: int = 1280) -> np.ndarray:
 
 
 def test_fp16_cuda_matches_fp32_cpu(tiny_model_dir):
-    cpu = load_detector(str(tiny_model_dir), device="cpu", input_size=320)
-    gpu = load_detector(str(tiny_model_dir), device="cuda", half=True, input_size=320)
+    cpu = load_detector(str(tiny_model_dir), LoadOptions(device="cpu", input_size=320))
+    gpu = load_detector(str(tiny_model_dir), LoadOptions(device="cuda", half=True, input_size=320))
     assert gpu.info.device.startswith("cuda") and gpu.info.dtype == "float16"
     image = _image()
     (on_cpu,) = cpu.detect([image], [0.0])
@@ -60,7 +59,7 @@ def _iou(a, b) -> float:
 
 
 def test_batches_of_mixed_sizes_on_the_gpu(tiny_model_dir):
-    gpu = load_detector(str(tiny_model_dir), device="cuda", input_size=320)
+    gpu = load_detector(str(tiny_model_dir), LoadOptions(device="cuda", input_size=320))
     warm_up(gpu, max_batch=4)
     images = [_image(720, 1280), _image(1080, 1920), _image(480, 640)]
     results = gpu.detect(images, [0.0, 0.0, 0.0])
@@ -96,7 +95,7 @@ def test_nvjpeg_from_many_threads_while_the_model_runs(tiny_model_dir):
     # given the worker's situation: one thread keeps the model busy on the GPU while several
     # publisher threads encode JPEGs (torchvision's nvJPEG has produced corrupt JPEGs here when
     # the caller's streams and its own were not ordered)
-    detector = load_detector(str(tiny_model_dir), device="cuda", input_size=640)
+    detector = load_detector(str(tiny_model_dir), LoadOptions(device="cuda", input_size=640))
     encoder = JpegEncoder("cuda")
     busy = threading.Event()
     stop = threading.Event()
@@ -157,8 +156,7 @@ def _start_on_file(service, clip: str):
     """A session on `clip`, paced at its frame rate and looped, through the manager as POST /start
     makes one (the HTTP route only takes network URLs), like bench/bench_pipeline.py does."""
     options = SessionOptions(stream_url=clip, enable_drawing=True, confidence_threshold=0.5)
-    reader = functools.partial(StreamReader, realtime=True, loop=True, whitelist="file")
-    start = service.app.state.manager.start(options, reader_factory=reader)
+    start = service.app.state.manager.start(options, reader_factory=FileCamera)
     # The manager is thread-safe and the session's hub calls reach the service's loop from any
     # thread, so the coroutine may run on a loop of its own, off the service's.
     with ThreadPoolExecutor(1) as pool:
@@ -167,7 +165,7 @@ def _start_on_file(service, clip: str):
 
 def test_service_on_cuda_end_to_end(tiny_model_dir, tmp_path):
     # given the service on the GPU with two sessions on a paced, looping H.264 file (the same
-    # StreamReader as for cameras; GPU images have no GStreamer for the RTSP test camera)
+    # StreamReader as for cameras, as FileCamera; GPU images have no GStreamer for the RTSP test camera)
     clip = _clip(tmp_path / "clip.mp4")
     torch.cuda.synchronize()
     service = run_service(make_settings(tiny_model_dir, device="cuda", max_batch=4))

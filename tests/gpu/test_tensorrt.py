@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from rtdetr_service.inference.loading import load_detector
+from rtdetr_service.inference.loading import LoadOptions, load_detector
 
 from tiny_model import ARCHITECTURES, build
 
@@ -41,9 +41,12 @@ def models(tmp_path_factory):
 def test_fp16_engine_matches_torch_fp16(models, tmp_path, architecture):
     # Given a small conditioned random model loaded through torch fp16 and through TensorRT fp16
     model_dir = str(models[architecture])
-    reference = load_detector(model_dir, device="cuda", half=True, input_size=320, backend="torch")
+    reference = load_detector(model_dir, LoadOptions(device="cuda", half=True, input_size=320, backend="torch"))
     engine = load_detector(
-        model_dir, device="cuda", half=True, input_size=320, backend="tensorrt", max_batch=MAX_BATCH, cache_dir=tmp_path
+        model_dir,
+        LoadOptions(
+            device="cuda", half=True, input_size=320, backend="tensorrt", max_batch=MAX_BATCH, cache_dir=tmp_path
+        ),
     )
     assert (engine.info.backend, engine.info.dtype) == ("tensorrt", "float16")
     images = _frames()
@@ -59,7 +62,8 @@ def test_fp16_engine_matches_torch_fp16(models, tmp_path, architecture):
 def test_batches_of_mixed_sizes_and_the_cached_engine(models, tmp_path):
     model_dir = str(models["rt_detr_v2"])
     engine = load_detector(
-        model_dir, device="cuda", input_size=320, backend="tensorrt", max_batch=MAX_BATCH, cache_dir=tmp_path
+        model_dir,
+        LoadOptions(device="cuda", input_size=320, backend="tensorrt", max_batch=MAX_BATCH, cache_dir=tmp_path),
     )
     images = _frames() + [_frames()[0][::-1].copy()]
     alone = [engine.raw([image]) for image in images]
@@ -73,7 +77,8 @@ def test_batches_of_mixed_sizes_and_the_cached_engine(models, tmp_path):
     (entry,) = list(tmp_path.iterdir())
     assert (entry / "model.plan").is_file()
     again = load_detector(
-        model_dir, device="cuda", input_size=320, backend="tensorrt", max_batch=MAX_BATCH, cache_dir=tmp_path
+        model_dir,
+        LoadOptions(device="cuda", input_size=320, backend="tensorrt", max_batch=MAX_BATCH, cache_dir=tmp_path),
     )
     assert list(tmp_path.iterdir()) == [entry]
     assert torch.allclose(again.raw(images[:1])[0], alone[0][0], atol=1e-3)

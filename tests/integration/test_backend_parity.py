@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 import torch
 
+from rtdetr_service.inference import backends
 from rtdetr_service.inference.backends import default_cpu_threads
-from rtdetr_service.inference.loading import load_detector
+from rtdetr_service.inference.detector import ModelLoadError
+from rtdetr_service.inference.loading import LoadOptions, load_detector
 from rtdetr_service.inference.random_weights import condition_random_weights, r18vd_config, random_weights_model
 
 from tiny_model import ARCHITECTURES, build, tiny_config_of
@@ -136,12 +138,13 @@ def cache_dir(tmp_path_factory):
 def test_every_backend_matches_torch_on_every_architecture(conditioned_models, cache_dir, architecture):
     # Given a small random model of the architecture, loaded by the real loader through torch
     model_dir = str(conditioned_models[architecture])
-    reference = Memo(load_detector(model_dir, device="cpu", input_size=INPUT, backend="torch"))
+    reference = Memo(load_detector(model_dir, LoadOptions(device="cpu", input_size=INPUT, backend="torch")))
     images = frames()
     for backend, precision in BACKENDS:
         # When the same folder is loaded through the backend
         detector = load_detector(
-            model_dir, device="cpu", input_size=INPUT, backend=backend, cpu_precision=precision, cache_dir=cache_dir
+            model_dir,
+            LoadOptions(device="cpu", input_size=INPUT, backend=backend, cpu_precision=precision, cache_dir=cache_dir),
         )
         # Then it says what it is, and its outputs and detections match the reference's
         assert (detector.info.backend, detector.info.dtype) == (backend, "float32")
@@ -154,9 +157,11 @@ def test_mixed_batch_sizes_match_single_frames(conditioned_models, cache_dir):
     images = frames() + [frames()[0][::-1].copy()]
     for backend in ("onnxruntime", "openvino"):
         detector = load_detector(
-            str(conditioned_models["rt_detr_v2"]), device="cpu", input_size=INPUT, backend=backend,
-            cpu_precision="fp32", cache_dir=cache_dir, threads=1,
-        )  # fmt: skip
+            str(conditioned_models["rt_detr_v2"]),
+            LoadOptions(
+                device="cpu", input_size=INPUT, backend=backend, cpu_precision="fp32", cache_dir=cache_dir, threads=1
+            ),
+        )
         assert detector.info.cpu_threads == runner_threads(detector) == 1  # CPU_THREADS=1 is obeyed
         together = detector.raw(images)
         for i, image in enumerate(images):
@@ -168,17 +173,34 @@ def test_mixed_batch_sizes_match_single_frames(conditioned_models, cache_dir):
 def test_second_start_reuses_the_export(conditioned_models, tmp_path):
     model_dir = str(conditioned_models["d_fine"])
     started = time.monotonic()
-    load_detector(model_dir, device="cpu", input_size=INPUT, backend="openvino", cache_dir=tmp_path)
+    load_detector(model_dir, LoadOptions(device="cpu", input_size=INPUT, backend="openvino", cache_dir=tmp_path))
     first = time.monotonic() - started
     (entry,) = [p for p in tmp_path.iterdir()]
     assert (entry / "model.xml").is_file() and (entry / "meta.json").is_file() and not (entry / "model.onnx").exists()
     stamp = (entry / "model.xml").stat().st_mtime_ns
     started = time.monotonic()
-    load_detector(model_dir, device="cpu", input_size=INPUT, backend="openvino", cache_dir=tmp_path)
+    load_detector(model_dir, LoadOptions(device="cpu", input_size=INPUT, backend="openvino", cache_dir=tmp_path))
     second = time.monotonic() - started
     assert (entry / "model.xml").stat().st_mtime_ns == stamp  # not exported again
     assert [p.name for p in tmp_path.iterdir()] == [entry.name]
     assert second < first
+
+
+def test_a_failed_export_falls_back_to_torch_only_where_auto_chose_the_backend(tiny_model_dir, monkeypatch):
+    # given a backend library whose export breaks
+    def broken(*args, **kwargs):
+        raise RuntimeError("export broke")
+
+    monkeypatch.setattr(backends, "build_runner", broken)
+    # when BACKEND=auto picked it, then torch eager runs instead, and says why
+    detector = load_detector(str(tiny_model_dir), LoadOptions(device="cpu", input_size=INPUT, backend="auto"))
+    assert (detector.info.backend, detector.info.dtype, detector.info.device) == ("torch", "float32", "cpu")
+    assert detector.info.backend_reason.endswith("but its export failed (RuntimeError): torch")
+    assert detector.info.cpu_threads == torch.get_num_threads()
+    assert len(detector.detect(frames(), [0.0, 0.0])) == 2
+    # and when BACKEND named it, the load fails with the library's reason
+    with pytest.raises(ModelLoadError, match=r"^BACKEND=openvino cannot run MODEL=.*: export broke$"):
+        load_detector(str(tiny_model_dir), LoadOptions(device="cpu", input_size=INPUT, backend="openvino"))
 
 
 def test_random_init_ties_every_encoder_score():
@@ -204,18 +226,23 @@ def test_r18vd_sized_model_at_640_matches_on_every_cpu_backend_and_bf16_drift_is
     images = frames()
     saved, INPUT = INPUT, 640
     try:
-        reference = Memo(load_detector(model_dir, device="cpu", input_size=640, backend="torch"))
+        reference = Memo(load_detector(model_dir, LoadOptions(device="cpu", input_size=640, backend="torch")))
         for backend, precision in BACKENDS:
             detector = load_detector(
-                model_dir, device="cpu", input_size=640, backend=backend, cpu_precision=precision,
-                cache_dir=tmp_path / "cache",
-            )  # fmt: skip
+                model_dir,
+                LoadOptions(
+                    device="cpu", input_size=640, backend=backend, cpu_precision=precision, cache_dir=tmp_path / "cache"
+                ),
+            )
             assert_parity(reference, detector, precision, images[1:])
     finally:
         INPUT = saved
     # When the same model runs in bf16
     bf16 = load_detector(
-        model_dir, device="cpu", input_size=640, backend="openvino", cpu_precision="bf16", cache_dir=tmp_path / "cache"
+        model_dir,
+        LoadOptions(
+            device="cpu", input_size=640, backend="openvino", cpu_precision="bf16", cache_dir=tmp_path / "cache"
+        ),
     )
     assert bf16.info.dtype == "bfloat16"
     # Then every top detection is found again, of the same class, within the stated drift

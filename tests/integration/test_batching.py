@@ -11,13 +11,13 @@ import pytest
 
 from rtdetr_service.core.slot import LatestSlot
 from rtdetr_service.core.types import Frame
-from rtdetr_service.inference.loading import load_detector
+from rtdetr_service.inference.loading import LoadOptions, load_detector
 from rtdetr_service.inference.worker import InferenceWorker
 
 
 @pytest.fixture(scope="module")
 def detector(tiny_model_dir):
-    return load_detector(str(tiny_model_dir), device="cpu", input_size=320)
+    return load_detector(str(tiny_model_dir), LoadOptions(device="cpu", input_size=320))
 
 
 def _images(n: int) -> list[np.ndarray]:

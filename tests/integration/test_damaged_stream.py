@@ -8,8 +8,7 @@ import threading
 
 import av
 import numpy as np
-
-from rtdetr_service.ingest.reader import StreamReader
+from file_camera import FileCamera
 
 FRAMES = 150
 
@@ -45,7 +44,7 @@ def test_damaged_packets_are_skipped_without_reconnecting(tmp_path):
         if len(frames) >= FRAMES - 10:
             one_pass.set()
 
-    reader = StreamReader(
+    reader = FileCamera(
         str(clip),
         on_frame=on_frame,
         on_state=lambda state, error: states.append((state, error)),
@@ -53,8 +52,7 @@ def test_damaged_packets_are_skipped_without_reconnecting(tmp_path):
         read_timeout=5,
         reconnect_min=5,
         reconnect_max=5,
-        loop=True,  # the end of the file starts it again instead of counting as a lost stream
-        whitelist="file",
+        paced=False,  # looped as fast as it decodes: the end of the file starts it again, not a lost stream
     )
     reader.open()
     reader.start()

@@ -10,7 +10,7 @@ import pytest
 from websockets.sync.client import connect
 
 from rtdetr_service.inference.detector import UltralyticsRTDetr
-from rtdetr_service.inference.loading import load_detector
+from rtdetr_service.inference.loading import LoadOptions, load_detector
 
 from support import frame_results, make_settings, run_service
 
@@ -27,7 +27,7 @@ def rtdetr_pt(tmp_path_factory):
 
 
 def test_loader_picks_ultralytics_for_pt(rtdetr_pt):
-    detector = load_detector(str(rtdetr_pt), device="cpu", input_size=320)
+    detector = load_detector(str(rtdetr_pt), LoadOptions(device="cpu", input_size=320))
     assert isinstance(detector, UltralyticsRTDetr)
     assert detector.info.backend == "ultralytics"
     assert detector.info.trained is False  # no training record in the checkpoint
@@ -49,7 +49,7 @@ def test_missing_pt_is_a_clear_error(tmp_path):
     from rtdetr_service.inference.loading import ModelLoadError
 
     with pytest.raises(ModelLoadError, match="does not exist"):
-        load_detector(str(tmp_path / "nope.pt"), device="cpu")
+        load_detector(str(tmp_path / "nope.pt"), LoadOptions(device="cpu"))
 
 
 def test_service_streams_with_the_ultralytics_backend(rtdetr_pt, rtsp_url):

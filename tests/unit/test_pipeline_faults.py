@@ -13,7 +13,7 @@ import pytest
 
 from rtdetr_service.core.types import Frame, ModelInfo, StreamInfo
 from rtdetr_service.inference.worker import InferenceWorker
-from rtdetr_service.ingest.reader import StreamReader
+from rtdetr_service.ingest.reader import ReaderState, StreamReader
 from rtdetr_service.outputs.websocket import WebSocketSink
 from rtdetr_service.sessions.manager import SessionManager
 from rtdetr_service.sessions.session import Session, SessionError, SessionOptions, SessionState
@@ -241,7 +241,7 @@ class _DropsAtOnce(FakeCamera):
     """The camera closes right after the handshake: the reader reports `reconnecting` at once."""
 
     def start(self) -> None:
-        self._on_state("reconnecting", "End of stream; reconnecting in 0.5 s")
+        self._on_state(ReaderState.RECONNECTING, "End of stream; reconnecting in 0.5 s")
 
 
 def test_start_does_not_hide_a_reconnect_reported_at_once(worker):

@@ -116,9 +116,13 @@ def test_ffmpeg_enforces_the_whitelist(tmp_path):
         out.mux(stream.encode())
 
     def reader(whitelist):
-        return StreamReader(
+        class Whitelisted(StreamReader):
+            def _protocol_whitelist(self) -> str:
+                return whitelist
+
+        return Whitelisted(
             str(clip), on_frame=lambda f: None, on_state=lambda s, e: None, open_timeout=5, read_timeout=5,
-            reconnect_min=0.1, reconnect_max=0.1, whitelist=whitelist,
+            reconnect_min=0.1, reconnect_max=0.1,
         )  # fmt: skip
 
     # when FFmpeg is told only rtsp/tcp/udp/rtp, then it refuses the file itself

@@ -7,6 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
+from rtdetr_service.core.geometry import Polygons
 from rtdetr_service.core.results import Alert
 from rtdetr_service.core.types import Detection
 
@@ -21,6 +22,10 @@ class AlertRule:
     min_confidence: float = 0.5
     cooldown_s: float = 10.0
     zones: tuple[np.ndarray, ...] = field(default=(), compare=False)
+    _areas: Polygons = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_areas", Polygons(self.zones))
 
     def matches(self, det: Detection, width: int, height: int) -> bool:
         if det.confidence < self.min_confidence:
@@ -29,22 +34,8 @@ class AlertRule:
             return False
         if not self.zones:
             return True
-        x1, _, x2, y2 = det.bbox
-        point = ((x1 + x2) / 2 / max(width, 1), y2 / max(height, 1))
-        return any(_inside(zone, point) for zone in self.zones)
-
-
-def _inside(polygon: np.ndarray, point: tuple[float, float]) -> bool:
-    """Even-odd ray casting; the polygon is (N, 2) in normalised coordinates."""
-    x, y = point
-    inside = False
-    n = len(polygon)
-    for i in range(n):
-        x1, y1 = polygon[i]
-        x2, y2 = polygon[(i + 1) % n]
-        if (y1 > y) != (y2 > y) and x < (x2 - x1) * (y - y1) / (y2 - y1) + x1:
-            inside = not inside
-    return inside
+        x, y = det.anchor
+        return bool(self._areas.contains([(x / max(width, 1), y / max(height, 1))]).any())
 
 
 class AlertEngine:

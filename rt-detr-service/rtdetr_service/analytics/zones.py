@@ -12,6 +12,7 @@ from typing import Literal
 
 import numpy as np
 
+from rtdetr_service.core.geometry import Polygons, crossings
 from rtdetr_service.core.types import Detection
 
 MAX_POINTS = 256
@@ -250,33 +251,6 @@ class _Track:
     fired: set[str] = field(default_factory=set)  # rules that fired for it
 
 
-def _cross(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    return u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]
-
-
-def _inside(points: np.ndarray, zone_of_edge: np.ndarray, v1: np.ndarray, v2: np.ndarray, zones: int) -> np.ndarray:
-    """(N, Z) bool: even-odd ray casting of N points against every edge v1→v2 of every zone at once."""
-    px, py = points[:, 0], points[:, 1]
-    # Only a couple of edges per zone straddle a point's horizontal ray: find those in one broadcast over
-    # all (point, edge) pairs, then do the arithmetic for them alone.
-    rows, edges = np.nonzero((v1[:, 1] > py[:, None]) != (v2[:, 1] > py[:, None]))
-    x1, y1, x2, y2 = v1[edges, 0], v1[edges, 1], v2[edges, 0], v2[edges, 1]
-    left = px[rows] < x1 + (py[rows] - y1) * (x2 - x1) / (y2 - y1)  # a straddling edge is never flat
-    crossings = np.bincount(rows[left] * zones + zone_of_edge[edges[left]], minlength=len(points) * zones)
-    return (crossings.reshape(len(points), zones) % 2).astype(bool)
-
-
-def _crossings(p0: np.ndarray, p1: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N, L) int: +1 where the move p0→p1 crosses segment a–b into its positive side, -1 out, 0 not."""
-    # A point on the line counts as positive: it is "in" once, and leaving back is "out" once.
-    side0 = _cross(b - a, p0[:, None] - a) >= 0
-    side1 = _cross(b - a, p1[:, None] - a) >= 0
-    move = (p1 - p0)[:, None]
-    # The segment's ends on either side of the move: it went through the segment, not past its end.
-    through = _cross(move, a - p0[:, None]) * _cross(move, b - p0[:, None]) <= 0
-    return np.where((side0 != side1) & through, np.where(side1, 1, -1), 0)
-
-
 def _matches(rule: Rule, det: Detection) -> bool:
     return det.confidence >= rule.min_confidence and (not rule.classes or det.class_name in rule.classes)
 
@@ -322,11 +296,7 @@ class ZoneEngine:
         self._config = config
         self._zone_index = {z.name: i for i, z in enumerate(config.zones)}
         self._line_index = {ln.name: i for i, ln in enumerate(config.lines)}
-        # Every edge of every zone in one array, so one broadcast tests every point against all of them.
-        polygons = [np.array(z.points, dtype=np.float64) for z in config.zones] or [np.empty((0, 2))]
-        self._zone_of_edge = np.concatenate([np.full(len(p), i) for i, p in enumerate(polygons)]).astype(int)
-        self._v1 = np.concatenate(polygons)
-        self._v2 = np.concatenate([np.roll(p, -1, axis=0) for p in polygons])
+        self._areas = Polygons([z.points for z in config.zones])
         self._a = np.array([ln.a for ln in config.lines], dtype=np.float64).reshape(-1, 2)
         self._b = np.array([ln.b for ln in config.lines], dtype=np.float64).reshape(-1, 2)
 
@@ -343,8 +313,8 @@ class ZoneEngine:
         anchors = np.array([d.anchor for d in dets], dtype=np.float64).reshape(-1, 2) / (width, height)
         tracks = [self._tracks.get(i) or _Track(d, timestamp, anchors[row]) for row, (i, d) in enumerate(by_id.items())]
         previous = np.array([t.anchor for t in tracks], dtype=np.float64).reshape(-1, 2)
-        inside = _inside(anchors, self._zone_of_edge, self._v1, self._v2, len(self._config.zones))
-        crossed = _crossings(previous, anchors, self._a, self._b)
+        inside = self._areas.contains(anchors)
+        crossed = crossings(previous, anchors, self._a, self._b)
 
         zones_of: dict[int, tuple[str, ...]] = {}
         for row, (track_id, det, track) in enumerate(zip(ids, dets, tracks, strict=True)):

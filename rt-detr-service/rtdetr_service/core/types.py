@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rtdetr_service.core.geometry import anchor
+
 
 @dataclass(frozen=True, slots=True)
 class StreamInfo:
@@ -99,8 +101,7 @@ class Detection:
     @property
     def anchor(self) -> tuple[float, float]:
         """Where the object stands: the bottom-centre of its box, in source pixels."""
-        x1, _, x2, y2 = self.bbox
-        return ((x1 + x2) / 2.0, y2)
+        return anchor(self.bbox)
 
 
 @dataclass(frozen=True, slots=True)

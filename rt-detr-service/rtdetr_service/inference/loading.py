@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -115,92 +116,96 @@ def _torch_runner(model, device: torch.device, dtype: torch.dtype, compile_model
     return EagerRunner(model)
 
 
-def _load_realtime_detr(
-    spec: str,
-    is_default: bool,
-    device: str,
-    half: bool,
-    input_size: int,
-    compile_model: bool,
-    backend: str,
-    cpu_precision: str,
-    max_batch: int,
-    cache_dir: Path | None,
-    threads: int,
-) -> RealtimeDetr:
+@dataclass(frozen=True, slots=True)
+class LoadOptions:
+    """How to load and run MODEL: the settings DEVICE, HALF, INPUT_SIZE, COMPILE, BACKEND,
+    CPU_PRECISION, MAX_BATCH, MODEL_CACHE_DIR and CPU_THREADS, with their defaults."""
+
+    device: str = "auto"
+    half: bool = True
+    input_size: int = 640
+    compile_model: bool = False
+    backend: str = "torch"
+    cpu_precision: str = "fp32"
+    max_batch: int = 32
+    cache_dir: Path | str | None = None  # None: the MODEL_CACHE_DIR default
+    threads: int = 0  # 0: the backend's default
+
+
+def _choose_backend(options: LoadOptions) -> backends.Choice:
+    """BACKEND resolved on DEVICE with its precision; ModelLoadError where it cannot run here."""
     try:
-        choice = backends.choose(backend, device, half=half, cpu_precision=cpu_precision)
+        return backends.choose(options.backend, options.device, half=options.half, cpu_precision=options.cpu_precision)
     except backends.BackendError as exc:
         raise ModelLoadError(str(exc)) from exc
-    model, name = load_model(spec, is_default)
-    trained = not getattr(model.config, UNTRAINED_MARKER, False)
-    id2label = model.config.id2label
-    class_names = tuple(str(id2label[i]) for i in sorted(id2label))
-    size = fitted_input_size(model.config, input_size)
-    if size != input_size:
-        log.warning("INPUT_SIZE=%d does not fit %s's windows: using %d", input_size, model.config.model_type, size)
-    threads = threads or backends.default_cpu_threads(choice.backend)
-    cache_dir = Path(cache_dir) if cache_dir else MODEL_CACHE_DIR
-    runner = None
-    if choice.backend != "torch":
-        try:
-            runner = backends.build_runner(
-                choice, model, input_size=size, max_batch=max_batch, cache_dir=cache_dir, threads=threads
-            )
-        except Exception as exc:  # an export or engine build failed: any exception of any backend library
-            if not choice.fallback:
-                raise ModelLoadError(f"BACKEND={choice.backend} cannot run MODEL={spec}: {exc}") from exc
-            log.warning("%s failed for %s, falling back to torch: %s", choice.backend, name, exc)
-            torch_choice = backends.choose("torch", device, half=half, cpu_precision="fp32")
-            choice = backends.Choice(
-                "torch",
-                torch_choice.precision,
-                torch_choice.device,
-                f"{choice.reason}, but its export failed ({type(exc).__name__}): torch",
-            )
-            model = model.to("cpu", torch.float32)
-    if runner is None:
-        runner = _torch_runner(model, choice.device, backends.PIXEL_DTYPES[choice.precision], compile_model)
-        threads = torch.get_num_threads()  # torch eager runs on torch's own pool (set by the app)
-    dtype = getattr(runner, "input_dtype", None) or (
-        backends.PIXEL_DTYPES[choice.precision] if choice.backend == "torch" else torch.float32
-    )
-    info = ModelInfo(
+
+
+def _fitted_size(config, requested: int) -> int:
+    """fitted_input_size, said in the log when it is not the size asked for."""
+    size = fitted_input_size(config, requested)
+    if size != requested:
+        log.warning("INPUT_SIZE=%d does not fit %s's windows: using %d", requested, config.model_type, size)
+    return size
+
+
+def _torch_instead(
+    failed: backends.Choice, exc: Exception, spec: str, name: str, options: LoadOptions
+) -> backends.Choice:
+    """Torch eager in place of a backend whose export failed, where BACKEND=auto chose it."""
+    if not failed.fallback:
+        raise ModelLoadError(f"BACKEND={failed.backend} cannot run MODEL={spec}: {exc}") from exc
+    log.warning("%s failed for %s, falling back to torch: %s", failed.backend, name, exc)
+    torch_choice = backends.choose("torch", options.device, half=options.half, cpu_precision="fp32")
+    reason = f"{failed.reason}, but its export failed ({type(exc).__name__}): torch"
+    return backends.Choice("torch", torch_choice.precision, torch_choice.device, reason)
+
+
+def _model_info(name: str, config, choice: backends.Choice, threads: int) -> ModelInfo:
+    """What /ready and the logs say about the loaded model."""
+    id2label = config.id2label
+    return ModelInfo(
         name=name,
         backend=choice.backend,
         device=str(choice.device),
-        trained=trained,
-        class_names=class_names,
+        trained=not getattr(config, UNTRAINED_MARKER, False),
+        class_names=tuple(str(id2label[i]) for i in sorted(id2label)),
         dtype=choice.dtype,
         backend_reason=choice.reason,
         cpu_threads=threads if choice.device.type == "cpu" else None,
     )
-    return RealtimeDetr(
-        runner,
-        info,
-        choice.device,
-        dtype,
-        size,
-        channels_last=choice.backend == "torch" and choice.device.type == "cuda",
+
+
+def _load_realtime_detr(spec: str, is_default: bool, options: LoadOptions) -> RealtimeDetr:
+    """A transformers real-time DETR on the backend the options pick; torch eager where an export
+    fails and BACKEND=auto allows a fallback."""
+    choice = _choose_backend(options)
+    model, name = load_model(spec, is_default)
+    size = _fitted_size(model.config, options.input_size)
+    threads = options.threads or backends.default_cpu_threads(choice.backend)
+    runner = None
+    if choice.backend != "torch":
+        cache_dir = Path(options.cache_dir) if options.cache_dir else MODEL_CACHE_DIR
+        try:
+            runner = backends.build_runner(
+                choice, model, input_size=size, max_batch=options.max_batch, cache_dir=cache_dir, threads=threads
+            )
+        except Exception as exc:  # an export or engine build failed: any exception of any backend library
+            choice = _torch_instead(choice, exc, spec, name, options)
+            model = model.to("cpu", torch.float32)
+    if runner is None:
+        runner = _torch_runner(model, choice.device, backends.PIXEL_DTYPES[choice.precision], options.compile_model)
+        threads = torch.get_num_threads()  # torch eager runs on torch's own pool (set by the app)
+    dtype = getattr(runner, "input_dtype", None) or (
+        backends.PIXEL_DTYPES[choice.precision] if choice.backend == "torch" else torch.float32
     )
+    on_cuda_torch = choice.backend == "torch" and choice.device.type == "cuda"
+    info = _model_info(name, model.config, choice, threads)
+    return RealtimeDetr(runner, info, choice.device, dtype, size, channels_last=on_cuda_torch)
 
 
-def load_detector(
-    spec: str,
-    *,
-    is_default: bool = False,
-    device: str = "auto",
-    half: bool = True,
-    input_size: int = 640,
-    compile_model: bool = False,
-    backend: str = "torch",
-    cpu_precision: str = "fp32",
-    max_batch: int = 32,
-    cache_dir: Path | str | None = None,
-    threads: int = 0,
-) -> Detector:
+def load_detector(spec: str, options: LoadOptions, *, is_default: bool = False) -> Detector:
     """Load MODEL: a `.pt` file → ultralytics; a weights directory or hub id → transformers, run by
-    `backend` (torch eager unless told: the reference every other backend is tested against).
+    `options.backend` (torch eager unless told: the reference every other backend is tested against).
 
     Only the default MODEL may be missing: then a random-weight model of the same architecture
     runs, marked untrained everywhere. Any other unloadable MODEL is an error.
@@ -208,21 +213,9 @@ def load_detector(
     if spec.endswith(".pt"):
         if not Path(spec).is_file():
             raise ModelLoadError(f"MODEL={spec} does not exist")
-        detector: Detector = UltralyticsRTDetr(spec, resolve_device(device), half, input_size)
+        detector: Detector = UltralyticsRTDetr(spec, resolve_device(options.device), options.half, options.input_size)
     else:
-        detector = _load_realtime_detr(
-            spec,
-            is_default,
-            device,
-            half,
-            input_size,
-            compile_model,
-            backend,
-            cpu_precision,
-            max_batch,
-            cache_dir,
-            threads,
-        )
+        detector = _load_realtime_detr(spec, is_default, options)
     level = logging.INFO if detector.info.trained else logging.WARNING
     log.log(level, "model loaded: %s", detector.info.as_dict())
     return detector
@@ -243,10 +236,7 @@ def detector_from_settings(settings: InferenceSettings) -> Detector:
     # torch pre- and post-processes for every backend: its pool gets torch's default (a core left
     # to the decoders) unless CPU_THREADS says otherwise; the backend picks its own (0 = its default).
     torch.set_num_threads(settings.cpu_threads or backends.default_cpu_threads("torch"))
-    detector = load_detector(
-        settings.resolved_model(),
-        # `make models` fills this folder; until then (compose mounts it empty) run loudly untrained.
-        is_default=Path(settings.model).name == Path(DEFAULT_MODEL).name,
+    options = LoadOptions(
         device=settings.device,
         half=settings.half,
         input_size=settings.input_size,
@@ -256,6 +246,12 @@ def detector_from_settings(settings: InferenceSettings) -> Detector:
         max_batch=settings.max_batch,
         cache_dir=settings.model_cache_dir,
         threads=settings.cpu_threads,
+    )
+    detector = load_detector(
+        settings.resolved_model(),
+        options,
+        # `make models` fills this folder; until then (compose mounts it empty) run loudly untrained.
+        is_default=Path(settings.model).name == Path(DEFAULT_MODEL).name,
     )
     info = detector.info
     log.info(

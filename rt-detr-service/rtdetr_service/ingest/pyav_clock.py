@@ -29,6 +29,8 @@ _REDIRECT = re.compile(r"Redirecting to (\S+)")
 
 
 class Watch:
+    """What FFmpeg is asked to give up for on one thread: a stop, or a redirect the policy denies."""
+
     def __init__(self, stop: threading.Event, policy: DestinationPolicy | None, schemes: Sequence[str]) -> None:
         self.stop = stop
         self.policy = policy
@@ -39,6 +41,7 @@ class Watch:
         self._jumps = 0
 
     def interrupted(self) -> bool:
+        """Whether FFmpeg should give up now (reads FFmpeg's new log lines for redirects)."""
         if self.stop.is_set() or self.denied:
             return True
         logs = self.logs
@@ -58,6 +61,7 @@ class Watch:
         return self.policy.permits_url(url)
 
     def late(self, now: float) -> float:
+        """A time past any of PyAV's timeouts."""
         # Later at every call, so PyAV's "clock went backwards" check never fires.
         self._jumps += 1
         return now + 1e6 * self._jumps
@@ -85,6 +89,7 @@ class _InterruptingClock:
 
 @contextlib.contextmanager
 def watched(watch: Watch) -> Iterator[Watch]:
+    """Install `watch` for the calling thread while the block runs."""
     ident = threading.get_ident()
     previous = _watches.get(ident)
     _watches[ident] = watch

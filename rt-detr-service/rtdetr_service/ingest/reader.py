@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
@@ -34,6 +35,14 @@ HEALTHY_RUN_S = 10.0
 NO_PICTURE_S = 30.0
 
 
+class ReaderState(enum.StrEnum):
+    """What a reader reports through `on_state`: a str, so it reads as its value in messages."""
+
+    RUNNING = "running"
+    RECONNECTING = "reconnecting"
+    FAILED = "failed"
+
+
 def _describe(exc: BaseException) -> str:
     """FFmpeg's reason in one line; it often quotes the URL, whose secrets are masked."""
     text = str(exc).strip() or type(exc).__name__
@@ -45,7 +54,10 @@ class StreamReader:
 
     `open()` runs in the caller (the start call waits for it); `start()` then reads until
     `stop()`. On loss it reconnects with capped exponential backoff and reports state changes
-    through `on_state(state, error)` with state in {"running", "reconnecting", "failed"}.
+    through `on_state(state, error)` with a ReaderState.
+
+    Network streams only: a subclass that reads local files (bench/file_camera.py) overrides the
+    hooks `_protocol_whitelist`, `_restarts_at_end`, `_start_decoding` and `_emit`.
     """
 
     def __init__(
@@ -53,15 +65,12 @@ class StreamReader:
         url: str,
         *,
         on_frame: Callable[[Frame], None],
-        on_state: Callable[[str, str | None], None],
+        on_state: Callable[[ReaderState, str | None], None],
         open_timeout: float,
         read_timeout: float,
         reconnect_min: float,
         reconnect_max: float,
         name: str = "reader",
-        realtime: bool = False,
-        loop: bool = False,
-        whitelist: str | None = None,
         policy: DestinationPolicy | None = None,
         schemes: Sequence[str] = ("rtsp", "rtsps"),
     ) -> None:
@@ -72,15 +81,9 @@ class StreamReader:
         self._read_timeout = read_timeout
         self._reconnect_min = reconnect_min
         self._reconnect_max = reconnect_max
-        # realtime/loop/whitelist serve local files (benchmarks, soak clips): paced at their frame
-        # rate like `ffmpeg -re`, looped like `-stream_loop -1`. Network streams need none of them.
-        self._realtime = realtime
-        self._loop = loop
-        self._whitelist = whitelist or protocol_whitelist(url)
         # Checked at every open, reconnects included (DNS may change), and at every redirect.
         self._policy = policy
         self._schemes = tuple(schemes)
-        self._paced_until: float | None = None  # when the last paced frame was due
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._container: av.container.InputContainer | None = None
@@ -105,6 +108,7 @@ class StreamReader:
         return info
 
     def start(self) -> None:
+        """Start reading on the reader's own thread; `open()` must have succeeded."""
         if self._container is None:
             raise RuntimeError("open() must succeed before start()")
         self._thread.start()
@@ -120,12 +124,14 @@ class StreamReader:
         return not self._thread.is_alive()
 
     def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread to end; True if it has (or never started)."""
         if self._thread.ident:
             self._thread.join(timeout)
         return not self._thread.is_alive()
 
     @property
     def alive(self) -> bool:
+        """Whether the reading thread runs."""
         return self._thread.is_alive()
 
     # -- internals -------------------------------------------------------------------------
@@ -137,7 +143,7 @@ class StreamReader:
         options = {
             "rtsp_transport": "tcp",
             "rtsp_flags": "prefer_tcp",
-            "protocol_whitelist": self._whitelist,
+            "protocol_whitelist": self._protocol_whitelist(),
             # FFmpeg's own socket I/O timeout (microseconds) backs up PyAV's interrupt timeouts.
             # Not READ_TIMEOUT_S: during the open it would cut a silent server short and call it
             # invalid data; reads are bounded by PyAV's read timeout, which is shorter.
@@ -217,106 +223,79 @@ class StreamReader:
             while not self._stop.is_set():
                 if self._container is None:
                     try:
-                        container, info = self._open_container()
+                        self._reconnect(lost)
                     except StreamError as exc:
                         failures += 1
                         delay = self._backoff(failures)
-                        self._on_state("reconnecting", f"{exc}; retrying in {delay:.1f} s")
+                        self._on_state(ReaderState.RECONNECTING, f"{exc}; retrying in {delay:.1f} s")
                         if self._stop.wait(delay):
                             break
                         continue
-                    with self._container_lock:
-                        self._container, self.info = container, info
-                    if lost:
-                        self.reconnects += 1
-                        log.info("reconnected to %s", redact_url(self.url))
                     lost = False
-                    self._on_state("running", None)
-                connected = time.monotonic()
-                error = self._decode_until_error()
-                self._close()
+                error, healthy = self._read_connection()
                 if self._stop.is_set():
                     break
-                if self._loop and error == END_OF_STREAM:
+                if error == END_OF_STREAM and self._restarts_at_end():
                     continue
-                if time.monotonic() - connected >= max(HEALTHY_RUN_S, self._read_timeout):
-                    # It ran for a while, so this is a new loss: back off from the start again. A
-                    # server that accepts and drops at once keeps backing off instead of being
-                    # hammered every RECONNECT_MIN_S.
-                    failures = 0
-                failures += 1
+                # A healthy run's loss is a new loss: back off from the start again. A server that
+                # accepts and drops at once keeps backing off instead of being hammered every
+                # RECONNECT_MIN_S.
+                failures = 1 if healthy else failures + 1
                 lost = True
-                delay = self._backoff(failures)
-                self._on_state("reconnecting", f"{error}; reconnecting in {delay:.1f} s")
-                log.warning("stream %s lost: %s", redact_url(self.url), error)
-                if self._stop.wait(delay):
+                if self._wait_after_loss(error, failures):
                     break
         except Exception as exc:  # noqa: BLE001 - any bug must surface as a failed session, not a dead thread
             log.exception("reader for %s crashed", redact_url(self.url))
-            self._on_state("failed", f"Reader crashed: {_describe(exc)}")
+            self._on_state(ReaderState.FAILED, f"Reader crashed: {_describe(exc)}")
         finally:
             self._close()
 
+    def _reconnect(self, lost: bool) -> None:
+        """Open the stream again (StreamError if it cannot be) and report it running."""
+        container, info = self._open_container()
+        with self._container_lock:
+            self._container, self.info = container, info
+        if lost:
+            self.reconnects += 1
+            log.info("reconnected to %s", redact_url(self.url))
+        self._on_state(ReaderState.RUNNING, None)
+
+    def _read_connection(self) -> tuple[str, bool]:
+        """Decode the open connection, then close it: why it ended, and whether it ran long enough
+        (HEALTHY_RUN_S) to count as healthy."""
+        connected = time.monotonic()
+        error = self._decode_until_error()
+        self._close()
+        return error, time.monotonic() - connected >= max(HEALTHY_RUN_S, self._read_timeout)
+
+    def _wait_after_loss(self, error: str, failures: int) -> bool:
+        """Report the loss and wait out its backoff: True if stopped meanwhile."""
+        delay = self._backoff(failures)
+        self._on_state(ReaderState.RECONNECTING, f"{error}; reconnecting in {delay:.1f} s")
+        log.warning("stream %s lost: %s", redact_url(self.url), error)
+        return self._stop.wait(delay)
+
     def _decode_until_error(self) -> str:
+        """Decode packets into frames until the connection fails or ends: why, in words."""
         container = self._container
         stream = container.streams.video[0]
-        time_base = float(stream.time_base) if stream.time_base else 0.0
-        rate = stream.average_rate or stream.guessed_rate
-        interval = 1.0 / float(rate) if rate else 0.0
-        clock_start: float | None = None
-        pts_start = 0.0
-        last_picture = time.monotonic()  # when the decoder last gave a picture
-        failing = False  # whether a packet failed to decode since then
+        self._start_decoding(stream)
+        health = _Health(self._read_timeout)
         try:
             for packet, waited in _timed(container.demux(stream)):
                 if self._stop.is_set():
                     return "stopped"
-                if waited >= self._read_timeout:
-                    # PyAV's read timeout fired, and FFmpeg's RTSP demuxer answered it with the
-                    # last frame it held instead of an error: the camera has been silent for
-                    # READ_TIMEOUT_S already. Waiting for the next timeout would double it.
-                    return f"No data for {waited:.1f} s"
-                blind = time.monotonic() - last_picture
-                if blind >= max(NO_PICTURE_S, self._read_timeout):
-                    return f"Stream error: data but no decodable picture for {blind:.0f} s"
+                if error := health.check(waited):
+                    return error
                 try:
-                    frames = packet.decode()
+                    pictures = packet.decode()
                 except av.error.FFmpegError as exc:
-                    # A damaged packet (a bit error, a lost RTP packet) costs the frames that
-                    # depend on it, not the connection: the decoder resumes at the next good one.
-                    self.decode_errors += 1
-                    if not failing:
-                        failing = True
-                        log.warning("stream %s: undecodable packet skipped: %s", redact_url(self.url), _describe(exc))
-                    elif blind >= self._read_timeout:
-                        return f"Stream error: nothing decodable for {blind:.1f} s: {_describe(exc)}"
+                    if error := self._skip_damaged(health, exc):
+                        return error
                     continue
-                if frames:
-                    failing = False
-                    last_picture = time.monotonic()
-                for frame in frames:
-                    due: float | None = None
-                    if self._realtime and frame.pts is not None and time_base:
-                        pts = frame.pts * time_base
-                        if clock_start is None:
-                            # A looped file continues the previous pass's timeline, so a reader
-                            # that fell behind does not catch up at the loop point.
-                            previous = self._paced_until
-                            clock_start = previous + interval if previous is not None else time.monotonic()
-                            pts_start = pts
-                        due = clock_start + (pts - pts_start)
-                        self._paced_until = due
-                        delay = due - time.monotonic()
-                        if delay > 0 and self._stop.wait(delay):
-                            return "stopped"
-                    self._frame_index += 1
-                    wall, now = time.time(), time.monotonic()
-                    if due is not None:
-                        # A paced file stands in for a camera: the frame "arrived" when it was
-                        # due, so a reader running behind its clock shows in every latency.
-                        wall, now = wall - max(0.0, now - due), min(now, due)
-                    self._on_frame(Frame(None, self._frame_index, wall, now, decoded=frame))
-                    if self._stop.is_set():
+                health.decoded(pictures)
+                for picture in pictures:
+                    if not self._emit(picture):
                         return "stopped"
             return END_OF_STREAM
         except av.error.ExitError:
@@ -324,8 +303,71 @@ class StreamReader:
         except (av.error.FFmpegError, OSError) as exc:
             return f"Stream error: {_describe(exc)}"
 
+    def _skip_damaged(self, health: _Health, exc: av.error.FFmpegError) -> str | None:
+        """Count a packet the decoder rejected: None to go on, or why to drop the connection."""
+        # A damaged packet (a bit error, a lost RTP packet) costs the frames that depend on it,
+        # not the connection: the decoder resumes at the next good one.
+        self.decode_errors += 1
+        if not health.failing:
+            health.failing = True
+            log.warning("stream %s: undecodable packet skipped: %s", redact_url(self.url), _describe(exc))
+        elif health.blind >= self._read_timeout:
+            return f"Stream error: nothing decodable for {health.blind:.1f} s: {_describe(exc)}"
+        return None
+
     def _backoff(self, failures: int) -> float:
         return min(self._reconnect_max, self._reconnect_min * (2 ** max(0, failures - 1)))
+
+    # -- hooks for readers of local files (bench/file_camera.py) ---------------------------
+
+    def _protocol_whitelist(self) -> str:
+        """The protocols FFmpeg may use for this URL: its scheme's network protocols, no local ones."""
+        return protocol_whitelist(self.url)
+
+    def _restarts_at_end(self) -> bool:
+        """Whether the end of the stream starts it again instead of counting as a lost stream."""
+        return False
+
+    def _start_decoding(self, stream: av.video.stream.VideoStream) -> None:
+        """Called once per connection, before its first packet."""
+
+    def _emit(self, picture: av.VideoFrame) -> bool:
+        """Hand one decoded picture on, arrived now; False once the reader is stopped."""
+        return self._deliver(picture, time.time(), time.monotonic())
+
+    def _deliver(self, picture: av.VideoFrame, wall: float, now: float) -> bool:
+        """`on_frame` with the picture as the next frame, arrived at `wall` (epoch) / `now` (monotonic)."""
+        self._frame_index += 1
+        self._on_frame(Frame(None, self._frame_index, wall, now, decoded=picture))
+        return not self._stop.is_set()
+
+
+class _Health:
+    """One connection's packet-level health: silence, data without pictures, damaged packets."""
+
+    def __init__(self, read_timeout: float) -> None:
+        self._read_timeout = read_timeout
+        self._last_picture = time.monotonic()  # when the decoder last gave a picture
+        self.blind = 0.0  # seconds since then, as of the latest packet
+        self.failing = False  # whether a packet failed to decode since then
+
+    def check(self, waited: float) -> str | None:
+        """Why to drop the connection, given a packet that took `waited` s to come; None to go on."""
+        if waited >= self._read_timeout:
+            # PyAV's read timeout fired, and FFmpeg's RTSP demuxer answered it with the
+            # last frame it held instead of an error: the camera has been silent for
+            # READ_TIMEOUT_S already. Waiting for the next timeout would double it.
+            return f"No data for {waited:.1f} s"
+        self.blind = time.monotonic() - self._last_picture
+        if self.blind >= max(NO_PICTURE_S, self._read_timeout):
+            return f"Stream error: data but no decodable picture for {self.blind:.0f} s"
+        return None
+
+    def decoded(self, pictures: Sequence[av.VideoFrame]) -> None:
+        """Note what a good packet gave: pictures end a blind spell."""
+        if pictures:
+            self.failing = False
+            self._last_picture = time.monotonic()
 
 
 def _timed(packets) -> Iterator[tuple[av.Packet, float]]:

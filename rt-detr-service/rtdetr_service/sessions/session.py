@@ -21,7 +21,7 @@ from rtdetr_service.core.results import SessionSnapshot, SessionView
 from rtdetr_service.core.slot import LatestSlot
 from rtdetr_service.core.stats import RateMeter, SessionStats
 from rtdetr_service.core.types import Detection, Frame, FrameResult, ModelInfo, StreamInfo
-from rtdetr_service.ingest.reader import StreamReader
+from rtdetr_service.ingest.reader import ReaderState, StreamReader
 from rtdetr_service.ingest.urls import redact_url
 from rtdetr_service.outputs import messages
 from rtdetr_service.outputs.base import Sink
@@ -241,16 +241,17 @@ class Session:
             frame.convert()
         self._frames.put(frame)
 
-    def _on_reader_state(self, state: str, error: str | None) -> None:
-        if state == "reconnecting":
-            self._set_state(SessionState.RECONNECTING, error)
-        elif state == "running":
-            self._set_state(SessionState.RUNNING)
-            if self._reader.info is not None:
-                self.stream = self._reader.info
-        elif state == "failed":
-            if self._set_state(SessionState.FAILED, error):
-                self._worker.unregister(self.id)
+    def _on_reader_state(self, state: ReaderState, error: str | None) -> None:
+        match state:
+            case ReaderState.RECONNECTING:
+                self._set_state(SessionState.RECONNECTING, error)
+            case ReaderState.RUNNING:
+                self._set_state(SessionState.RUNNING)
+                if self._reader.info is not None:
+                    self.stream = self._reader.info
+            case ReaderState.FAILED:
+                if self._set_state(SessionState.FAILED, error):
+                    self._worker.unregister(self.id)
 
     # -- worker side (BatchClient) ---------------------------------------------------------
 
