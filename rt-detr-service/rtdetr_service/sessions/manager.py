@@ -67,7 +67,7 @@ class SessionManager:
                 url = validate_stream_url(options.stream_url, self.settings.allowed_schemes)
             except StreamError as exc:
                 log.info("start on %s refused: %s", shown, exc)
-                raise SessionError(exc.kind.value, 422, str(exc)) from exc
+                raise SessionError(exc.kind.value, str(exc)) from exc
             options = dataclasses.replace(options, stream_url=url)
             reader_factory = functools.partial(
                 StreamReader, policy=self.policy, schemes=tuple(self.settings.allowed_schemes)
@@ -77,13 +77,11 @@ class SessionManager:
             if len(self._sessions) + len(self._opening) >= self.settings.max_sessions:
                 raise SessionError(
                     "too_many_sessions",
-                    429,
                     f"MAX_SESSIONS={self.settings.max_sessions} sessions are running; stop one first",
                 )
             if self._opens >= self.settings.max_opens:
                 raise SessionError(
                     "too_many_opens",
-                    429,
                     f"MAX_OPENS={self.settings.max_opens} streams are being opened right now; retry in a few seconds",
                 )
             ticket = object()
@@ -112,7 +110,7 @@ class SessionManager:
                 except RuntimeError:  # stop_all() shut the pool down a moment ago
                     self._open_done()
                     raise SessionError(
-                        "shutting_down", 503, "The service is shutting down; start the session elsewhere"
+                        "shutting_down", "The service is shutting down; start the session elsewhere"
                     ) from None
                 # Counted until the thread is done with it (or it never ran), not until we stop
                 # waiting: a cancelled start's FFmpeg may take a moment to give up.
@@ -121,12 +119,9 @@ class SessionManager:
             except StreamError as exc:
                 with self._lock:
                     self._refuse_if_closing()
-                status = {"stream_unavailable": 502, "stream_timeout": 504, "destination_denied": 403}.get(
-                    exc.kind.value, 422
-                )
-                raise SessionError(exc.kind.value, status, str(exc)) from exc
+                raise SessionError(exc.kind.value, str(exc)) from exc
             except ValueError as exc:  # zones in pixels that do not fit the stream's picture
-                raise SessionError("invalid_zones", 422, str(exc)) from exc
+                raise SessionError("invalid_zones", str(exc)) from exc
             with self._lock:
                 # stop_all() may have run while the stream was opening; it has stopped this
                 # session already, so it must not start now.
@@ -164,23 +159,23 @@ class SessionManager:
 
     def _refuse_if_closing(self) -> None:
         if self._closing:
-            raise SessionError("shutting_down", 503, "The service is shutting down; start the session elsewhere")
+            raise SessionError("shutting_down", "The service is shutting down; start the session elsewhere")
 
     def _ready_worker(self) -> InferenceWorker:
         worker = self.worker
         if worker is None:
-            raise SessionError("model_not_ready", 503, "The model is still loading; retry in a few seconds")
+            raise SessionError("model_not_ready", "The model is still loading; retry in a few seconds")
         return worker
 
     def model(self) -> ModelInfo:
-        """The loaded model; SessionError(503) while it is still loading."""
+        """The loaded model; SessionError(model_not_ready) while it is still loading."""
         return self._ready_worker().detector.info
 
     def get(self, session_id: str) -> Session:
         with self._lock:
             session = self._sessions.get(session_id)
         if session is None:
-            raise SessionError("session_not_found", 404, f"No session with id {session_id!r}")
+            raise SessionError("session_not_found", f"No session with id {session_id!r}")
         return session
 
     def find(self, session_id: str) -> Session | None:
@@ -195,7 +190,7 @@ class SessionManager:
         with self._lock:
             session = self._sessions.pop(session_id, None)
         if session is None:
-            raise SessionError("session_not_found", 404, f"No session with id {session_id!r}")
+            raise SessionError("session_not_found", f"No session with id {session_id!r}")
         session.stop(reason)
         return session
 

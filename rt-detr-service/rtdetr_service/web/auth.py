@@ -36,12 +36,7 @@ def key_rejection(settings, candidate: str | None) -> ApiError | None:
         return None
     if candidate and key_matches(candidate, settings.api_keys):
         return None
-    return ApiError(
-        401,
-        "unauthorized",
-        "Missing or invalid API key: send it in the 'apikey' (or 'X-API-Key') header",
-        headers={"WWW-Authenticate": "ApiKey"},
-    )
+    return ApiError("unauthorized", "Missing or invalid API key: send it in the 'apikey' (or 'X-API-Key') header")
 
 
 def request_key(request: Request) -> str | None:
@@ -77,5 +72,5 @@ def install_api_key_check(app: FastAPI) -> None:
             # token, from the start answer) are one step away. Readers need a key too.
             rejection = key_rejection(settings, metrics_key(request))
         if rejection is not None:
-            return error_response(rejection.status, rejection.code, rejection.detail, rejection.headers)
+            return error_response(rejection.code, rejection.detail)
         return await call_next(request)

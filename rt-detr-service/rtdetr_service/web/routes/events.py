@@ -27,7 +27,7 @@ def _store(request: Request) -> EventStore:
             if not request.app.state.settings.events_enabled
             else "The event store could not be opened; the service log says why"
         )
-        raise ApiError(503, "events_unavailable", words)
+        raise ApiError("events_unavailable", words)
     return store
 
 
@@ -49,7 +49,7 @@ async def list_events(
     cursor: str | None = Query(None, max_length=512),
 ) -> dict:
     if after is not None and before is not None and after > before:
-        raise ApiError(422, "invalid_request", "after must not be later than before")
+        raise ApiError("invalid_request", "after must not be later than before")
     store = _store(request)
     try:
         events, next_cursor = await asyncio.to_thread(
@@ -64,13 +64,13 @@ async def list_events(
             cursor=cursor,
         )
     except InvalidCursor as exc:
-        raise ApiError(422, "invalid_cursor", str(exc)) from exc
+        raise ApiError("invalid_cursor", str(exc)) from exc
     return {"events": events, "next_cursor": next_cursor}
 
 
 def _found(event_id: str, event):
     if event is None:
-        raise ApiError(404, "event_not_found", f"No event with id {event_id!r}")
+        raise ApiError("event_not_found", f"No event with id {event_id!r}")
     return event
 
 
@@ -98,7 +98,7 @@ async def snapshot(request: Request, event_id: str) -> FileResponse:
     _found(event_id, await asyncio.to_thread(store.get, event_id))
     path = await asyncio.to_thread(store.snapshot_path, event_id)
     if path is None:
-        raise ApiError(404, "snapshot_not_found", f"Event {event_id!r} has no snapshot (yet, or any more)")
+        raise ApiError("snapshot_not_found", f"Event {event_id!r} has no snapshot (yet, or any more)")
     return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})
 
 
@@ -113,7 +113,7 @@ async def snapshot(request: Request, event_id: str) -> FileResponse:
 )
 async def delete_event(request: Request, event_id: str) -> dict:
     if not await asyncio.to_thread(_store(request).delete, event_id):
-        raise ApiError(404, "event_not_found", f"No event with id {event_id!r}")
+        raise ApiError("event_not_found", f"No event with id {event_id!r}")
     return {"event_id": event_id, "status": "deleted"}
 
 

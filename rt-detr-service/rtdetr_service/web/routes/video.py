@@ -145,7 +145,7 @@ def _check_classes(names: list[str] | None, known: tuple[str, ...], field: str) 
         return None
     unknown = sorted(set(names) - set(known))
     if unknown:
-        raise ApiError(422, "invalid_request", f"{field}: unknown class name(s) {', '.join(unknown)}")
+        raise ApiError("invalid_request", f"{field}: unknown class name(s) {', '.join(unknown)}")
     return frozenset(names)
 
 
@@ -283,7 +283,7 @@ def _checked_zones(body: ZonesIn, known: tuple[str, ...]) -> dict:
         unbounded = 1 << 30 if body.units == "pixels" else None
         config = ZoneConfig.from_dict(spec, width=unbounded, height=unbounded)
     except ValueError as exc:
-        raise ApiError(422, "invalid_zones", str(exc)) from exc
+        raise ApiError("invalid_zones", str(exc)) from exc
     _check_classes(sorted(config.rule_classes()), known, "rules.classes")
     return spec
 
@@ -317,7 +317,7 @@ async def put_zones(session_id: str, body: ZonesIn, request: Request) -> dict:
     try:
         zones = session.set_zones(spec)
     except ValueError as exc:
-        raise ApiError(422, "invalid_zones", str(exc)) from exc
+        raise ApiError("invalid_zones", str(exc)) from exc
     return {"session_id": session_id, "zones": zones}
 
 
