@@ -7,6 +7,7 @@ import hmac
 from fastapi import FastAPI, Request, Security
 from fastapi.security import APIKeyHeader
 
+from rtdetr_service.web.deps import get_settings
 from rtdetr_service.web.errors import ApiError, error_response
 
 KEY_HEADERS = ("apikey", "x-api-key")
@@ -63,7 +64,7 @@ def install_api_key_check(app: FastAPI) -> None:
     @app.middleware("http")
     async def require_api_key(request: Request, call_next):
         path = request.url.path
-        settings = request.app.state.settings
+        settings = await get_settings(request)
         rejection = None
         if path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/"):
             rejection = key_rejection(settings, request_key(request))

@@ -6,7 +6,7 @@ import asyncio
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rtdetr_service.analytics.alerts import AlertRule
@@ -14,8 +14,9 @@ from rtdetr_service.analytics.tracking import TrackerOptions
 from rtdetr_service.analytics.zones import MAX_LINES, MAX_POINTS, MAX_RULES, MAX_ZONES, ZoneConfig
 from rtdetr_service.outputs.registry import output_warnings
 from rtdetr_service.sessions.manager import SessionManager
-from rtdetr_service.sessions.session import Session, SessionOptions
+from rtdetr_service.sessions.session import SessionOptions
 from rtdetr_service.web.auth import API_KEY_SCHEMES, PROTECTED_PREFIX
+from rtdetr_service.web.deps import ManagerDep
 from rtdetr_service.web.errors import ApiError
 from rtdetr_service.web.schemas import (
     BODY,
@@ -136,10 +137,6 @@ class StopRequest(BaseModel):
     session_id: str = Field(..., min_length=1, max_length=64)
 
 
-def _manager(request: Request) -> SessionManager:
-    return request.app.state.manager
-
-
 def _check_classes(names: list[str] | None, known: tuple[str, ...], field: str) -> frozenset[str] | None:
     if names is None:
         return None
@@ -170,8 +167,7 @@ def _check_classes(names: list[str] | None, known: tuple[str, ...], field: str) 
         ),
     },
 )
-async def start(body: StartRequest, request: Request) -> dict:
-    manager = _manager(request)
+async def start(body: StartRequest, manager: ManagerDep) -> dict:
     settings = manager.settings
     known = manager.model().class_names
     classes = _check_classes(body.classes, known, "classes")
@@ -235,8 +231,8 @@ async def _stop(manager: SessionManager, session_id: str) -> dict:
     response_model=None,
     responses={200: {"model": StopAnswer}, **errors(*BODY, "session_not_found")},
 )
-async def stop(body: StopRequest, request: Request) -> dict:
-    return await _stop(_manager(request), body.session_id)
+async def stop(body: StopRequest, manager: ManagerDep) -> dict:
+    return await _stop(manager, body.session_id)
 
 
 @router.delete(
@@ -245,8 +241,8 @@ async def stop(body: StopRequest, request: Request) -> dict:
     response_model=None,
     responses={200: {"model": StopAnswer}, **errors("invalid_request", "session_not_found")},
 )
-async def delete_session(session_id: str, request: Request) -> dict:
-    return await _stop(_manager(request), session_id)
+async def delete_session(session_id: str, manager: ManagerDep) -> dict:
+    return await _stop(manager, session_id)
 
 
 @router.get(
@@ -255,8 +251,7 @@ async def delete_session(session_id: str, request: Request) -> dict:
     response_model=None,
     responses={200: {"model": StatusAnswer}, **errors("invalid_request", "session_not_found")},
 )
-async def status(session_id: str, request: Request) -> dict:
-    manager = _manager(request)
+async def status(session_id: str, manager: ManagerDep) -> dict:
     # The outputs are shared: a store that drops events drops this session's too.
     return dict(manager.get(session_id).status(), warnings=output_warnings(manager.sinks))
 
@@ -267,8 +262,7 @@ async def status(session_id: str, request: Request) -> dict:
     response_model=None,
     responses={200: {"model": SessionsAnswer}},
 )
-async def sessions(request: Request) -> dict:
-    manager = _manager(request)
+async def sessions(manager: ManagerDep) -> dict:
     warnings = output_warnings(manager.sinks)
     return {"sessions": [dict(s.status(), warnings=warnings, websocket_path=s.websocket_path) for s in manager.list()]}
 
@@ -288,18 +282,14 @@ def _checked_zones(body: ZonesIn, known: tuple[str, ...]) -> dict:
     return spec
 
 
-def _running(request: Request, session_id: str) -> Session:
-    return _manager(request).get(session_id)
-
-
 @router.get(
     "/sessions/{session_id}/zones",
     summary="The session's zones, lines and rules (normalised)",
     response_model=None,
     responses={200: {"model": ZonesAnswer}, **errors("invalid_request", "session_not_found", "session_not_ready")},
 )
-async def get_zones(session_id: str, request: Request) -> dict:
-    return {"session_id": session_id, "zones": _running(request, session_id).zones()}
+async def get_zones(session_id: str, manager: ManagerDep) -> dict:
+    return {"session_id": session_id, "zones": manager.get(session_id).zones()}
 
 
 @router.put(
@@ -311,9 +301,9 @@ async def get_zones(session_id: str, request: Request) -> dict:
         **errors(*BODY, "invalid_zones", "session_not_found", "session_not_ready"),
     },
 )
-async def put_zones(session_id: str, body: ZonesIn, request: Request) -> dict:
-    session = _running(request, session_id)
-    spec = _checked_zones(body, _manager(request).model().class_names)
+async def put_zones(session_id: str, body: ZonesIn, manager: ManagerDep) -> dict:
+    session = manager.get(session_id)
+    spec = _checked_zones(body, manager.model().class_names)
     try:
         zones = session.set_zones(spec)
     except ValueError as exc:
@@ -327,5 +317,5 @@ async def put_zones(session_id: str, body: ZonesIn, request: Request) -> dict:
     response_model=None,
     responses={200: {"model": CountsAnswer}, **errors("invalid_request", "session_not_found")},
 )
-async def counts(session_id: str, request: Request) -> dict:
-    return {"session_id": session_id, "counts": _running(request, session_id).counts()}
+async def counts(session_id: str, manager: ManagerDep) -> dict:
+    return {"session_id": session_id, "counts": manager.get(session_id).counts()}
