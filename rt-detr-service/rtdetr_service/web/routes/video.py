@@ -146,6 +146,47 @@ def _check_classes(names: list[str] | None, known: tuple[str, ...], field: str) 
     return frozenset(names)
 
 
+def _options(body: StartRequest, manager: SessionManager) -> SessionOptions:
+    """What a start call asks for, its class names checked against the model's; settings fill the rest."""
+    settings = manager.settings
+    known = manager.model().class_names
+    classes = _check_classes(body.classes, known, "classes")
+    rule = _alert_rule(body, known)
+    zones = _checked_zones(body.zones, known) if body.zones is not None else None
+    tracking = body.tracking or TrackingIn()
+    return SessionOptions(
+        camera=body.camera,
+        zones=zones,
+        tracking=TrackerOptions(
+            min_hits=tracking.min_hits if tracking.min_hits is not None else settings.track_min_hits,
+            keep_s=tracking.keep_s if tracking.keep_s is not None else settings.track_keep_s,
+            iou_threshold=tracking.iou_threshold if tracking.iou_threshold is not None else settings.track_iou,
+        ),
+        stream_url=body.stream_url,
+        enable_drawing=body.enable_drawing,
+        confidence_threshold=(
+            body.confidence_threshold if body.confidence_threshold is not None else settings.default_confidence
+        ),
+        classes=classes,
+        alert_rule=rule,
+        jpeg_quality=body.jpeg_quality or settings.jpeg_quality,
+    )
+
+
+def _alert_rule(body: StartRequest, known: tuple[str, ...]) -> AlertRule | None:
+    """The alert rule asked for; none when turned off, or when left to the default and the model
+    has no class the default alerts on."""
+    default_alert_fits = "alert" in body.model_fields_set or set(AlertRuleIn().classes) <= set(known)
+    if body.alert is None or not default_alert_fits:
+        return None
+    return AlertRule(
+        classes=_check_classes(body.alert.classes, known, "alert.classes") or frozenset(),
+        min_confidence=body.alert.min_confidence,
+        cooldown_s=body.alert.cooldown_s,
+        zones=tuple(np.asarray(z, dtype=np.float64) for z in body.alert.zones or ()),
+    )
+
+
 @router.post(
     "/start",
     summary="Open a stream and start analysing it",
@@ -168,38 +209,7 @@ def _check_classes(names: list[str] | None, known: tuple[str, ...], field: str) 
     },
 )
 async def start(body: StartRequest, manager: ManagerDep) -> dict:
-    settings = manager.settings
-    known = manager.model().class_names
-    classes = _check_classes(body.classes, known, "classes")
-    rule = None
-    default_alert_fits = "alert" in body.model_fields_set or set(AlertRuleIn().classes) <= set(known)
-    if body.alert is not None and default_alert_fits:
-        rule = AlertRule(
-            classes=_check_classes(body.alert.classes, known, "alert.classes") or frozenset(),
-            min_confidence=body.alert.min_confidence,
-            cooldown_s=body.alert.cooldown_s,
-            zones=tuple(np.asarray(z, dtype=np.float64) for z in body.alert.zones or ()),
-        )
-    zones = _checked_zones(body.zones, known) if body.zones is not None else None
-    tracking = body.tracking or TrackingIn()
-    options = SessionOptions(
-        camera=body.camera,
-        zones=zones,
-        tracking=TrackerOptions(
-            min_hits=tracking.min_hits if tracking.min_hits is not None else settings.track_min_hits,
-            keep_s=tracking.keep_s if tracking.keep_s is not None else settings.track_keep_s,
-            iou_threshold=tracking.iou_threshold if tracking.iou_threshold is not None else settings.track_iou,
-        ),
-        stream_url=body.stream_url,
-        enable_drawing=body.enable_drawing,
-        confidence_threshold=(
-            body.confidence_threshold if body.confidence_threshold is not None else settings.default_confidence
-        ),
-        classes=classes,
-        alert_rule=rule,
-        jpeg_quality=body.jpeg_quality or settings.jpeg_quality,
-    )
-    session = await manager.start(options)
+    session = await manager.start(_options(body, manager))
     info = session.stream
     message = f"Session started: {info.width}x{info.height} {info.codec} at {info.fps:g} fps"
     if session.model.warning:
