@@ -22,6 +22,7 @@ from rtdetr_service.analytics.zones import ZoneConfig
 from rtdetr_service.core.coco import COCO_CLASSES
 from rtdetr_service.ingest.urls import StreamErrorKind
 from rtdetr_service.web.app import create_app
+from rtdetr_service.web.errors import ERRORS
 from rtdetr_service.web.routes.video import StartRequest, StopRequest, ZonesIn
 
 from support import make_settings, run_service
@@ -248,7 +249,8 @@ def test_every_route_is_documented(tmp_path):
 def test_every_error_code_of_the_code_is_documented():
     text = _doc_text()
     source = "\n".join(p.read_text() for p in SERVICE_SRC.rglob("*.py"))
-    codes = set(re.findall(r'(?:ApiError|error_response)\(\s*\d{3},\s*"(\w+)"', source))
+    codes = set(re.findall(r'(?:ApiError|error_response)\(\s*"(\w+)"', source))
+    codes |= set(ERRORS)
     codes |= set(re.findall(r'SessionError\(\s*"(\w+)"', source))
     codes |= {kind.value for kind in StreamErrorKind}
     assert {"invalid_zones", "event_not_found", "body_too_large", "session_not_ready"} <= codes

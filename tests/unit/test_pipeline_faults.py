@@ -17,6 +17,7 @@ from rtdetr_service.ingest.reader import ReaderState, StreamReader
 from rtdetr_service.outputs.websocket import WebSocketSink
 from rtdetr_service.sessions.manager import SessionManager
 from rtdetr_service.sessions.session import Session, SessionError, SessionOptions, SessionState
+from rtdetr_service.web.errors import ERRORS
 from rtdetr_service.web.settings import Settings
 
 MODEL = ModelInfo(name="fake", backend="fake", device="cpu", trained=True, class_names=("person",))
@@ -344,8 +345,8 @@ def test_shutdown_stops_sessions_that_are_still_opening_and_refuses_new_ones():
         return manager, opening.value, later.value
 
     manager, opening, later = _run(scenario)
-    assert (opening.status, opening.code) == (503, "shutting_down")
-    assert (later.status, later.code) == (503, "shutting_down")
+    assert (ERRORS[opening.code].status, opening.code) == (503, "shutting_down")
+    assert (ERRORS[later.code].status, later.code) == (503, "shutting_down")
     assert manager.list() == []
     assert _SlowCamera.connections[0].closed.is_set()
 

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_SHUTTING_DOWN = "The service is shutting down; start the session elsewhere"
+
 
 class SessionManager:
     """Owns every session of this replica: start, stop, look up, and stop all at shutdown."""
@@ -62,78 +64,13 @@ class SessionManager:
         """
         worker = self._ready_worker()
         shown = redact_url(options.stream_url)
-        if reader_factory is None:
-            try:
-                url = validate_stream_url(options.stream_url, self.settings.allowed_schemes)
-            except StreamError as exc:
-                log.info("start on %s refused: %s", shown, exc)
-                raise SessionError(exc.kind.value, 422, str(exc)) from exc
-            options = dataclasses.replace(options, stream_url=url)
-            reader_factory = functools.partial(
-                StreamReader, policy=self.policy, schemes=tuple(self.settings.allowed_schemes)
-            )
-        with self._lock:
-            self._refuse_if_closing()
-            if len(self._sessions) + len(self._opening) >= self.settings.max_sessions:
-                raise SessionError(
-                    "too_many_sessions",
-                    429,
-                    f"MAX_SESSIONS={self.settings.max_sessions} sessions are running; stop one first",
-                )
-            if self._opens >= self.settings.max_opens:
-                raise SessionError(
-                    "too_many_opens",
-                    429,
-                    f"MAX_OPENS={self.settings.max_opens} streams are being opened right now; retry in a few seconds",
-                )
-            ticket = object()
-            self._opening[ticket] = None
-            self._opens += 1
+        options, reader_factory = self._reader_for(options, reader_factory)
+        ticket = self._reserve()
         session: Session | None = None
         try:
-            try:
-                session = Session(
-                    options,
-                    settings=self.settings,
-                    worker=worker,
-                    hub=self.hub,
-                    sinks=self.sinks,
-                    model=worker.detector.info,
-                    reader_factory=reader_factory,
-                )
-            except BaseException:
-                self._open_done()
-                raise
-            with self._lock:
-                self._opening[ticket] = session
-            try:
-                try:
-                    opening = self._open_pool.submit(session.open)
-                except RuntimeError:  # stop_all() shut the pool down a moment ago
-                    self._open_done()
-                    raise SessionError(
-                        "shutting_down", 503, "The service is shutting down; start the session elsewhere"
-                    ) from None
-                # Counted until the thread is done with it (or it never ran), not until we stop
-                # waiting: a cancelled start's FFmpeg may take a moment to give up.
-                opening.add_done_callback(lambda _: self._open_done())
-                await asyncio.wrap_future(opening)
-            except StreamError as exc:
-                with self._lock:
-                    self._refuse_if_closing()
-                status = {"stream_unavailable": 502, "stream_timeout": 504, "destination_denied": 403}.get(
-                    exc.kind.value, 422
-                )
-                raise SessionError(exc.kind.value, status, str(exc)) from exc
-            except ValueError as exc:  # zones in pixels that do not fit the stream's picture
-                raise SessionError("invalid_zones", 422, str(exc)) from exc
-            with self._lock:
-                # stop_all() may have run while the stream was opening; it has stopped this
-                # session already, so it must not start now.
-                self._refuse_if_closing()
-                session.start()
-                del self._opening[ticket]
-                self._sessions[session.id] = session
+            session = self._build(ticket, options, worker, reader_factory)
+            await self._open(session)
+            self._commit(ticket, session)
         except asyncio.CancelledError:
             # The caller went away while the camera was answering (the HTTP layer cancels the
             # start): nobody holds this session's viewer token, so it must not run. Stopping
@@ -152,6 +89,90 @@ class SessionManager:
         log.info("session %s started on %s (%s)", session.id, shown, session.stream)
         return session
 
+    def _reader_for(
+        self, options: SessionOptions, reader_factory: Callable[..., StreamReader] | None
+    ) -> tuple[SessionOptions, Callable[..., StreamReader]]:
+        """The options and reader to start with: a given reader as is; the network reader only
+        for a URL of an allowed scheme, under the destination policy."""
+        if reader_factory is not None:
+            return options, reader_factory
+        try:
+            url = validate_stream_url(options.stream_url, self.settings.allowed_schemes)
+        except StreamError as exc:
+            log.info("start on %s refused: %s", redact_url(options.stream_url), exc)
+            raise SessionError(exc.kind.value, str(exc)) from exc
+        network = functools.partial(StreamReader, policy=self.policy, schemes=tuple(self.settings.allowed_schemes))
+        return dataclasses.replace(options, stream_url=url), network
+
+    def _reserve(self) -> object:
+        """A ticket for one start: a place among MAX_SESSIONS and one among MAX_OPENS."""
+        with self._lock:
+            self._refuse_if_closing()
+            if len(self._sessions) + len(self._opening) >= self.settings.max_sessions:
+                raise SessionError(
+                    "too_many_sessions",
+                    f"MAX_SESSIONS={self.settings.max_sessions} sessions are running; stop one first",
+                )
+            if self._opens >= self.settings.max_opens:
+                raise SessionError(
+                    "too_many_opens",
+                    f"MAX_OPENS={self.settings.max_opens} streams are being opened right now; retry in a few seconds",
+                )
+            ticket = object()
+            self._opening[ticket] = None
+            self._opens += 1
+        return ticket
+
+    def _build(
+        self, ticket: object, options: SessionOptions, worker: InferenceWorker, reader: Callable[..., StreamReader]
+    ) -> Session:
+        """The session of this ticket, not yet opened; stop_all() stops it from now on."""
+        try:
+            session = Session(
+                options,
+                settings=self.settings,
+                worker=worker,
+                hub=self.hub,
+                sinks=self.sinks,
+                model=worker.detector.info,
+                reader_factory=reader,
+            )
+        except BaseException:
+            self._open_done()  # no open thread will run to give the place back
+            raise
+        with self._lock:
+            self._opening[ticket] = session
+        return session
+
+    async def _open(self, session: Session) -> None:
+        """Open the session's stream on a thread of the open pool; a failure as a SessionError."""
+        try:
+            opening = self._open_pool.submit(session.open)
+        except RuntimeError:  # stop_all() shut the pool down a moment ago
+            self._open_done()
+            raise SessionError("shutting_down", _SHUTTING_DOWN) from None
+        # Counted until the thread is done with it (or it never ran), not until we stop
+        # waiting: a cancelled start's FFmpeg may take a moment to give up.
+        opening.add_done_callback(lambda _: self._open_done())
+        try:
+            await asyncio.wrap_future(opening)
+        except StreamError as exc:
+            with self._lock:
+                self._refuse_if_closing()  # stop_all() interrupted this open: that is the reason
+            raise SessionError(exc.kind.value, str(exc)) from exc
+        except ValueError as exc:  # zones in pixels that do not fit the stream's picture
+            raise SessionError("invalid_zones", str(exc)) from exc
+
+    def _commit(self, ticket: object, session: Session) -> None:
+        """Run the opened session and list it in place of its ticket."""
+        with self._lock:
+            # stop_all() may have run while the stream was opening; it has stopped this
+            # session already, so it must not start now.
+            self._refuse_if_closing()
+            session.start()
+            del self._opening[ticket]
+            self._sessions[session.id] = session
+
     def _open_done(self) -> None:
         with self._lock:
             self._opens -= 1
@@ -164,23 +185,23 @@ class SessionManager:
 
     def _refuse_if_closing(self) -> None:
         if self._closing:
-            raise SessionError("shutting_down", 503, "The service is shutting down; start the session elsewhere")
+            raise SessionError("shutting_down", _SHUTTING_DOWN)
 
     def _ready_worker(self) -> InferenceWorker:
         worker = self.worker
         if worker is None:
-            raise SessionError("model_not_ready", 503, "The model is still loading; retry in a few seconds")
+            raise SessionError("model_not_ready", "The model is still loading; retry in a few seconds")
         return worker
 
     def model(self) -> ModelInfo:
-        """The loaded model; SessionError(503) while it is still loading."""
+        """The loaded model; SessionError(model_not_ready) while it is still loading."""
         return self._ready_worker().detector.info
 
     def get(self, session_id: str) -> Session:
         with self._lock:
             session = self._sessions.get(session_id)
         if session is None:
-            raise SessionError("session_not_found", 404, f"No session with id {session_id!r}")
+            raise SessionError("session_not_found", f"No session with id {session_id!r}")
         return session
 
     def find(self, session_id: str) -> Session | None:
@@ -195,7 +216,7 @@ class SessionManager:
         with self._lock:
             session = self._sessions.pop(session_id, None)
         if session is None:
-            raise SessionError("session_not_found", 404, f"No session with id {session_id!r}")
+            raise SessionError("session_not_found", f"No session with id {session_id!r}")
         session.stop(reason)
         return session
 

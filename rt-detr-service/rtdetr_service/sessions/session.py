@@ -57,12 +57,12 @@ def can_transition(current: SessionState, new: SessionState) -> bool:
 
 
 class SessionError(Exception):
-    """A start/stop request that cannot be served; `code` and `status` map to the HTTP answer."""
+    """A request on sessions that cannot be served: `code` names why (web/errors.py maps it to a
+    status), the message says it in words a user can act on."""
 
-    def __init__(self, code: str, status: int, message: str) -> None:
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +307,7 @@ class Session:
 
     def _ready_publisher(self) -> Publisher:
         if self._publisher is None:
-            raise SessionError("session_not_ready", 409, "The session is still opening its stream")
+            raise SessionError("session_not_ready", "The session is still opening its stream")
         return self._publisher
 
     # -- reporting -------------------------------------------------------------------------

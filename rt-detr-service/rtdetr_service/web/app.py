@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from rtdetr_service import __version__
@@ -26,7 +26,7 @@ from rtdetr_service.outputs.registry import SinkContext, build_sinks
 from rtdetr_service.outputs.store.event_store import EventStore
 from rtdetr_service.sessions.manager import SessionManager
 from rtdetr_service.web.auth import install_api_key_check
-from rtdetr_service.web.errors import install_error_handlers
+from rtdetr_service.web.errors import error_response, install_error_handlers
 from rtdetr_service.web.middleware import install_body_limit, install_cancel_on_disconnect
 from rtdetr_service.web.routes import events, health, video, ws
 from rtdetr_service.web.settings import Settings
@@ -244,8 +244,6 @@ def create_app(
         page = frontend / "index.html"
         if page.is_file():
             return FileResponse(page)
-        return JSONResponse(
-            {"error": "not_found", "detail": f"No viewer page at {page}; the API is at /docs"}, status_code=404
-        )
+        return error_response("not_found", f"No viewer page at {page}; the API is at /docs")
 
     return app

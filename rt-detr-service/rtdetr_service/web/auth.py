@@ -7,6 +7,7 @@ import hmac
 from fastapi import FastAPI, Request, Security
 from fastapi.security import APIKeyHeader
 
+from rtdetr_service.web.deps import get_settings
 from rtdetr_service.web.errors import ApiError, error_response
 
 KEY_HEADERS = ("apikey", "x-api-key")
@@ -36,12 +37,7 @@ def key_rejection(settings, candidate: str | None) -> ApiError | None:
         return None
     if candidate and key_matches(candidate, settings.api_keys):
         return None
-    return ApiError(
-        401,
-        "unauthorized",
-        "Missing or invalid API key: send it in the 'apikey' (or 'X-API-Key') header",
-        headers={"WWW-Authenticate": "ApiKey"},
-    )
+    return ApiError("unauthorized", "Missing or invalid API key: send it in the 'apikey' (or 'X-API-Key') header")
 
 
 def request_key(request: Request) -> str | None:
@@ -68,7 +64,7 @@ def install_api_key_check(app: FastAPI) -> None:
     @app.middleware("http")
     async def require_api_key(request: Request, call_next):
         path = request.url.path
-        settings = request.app.state.settings
+        settings = await get_settings(request)
         rejection = None
         if path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/"):
             rejection = key_rejection(settings, request_key(request))
@@ -77,5 +73,5 @@ def install_api_key_check(app: FastAPI) -> None:
             # token, from the start answer) are one step away. Readers need a key too.
             rejection = key_rejection(settings, metrics_key(request))
         if rejection is not None:
-            return error_response(rejection.status, rejection.code, rejection.detail, rejection.headers)
+            return error_response(rejection.code, rejection.detail)
         return await call_next(request)

@@ -92,7 +92,7 @@ def install_body_limit(app: FastAPI, max_bytes: int) -> None:
                 return
             declared = dict(scope.get("headers") or ()).get(b"content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > max_bytes):
-                await error_response(413, "body_too_large", words)(scope, receive, send)
+                await error_response("body_too_large", words)(scope, receive, send)
                 return
             seen = 0
             refused = False
@@ -106,7 +106,7 @@ def install_body_limit(app: FastAPI, max_bytes: int) -> None:
                     if seen > max_bytes and not refused:
                         refused = True
                         if not started:
-                            await error_response(413, "body_too_large", words)(scope, receive, send)
+                            await error_response("body_too_large", words)(scope, receive, send)
                         return {"type": "http.disconnect"}
                 return message
 

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from rtdetr_service.sessions.session import SessionState
+from rtdetr_service.web.errors import ERRORS
 
 
 class _Answer(BaseModel):
@@ -30,71 +31,40 @@ class ErrorAnswer(BaseModel):
     detail: str = Field(..., description="Words a user can act on.", examples=["No session with id 'abc'"])
 
 
-# status -> {code: when}; what docs/api.md's error table says, by status.
-_WHEN: dict[int, dict[str, str]] = {
-    400: {"invalid_json": "The body is not JSON (or not UTF-8, or nested too deeply)."},
-    401: {"unauthorized": "No or a wrong API key in `apikey` / `X-API-Key`."},
-    403: {"destination_denied": "stream_url names an address the destination policy denies."},
-    404: {
-        "session_not_found": "No such session (or it was stopped).",
-        "event_not_found": "No such event (or it was deleted).",
-        "snapshot_not_found": "The event has no snapshot (yet, or any more).",
-    },
-    409: {"session_not_ready": "The session is still opening its stream."},
-    413: {"body_too_large": "The body is larger than MAX_BODY_KB."},
-    422: {
-        "invalid_request": "A field or parameter is missing, of the wrong type, out of range or unknown; `detail` "
-        "names it.",
-        "invalid_zones": "Zones, lines or rules wrong as a whole: names, references, coordinates.",
-        "invalid_cursor": "A `cursor` this service did not hand out.",
-        "unsupported_url": "A stream URL of a scheme not in ALLOWED_SCHEMES, or malformed.",
-        "no_video_stream": "The stream has no video track.",
-    },
-    429: {
-        "too_many_sessions": "MAX_SESSIONS sessions run already.",
-        "too_many_opens": "MAX_OPENS streams are being opened right now.",
-    },
-    502: {"stream_unavailable": "The stream could not be opened: refused, not found, bad data (words in `detail`)."},
-    503: {
-        "model_not_ready": "The model is still loading.",
-        "shutting_down": "The replica is stopping; start the session elsewhere.",
-        "events_unavailable": "Events are off (EVENTS_ENABLED=false) or the store could not be opened.",
-    },
-    504: {"stream_timeout": "The stream did not open (or send a picture) within OPEN_TIMEOUT_S."},
-}
-
-_HEADERS = {
-    401: {
-        "WWW-Authenticate": {
-            "description": "`ApiKey`: the key goes in the `apikey` (or `X-API-Key`) header.",
-            "required": True,
-            "schema": {"type": "string"},
-        }
+# What /docs says of each header an error answer carries (ERRORS names the headers, by code).
+_HEADER_DOCS = {
+    "WWW-Authenticate": {
+        "description": "`ApiKey`: the key goes in the `apikey` (or `X-API-Key`) header.",
+        "required": True,
+        "schema": {"type": "string"},
     }
 }
 
 
 def errors(*codes: str) -> dict[int | str, dict]:
-    """The `responses=` entries for these error codes, grouped by their status."""
+    """The `responses=` entries for these error codes, grouped by their status (web/errors.py's ERRORS)."""
     by_status: dict[int, list[str]] = {}
     for code in codes:
-        status = next((s for s, known in _WHEN.items() if code in known), None)
-        if status is None:
+        if code not in ERRORS:
             raise ValueError(f"unknown error code {code!r}")
-        by_status.setdefault(status, []).append(code)
-    responses: dict[int | str, dict] = {}
-    for status, named in sorted(by_status.items()):
-        responses[status] = {
-            "model": ErrorAnswer,
-            "description": " ".join(f"`{code}`: {_WHEN[status][code]}" for code in named),
-            "content": {
-                "application/json": {
-                    "examples": {code: {"value": {"error": code, "detail": _WHEN[status][code]}} for code in named}
-                }
-            },
-            **({"headers": _HEADERS[status]} if status in _HEADERS else {}),
-        }
+        by_status.setdefault(ERRORS[code].status, []).append(code)
+    responses: dict[int | str, dict] = {status: _error_answer(named) for status, named in sorted(by_status.items())}
     return responses
+
+
+def _error_answer(codes: list[str]) -> dict:
+    """One status's OpenAPI answer: every code it carries, its words, an example each, its headers."""
+    headers = {name: _HEADER_DOCS[name] for code in codes for name in ERRORS[code].headers or {}}
+    return {
+        "model": ErrorAnswer,
+        "description": " ".join(f"`{code}`: {ERRORS[code].when}" for code in codes),
+        "content": {
+            "application/json": {
+                "examples": {code: {"value": {"error": code, "detail": ERRORS[code].when}} for code in codes}
+            }
+        },
+        **({"headers": headers} if headers else {}),
+    }
 
 
 # Every route under /api/v1 needs a key: checked before routing and before the body is read.

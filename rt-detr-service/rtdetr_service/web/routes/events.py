@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 
 from rtdetr_service.outputs.store.event_store import EventStore, InvalidCursor
 from rtdetr_service.web.auth import API_KEY_SCHEMES, PROTECTED_PREFIX
+from rtdetr_service.web.deps import ManagerDep, SettingsDep, StoreDep
 from rtdetr_service.web.errors import ApiError
 from rtdetr_service.web.schemas import KEYED, EventDeletedAnswer, EventOut, EventsAnswer, OutputsAnswer, errors
 
@@ -19,15 +20,16 @@ router = APIRouter(prefix=PROTECTED_PREFIX, tags=["events"], dependencies=API_KE
 NAME = r"^[\w .:-]{1,64}$"
 
 
-def _store(request: Request) -> EventStore:
-    store = request.app.state.event_store
+def _available(store: EventStore | None, events_enabled: bool) -> EventStore:
+    """The store, or events_unavailable saying why. Called in the route body: a dependency that
+    raised would be heard before a wrong parameter, which must be named first."""
     if store is None:
         words = (
             "Events are off (EVENTS_ENABLED=false)"
-            if not request.app.state.settings.events_enabled
+            if not events_enabled
             else "The event store could not be opened; the service log says why"
         )
-        raise ApiError(503, "events_unavailable", words)
+        raise ApiError("events_unavailable", words)
     return store
 
 
@@ -38,7 +40,8 @@ def _store(request: Request) -> EventStore:
     responses={200: {"model": EventsAnswer}, **errors("invalid_request", "invalid_cursor", "events_unavailable")},
 )
 async def list_events(
-    request: Request,
+    store: StoreDep,
+    settings: SettingsDep,
     session_id: str | None = Query(None, max_length=64),
     camera: str | None = Query(None, pattern=NAME),
     label: str | None = Query(None, max_length=64),
@@ -49,11 +52,10 @@ async def list_events(
     cursor: str | None = Query(None, max_length=512),
 ) -> dict:
     if after is not None and before is not None and after > before:
-        raise ApiError(422, "invalid_request", "after must not be later than before")
-    store = _store(request)
+        raise ApiError("invalid_request", "after must not be later than before")
     try:
         events, next_cursor = await asyncio.to_thread(
-            store.query,
+            _available(store, settings.events_enabled).query,
             session_id=session_id,
             camera=camera,
             label=label,
@@ -64,13 +66,13 @@ async def list_events(
             cursor=cursor,
         )
     except InvalidCursor as exc:
-        raise ApiError(422, "invalid_cursor", str(exc)) from exc
+        raise ApiError("invalid_cursor", str(exc)) from exc
     return {"events": events, "next_cursor": next_cursor}
 
 
 def _found(event_id: str, event):
     if event is None:
-        raise ApiError(404, "event_not_found", f"No event with id {event_id!r}")
+        raise ApiError("event_not_found", f"No event with id {event_id!r}")
     return event
 
 
@@ -80,8 +82,8 @@ def _found(event_id: str, event):
     response_model=None,
     responses={200: {"model": EventOut}, **errors("invalid_request", "event_not_found", "events_unavailable")},
 )
-async def get_event(request: Request, event_id: str) -> dict:
-    return _found(event_id, await asyncio.to_thread(_store(request).get, event_id))
+async def get_event(event_id: str, store: StoreDep, settings: SettingsDep) -> dict:
+    return _found(event_id, await asyncio.to_thread(_available(store, settings.events_enabled).get, event_id))
 
 
 @router.get(
@@ -93,12 +95,12 @@ async def get_event(request: Request, event_id: str) -> dict:
         **errors("invalid_request", "event_not_found", "snapshot_not_found", "events_unavailable"),
     },
 )
-async def snapshot(request: Request, event_id: str) -> FileResponse:
-    store = _store(request)
+async def snapshot(event_id: str, store: StoreDep, settings: SettingsDep) -> FileResponse:
+    store = _available(store, settings.events_enabled)
     _found(event_id, await asyncio.to_thread(store.get, event_id))
     path = await asyncio.to_thread(store.snapshot_path, event_id)
     if path is None:
-        raise ApiError(404, "snapshot_not_found", f"Event {event_id!r} has no snapshot (yet, or any more)")
+        raise ApiError("snapshot_not_found", f"Event {event_id!r} has no snapshot (yet, or any more)")
     return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})
 
 
@@ -111,9 +113,9 @@ async def snapshot(request: Request, event_id: str) -> FileResponse:
         **errors("invalid_request", "event_not_found", "events_unavailable"),
     },
 )
-async def delete_event(request: Request, event_id: str) -> dict:
-    if not await asyncio.to_thread(_store(request).delete, event_id):
-        raise ApiError(404, "event_not_found", f"No event with id {event_id!r}")
+async def delete_event(event_id: str, store: StoreDep, settings: SettingsDep) -> dict:
+    if not await asyncio.to_thread(_available(store, settings.events_enabled).delete, event_id):
+        raise ApiError("event_not_found", f"No event with id {event_id!r}")
     return {"event_id": event_id, "status": "deleted"}
 
 
@@ -123,5 +125,5 @@ async def delete_event(request: Request, event_id: str) -> dict:
     response_model=None,
     responses={200: {"model": OutputsAnswer}},
 )
-async def outputs(request: Request) -> dict:
-    return {"outputs": [sink.stats().as_dict() for sink in request.app.state.manager.sinks]}
+async def outputs(manager: ManagerDep) -> dict:
+    return {"outputs": [sink.stats().as_dict() for sink in manager.sinks]}

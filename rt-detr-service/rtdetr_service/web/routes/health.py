@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from rtdetr_service.outputs.registry import output_warnings
+from rtdetr_service.web.deps import EncoderDep, ManagerDep, MetricsDep, ModelErrorDep, SettingsDep, StoreDep
 
 router = APIRouter(tags=["health"])
 
@@ -17,21 +18,22 @@ async def health() -> dict:
 
 
 @router.get("/ready", summary="Readiness: model loaded and warmed up; says whether weights are trained")
-async def ready(request: Request) -> JSONResponse:
-    state = request.app.state
-    worker = state.manager.worker
+async def ready(
+    manager: ManagerDep, settings: SettingsDep, store: StoreDep, encoder: EncoderDep, model_error: ModelErrorDep
+) -> JSONResponse:
+    worker = manager.worker
     if worker is None:
-        detail = state.model_error or "model loading"
+        detail = model_error or "model loading"
         return JSONResponse({"ready": False, "detail": detail, "model": None}, status_code=503)
     if not worker.alive:
         why = worker.last_error or "no error recorded"
         detail = f"The inference worker has stopped ({why}); restart the service"
         model = worker.detector.info.as_dict()
         return JSONResponse({"ready": False, "detail": detail, "model": model}, status_code=503)
-    outputs = [sink.stats() for sink in state.manager.sinks]
+    outputs = [sink.stats() for sink in manager.sinks]
     # Inference works, so the service is ready; an output that fails or drops is said in words.
-    warnings = output_warnings(state.manager.sinks)
-    if state.event_store is None and state.settings.events_enabled:
+    warnings = output_warnings(manager.sinks)
+    if store is None and settings.events_enabled:
         warnings.append("the event store could not be opened; events are not kept (see the log)")
     return JSONResponse(
         {
@@ -39,16 +41,16 @@ async def ready(request: Request) -> JSONResponse:
             "warnings": warnings,
             "outputs": [o.as_dict() for o in outputs],
             "model": worker.detector.info.as_dict(),
-            "jpeg_encoder": state.encoder.backend,
-            "sessions": len(state.manager.list()),
+            "jpeg_encoder": encoder.backend,
+            "sessions": len(manager.list()),
             "batches": worker.batches,
             "inference_errors": worker.errors,
             "last_inference_error": worker.last_error,
-            "max_sessions": state.settings.max_sessions,
+            "max_sessions": settings.max_sessions,
         }
     )
 
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
-async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(prometheus: MetricsDep) -> Response:
+    return Response(generate_latest(prometheus.registry), media_type=CONTENT_TYPE_LATEST)

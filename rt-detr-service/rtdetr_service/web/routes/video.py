@@ -6,7 +6,7 @@ import asyncio
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rtdetr_service.analytics.alerts import AlertRule
@@ -14,8 +14,9 @@ from rtdetr_service.analytics.tracking import TrackerOptions
 from rtdetr_service.analytics.zones import MAX_LINES, MAX_POINTS, MAX_RULES, MAX_ZONES, ZoneConfig
 from rtdetr_service.outputs.registry import output_warnings
 from rtdetr_service.sessions.manager import SessionManager
-from rtdetr_service.sessions.session import Session, SessionOptions
+from rtdetr_service.sessions.session import SessionOptions
 from rtdetr_service.web.auth import API_KEY_SCHEMES, PROTECTED_PREFIX
+from rtdetr_service.web.deps import ManagerDep
 from rtdetr_service.web.errors import ApiError
 from rtdetr_service.web.schemas import (
     BODY,
@@ -136,17 +137,54 @@ class StopRequest(BaseModel):
     session_id: str = Field(..., min_length=1, max_length=64)
 
 
-def _manager(request: Request) -> SessionManager:
-    return request.app.state.manager
-
-
 def _check_classes(names: list[str] | None, known: tuple[str, ...], field: str) -> frozenset[str] | None:
     if names is None:
         return None
     unknown = sorted(set(names) - set(known))
     if unknown:
-        raise ApiError(422, "invalid_request", f"{field}: unknown class name(s) {', '.join(unknown)}")
+        raise ApiError("invalid_request", f"{field}: unknown class name(s) {', '.join(unknown)}")
     return frozenset(names)
+
+
+def _options(body: StartRequest, manager: SessionManager) -> SessionOptions:
+    """What a start call asks for, its class names checked against the model's; settings fill the rest."""
+    settings = manager.settings
+    known = manager.model().class_names
+    classes = _check_classes(body.classes, known, "classes")
+    rule = _alert_rule(body, known)
+    zones = _checked_zones(body.zones, known) if body.zones is not None else None
+    tracking = body.tracking or TrackingIn()
+    return SessionOptions(
+        camera=body.camera,
+        zones=zones,
+        tracking=TrackerOptions(
+            min_hits=tracking.min_hits if tracking.min_hits is not None else settings.track_min_hits,
+            keep_s=tracking.keep_s if tracking.keep_s is not None else settings.track_keep_s,
+            iou_threshold=tracking.iou_threshold if tracking.iou_threshold is not None else settings.track_iou,
+        ),
+        stream_url=body.stream_url,
+        enable_drawing=body.enable_drawing,
+        confidence_threshold=(
+            body.confidence_threshold if body.confidence_threshold is not None else settings.default_confidence
+        ),
+        classes=classes,
+        alert_rule=rule,
+        jpeg_quality=body.jpeg_quality or settings.jpeg_quality,
+    )
+
+
+def _alert_rule(body: StartRequest, known: tuple[str, ...]) -> AlertRule | None:
+    """The alert rule asked for; none when turned off, or when left to the default and the model
+    has no class the default alerts on."""
+    default_alert_fits = "alert" in body.model_fields_set or set(AlertRuleIn().classes) <= set(known)
+    if body.alert is None or not default_alert_fits:
+        return None
+    return AlertRule(
+        classes=_check_classes(body.alert.classes, known, "alert.classes") or frozenset(),
+        min_confidence=body.alert.min_confidence,
+        cooldown_s=body.alert.cooldown_s,
+        zones=tuple(np.asarray(z, dtype=np.float64) for z in body.alert.zones or ()),
+    )
 
 
 @router.post(
@@ -170,40 +208,8 @@ def _check_classes(names: list[str] | None, known: tuple[str, ...], field: str) 
         ),
     },
 )
-async def start(body: StartRequest, request: Request) -> dict:
-    manager = _manager(request)
-    settings = manager.settings
-    known = manager.model().class_names
-    classes = _check_classes(body.classes, known, "classes")
-    rule = None
-    default_alert_fits = "alert" in body.model_fields_set or set(AlertRuleIn().classes) <= set(known)
-    if body.alert is not None and default_alert_fits:
-        rule = AlertRule(
-            classes=_check_classes(body.alert.classes, known, "alert.classes") or frozenset(),
-            min_confidence=body.alert.min_confidence,
-            cooldown_s=body.alert.cooldown_s,
-            zones=tuple(np.asarray(z, dtype=np.float64) for z in body.alert.zones or ()),
-        )
-    zones = _checked_zones(body.zones, known) if body.zones is not None else None
-    tracking = body.tracking or TrackingIn()
-    options = SessionOptions(
-        camera=body.camera,
-        zones=zones,
-        tracking=TrackerOptions(
-            min_hits=tracking.min_hits if tracking.min_hits is not None else settings.track_min_hits,
-            keep_s=tracking.keep_s if tracking.keep_s is not None else settings.track_keep_s,
-            iou_threshold=tracking.iou_threshold if tracking.iou_threshold is not None else settings.track_iou,
-        ),
-        stream_url=body.stream_url,
-        enable_drawing=body.enable_drawing,
-        confidence_threshold=(
-            body.confidence_threshold if body.confidence_threshold is not None else settings.default_confidence
-        ),
-        classes=classes,
-        alert_rule=rule,
-        jpeg_quality=body.jpeg_quality or settings.jpeg_quality,
-    )
-    session = await manager.start(options)
+async def start(body: StartRequest, manager: ManagerDep) -> dict:
+    session = await manager.start(_options(body, manager))
     info = session.stream
     message = f"Session started: {info.width}x{info.height} {info.codec} at {info.fps:g} fps"
     if session.model.warning:
@@ -235,8 +241,8 @@ async def _stop(manager: SessionManager, session_id: str) -> dict:
     response_model=None,
     responses={200: {"model": StopAnswer}, **errors(*BODY, "session_not_found")},
 )
-async def stop(body: StopRequest, request: Request) -> dict:
-    return await _stop(_manager(request), body.session_id)
+async def stop(body: StopRequest, manager: ManagerDep) -> dict:
+    return await _stop(manager, body.session_id)
 
 
 @router.delete(
@@ -245,8 +251,8 @@ async def stop(body: StopRequest, request: Request) -> dict:
     response_model=None,
     responses={200: {"model": StopAnswer}, **errors("invalid_request", "session_not_found")},
 )
-async def delete_session(session_id: str, request: Request) -> dict:
-    return await _stop(_manager(request), session_id)
+async def delete_session(session_id: str, manager: ManagerDep) -> dict:
+    return await _stop(manager, session_id)
 
 
 @router.get(
@@ -255,8 +261,7 @@ async def delete_session(session_id: str, request: Request) -> dict:
     response_model=None,
     responses={200: {"model": StatusAnswer}, **errors("invalid_request", "session_not_found")},
 )
-async def status(session_id: str, request: Request) -> dict:
-    manager = _manager(request)
+async def status(session_id: str, manager: ManagerDep) -> dict:
     # The outputs are shared: a store that drops events drops this session's too.
     return dict(manager.get(session_id).status(), warnings=output_warnings(manager.sinks))
 
@@ -267,8 +272,7 @@ async def status(session_id: str, request: Request) -> dict:
     response_model=None,
     responses={200: {"model": SessionsAnswer}},
 )
-async def sessions(request: Request) -> dict:
-    manager = _manager(request)
+async def sessions(manager: ManagerDep) -> dict:
     warnings = output_warnings(manager.sinks)
     return {"sessions": [dict(s.status(), warnings=warnings, websocket_path=s.websocket_path) for s in manager.list()]}
 
@@ -283,13 +287,9 @@ def _checked_zones(body: ZonesIn, known: tuple[str, ...]) -> dict:
         unbounded = 1 << 30 if body.units == "pixels" else None
         config = ZoneConfig.from_dict(spec, width=unbounded, height=unbounded)
     except ValueError as exc:
-        raise ApiError(422, "invalid_zones", str(exc)) from exc
+        raise ApiError("invalid_zones", str(exc)) from exc
     _check_classes(sorted(config.rule_classes()), known, "rules.classes")
     return spec
-
-
-def _running(request: Request, session_id: str) -> Session:
-    return _manager(request).get(session_id)
 
 
 @router.get(
@@ -298,8 +298,8 @@ def _running(request: Request, session_id: str) -> Session:
     response_model=None,
     responses={200: {"model": ZonesAnswer}, **errors("invalid_request", "session_not_found", "session_not_ready")},
 )
-async def get_zones(session_id: str, request: Request) -> dict:
-    return {"session_id": session_id, "zones": _running(request, session_id).zones()}
+async def get_zones(session_id: str, manager: ManagerDep) -> dict:
+    return {"session_id": session_id, "zones": manager.get(session_id).zones()}
 
 
 @router.put(
@@ -311,13 +311,13 @@ async def get_zones(session_id: str, request: Request) -> dict:
         **errors(*BODY, "invalid_zones", "session_not_found", "session_not_ready"),
     },
 )
-async def put_zones(session_id: str, body: ZonesIn, request: Request) -> dict:
-    session = _running(request, session_id)
-    spec = _checked_zones(body, _manager(request).model().class_names)
+async def put_zones(session_id: str, body: ZonesIn, manager: ManagerDep) -> dict:
+    session = manager.get(session_id)
+    spec = _checked_zones(body, manager.model().class_names)
     try:
         zones = session.set_zones(spec)
     except ValueError as exc:
-        raise ApiError(422, "invalid_zones", str(exc)) from exc
+        raise ApiError("invalid_zones", str(exc)) from exc
     return {"session_id": session_id, "zones": zones}
 
 
@@ -327,5 +327,5 @@ async def put_zones(session_id: str, body: ZonesIn, request: Request) -> dict:
     response_model=None,
     responses={200: {"model": CountsAnswer}, **errors("invalid_request", "session_not_found")},
 )
-async def counts(session_id: str, request: Request) -> dict:
-    return {"session_id": session_id, "counts": _running(request, session_id).counts()}
+async def counts(session_id: str, manager: ManagerDep) -> dict:
+    return {"session_id": session_id, "counts": manager.get(session_id).counts()}

@@ -13,6 +13,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from rtdetr_service.outputs import messages
 from rtdetr_service.sessions.session import SessionError, SessionState
+from rtdetr_service.web.deps import HubDep, ManagerDep, SettingsDep
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -26,10 +27,15 @@ USAGE = 'expected {"type": "control", "action": "pause|resume|stop"}'
 
 
 @router.websocket("/ws/stream/{session_id}")
-async def stream(websocket: WebSocket, session_id: str, token: str = "", format: str = "json") -> None:
-    app = websocket.app
-    manager = app.state.manager
-    hub = app.state.hub
+async def stream(
+    websocket: WebSocket,
+    session_id: str,
+    manager: ManagerDep,
+    hub: HubDep,
+    settings: SettingsDep,
+    token: str = "",
+    format: str = "json",
+) -> None:
     await websocket.accept()
     session = manager.find(session_id)
     if session is None:
@@ -41,7 +47,7 @@ async def stream(websocket: WebSocket, session_id: str, token: str = "", format:
     if format not in ("json", "binary"):
         await websocket.close(code=4400, reason="format must be json or binary")
         return
-    if hub.viewer_count(session_id) >= app.state.settings.max_viewers:
+    if hub.viewer_count(session_id) >= settings.max_viewers:
         await websocket.close(code=4429, reason="Too many viewers for this session")
         return
 

@@ -1,0 +1,66 @@
+"""Typed dependencies of the routes: what the lifespan (app.py) keeps on the app, by type.
+
+The one place besides the lifespan that knows where these live. Routes take them as parameters
+(`manager: ManagerDep`); they take no parameters of their own, so /openapi.json does not see them.
+HTTP and WebSocket routes alike: each reads the connection's app. Read at every request, since the
+model loader replaces some of them (the JPEG encoder, the model error) after start-up; `async` so
+that FastAPI runs them on the event loop, not on a thread of its pool.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends
+from starlette.requests import HTTPConnection
+
+from rtdetr_service.outputs.encode import JpegEncoder
+from rtdetr_service.outputs.hub import Hub
+from rtdetr_service.outputs.prometheus import Metrics
+from rtdetr_service.outputs.store.event_store import EventStore
+from rtdetr_service.sessions.manager import SessionManager
+from rtdetr_service.web.settings import Settings
+
+
+async def get_settings(connection: HTTPConnection) -> Settings:
+    """The service's settings (middleware calls this too: it cannot take dependencies)."""
+    return connection.app.state.settings
+
+
+async def get_manager(connection: HTTPConnection) -> SessionManager:
+    """The session manager of this replica."""
+    return connection.app.state.manager
+
+
+async def get_hub(connection: HTTPConnection) -> Hub:
+    """The WebSocket hub every viewer is attached to."""
+    return connection.app.state.hub
+
+
+async def get_event_store(connection: HTTPConnection) -> EventStore | None:
+    """The event store; None when events are off or the store could not be opened."""
+    return connection.app.state.event_store
+
+
+async def get_metrics(connection: HTTPConnection) -> Metrics:
+    """The Prometheus metrics of this replica."""
+    return connection.app.state.metrics
+
+
+async def get_encoder(connection: HTTPConnection) -> JpegEncoder:
+    """The JPEG encoder (the CPU's until the model has loaded on its device)."""
+    return connection.app.state.encoder
+
+
+async def get_model_error(connection: HTTPConnection) -> str | None:
+    """Why the model failed to load; None while it loads or once it has."""
+    return connection.app.state.model_error
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ManagerDep = Annotated[SessionManager, Depends(get_manager)]
+HubDep = Annotated[Hub, Depends(get_hub)]
+StoreDep = Annotated[EventStore | None, Depends(get_event_store)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+EncoderDep = Annotated[JpegEncoder, Depends(get_encoder)]
+ModelErrorDep = Annotated[str | None, Depends(get_model_error)]
