@@ -155,8 +155,10 @@ class Service:
 
 def _viewers(service: Service, sessions, until: float, out: Path, compression: str, fmt: str, per_process: int = 8):
     """Viewer processes (at most `per_process` sessions each) that record every frame until `until`."""
+    from rtdetr_service.web.routes.ws import viewer_path
+
     ws_base = service.base_url.replace("http://", "ws://")
-    urls = [f"{ws_base}{s.websocket_path}&format={fmt}" for s in sessions]
+    urls = [f"{ws_base}{viewer_path(s)}&format={fmt}" for s in sessions]
     procs = []
     for start in range(0, len(urls), per_process):
         chunk = urls[start : start + per_process]

@@ -20,6 +20,7 @@ from websockets.sync.client import connect
 from rtdetr_service.inference.loading import LoadOptions, load_detector, warm_up
 from rtdetr_service.outputs.encode import JpegEncoder
 from rtdetr_service.sessions.session import SessionOptions
+from rtdetr_service.web.routes.ws import viewer_path
 
 from support import frame_results, make_settings, run_service
 
@@ -177,7 +178,7 @@ def test_service_on_cuda_end_to_end(tiny_model_dir, tmp_path):
             baseline = torch.cuda.memory_allocated()
             sessions = [_start_on_file(service, clip) for _ in range(2)]
             for session in sessions:
-                with connect(service.ws_base + session.websocket_path, open_timeout=10) as ws:
+                with connect(service.ws_base + viewer_path(session), open_timeout=10) as ws:
                     frames = frame_results(ws, 20, seconds=30)
                 # then frames arrive over a real WebSocket, annotated by nvJPEG at the source size
                 assert len(frames) >= 20

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import logging
 import secrets
@@ -22,7 +21,6 @@ from rtdetr_service.core.slot import LatestSlot
 from rtdetr_service.core.stats import RateMeter, SessionStats
 from rtdetr_service.core.types import Detection, Frame, FrameResult, ModelInfo, StreamInfo
 from rtdetr_service.ingest.reader import ReaderState, StreamReader
-from rtdetr_service.ingest.urls import redact_url
 from rtdetr_service.outputs import messages
 from rtdetr_service.outputs.base import Sink
 from rtdetr_service.outputs.hub import Hub
@@ -346,32 +344,8 @@ class Session:
         )
         return SessionSnapshot(self.id, self._state.value, self.paused, self.last_error, stats, self.counts())
 
-    def status(self) -> dict:
-        snap = self.snapshot()
-        return {
-            "session_id": self.id,
-            "state": snap.state,
-            "paused": snap.paused,
-            "camera": self.options.camera,
-            "stream_url": redact_url(self.options.stream_url),
-            "stream": self.stream.as_dict() if self.stream else None,
-            "enable_drawing": self.options.enable_drawing,
-            "confidence_threshold": self.options.confidence_threshold,
-            "classes": sorted(self.options.classes) if self.options.classes is not None else None,
-            "tracking": dataclasses.asdict(self.options.tracking),
-            "stats": snap.stats.as_dict(),
-            "counts": snap.counts,
-            "last_error": snap.last_error,
-            "started_at": self.started_at,
-            "model": self.model.as_dict(),
-        }
-
     def stream_info_message(self) -> dict:
         zones = self._publisher.zones().as_dict() if self._publisher is not None else ZoneConfig().as_dict()
         return messages.stream_info_message(
             self.snapshot(), self.stream, self.model, enable_drawing=self.options.enable_drawing, zones=zones
         )
-
-    @property
-    def websocket_path(self) -> str:
-        return f"/ws/stream/{self.id}?token={self.viewer_token}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Annotated, Literal
 
 import numpy as np
@@ -12,12 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rtdetr_service.analytics.alerts import AlertRule
 from rtdetr_service.analytics.tracking import TrackerOptions
 from rtdetr_service.analytics.zones import MAX_LINES, MAX_POINTS, MAX_RULES, MAX_ZONES, ZoneConfig
+from rtdetr_service.ingest.urls import redact_url
 from rtdetr_service.outputs.registry import output_warnings
 from rtdetr_service.sessions.manager import SessionManager
-from rtdetr_service.sessions.session import SessionOptions
+from rtdetr_service.sessions.session import Session, SessionOptions
 from rtdetr_service.web.auth import API_KEY_SCHEMES, PROTECTED_PREFIX
 from rtdetr_service.web.deps import ManagerDep
 from rtdetr_service.web.errors import ApiError
+from rtdetr_service.web.routes.ws import viewer_path
 from rtdetr_service.web.schemas import (
     BODY,
     KEYED,
@@ -218,9 +221,31 @@ async def start(body: StartRequest, manager: ManagerDep) -> dict:
         "session_id": session.id,
         "status": session.state.value,
         "message": message,
-        "websocket_path": session.websocket_path,
+        "websocket_path": viewer_path(session),
         "viewer_token": session.viewer_token,
         "stream": info.as_dict(),
+        "model": session.model.as_dict(),
+    }
+
+
+def _status(session: Session) -> dict:
+    """The status document of one session: what it was asked for, its state and figures now."""
+    options, snap = session.options, session.snapshot()
+    return {
+        "session_id": session.id,
+        "state": snap.state,
+        "paused": snap.paused,
+        "camera": options.camera,
+        "stream_url": redact_url(options.stream_url),
+        "stream": session.stream.as_dict() if session.stream else None,
+        "enable_drawing": options.enable_drawing,
+        "confidence_threshold": options.confidence_threshold,
+        "classes": sorted(options.classes) if options.classes is not None else None,
+        "tracking": dataclasses.asdict(options.tracking),
+        "stats": snap.stats.as_dict(),
+        "counts": snap.counts,
+        "last_error": snap.last_error,
+        "started_at": session.started_at,
         "model": session.model.as_dict(),
     }
 
@@ -263,7 +288,7 @@ async def delete_session(session_id: str, manager: ManagerDep) -> dict:
 )
 async def status(session_id: str, manager: ManagerDep) -> dict:
     # The outputs are shared: a store that drops events drops this session's too.
-    return dict(manager.get(session_id).status(), warnings=output_warnings(manager.sinks))
+    return dict(_status(manager.get(session_id)), warnings=output_warnings(manager.sinks))
 
 
 @router.get(
@@ -274,7 +299,7 @@ async def status(session_id: str, manager: ManagerDep) -> dict:
 )
 async def sessions(manager: ManagerDep) -> dict:
     warnings = output_warnings(manager.sinks)
-    return {"sessions": [dict(s.status(), warnings=warnings, websocket_path=s.websocket_path) for s in manager.list()]}
+    return {"sessions": [dict(_status(s), warnings=warnings, websocket_path=viewer_path(s)) for s in manager.list()]}
 
 
 def _checked_zones(body: ZonesIn, known: tuple[str, ...]) -> dict:

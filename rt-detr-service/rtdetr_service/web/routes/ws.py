@@ -12,7 +12,7 @@ import time
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from rtdetr_service.outputs import messages
-from rtdetr_service.sessions.session import SessionError, SessionState
+from rtdetr_service.sessions.session import Session, SessionError, SessionState
 from rtdetr_service.web.deps import HubDep, ManagerDep, SettingsDep
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,11 @@ MAX_CONTROL_BYTES = 4096
 CONTROL_RATE = 5.0  # messages per second, per viewer, sustained
 CONTROL_BURST = 10
 USAGE = 'expected {"type": "control", "action": "pause|resume|stop"}'
+
+
+def viewer_path(session: Session) -> str:
+    """Where a viewer of this session connects (the route below), its viewer token included."""
+    return f"/ws/stream/{session.id}?token={session.viewer_token}"
 
 
 @router.websocket("/ws/stream/{session_id}")
