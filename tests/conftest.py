@@ -1,4 +1,5 @@
-"""Shared fixtures: a real RTSP camera (gst-rtsp-server), a tiny real RT-DETRv2, a live service."""
+"""Shared fixtures: real RTSP cameras (gst-rtsp-server), a tiny real RT-DETRv2, a live service, hostile
+stream servers, and closing what a test opened."""
 
 from __future__ import annotations
 
@@ -7,17 +8,30 @@ import os
 from pathlib import Path
 
 import pytest
+from hostile_servers import FakeServer
 
-from support import RtspCamera, free_port, make_settings, run_service
+from support import make_settings, run_service, running_camera
 from tiny_model import build as build_tiny_model
 
 
 @pytest.fixture(scope="session")
 def rtsp_camera():
-    camera = RtspCamera(free_port())
-    camera.start()
-    yield camera
-    camera.stop()
+    with running_camera() as camera:
+        yield camera
+
+
+@pytest.fixture
+def own_camera():
+    """A camera for one test to freeze, stop and start again."""
+    with running_camera() as camera:
+        yield camera
+
+
+@pytest.fixture(scope="module")
+def snow_camera():
+    # Noise makes large JPEGs, which fill a non-reading client's socket buffers within a frame or two.
+    with running_camera(width=640, height=480, fps=15, pattern="snow") as camera:
+        yield camera
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +81,16 @@ def start_sink(closing):
         return closing(sink, 1.0)
 
     return start
+
+
+@pytest.fixture
+def fake_servers(closing):
+    """`fake_servers(behaviour, host)`: a hostile stream server (hostile_servers.py), closed at the end."""
+
+    def make(behaviour, host: str = "127.0.0.1") -> FakeServer:
+        return closing(FakeServer(behaviour, host))
+
+    return make
 
 
 def pytest_configure(config):

@@ -16,30 +16,14 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from support import ROOT, RtspCamera, free_port
+from support import ROOT, free_port, start_session
 from support import wait_until as _wait_for
-
-
-@pytest.fixture
-def own_camera():
-    camera = RtspCamera(free_port())
-    camera.start()
-    yield camera
-    if camera.proc is not None and camera.proc.poll() is None:
-        os.kill(camera.proc.pid, signal.SIGCONT)
-    camera.stop()
-
-
-def _start(client, url: str) -> str:
-    response = client.post("/api/v1/video/start", json={"stream_url": url})
-    assert response.status_code == 200, response.text
-    return response.json()["session_id"]
 
 
 def test_a_frozen_camera_leaves_running_within_the_read_timeout(live_service, own_camera, stop_sessions):
     read_timeout = live_service.app.state.settings.read_timeout_s
     with live_service.client() as client:
-        session_id = _start(client, own_camera.url)
+        session_id = start_session(client, own_camera.url)["session_id"]
         session = live_service.app.state.manager.get(session_id)
         assert _wait_for(lambda: session.frames_decoded > 10, 20)
         # when the camera process freezes (its sockets stay open, nothing more comes)
@@ -54,7 +38,7 @@ def test_a_frozen_camera_leaves_running_within_the_read_timeout(live_service, ow
 
 def test_last_error_is_cleared_once_the_stream_is_back(live_service, own_camera, stop_sessions):
     with live_service.client() as client:
-        session_id = _start(client, own_camera.url)
+        session_id = start_session(client, own_camera.url)["session_id"]
 
         def status():
             return client.get(f"/api/v1/video/status/{session_id}").json()

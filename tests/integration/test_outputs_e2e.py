@@ -8,24 +8,16 @@ import json
 import re
 import time
 
-from scripted_detector import WalkingPeople
+from scripted_detector import WALK_ZONES, WalkingPeople
 from servers import Mosquitto, MqttSubscriber, Tansu, WebhookReceiver, consume, needs_mosquitto, skip_without_kafka
 from test_output_schemas import check
 
-from support import free_port, make_settings, run_service
+from support import free_port, make_settings, run_service, start_session
 from support import wait_until as _wait
 
 skip_without_kafka()
 pytestmark = needs_mosquitto
 
-ZONES = {
-    "zones": [{"name": "right", "points": [[0.5, 0.0], [1.0, 0.0], [1.0, 1.0], [0.5, 1.0]]}],
-    "lines": [{"name": "middle", "a": [0.5, 1.0], "b": [0.5, 0.0]}],
-    "rules": [
-        {"name": "someone-right", "kind": "enter", "zone": "right", "classes": ["person"]},
-        {"name": "passing", "kind": "cross", "line": "middle", "direction": "in"},
-    ],
-}
 OUTPUTS = ("webhook", "mqtt", "kafka")
 
 
@@ -74,9 +66,7 @@ def test_every_output_gets_its_messages_and_a_dead_one_costs_only_itself(tiny_mo
         with service.client() as client:
             assert _wait(lambda: _outputs(client)["kafka"]["state"] == "ok", timeout=10), _outputs(client)
             assert _wait(lambda: _outputs(client)["mqtt"]["state"] == "ok", timeout=5), _outputs(client)
-            body = client.post("/api/v1/video/start", json={"stream_url": rtsp_url, "camera": "cam1", "zones": ZONES})
-            assert body.status_code == 200, body.text
-            session_id = body.json()["session_id"]
+            session_id = start_session(client, rtsp_url, camera="cam1", zones=WALK_ZONES)["session_id"]
 
             # when people walk by, then each destination gets events and alerts, Kafka every frame too
             def webhook_kinds() -> set[str]:
