@@ -1,15 +1,18 @@
-"""Real servers the tests start, kill and start again: mosquitto, tansu (Kafka) and a signed-webhook
-receiver; with the clients that read what reached them."""
+"""Real servers the tests start, kill and start again: mosquitto, tansu (Kafka), a signed-webhook
+receiver and the service as its own process; with the clients that read what reached them."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import importlib.util
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from support import wait_until
+from support import ROOT, free_port, wait_until
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 needs_mosquitto = pytest.mark.skipif(
@@ -236,3 +239,25 @@ class WebhookReceiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@functools.cache
+def soak_native():
+    """scripts/soak_native.py as a module: the relay camera, pusher, load and verdict of the soaks."""
+    spec = importlib.util.spec_from_file_location("soak_native", ROOT / "scripts" / "soak_native.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["soak_native"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def service_process(model: Path, folder: Path, **env: str):
+    """The service as its own process (`python -m rtdetr_service`, as `make serve` runs it), ready
+    on a free port: the soaks' ServiceProcess, its log in folder/service.log, `env` on top."""
+    service = soak_native().ServiceProcess(model, folder, free_port(), env)
+    try:
+        service.start()
+    except BaseException:
+        service.stop()
+        raise
+    return service

@@ -7,16 +7,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
+from servers import service_process
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from support import ROOT, free_port, start_session
+from support import start_session
 from support import wait_until as _wait_for
 
 
@@ -52,35 +51,16 @@ def test_last_error_is_cleared_once_the_stream_is_back(live_service, own_camera,
         assert back["last_error"] is None
 
 
-def test_sigterm_tells_viewers_why_before_closing(tiny_model_dir, rtsp_url):
-    port = free_port()
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(ROOT / "rt-detr-service"),
-        API_KEYS="sigterm-test-key",
-        PORT=str(port),
-        MODEL=str(tiny_model_dir),
-        DEVICE="cpu",
-        INPUT_SIZE="320",
-        CPU_THREADS="1",
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rtdetr_service"],
-        cwd=ROOT / "rt-detr-service",
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
+def test_sigterm_tells_viewers_why_before_closing(tiny_model_dir, rtsp_url, tmp_path):
+    # given the service as its own process, and a viewer of one of its sessions
+    service = service_process(tiny_model_dir, tmp_path)
     try:
-        assert _wait_for(lambda: _ready(base), 60, 0.2)
-        headers = {"apikey": "sigterm-test-key"}
-        body = httpx.post(f"{base}/api/v1/video/start", json={"stream_url": rtsp_url}, headers=headers, timeout=30)
-        path = body.json()["websocket_path"]
-        with connect(f"ws://127.0.0.1:{port}{path}", open_timeout=10) as ws:
+        with httpx.Client(base_url=service.base_url, headers={"apikey": service.api_key}, timeout=30) as client:
+            path = start_session(client, rtsp_url)["websocket_path"]
+        with connect(f"ws://127.0.0.1:{service.port}{path}", open_timeout=10) as ws:
             assert json.loads(ws.recv(timeout=10))["type"] == "stream_info"
             # when the service gets SIGTERM
-            proc.send_signal(signal.SIGTERM)
+            service.proc.send_signal(signal.SIGTERM)
             # then the viewer reads `session_stopped`, then the close 1012 (service restart)
             kinds = []
             with pytest.raises(ConnectionClosed) as info:
@@ -90,15 +70,6 @@ def test_sigterm_tells_viewers_why_before_closing(tiny_model_dir, rtsp_url):
                         kinds.append(json.loads(message)["type"])
             assert info.value.rcvd is not None and info.value.rcvd.code == 1012
             assert kinds and kinds[-1] == "session_stopped", kinds
-        proc.wait(30)
+        service.proc.wait(30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def _ready(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/ready", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+        service.stop()
