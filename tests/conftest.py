@@ -1,22 +1,37 @@
-"""Shared fixtures: a real RTSP camera (gst-rtsp-server), a tiny real RT-DETRv2, a live service."""
+"""Shared fixtures: real RTSP cameras (gst-rtsp-server), a tiny real RT-DETRv2, a live service, hostile
+stream servers, and closing what a test opened."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import pytest
+from hostile_servers import FakeServer
 
-from support import RtspCamera, free_port, make_settings, run_service
+from support import make_settings, run_service, running_camera
 from tiny_model import build as build_tiny_model
 
 
 @pytest.fixture(scope="session")
 def rtsp_camera():
-    camera = RtspCamera(free_port())
-    camera.start()
-    yield camera
-    camera.stop()
+    with running_camera() as camera:
+        yield camera
+
+
+@pytest.fixture
+def own_camera():
+    """A camera for one test to freeze, stop and start again."""
+    with running_camera() as camera:
+        yield camera
+
+
+@pytest.fixture(scope="module")
+def snow_camera():
+    # Noise makes large JPEGs, which fill a non-reading client's socket buffers within a frame or two.
+    with running_camera(width=640, height=480, fps=15, pattern="snow") as camera:
+        yield camera
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +57,40 @@ def stop_sessions(live_service):
     yield
     for session in live_service.app.state.manager.list():
         live_service.app.state.manager.stop(session.id, "test cleanup")
+
+
+@pytest.fixture
+def closing():
+    """`closing(thing, *args)` hands thing back and calls `thing.close(*args)` when the test is over
+    (last first, each even when another fails)."""
+    with contextlib.ExitStack() as stack:
+
+        def close_later(thing, *close_args):
+            stack.callback(thing.close, *close_args)
+            return thing
+
+        yield close_later
+
+
+@pytest.fixture
+def start_sink(closing):
+    """`start_sink(sink)`: the sink, started, and closed (within 1 s) when the test is over."""
+
+    def start(sink):
+        sink.start()
+        return closing(sink, 1.0)
+
+    return start
+
+
+@pytest.fixture
+def fake_servers(closing):
+    """`fake_servers(behaviour, host)`: a hostile stream server (hostile_servers.py), closed at the end."""
+
+    def make(behaviour, host: str = "127.0.0.1") -> FakeServer:
+        return closing(FakeServer(behaviour, host))
+
+    return make
 
 
 def pytest_configure(config):

@@ -13,6 +13,16 @@ from rtdetr_service.core.coco import COCO_CLASSES
 from rtdetr_service.core.types import Detection, ModelInfo
 
 PERSON = COCO_CLASSES.index("person")
+# What the walkers cross: the right half as a zone, a line down the middle drawn bottom to top
+# (walking left to right crosses it "in"), and a rule on each.
+WALK_ZONES = {
+    "zones": [{"name": "right", "points": [[0.5, 0.0], [1.0, 0.0], [1.0, 1.0], [0.5, 1.0]]}],
+    "lines": [{"name": "middle", "a": [0.5, 1.0], "b": [0.5, 0.0]}],
+    "rules": [
+        {"name": "someone-right", "kind": "enter", "zone": "right", "classes": ["person"]},
+        {"name": "passing", "kind": "cross", "line": "middle", "direction": "in"},
+    ],
+}
 
 
 class WalkingPeople:

@@ -1,20 +1,26 @@
-"""Test helpers: the GStreamer RTSP test camera, settings for tests, the service under a real uvicorn."""
+"""Test helpers: the GStreamer RTSP test camera, settings for tests, the service under a real uvicorn,
+waiting, starting sessions and viewing them."""
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import uvicorn
+from websockets.sync.client import connect
 
 from rtdetr_service.__main__ import server_config
 from rtdetr_service.web.app import create_app
@@ -53,6 +59,23 @@ def frame_results(ws, count: int, seconds: float = 60.0, recv_timeout: float = 1
         if message["type"] == "frame_result":
             frames.append(message)
     return frames
+
+
+def start_session(client: httpx.Client, stream_url: str, **options) -> dict:
+    """POST /api/v1/video/start with `options`; the answer's body (the test fails unless it is 200)."""
+    response = client.post("/api/v1/video/start", json={"stream_url": stream_url, **options})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def never_reading_viewer(url: str):
+    """A WebSocket viewer that completes the upgrade and never reads, with a tiny receive buffer so
+    that the server's sends block."""
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    return connect(url, sock=sock, max_queue=1, open_timeout=10)
 
 
 class RtspCamera:
@@ -96,6 +119,8 @@ class RtspCamera:
 
     def stop(self) -> None:
         if self.proc is not None:
+            if self.proc.poll() is None:
+                os.kill(self.proc.pid, signal.SIGCONT)  # a camera a test froze (SIGSTOP) must hear SIGTERM
             self.proc.terminate()
             try:
                 self.proc.wait(5)
@@ -104,6 +129,17 @@ class RtspCamera:
                 self.proc.wait()
             self.proc.stdout.close()
             self.proc = None
+
+
+@contextlib.contextmanager
+def running_camera(**options) -> Iterator[RtspCamera]:
+    """A test camera (RtspCamera options) on a free port, started; stopped at the end, frozen or not."""
+    camera = RtspCamera(free_port(), **options)
+    camera.start()
+    try:
+        yield camera
+    finally:
+        camera.stop()
 
 
 def scratch_dir(prefix: str) -> Path:

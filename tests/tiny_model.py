@@ -22,22 +22,29 @@ from rtdetr_service.inference.random_weights import (
 ARCHITECTURES = ("rt_detr_v2", "d_fine", "deimv2", "rf_detr", "lw_detr")
 
 
+# The hybrid encoder and decoder of the RT-DETR family at a fraction of RT-DETRv2-S's width and
+# depth; encoder_in_channels follow each backbone.
+_HYBRID_HEAD = dict(
+    encoder_hidden_dim=32,
+    encoder_ffn_dim=64,
+    encoder_attention_heads=2,
+    d_model=32,
+    decoder_in_channels=[32, 32, 32],
+    decoder_ffn_dim=64,
+    decoder_attention_heads=2,
+    decoder_layers=2,
+    num_queries=50,
+    num_denoising=0,
+    hidden_expansion=0.5,
+)
+
+
 def tiny_config():
     """RT-DETRv2 at a fraction of RT-DETRv2-S's width and depth: every layer type, CPU-fast."""
     return coco_rtdetr_v2_config(
         dict(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1]),
         encoder_in_channels=[32, 64, 128],
-        encoder_hidden_dim=32,
-        encoder_ffn_dim=64,
-        encoder_attention_heads=2,
-        d_model=32,
-        decoder_in_channels=[32, 32, 32],
-        decoder_ffn_dim=64,
-        decoder_attention_heads=2,
-        decoder_layers=2,
-        num_queries=50,
-        num_denoising=0,
-        hidden_expansion=0.5,
+        **_HYBRID_HEAD,
     )
 
 
@@ -63,21 +70,8 @@ def _hgnet():
     )
 
 
-_DETR_HEAD = dict(
-    encoder_in_channels=[64, 128, 128],
-    encoder_hidden_dim=32,
-    encoder_ffn_dim=64,
-    encoder_attention_heads=2,
-    d_model=32,
-    decoder_in_channels=[32, 32, 32],
-    decoder_ffn_dim=64,
-    decoder_attention_heads=2,
-    decoder_layers=2,
-    num_queries=50,
-    num_denoising=0,
-    hidden_expansion=0.5,
-    lqe_hidden_dim=16,
-)
+# D-FINE / DEIMv2: the hybrid head on the HGNetV2's stages, with their localization-quality estimator.
+_DETR_HEAD = dict(_HYBRID_HEAD, encoder_in_channels=[64, 128, 128], lqe_hidden_dim=16)
 # Windowed ViT backbones: 16-pixel patches, 2 windows per side, so any multiple of 32 fits.
 _VIT = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, patch_size=16, image_size=320)
 _VIT_HEAD = dict(

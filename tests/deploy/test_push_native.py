@@ -15,18 +15,12 @@ from pathlib import Path
 
 import pytest
 
-SYSTEM_PYTHON = "/usr/bin/python3"
+from support import SYSTEM_PYTHON, free_port
 
 pytestmark = [
     pytest.mark.skipif(not shutil.which("ffmpeg") or not shutil.which("ffprobe"), reason="needs ffmpeg"),
     pytest.mark.skipif(not Path(SYSTEM_PYTHON).exists(), reason="the relay runs on Debian's python3"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _probe(url: str, timeout: float = 30.0) -> dict:
@@ -56,7 +50,7 @@ def _listening(port: int) -> bool:
 
 def test_push_brings_up_the_native_relay_and_readers_get_the_pushed_h264(repo, tmp_path):
     # given a free local port and the compose-style publish URL (the relay ignores credentials)
-    port = _free_port()
+    port = free_port()
     url = f"rtsp://publisher:demo-publish@127.0.0.1:{port}/camera"
     env = {**os.environ, "URL": url, "GEN_SIZE": "320x240", "GEN_FPS": "15", "GEN_SECONDS": "4"}
     env["CACHE_DIR"] = str(tmp_path)
@@ -93,7 +87,7 @@ def test_push_brings_up_the_native_relay_and_readers_get_the_pushed_h264(repo, t
 
 def test_relay_answers_404_until_someone_publishes(repo):
     # given the relay camera with no publisher
-    port = _free_port()
+    port = free_port()
     relay = subprocess.Popen(
         [SYSTEM_PYTHON, str(repo / "scripts" / "test_camera.py"), "--relay", "--port", str(port)],
         stdout=subprocess.PIPE,
@@ -126,7 +120,7 @@ def test_push_rejects_an_unknown_relay_mode(repo):
 
 def test_a_second_publisher_takes_over_and_readers_get_one_stream(repo, tmp_path):
     # given the relay with one ffmpeg publishing, and a reader
-    port = _free_port()
+    port = free_port()
     url = f"rtsp://127.0.0.1:{port}/camera"
     clip = tmp_path / "clip.mp4"
     subprocess.run(

@@ -8,7 +8,6 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -24,14 +23,10 @@ from rtdetr_service.analytics.events import EventLifecycle
 from rtdetr_service.core.types import Detection, Frame
 from rtdetr_service.outputs.store.event_store import EventStore, InvalidCursor, encode_cursor, metadata
 
+from support import free_port
+
 NOW = 1_780_000_000.0  # the stores' clock in these tests
 DAY = 86400.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float = 5.0, what: str = "condition"):
@@ -66,7 +61,7 @@ def postgres_server():
     if os.geteuid() == 0:  # the server refuses to run as root
         shutil.chown(root, "postgres", "postgres")
         as_postgres = ["runuser", "-u", "postgres", "--"]
-    data, logfile, port = root / "data", root / "server.log", _free_port()
+    data, logfile, port = root / "data", root / "server.log", free_port()
 
     def run(*args: str, timeout: float = 60) -> None:
         done = subprocess.run([*as_postgres, *args], capture_output=True, text=True, timeout=timeout)
@@ -502,7 +497,7 @@ def test_a_password_in_the_url_never_shows(postgres_server, tmp_path, caplog):
     finally:
         store.stop()
 
-    closed = f"postgresql+psycopg://postgres:s3cret-pw@127.0.0.1:{_free_port()}/events"
+    closed = f"postgresql+psycopg://postgres:s3cret-pw@127.0.0.1:{free_port()}/events"
     with pytest.raises(RuntimeError, match="cannot open the event store") as failed:
         EventStore(closed, tmp_path / "other")
     assert "s3cret-pw" not in str(failed.value)

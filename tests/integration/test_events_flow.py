@@ -11,21 +11,11 @@ import time
 import cv2
 import numpy as np
 import pytest
-from scripted_detector import WalkingPeople
+from scripted_detector import WALK_ZONES, WalkingPeople
 from websockets.sync.client import connect
 
-from support import make_settings, run_service
+from support import make_settings, run_service, start_session
 from support import wait_until as _wait
-
-ZONES = {
-    "zones": [{"name": "right", "points": [[0.5, 0.0], [1.0, 0.0], [1.0, 1.0], [0.5, 1.0]]}],
-    # Drawn bottom to top: walking left to right crosses it "in".
-    "lines": [{"name": "middle", "a": [0.5, 1.0], "b": [0.5, 0.0]}],
-    "rules": [
-        {"name": "someone-right", "kind": "enter", "zone": "right", "classes": ["person"]},
-        {"name": "passing", "kind": "cross", "line": "middle", "direction": "in"},
-    ],
-}
 
 
 @pytest.fixture
@@ -40,12 +30,6 @@ def _service(settings, detector=None):
     return run_service(settings, detector_factory=lambda _settings: detector)
 
 
-def _start(client, rtsp_url, **extra) -> dict:
-    response = client.post("/api/v1/video/start", json={"stream_url": rtsp_url, "camera": "cam1", **extra})
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
 def _ended_event(client, session_id: str):
     events = client.get("/api/v1/events", params={"session_id": session_id}).json()["events"]
     return next((e for e in events if not e["active"] and e["has_snapshot"] and "right" in e["zones"]), None)
@@ -56,7 +40,7 @@ def test_a_walk_is_tracked_fires_each_rule_once_and_is_kept_as_an_event_with_a_s
     service = _service(events_settings)
     try:
         with service.client() as client:
-            body = _start(client, rtsp_url, zones=ZONES, alert=None)
+            body = start_session(client, rtsp_url, camera="cam1", zones=WALK_ZONES, alert=None)
             session_id = body["session_id"]
             alerts, track_ids = [], set()
             # when a viewer watches for two walks (10 s)
@@ -133,7 +117,7 @@ def test_a_stalled_event_store_drops_and_says_so_but_inference_keeps_its_rate(ti
     service = _service(settings, WalkingPeople(rows=6, walk_s=4.0, period_s=4.5))
     try:
         with service.client() as client:
-            session_id = _start(client, rtsp_url)["session_id"]
+            session_id = start_session(client, rtsp_url, camera="cam1")["session_id"]
             assert _wait(lambda: client.get("/api/v1/events").json()["events"], timeout=15)
             healthy = _inferred_in(client, session_id, 4.0)
             # when another process holds the database's write lock (a stalled disk, as the store sees it)

@@ -7,39 +7,22 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
+from servers import service_process
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from support import ROOT, RtspCamera, free_port
+from support import start_session
 from support import wait_until as _wait_for
-
-
-@pytest.fixture
-def own_camera():
-    camera = RtspCamera(free_port())
-    camera.start()
-    yield camera
-    if camera.proc is not None and camera.proc.poll() is None:
-        os.kill(camera.proc.pid, signal.SIGCONT)
-    camera.stop()
-
-
-def _start(client, url: str) -> str:
-    response = client.post("/api/v1/video/start", json={"stream_url": url})
-    assert response.status_code == 200, response.text
-    return response.json()["session_id"]
 
 
 def test_a_frozen_camera_leaves_running_within_the_read_timeout(live_service, own_camera, stop_sessions):
     read_timeout = live_service.app.state.settings.read_timeout_s
     with live_service.client() as client:
-        session_id = _start(client, own_camera.url)
+        session_id = start_session(client, own_camera.url)["session_id"]
         session = live_service.app.state.manager.get(session_id)
         assert _wait_for(lambda: session.frames_decoded > 10, 20)
         # when the camera process freezes (its sockets stay open, nothing more comes)
@@ -54,7 +37,7 @@ def test_a_frozen_camera_leaves_running_within_the_read_timeout(live_service, ow
 
 def test_last_error_is_cleared_once_the_stream_is_back(live_service, own_camera, stop_sessions):
     with live_service.client() as client:
-        session_id = _start(client, own_camera.url)
+        session_id = start_session(client, own_camera.url)["session_id"]
 
         def status():
             return client.get(f"/api/v1/video/status/{session_id}").json()
@@ -68,35 +51,16 @@ def test_last_error_is_cleared_once_the_stream_is_back(live_service, own_camera,
         assert back["last_error"] is None
 
 
-def test_sigterm_tells_viewers_why_before_closing(tiny_model_dir, rtsp_url):
-    port = free_port()
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(ROOT / "rt-detr-service"),
-        API_KEYS="sigterm-test-key",
-        PORT=str(port),
-        MODEL=str(tiny_model_dir),
-        DEVICE="cpu",
-        INPUT_SIZE="320",
-        CPU_THREADS="1",
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rtdetr_service"],
-        cwd=ROOT / "rt-detr-service",
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
+def test_sigterm_tells_viewers_why_before_closing(tiny_model_dir, rtsp_url, tmp_path):
+    # given the service as its own process, and a viewer of one of its sessions
+    service = service_process(tiny_model_dir, tmp_path)
     try:
-        assert _wait_for(lambda: _ready(base), 60, 0.2)
-        headers = {"apikey": "sigterm-test-key"}
-        body = httpx.post(f"{base}/api/v1/video/start", json={"stream_url": rtsp_url}, headers=headers, timeout=30)
-        path = body.json()["websocket_path"]
-        with connect(f"ws://127.0.0.1:{port}{path}", open_timeout=10) as ws:
+        with httpx.Client(base_url=service.base_url, headers={"apikey": service.api_key}, timeout=30) as client:
+            path = start_session(client, rtsp_url)["websocket_path"]
+        with connect(f"ws://127.0.0.1:{service.port}{path}", open_timeout=10) as ws:
             assert json.loads(ws.recv(timeout=10))["type"] == "stream_info"
             # when the service gets SIGTERM
-            proc.send_signal(signal.SIGTERM)
+            service.proc.send_signal(signal.SIGTERM)
             # then the viewer reads `session_stopped`, then the close 1012 (service restart)
             kinds = []
             with pytest.raises(ConnectionClosed) as info:
@@ -106,15 +70,6 @@ def test_sigterm_tells_viewers_why_before_closing(tiny_model_dir, rtsp_url):
                         kinds.append(json.loads(message)["type"])
             assert info.value.rcvd is not None and info.value.rcvd.code == 1012
             assert kinds and kinds[-1] == "session_stopped", kinds
-        proc.wait(30)
+        service.proc.wait(30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def _ready(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/ready", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+        service.stop()

@@ -5,12 +5,14 @@ told from refusals, and the destination policy holds (on redirects too)."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
 
 import httpx
 import pytest
-from hostile_servers import FakeServer, delayed_proxy, garbage, header_flood, redirect_to, silent, trickle
+from hostile_servers import delayed_proxy, garbage, header_flood, redirect_to, silent, trickle
 
 from rtdetr_service.ingest.urls import DENIED_WORDS
 
@@ -18,19 +20,6 @@ from support import make_settings, run_service
 from support import wait_until as _wait_for
 
 START = "/api/v1/video/start"
-
-
-@pytest.fixture
-def servers():
-    made = []
-
-    def make(behaviour, host="127.0.0.1"):
-        made.append(FakeServer(behaviour, host))
-        return made[-1]
-
-    yield make
-    for server in made:
-        server.close()
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +44,9 @@ def _cleanup(service):
         manager.stop(session.id, "test cleanup")
 
 
-def test_a_start_whose_caller_went_away_leaves_no_session(service, servers, rtsp_camera):
+def test_a_start_whose_caller_went_away_leaves_no_session(service, fake_servers, rtsp_camera):
     # given a camera that answers after 2.5 s
-    slow = servers(delayed_proxy(rtsp_camera.port, 2.5))
+    slow = fake_servers(delayed_proxy(rtsp_camera.port, 2.5))
     manager = service.app.state.manager
     # when the caller gives up after 1 s (curl -m 1)
     with pytest.raises(httpx.ReadTimeout):
@@ -72,13 +61,13 @@ def test_a_start_whose_caller_went_away_leaves_no_session(service, servers, rtsp
         assert client.get("/api/v1/video/sessions").json()["sessions"] == []
 
 
-def test_stop_answers_promptly_while_many_streams_are_opening(service, servers, rtsp_url):
+def test_stop_answers_promptly_while_many_streams_are_opening(service, fake_servers, rtsp_url):
     manager = service.app.state.manager
     try:
         with service.client() as client:
             running = client.post(START, json={"stream_url": rtsp_url}).json()["session_id"]
         # given 12 starts in flight against a camera that trickles bytes
-        trickler = servers(trickle)
+        trickler = fake_servers(trickle)
         answers: list[int] = []
 
         def start() -> None:
@@ -102,10 +91,10 @@ def test_stop_answers_promptly_while_many_streams_are_opening(service, servers, 
         _cleanup(service)
 
 
-def test_too_many_opens_at_once_are_refused_in_words(tiny_model_dir, servers):
+def test_too_many_opens_at_once_are_refused_in_words(tiny_model_dir, fake_servers):
     service = run_service(make_settings(tiny_model_dir, open_timeout_s=2.0, max_opens=2))
     try:
-        silent_camera = servers(silent)
+        silent_camera = fake_servers(silent)
         answers: list[httpx.Response] = []
 
         def start() -> None:
@@ -137,30 +126,20 @@ def test_too_many_opens_at_once_are_refused_in_words(tiny_model_dir, servers):
     ],
     ids=["silent", "trickle", "header-flood", "garbage"],
 )
-def test_timeouts_are_told_from_bad_answers(service, servers, behaviour, status, code):
+def test_timeouts_are_told_from_bad_answers(service, fake_servers, behaviour, status, code):
     with service.client() as client:
-        response = client.post(START, json={"stream_url": servers(behaviour).url})
+        response = client.post(START, json={"stream_url": fake_servers(behaviour).url})
     assert (response.status_code, response.json()["error"]) == (status, code), response.text
     if status == 504:
         assert "did not complete its answer within OPEN_TIMEOUT_S=3" in response.json()["detail"]
 
 
-def test_a_frozen_camera_at_start_is_a_timeout(service, rtsp_camera):
-    import os
-    import signal
-
-    from support import RtspCamera, free_port
-
-    camera = RtspCamera(free_port())
-    camera.start()
-    try:
-        os.kill(camera.proc.pid, signal.SIGSTOP)
-        with service.client() as client:
-            response = client.post(START, json={"stream_url": camera.url})
-        assert response.status_code == 504 and response.json()["error"] == "stream_timeout", response.text
-    finally:
-        os.kill(camera.proc.pid, signal.SIGCONT)
-        camera.stop()
+def test_a_frozen_camera_at_start_is_a_timeout(service, own_camera):
+    # given a camera frozen before anyone connects (its kernel still accepts connections)
+    os.kill(own_camera.proc.pid, signal.SIGSTOP)
+    with service.client() as client:
+        response = client.post(START, json={"stream_url": own_camera.url})
+    assert response.status_code == 504 and response.json()["error"] == "stream_timeout", response.text
 
 
 @pytest.mark.parametrize(
@@ -183,9 +162,9 @@ def test_denied_destinations_get_one_answer_whatever_the_port(service, url):
     assert time.monotonic() - started < 1.0  # nothing was connected to, so nothing timed out
 
 
-def test_a_redirect_to_a_denied_destination_is_refused(service, servers):
-    target = servers(silent, host="127.0.0.2")
-    camera = servers(redirect_to(target.url))
+def test_a_redirect_to_a_denied_destination_is_refused(service, fake_servers):
+    target = fake_servers(silent, host="127.0.0.2")
+    camera = fake_servers(redirect_to(target.url))
     with service.client() as client:
         response = client.post(START, json={"stream_url": camera.url})
     assert response.status_code == 403 and response.json()["detail"] == DENIED_WORDS

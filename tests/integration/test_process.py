@@ -4,75 +4,43 @@ gets SIGTERM, then it stops the session cleanly, exits, and its log holds no sec
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import httpx
+from servers import service_process
 from websockets.sync.client import connect
 
-from support import ROOT, free_port
-
-SECRET_KEY = "process-test-key-7f3a9c"
+from support import start_session
 
 
-def test_sigterm_stops_sessions_and_logs_no_secrets(tiny_model_dir, rtsp_url):
-    port = free_port()
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(ROOT / "rt-detr-service"),
-        API_KEYS=SECRET_KEY,
-        PORT=str(port),
-        MODEL=str(tiny_model_dir),
-        DEVICE="cpu",
-        INPUT_SIZE="320",
-        CPU_THREADS="1",
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rtdetr_service"],
-        cwd=ROOT / "rt-detr-service",
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+def test_sigterm_stops_sessions_and_logs_no_secrets(tiny_model_dir, rtsp_url, tmp_path):
+    # given the service as its own process, logging at INFO, with a viewer of a session on a camera with a password
+    service = service_process(tiny_model_dir, tmp_path, LOG_LEVEL="info")
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        headers = {"apikey": SECRET_KEY}
+        headers = {"apikey": service.api_key}
         user_url = rtsp_url.replace("rtsp://", "rtsp://admin:camera-pass-123@")
-        body = httpx.post(
-            f"{base}/api/v1/video/start", json={"stream_url": user_url}, headers=headers, timeout=30
-        ).json()
+        with httpx.Client(base_url=service.base_url, headers=headers, timeout=30) as client:
+            body = start_session(client, user_url)
         token = body["viewer_token"]
-        with connect(f"ws://127.0.0.1:{port}{body['websocket_path']}", open_timeout=10) as ws:
+        with connect(f"ws://127.0.0.1:{service.port}{body['websocket_path']}", open_timeout=10) as ws:
             assert json.loads(ws.recv(timeout=10))["type"] == "stream_info"
             ws.recv(timeout=10)
-        status = httpx.get(f"{base}/api/v1/video/status/{body['session_id']}", headers=headers).json()
+        status = httpx.get(f"{service.base_url}/api/v1/video/status/{body['session_id']}", headers=headers).json()
         assert "camera-pass-123" not in json.dumps(status)
         assert status["stream_url"].startswith("rtsp://***@")
 
         # when
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=20)
+        service.proc.send_signal(signal.SIGTERM)
+        service.proc.wait(20)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        service.stop()
+    output = (tmp_path / "service.log").read_text()
 
     # then
     # uvicorn re-raises the signal once shutdown is complete, as a well-behaved daemon does
-    assert proc.returncode in (0, -signal.SIGTERM), output
+    assert service.proc.returncode in (0, -signal.SIGTERM), output
     assert "1 session(s) stopped" in output and "Application shutdown complete" in output
     assert "RANDOM-WEIGHT" in output or "NOT trained" in output
-    for secret in (SECRET_KEY, token, "camera-pass-123"):
+    for secret in (service.api_key, token, "camera-pass-123"):
         assert secret not in output, f"secret leaked into the log:\n{output}"
     assert "token=***" in output  # the viewer's access line is there, masked

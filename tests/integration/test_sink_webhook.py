@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import gc
-import hashlib
-import hmac
 import json
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import numpy as np
 import pytest
+from feeds import T0, blank_frame, handle_durations
+from servers import WebhookReceiver
 
 from rtdetr_service.analytics.events import EventLifecycle
 from rtdetr_service.core.results import Alert, Published, SessionView
-from rtdetr_service.core.types import Detection, Frame, FrameResult
+from rtdetr_service.core.types import Detection, FrameResult
 from rtdetr_service.outputs.settings import WebhookSettings
 from rtdetr_service.outputs.webhook import WebhookSink
 
@@ -24,98 +20,25 @@ from support import free_port, wait_until
 
 SECRET = "shared-webhook-secret"
 TOKEN = "path-token-9f2c"  # a secret in the URL path: it must never be logged
-T0 = 1_700_000_000.0
 VIEW = SessionView("session-1", "gate", enable_drawing=False, jpeg_quality=75)
 
 
-class Receiver:
-    """A real HTTP endpoint that checks each signature and answers from a script of statuses."""
+@pytest.fixture
+def receivers(closing):
+    def make(statuses=(), **kwargs) -> WebhookReceiver:
+        return closing(WebhookReceiver(SECRET, statuses, path=f"/hook/{TOKEN}", **kwargs))
 
-    def __init__(self, statuses=(), *, location: str | None = None, tolerance_s: float = 300.0) -> None:
-        self.statuses = list(statuses)  # answered in order; then 200
-        self.location = location
-        self.tolerance_s = tolerance_s
-        self.requests: list[dict] = []
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                with receiver.lock:
-                    receiver.requests.append(
-                        {
-                            "path": self.path,
-                            "body": body,
-                            "verified": receiver.verify(self.headers.get("X-Rtdetr-Signature", ""), body),
-                            "delivery": self.headers.get("X-Rtdetr-Delivery"),
-                        }
-                    )
-                    status = receiver.statuses.pop(0) if receiver.statuses else 200
-                self.send_response(status)
-                if receiver.location:
-                    self.send_header("Location", receiver.location)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook/{TOKEN}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def verify(self, header: str, body: bytes) -> bool:
-        """What a receiver does: recompute the HMAC, compare in constant time, refuse stale ones."""
-        fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
-        if "t" not in fields or "v1" not in fields:
-            return False
-        expected = hmac.new(SECRET.encode(), f"{fields['t']}.".encode() + body, hashlib.sha256).hexdigest()
-        fresh = abs(time.time() - int(fields["t"])) <= self.tolerance_s
-        return fresh and hmac.compare_digest(expected, fields["v1"])
-
-    def received(self) -> list[dict]:
-        with self.lock:
-            return list(self.requests)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    return make
 
 
 @pytest.fixture
-def receivers():
-    made: list[Receiver] = []
-
-    def make(*args, **kwargs) -> Receiver:
-        made.append(Receiver(*args, **kwargs))
-        return made[-1]
-
-    yield make
-    for receiver in made:
-        receiver.close()
-
-
-@pytest.fixture
-def sinks():
-    made: list[WebhookSink] = []
-
+def sinks(start_sink):
     def make(urls, *, backoff_s: float = 0.05, backoff_max_s: float = 0.2, **values) -> WebhookSink:
         values.setdefault("timeout_s", 2.0)
         settings = WebhookSettings(urls=urls, secret=SECRET, **values)
-        sink = WebhookSink(settings, backoff_s=backoff_s, backoff_max_s=backoff_max_s)
-        sink.start()
-        made.append(sink)
-        return sink
+        return start_sink(WebhookSink(settings, backoff_s=backoff_s, backoff_max_s=backoff_max_s))
 
-    yield make
-    for sink in made:
-        sink.close(1.0)
-
-
-def frame(t: float, index: int = 0) -> Frame:
-    return Frame(np.zeros((48, 64, 3), np.uint8), index, T0 + t, t)
+    return make
 
 
 def person(track: int, confidence: float = 0.6) -> Detection:
@@ -125,7 +48,7 @@ def person(track: int, confidence: float = 0.6) -> Detection:
 def event_steps() -> tuple[Published, Published]:
     """A real life: a person appears (new), then is gone past end_after_s (end)."""
     events = EventLifecycle("session-1", "gate", end_after_s=1.0)
-    f = frame(0.0)
+    f = blank_frame(0.0)
     tracked = (person(7),)
     new = events.update(f, list(tracked))
     end = events.tick(T0 + 2.0)
@@ -243,15 +166,7 @@ def test_a_dead_receiver_costs_drops_not_publisher_time(receivers, sinks):
     sink = sinks([dead_url, alive.url], queue_size=4, max_retries=3)
     item = event_steps()[1]
 
-    durations = []
-    gc.disable()  # a collector pause is not the sink's time
-    try:
-        for _ in range(200):
-            started = time.perf_counter()
-            sink.handle(item)
-            durations.append(time.perf_counter() - started)
-    finally:
-        gc.enable()
+    durations = handle_durations(sink, [item] * 200)
 
     assert max(durations) < 0.010
     dead, live = sink.stats().detail["destinations"]

@@ -31,25 +31,15 @@ GET /api/v1/video/status/{id}; frames and latency the viewers saw):
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import shutil
-import sys
 
 import pytest
+from servers import service_process, soak_native
 
 from support import ROOT
 
 pytestmark = pytest.mark.skipif(not shutil.which("ffmpeg"), reason="the soak publisher is ffmpeg")
-
-
-def _soak_module():
-    """scripts/soak_native.py, the same load the 1-hour soak runs."""
-    spec = importlib.util.spec_from_file_location("soak_native", ROOT / "scripts" / "soak_native.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["soak_native"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def _mean(rows: list[dict], key: str) -> float:
@@ -58,7 +48,7 @@ def _mean(rows: list[dict], key: str) -> float:
 
 
 def test_short_soak_memory_threads_fds_flat_and_a_stalled_viewer_harms_nobody(tiny_model_dir, tmp_path):
-    soak = _soak_module()
+    soak = soak_native()  # the same load the 1-hour soak runs
     out = ROOT / "test-artifacts" / "soak-short"
     shutil.rmtree(out, ignore_errors=True)
     # given the user's publisher pushing to the native relay, and the service reading it twice
@@ -70,8 +60,7 @@ def test_short_soak_memory_threads_fds_flat_and_a_stalled_viewer_harms_nobody(ti
         pusher = soak.Pusher(clip, camera.url, tmp_path / "push.log")
         pusher.start()
         parts.callback(pusher.stop)
-        service = soak.ServiceProcess(tiny_model_dir, tmp_path, soak.free_port(), {"MAX_SESSIONS": "4"})
-        service.start()
+        service = service_process(tiny_model_dir, tmp_path, MAX_SESSIONS="4")
         parts.callback(service.stop)
         workload = soak.Workload(
             service.base_url, service.api_key, camera.url, out, pid=service.proc.pid, sessions=2, viewers=4,
@@ -140,10 +129,10 @@ def _rows(rss_per_min: float = 0.0, threads_after: int = 30, fds_after: int = 40
 )
 def test_the_soak_verdict_fails_on_growth(rows, reason):
     # given samples that show a leak, when judged, then the soak fails and says which
-    failures, _ = _soak_module().judge(rows, _soak_module().Bounds(rss_slope_mb_per_min=8.0), sessions=0)
+    failures, _ = soak_native().judge(rows, soak_native().Bounds(rss_slope_mb_per_min=8.0), sessions=0)
     assert any(reason in f for f in failures), failures
 
 
 def test_the_soak_verdict_passes_flat_samples():
-    failures, figures = _soak_module().judge(_rows(), _soak_module().Bounds(rss_slope_mb_per_min=8.0), sessions=0)
+    failures, figures = soak_native().judge(_rows(), soak_native().Bounds(rss_slope_mb_per_min=8.0), sessions=0)
     assert failures == [] and figures["rss_slope_second_half_mb_per_min"] == 0.0

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from hostile_servers import FakeServer, garbage, header_flood, redirect_to, silent, trickle
+from hostile_servers import garbage, header_flood, redirect_to, silent, trickle
 
 from rtdetr_service.ingest.reader import StreamReader
 from rtdetr_service.ingest.urls import DENIED_WORDS, DestinationPolicy, StreamError, StreamErrorKind
@@ -28,19 +28,6 @@ def _reader(url: str, *, open_timeout: float = 2.0, policy: DestinationPolicy | 
     )
 
 
-@pytest.fixture
-def server(request):
-    servers = []
-
-    def make(behaviour, host="127.0.0.1"):
-        servers.append(FakeServer(behaviour, host))
-        return servers[-1]
-
-    yield make
-    for s in servers:
-        s.close()
-
-
 def _open_error(reader: StreamReader) -> tuple[StreamError, float]:
     started = time.monotonic()
     with pytest.raises(StreamError) as info:
@@ -49,25 +36,25 @@ def _open_error(reader: StreamReader) -> tuple[StreamError, float]:
 
 
 @pytest.mark.parametrize("behaviour", [silent, trickle, header_flood], ids=["silent", "trickle", "header-flood"])
-def test_a_server_that_never_completes_its_answer_is_a_timeout(server, behaviour):
-    error, took = _open_error(_reader(server(behaviour).url, open_timeout=2.0))
+def test_a_server_that_never_completes_its_answer_is_a_timeout(fake_servers, behaviour):
+    error, took = _open_error(_reader(fake_servers(behaviour).url, open_timeout=2.0))
     assert error.kind == StreamErrorKind.TIMEOUT, error
     assert "Timed out after" in str(error) and "OPEN_TIMEOUT_S=2" in str(error)
     assert "Invalid data" not in str(error)
     assert took < 4.0
 
 
-def test_refusal_and_bad_data_are_not_timeouts(server):
+def test_refusal_and_bad_data_are_not_timeouts(fake_servers):
     error, took = _open_error(_reader("rtsp://127.0.0.1:1/camera"))
     assert error.kind == StreamErrorKind.UNAVAILABLE and "Connection refused" in str(error)
-    error, took = _open_error(_reader(server(garbage).url))
+    error, took = _open_error(_reader(fake_servers(garbage).url))
     assert error.kind == StreamErrorKind.UNAVAILABLE, error
     assert took < 1.5
 
 
-def test_stop_interrupts_an_open_at_once(server):
+def test_stop_interrupts_an_open_at_once(fake_servers):
     # given an open waiting on a silent camera, with a long open timeout
-    reader = _reader(server(silent).url, open_timeout=30.0)
+    reader = _reader(fake_servers(silent).url, open_timeout=30.0)
     threading.Timer(0.5, reader.stop).start()
     error, took = _open_error(reader)
     # then stop() ends it within moments, not after OPEN_TIMEOUT_S
@@ -94,8 +81,8 @@ def test_the_policy_checks_every_resolved_address():
     assert info.value.kind == StreamErrorKind.DENIED and str(info.value) == DENIED_WORDS
 
 
-def test_a_denied_destination_is_never_connected_to(server):
-    target = server(silent, host="127.0.0.2")
+def test_a_denied_destination_is_never_connected_to(fake_servers):
+    target = fake_servers(silent, host="127.0.0.2")
     policy = DestinationPolicy(denied=(ipaddress.ip_network("127.0.0.2/32"),))
     error, took = _open_error(_reader(target.url, policy=policy))
     assert error.kind == StreamErrorKind.DENIED and str(error) == DENIED_WORDS
@@ -104,10 +91,10 @@ def test_a_denied_destination_is_never_connected_to(server):
     assert target.connections == 0
 
 
-def test_a_redirect_to_a_denied_destination_is_not_followed(server):
+def test_a_redirect_to_a_denied_destination_is_not_followed(fake_servers):
     # given a camera on an allowed address that redirects to a denied one
-    target = server(silent, host="127.0.0.2")
-    camera = server(redirect_to(target.url))
+    target = fake_servers(silent, host="127.0.0.2")
+    camera = fake_servers(redirect_to(target.url))
     policy = DestinationPolicy(denied=(ipaddress.ip_network("127.0.0.2/32"),))
     error, took = _open_error(_reader(camera.url, policy=policy, open_timeout=5.0))
     # then the open fails with the policy's words, at once, and nothing was sent to the target
@@ -118,9 +105,9 @@ def test_a_redirect_to_a_denied_destination_is_not_followed(server):
     assert camera.connections == 1
 
 
-def test_a_redirect_to_an_allowed_destination_is_followed(server):
-    target = server(silent)
-    camera = server(redirect_to(target.url))
+def test_a_redirect_to_an_allowed_destination_is_followed(fake_servers):
+    target = fake_servers(silent)
+    camera = fake_servers(redirect_to(target.url))
     error, _ = _open_error(_reader(camera.url, policy=DestinationPolicy(), open_timeout=1.5))
     assert error.kind == StreamErrorKind.TIMEOUT  # it went there, and the target never answered
     assert target.received.startswith(b"OPTIONS") or target.received.startswith(b"DESCRIBE")

@@ -20,6 +20,8 @@ from rtdetr_service.sessions.session import Session, SessionError, SessionOption
 from rtdetr_service.web.errors import ERRORS
 from rtdetr_service.web.settings import Settings
 
+from support import wait_until
+
 MODEL = ModelInfo(name="fake", backend="fake", device="cpu", trained=True, class_names=("person",))
 
 
@@ -125,15 +127,6 @@ def _run(scenario):
     return outcome.get("value")
 
 
-def _wait_for(condition, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
-
-
 # -- the shared inference worker ------------------------------------------------------------
 
 
@@ -173,10 +166,10 @@ def test_a_frame_that_cannot_be_converted_costs_that_frame_only():
     try:
         client.frames.append(Frame(None, 1, time.time(), time.monotonic(), decoded=_Unconvertible()))
         worker.notify()
-        assert _wait_for(lambda: worker.errors == 1)
+        assert wait_until(lambda: worker.errors == 1, timeout=5)
         client.frames.append(_good(2))
         worker.notify()
-        assert _wait_for(lambda: client.delivered == [2])
+        assert wait_until(lambda: client.delivered == [2], timeout=5)
         assert worker.alive and "Frame 1" in worker.last_error
     finally:
         worker.stop()
@@ -194,7 +187,7 @@ def test_a_failing_batch_callback_does_not_stop_the_worker():
         for index in (1, 2):
             client.frames.append(_good(index))
             worker.notify()
-            assert _wait_for(lambda index=index: index in client.delivered)
+            assert wait_until(lambda index=index: index in client.delivered, timeout=5)
         assert worker.alive and worker.errors == 2
     finally:
         worker.stop()
@@ -230,7 +223,7 @@ def test_one_failed_encode_costs_one_frame_not_the_session(worker):
     session.open()
     session.start()
     try:
-        assert _wait_for(lambda: len(hub.frames) >= 5)
+        assert wait_until(lambda: len(hub.frames) >= 5, timeout=5)
         assert session.state == SessionState.RUNNING
         stats = session.snapshot().stats
         assert stats.publish_errors == 1 and "out of memory" in session.last_error
@@ -260,7 +253,7 @@ def test_stop_ends_both_threads_promptly(worker):
     session = _session(worker)
     session.open()
     session.start()
-    assert _wait_for(lambda: session.frames_published > 0)
+    assert wait_until(lambda: session.frames_published > 0, timeout=5)
     started = time.monotonic()
     assert session.stop(timeout=1.0)
     assert time.monotonic() - started < 1.0
@@ -326,7 +319,7 @@ def test_a_start_cancelled_while_opening_closes_the_connection():
         return manager
 
     manager = _run(scenario)
-    assert _wait_for(lambda: _SlowCamera.connections and _SlowCamera.connections[0].closed.is_set())
+    assert wait_until(lambda: _SlowCamera.connections and _SlowCamera.connections[0].closed.is_set(), timeout=5)
     assert manager.list() == []
 
 
@@ -391,7 +384,7 @@ def _watch(connect, until, timeout: float, **timings) -> list[str]:
     reader.open()
     reader.start()
     try:
-        assert _wait_for(lambda: until(states), timeout=timeout), states
+        assert wait_until(lambda: until(states), timeout=timeout), states
     finally:
         reader.stop(1.0)
     return states
