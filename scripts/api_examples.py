@@ -1,4 +1,4 @@
-"""Real examples for docs/api.md: run the service, take a scripted tour of its API, write what came back.
+"""Real examples for docs/api.md and docs/websocket.md: run the service, tour its API, write what came back.
 
 The service runs in this process the way the integration tests run it: a real uvicorn on a free
 port, the GStreamer RTSP test camera, and `tests/scripted_detector.WalkingPeople` in place of the
@@ -9,7 +9,7 @@ code.
     PYTHONPATH=rt-detr-service:tests .venv/bin/python scripts/api_examples.py --out /tmp/api-examples.json
 
 The output maps an example name to {"kind", "request", "status", "body"} (or, for WebSocket
-messages, the message as "body"); docs/api.md marks each response example with
+messages, the message as "body"); docs/api.md and docs/websocket.md mark each response example with
 `<!-- example: NAME -->`, and tests/integration/test_api_examples.py runs `tour()` and checks
 every such example against the real answer, key by key.
 """
@@ -347,7 +347,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
     from scripted_detector import WalkingPeople
-
     from support import RtspCamera, free_port, make_settings, run_service
     from tiny_model import build as build_tiny_model
 

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-from hostile_servers import FakeServer
 
+from hostile_servers import FakeServer
 from support import make_settings, run_service, running_camera
 from tiny_model import build as build_tiny_model
 

@@ -16,7 +16,6 @@ import re
 from pathlib import Path
 
 import pytest
-from scripted_detector import WalkingPeople
 
 from rtdetr_service.analytics.zones import ZoneConfig
 from rtdetr_service.core.coco import COCO_CLASSES
@@ -25,6 +24,7 @@ from rtdetr_service.web.app import create_app
 from rtdetr_service.web.errors import ERRORS
 from rtdetr_service.web.routes.video import StartRequest, StopRequest, ZonesIn
 
+from scripted_detector import WalkingPeople
 from support import make_settings, run_service
 
 ROOT = Path(__file__).resolve().parents[2]

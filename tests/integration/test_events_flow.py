@@ -11,9 +11,9 @@ import time
 import cv2
 import numpy as np
 import pytest
-from scripted_detector import WALK_ZONES, WalkingPeople
 from websockets.sync.client import connect
 
+from scripted_detector import WALK_ZONES, WalkingPeople
 from support import make_settings, run_service, start_session
 from support import wait_until as _wait
 

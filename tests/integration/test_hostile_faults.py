@@ -11,10 +11,10 @@ import time
 
 import httpx
 import pytest
-from servers import service_process
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from servers import service_process
 from support import start_session
 from support import wait_until as _wait_for
 

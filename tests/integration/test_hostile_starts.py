@@ -12,10 +12,10 @@ import time
 
 import httpx
 import pytest
-from hostile_servers import delayed_proxy, garbage, header_flood, redirect_to, silent, trickle
 
 from rtdetr_service.ingest.urls import DENIED_WORDS
 
+from hostile_servers import delayed_proxy, garbage, header_flood, redirect_to, silent, trickle
 from support import make_settings, run_service
 from support import wait_until as _wait_for
 

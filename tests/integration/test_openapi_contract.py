@@ -44,11 +44,11 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from scripted_detector import WalkingPeople
 
 from rtdetr_service.ingest.urls import StreamError, validate_stream_url
 from rtdetr_service.web.app import create_app
 
+from scripted_detector import WalkingPeople
 from support import API_KEY, make_settings, run_service
 
 pytestmark = pytest.mark.timeout(240)

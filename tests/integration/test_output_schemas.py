@@ -10,8 +10,6 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from feeds import T0, blank_frame
-from servers import Mosquitto, MqttSubscriber, Tansu, WebhookReceiver, consume, needs_mosquitto, skip_without_kafka
 
 from rtdetr_service.analytics.events import EventLifecycle
 from rtdetr_service.core.results import Alert, Published, SessionView
@@ -20,6 +18,8 @@ from rtdetr_service.outputs import messages
 from rtdetr_service.outputs.settings import KafkaSettings, MqttSettings, WebhookSettings
 from rtdetr_service.outputs.webhook import WebhookSink
 
+from feeds import T0, blank_frame
+from servers import Mosquitto, MqttSubscriber, Tansu, WebhookReceiver, consume, needs_mosquitto, skip_without_kafka
 from support import free_port, wait_until
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"

@@ -8,10 +8,10 @@ import json
 import re
 import time
 
-from scripted_detector import WALK_ZONES, WalkingPeople
-from servers import Mosquitto, MqttSubscriber, Tansu, WebhookReceiver, consume, needs_mosquitto, skip_without_kafka
 from test_output_schemas import check
 
+from scripted_detector import WALK_ZONES, WalkingPeople
+from servers import Mosquitto, MqttSubscriber, Tansu, WebhookReceiver, consume, needs_mosquitto, skip_without_kafka
 from support import free_port, make_settings, run_service, start_session
 from support import wait_until as _wait
 

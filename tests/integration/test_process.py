@@ -7,9 +7,9 @@ import json
 import signal
 
 import httpx
-from servers import service_process
 from websockets.sync.client import connect
 
+from servers import service_process
 from support import start_session
 
 

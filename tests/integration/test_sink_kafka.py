@@ -8,13 +8,13 @@ import logging
 import time
 
 import pytest
-from feeds import T0, CameraFeed, handle_durations
-from servers import Tansu, consume, skip_without_kafka
 
 from rtdetr_service.core.results import Alert, SessionView
 from rtdetr_service.core.types import Detection
 from rtdetr_service.web.settings import Settings
 
+from feeds import T0, CameraFeed, handle_durations
+from servers import Tansu, consume, skip_without_kafka
 from support import free_port, wait_until
 
 skip_without_kafka()

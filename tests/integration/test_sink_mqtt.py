@@ -10,14 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
-from feeds import T0, CameraFeed, handle_durations
-from servers import Mosquitto, MqttSubscriber, needs_mosquitto
 
 from rtdetr_service.core.results import Alert, SessionView
 from rtdetr_service.core.types import Detection
 from rtdetr_service.outputs.mqtt import MqttSink
 from rtdetr_service.outputs.settings import MqttSettings
 
+from feeds import T0, CameraFeed, handle_durations
+from servers import Mosquitto, MqttSubscriber, needs_mosquitto
 from support import free_port, wait_until
 
 PASSWORD = "mqtt-s3cret-pw"  # the broker allows anonymous clients, so any password is accepted

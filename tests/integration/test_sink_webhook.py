@@ -7,8 +7,6 @@ import socket
 import time
 
 import pytest
-from feeds import T0, blank_frame, handle_durations
-from servers import WebhookReceiver
 
 from rtdetr_service.analytics.events import EventLifecycle
 from rtdetr_service.core.results import Alert, Published, SessionView
@@ -16,6 +14,8 @@ from rtdetr_service.core.types import Detection, FrameResult
 from rtdetr_service.outputs.settings import WebhookSettings
 from rtdetr_service.outputs.webhook import WebhookSink
 
+from feeds import T0, blank_frame, handle_durations
+from servers import WebhookReceiver
 from support import free_port, wait_until
 
 SECRET = "shared-webhook-secret"

@@ -35,8 +35,8 @@ import json
 import shutil
 
 import pytest
-from servers import service_process, soak_native
 
+from servers import service_process, soak_native
 from support import ROOT
 
 pytestmark = pytest.mark.skipif(not shutil.which("ffmpeg"), reason="the soak publisher is ffmpeg")

@@ -3,15 +3,9 @@ figures will be taken in one go, so the rules that turn samples into PASS/FAIL a
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-
-from bench_pipeline import verdict  # noqa: E402
-from measure import bounded, memory_flat  # noqa: E402
+from bench_pipeline import verdict  # bench/ is on pytest's pythonpath (pytest.ini)
+from measure import bounded, memory_flat
 
 
 def _rss(mb_per_min: float, base: float = 4000.0, seconds: int = 600, every: int = 10):

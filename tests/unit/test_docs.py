@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from example_sink import JsonLinesSink
 
 from rtdetr_service.analytics.events import EventLifecycle
 from rtdetr_service.analytics.publisher import Publisher
@@ -21,6 +20,7 @@ from rtdetr_service.core.results import SessionView
 from rtdetr_service.core.types import Detection, Frame, FrameResult
 from rtdetr_service.outputs import registry
 
+from example_sink import JsonLinesSink
 from support import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]

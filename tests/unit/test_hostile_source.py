@@ -9,10 +9,11 @@ import threading
 import time
 
 import pytest
-from hostile_servers import garbage, header_flood, redirect_to, silent, trickle
 
 from rtdetr_service.ingest.reader import StreamReader
 from rtdetr_service.ingest.urls import DENIED_WORDS, DestinationPolicy, StreamError, StreamErrorKind
+
+from hostile_servers import garbage, header_flood, redirect_to, silent, trickle
 
 
 def _reader(url: str, *, open_timeout: float = 2.0, policy: DestinationPolicy | None = None) -> StreamReader:

@@ -132,7 +132,7 @@ class _OwnNamesOnly:
 
 def _in_env_spelling(exc: ValidationError, settings_cls: type[Settings]) -> ValidationError:
     """`exc` with each nested location spelled as its variable: `kafka.events_topic` as
-    `kafka_events_topic`, what a user typed and what the README lists."""
+    `kafka_events_topic`, what a user typed and what docs/settings.md lists."""
     nested = settings_cls.nested_models()
     errors = exc.errors()
     if not any(error["loc"] and error["loc"][0] in nested for error in errors):

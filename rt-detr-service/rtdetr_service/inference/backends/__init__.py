@@ -140,7 +140,7 @@ def _cpu_precision(backend: str, requested: str) -> str:
     # auto (the default): bf16 only where the CPU computes it natively (else it is emulated, slower
     # than fp32), and only for OpenVINO, as OpenVINO itself defaults; torch eager stays fp32. The
     # GPU's default is fp16 for the same reason. bf16 moves random-weight r18vd scores by up to
-    # 0.07 and box edges by up to 8 px (README, Backends); CPU_PRECISION=fp32 keeps parity.
+    # 0.07 and box edges by up to 8 px (docs/backends.md); CPU_PRECISION=fp32 keeps parity.
     return "bf16" if backend == "openvino" and cpu_has_native_bf16() else "fp32"
 
 
