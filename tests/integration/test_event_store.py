@@ -21,7 +21,9 @@ import sqlalchemy as sa
 
 from rtdetr_service.analytics.events import EventLifecycle
 from rtdetr_service.core.types import Detection, Frame
-from rtdetr_service.outputs.store.event_store import EventStore, InvalidCursor, encode_cursor, metadata
+from rtdetr_service.outputs.store.event_store import EventStore
+from rtdetr_service.outputs.store.queries import InvalidCursor, encode_cursor
+from rtdetr_service.outputs.store.schema import metadata
 
 from support import free_port
 

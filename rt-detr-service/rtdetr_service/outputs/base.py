@@ -11,17 +11,15 @@ items, not its neighbours'.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from rtdetr_service.core.fairqueue import FairQueue
 from rtdetr_service.core.results import Published
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 DEGRADED_FOR_S = 60.0
@@ -81,16 +79,20 @@ class QueuedSink:
     Subclasses implement `accept(item)` (cheap, on the publisher thread: pick what to queue, or
     None to skip) and `write(batch)` (on the writer thread); a sink that makes several entries of
     an item calls `offer` for each. A failing write is counted and logged once per burst; it
-    never ends the thread.
+    never ends the thread. Hooks a sink may override, all on the writer thread: `idle()` before
+    every wait for entries (the first at start), `after_write(batch)` after a write that returned, and
+    `given_up(count)` for what `drain()` had no time to write.
     """
 
     name = "queued"
+    wait_s = 0.2  # the longest the writer waits for an entry before it calls idle() again
 
     def __init__(self, *, queue_size: int = 1024, batch_max: int = 64) -> None:
         self._queue: FairQueue = FairQueue(queue_size)
         self._queue_size = queue_size
         self._batch_max = batch_max
         self._stop = threading.Event()
+        self._deadline = math.inf  # once stopping, the writer takes no entry after this (monotonic)
         self._thread = threading.Thread(target=self._run, name=f"sink-{self.name}", daemon=True)
         self._lock = threading.Lock()
         self.handled = 0
@@ -142,43 +144,83 @@ class QueuedSink:
     def write(self, batch: list) -> None:
         raise NotImplementedError
 
+    def idle(self) -> None:
+        """Called before every wait for entries, the first time at start: periodic work goes here."""
+
+    def after_write(self, batch: list) -> None:
+        """After a write that returned: its entries count as sent, and a failing burst ends."""
+        with self._lock:
+            self.sent += sum(self.weight(entry) for entry in batch)
+        if self._failing:
+            log.info("sink %s: writing again", self.name)
+        self._failing = False
+
+    def given_up(self, count: int) -> None:
+        """Count the messages `drain()` had no time to write, as dropped."""
+        with self._lock:
+            self.dropped += count
+
     def _run(self) -> None:
         while True:
+            self.idle()
+            stopping = self._stop.is_set()
+            if stopping and time.monotonic() >= self._deadline:
+                return  # what is left is drain()'s to give up
+            batch = self._take(wait=not stopping)
+            if batch:
+                self._write_counted(batch)
+            elif stopping:
+                return
+
+    def _take(self, wait: bool) -> list:
+        """The next batch, in the queue's fair order; empty when none came within `wait_s`."""
+        try:
+            first = self._queue.get(timeout=self.wait_s) if wait else self._queue.get_nowait()
+        except queue.Empty:
+            return []
+        batch = [first]
+        while len(batch) < self._batch_max:
             try:
-                first = self._queue.get(timeout=0.2)
+                batch.append(self._queue.get_nowait())
             except queue.Empty:
-                if self._stop.is_set():
-                    return
-                continue
-            batch = [first]
-            while len(batch) < self._batch_max:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            self._write_counted(batch)
+                break
+        return batch
 
     def _write_counted(self, batch: list) -> None:
         try:
             self.write(batch)
         except Exception as exc:  # noqa: BLE001 - an output's failure costs its items, never the thread
             with self._lock:
-                self.failed += len(batch)
+                self.failed += sum(self.weight(entry) for entry in batch)
                 self.last_error = f"{type(exc).__name__}: {exc}"[:500]
             if not self._failing:
                 log.warning("sink %s: writing %d item(s) failed: %s", self.name, len(batch), self.last_error)
             self._failing = True
             return
-        with self._lock:
-            self.sent += len(batch)
-        if self._failing:
-            log.info("sink %s: writing again", self.name)
-        self._failing = False
+        self.after_write(batch)
 
     def close(self, timeout: float = 5.0) -> None:
+        """Stop the writer once it has written everything queued; waits for that at most `timeout`."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+    def drain(self, timeout: float) -> bool:
+        """Stop the writer after it has written what is queued, for at most `timeout` seconds; what
+        is still queued then goes to `given_up`. True once the writer has ended (or never started)."""
+        self._deadline = min(self._deadline, time.monotonic() + timeout)
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        left = 0
+        while True:
+            try:
+                left += self.weight(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        if left:
+            self.given_up(left)
+        return not self._thread.is_alive()
 
     def stats(self) -> SinkStats:
         with self._lock:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 import time
 from dataclasses import replace
@@ -81,6 +80,7 @@ def _producer_config(settings: KafkaSettings, brokers: str, reconnect_max_s: flo
 
 class KafkaSink(QueuedSink):
     name = "kafka"
+    wait_s = _POLL_S
 
     def __init__(
         self,
@@ -159,28 +159,21 @@ class KafkaSink(QueuedSink):
             for alert in item.alerts:
                 yield topics["alerts"], key, ALERT_SCHEMA, dumps(output_alert(view, alert))
 
-    def _run(self) -> None:
-        while True:
-            try:
-                first = self._queue.get(timeout=_POLL_S)
-            except queue.Empty:
-                first = None
-                if self._stop.is_set():
-                    return
-            if first is not None:
-                batch = [first]
-                while len(batch) < self._batch_max:
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                self.write(batch)
-            self._poll(0)
+    def idle(self) -> None:
+        """Serve librdkafka's callbacks between waits for steps: delivery reports, errors, statistics."""
+        self._poll(0)
 
     def write(self, batch: list) -> None:
         for item in batch:
             for topic, key, schema, value in self._messages(item):
                 self._produce(topic, key, schema, value)
+
+    def after_write(self, batch: list) -> None:
+        pass  # handed to librdkafka, not yet delivered: delivery reports count them
+
+    def given_up(self, count: int) -> None:
+        super().given_up(count)
+        log.warning("kafka: %d message(s) not delivered before shutdown", count)
 
     def _produce(self, topic: str, key: bytes, schema: str, value: str) -> None:
         try:
@@ -286,10 +279,7 @@ class KafkaSink(QueuedSink):
             return
         self._closed = True
         deadline = time.monotonic() + timeout
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout / 2)
-        if not self._thread.is_alive():  # else it still polls: the producer is left to it
+        if self.drain(timeout / 2):  # else it still polls: the producer is left to it
             try:
                 self._producer.flush(max(0.0, deadline - time.monotonic()))
             except KafkaException:
@@ -297,17 +287,6 @@ class KafkaSink(QueuedSink):
             # Not delivered in time: purged; their reports (counted as dropped) come with this poll.
             self._producer.purge()
             self._poll(0)
-        given_up = 0
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            given_up += self._count(item)
-        if given_up:
-            with self._lock:
-                self.dropped += given_up
-            log.warning("kafka: %d message(s) not delivered before shutdown", given_up)
 
     @property
     def connected(self) -> bool:

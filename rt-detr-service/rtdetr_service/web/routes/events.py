@@ -7,7 +7,8 @@ import asyncio
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 
-from rtdetr_service.outputs.store.event_store import EventStore, InvalidCursor
+from rtdetr_service.outputs.store.event_store import EventStore
+from rtdetr_service.outputs.store.queries import InvalidCursor
 from rtdetr_service.web.auth import API_KEY_SCHEMES, PROTECTED_PREFIX
 from rtdetr_service.web.deps import ManagerDep, SettingsDep, StoreDep
 from rtdetr_service.web.errors import ApiError

@@ -1,0 +1,188 @@
+"""The event store's reads and deletes, on API threads through the engine's pool.
+
+Lists come newest first in pages; a page's cursor is the (start time, id) of its last event,
+opaque to clients, so the next page starts exactly after it however many events arrive meanwhile.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import threading
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from rtdetr_service.core.results import EventRecord
+from rtdetr_service.outputs.store.schema import event_zones_table, events_table
+from rtdetr_service.outputs.store.snapshots import SnapshotFiles
+
+_TOMBSTONES = 4096  # deleted ids remembered so a late update does not bring an event back
+
+
+class InvalidCursor(ValueError):
+    """A paging cursor that this store did not hand out."""
+
+
+def encode_cursor(start_time: float, event_id: str) -> str:
+    """The opaque cursor for "after this event" in newest-first order."""
+    raw = json.dumps([start_time, event_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """(start_time, event_id) from a cursor; InvalidCursor if it is not one of ours."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        value = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise InvalidCursor("cursor is not valid: pass next_cursor from a previous page unchanged") from exc
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or isinstance(value[0], bool)
+        or not isinstance(value[0], (int, float))
+        or not math.isfinite(value[0])
+        or not isinstance(value[1], str)
+    ):
+        raise InvalidCursor("cursor is not valid: pass next_cursor from a previous page unchanged")
+    return float(value[0]), value[1]
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    """Which events, newest first: each filter given must match; `after <= start_time < before`."""
+
+    session_id: str | None = None
+    camera: str | None = None
+    label: str | None = None
+    zone: str | None = None
+    after: float | None = None
+    before: float | None = None
+    limit: int = 50
+    cursor: str | None = None
+
+
+def list_events(engine: sa.Engine, query: EventQuery) -> tuple[list[dict], str | None]:
+    """One page of events; returns (events, next cursor or None on the last page)."""
+    if not 1 <= query.limit <= 500:
+        raise ValueError(f"limit must be 1..500, got {query.limit}")
+    t = events_table
+    stmt = sa.select(t).where(*_conditions(query)).order_by(t.c.start_time.desc(), t.c.id.desc())
+    with engine.connect() as conn:
+        rows = conn.execute(stmt.limit(query.limit + 1)).all()
+    page = [event_dict(row) for row in rows[: query.limit]]
+    if len(rows) <= query.limit:
+        return page, None
+    last = rows[query.limit - 1]
+    return page, encode_cursor(last.start_time, last.id)
+
+
+def _conditions(query: EventQuery) -> list:
+    t = events_table
+    where = []
+    if query.session_id is not None:
+        where.append(t.c.session_id == query.session_id)
+    if query.camera is not None:
+        where.append(t.c.camera == query.camera)
+    if query.label is not None:
+        where.append(t.c.label == query.label)
+    if query.zone is not None:
+        z = event_zones_table
+        where.append(sa.exists().where(z.c.event_id == t.c.id, z.c.zone == query.zone))
+    if query.after is not None:
+        where.append(t.c.start_time >= query.after)
+    if query.before is not None:
+        where.append(t.c.start_time < query.before)
+    if query.cursor is not None:
+        start, event_id = decode_cursor(query.cursor)
+        where.append(sa.or_(t.c.start_time < start, sa.and_(t.c.start_time == start, t.c.id < event_id)))
+    return where
+
+
+def get_event(engine: sa.Engine, event_id: str) -> dict | None:
+    """One event as a dict, or None."""
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(events_table).where(events_table.c.id == event_id)).first()
+    return None if row is None else event_dict(row)
+
+
+def snapshot_path(engine: sa.Engine, files: SnapshotFiles, event_id: str) -> Path | None:
+    """The snapshot file of an event; None if there is no such event or no file."""
+    with engine.connect() as conn:
+        rel = conn.execute(
+            sa.select(events_table.c.snapshot_path).where(events_table.c.id == event_id)
+        ).scalar_one_or_none()
+    if rel is None:
+        return None
+    path = files.path(rel)
+    return path if path.is_file() else None
+
+
+class Tombstones:
+    """The ids of the newest deleted events: a late change of one must not bring it back."""
+
+    def __init__(self, size: int = _TOMBSTONES) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._ids: set[str] = set()
+        self._order: deque[str] = deque()
+
+    def add(self, event_id: str) -> None:
+        with self._lock:
+            if event_id in self._ids:
+                return
+            self._ids.add(event_id)
+            self._order.append(event_id)
+            if len(self._order) > self._size:
+                self._ids.discard(self._order.popleft())
+
+    def __contains__(self, event_id: str) -> bool:
+        with self._lock:
+            return event_id in self._ids
+
+
+def delete_event(engine: sa.Engine, files: SnapshotFiles, tombstones: Tombstones, event_id: str) -> bool:
+    """Delete an event, its zones and its snapshot file; False if there was no such event."""
+    tombstones.add(event_id)
+    t = events_table
+    with engine.begin() as conn:
+        row = conn.execute(sa.select(t.c.snapshot_path, t.c.snapshot_bytes).where(t.c.id == event_id)).first()
+        if row is None:
+            return False
+        conn.execute(sa.delete(event_zones_table).where(event_zones_table.c.event_id == event_id))
+        conn.execute(sa.delete(t).where(t.c.id == event_id))
+    files.remove(row.snapshot_path)
+    if row.snapshot_path is not None:
+        files.forget_bytes(row.snapshot_bytes)
+    return True
+
+
+def event_dict(row) -> dict:
+    """An events row as the API shows it."""
+    record = EventRecord(
+        id=row.id,
+        session_id=row.session_id,
+        camera=row.camera,
+        track_id=row.track_id,
+        label=row.label,
+        class_id=row.class_id,
+        start_time=row.start_time,
+        end_time=row.end_time,
+        last_seen=row.last_seen,
+        best_confidence=row.best_confidence,
+        best_bbox=tuple(json.loads(row.best_bbox)),
+        best_time=row.best_time,
+        frame_width=row.frame_width,
+        frame_height=row.frame_height,
+        zones=tuple(json.loads(row.zones)),
+        rules=tuple(json.loads(row.rules)),
+        has_snapshot=row.snapshot_path is not None,
+    )
+    out = record.as_dict()
+    out["snapshot_url"] = f"/api/v1/events/{row.id}/snapshot.jpg" if record.has_snapshot else None
+    return out

@@ -1,0 +1,157 @@
+"""The event store's tables, and the database they live in: its engine and its dialect's upserts.
+
+SQLAlchemy Core, so one code path serves the embedded default (SQLite in WAL mode under DATA_DIR)
+and PostgreSQL (`postgresql+psycopg://…`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from rtdetr_service.core.logs import redact
+from rtdetr_service.core.results import EventRecord
+
+metadata = sa.MetaData()
+
+events_table = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("session_id", sa.String(), nullable=False),
+    sa.Column("camera", sa.String(), nullable=True),
+    sa.Column("track_id", sa.Integer, nullable=False),
+    sa.Column("label", sa.String(), nullable=False),
+    sa.Column("class_id", sa.Integer, nullable=False),
+    sa.Column("start_time", sa.Double, nullable=False),
+    sa.Column("end_time", sa.Double, nullable=True),
+    sa.Column("last_seen", sa.Double, nullable=False),
+    sa.Column("best_confidence", sa.Double, nullable=False),
+    sa.Column("best_bbox", sa.Text, nullable=False),  # JSON [x1, y1, x2, y2]
+    sa.Column("best_time", sa.Double, nullable=False),
+    sa.Column("frame_width", sa.Integer, nullable=False),
+    sa.Column("frame_height", sa.Integer, nullable=False),
+    sa.Column("zones", sa.Text, nullable=False),  # JSON list, in order of entry
+    sa.Column("rules", sa.Text, nullable=False),  # JSON list
+    sa.Column("snapshot_path", sa.String(), nullable=True),  # relative to data_dir
+    sa.Column("snapshot_bytes", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Index("ix_events_start_time", "start_time"),
+    sa.Index("ix_events_camera_start_time", "camera", "start_time"),
+    sa.Index("ix_events_label_start_time", "label", "start_time"),
+    sa.Index("ix_events_session_id", "session_id"),
+)
+
+# One row per zone an event entered: a zone filter is an indexed lookup, not a scan of JSON text.
+event_zones_table = sa.Table(
+    "event_zones",
+    metadata,
+    sa.Column("event_id", sa.String(64), primary_key=True),
+    sa.Column("zone", sa.String(), primary_key=True),
+    sa.Index("ix_event_zones_zone", "zone", "event_id"),
+)
+
+_INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+_MAX_ERROR_CHARS = 300
+
+
+def words(exc: BaseException) -> str:
+    """An error as one short line a user can act on, with no secret in it."""
+    orig = getattr(exc, "orig", None)  # SQLAlchemy wraps the driver's error; its text is the useful part
+    text = str(orig if orig is not None else exc).strip().splitlines()
+    line = " ".join(part.strip() for part in text if part.strip()) or type(exc).__name__
+    return redact(line)[:_MAX_ERROR_CHARS]
+
+
+class Database:
+    """The store's database: an engine on its URL (SQLite under data_dir when none is given) and
+    the upserts of its dialect. Raises ValueError, without the URL's words, for a URL it cannot use."""
+
+    def __init__(self, url: str | None, data_dir: Path, busy_timeout_s: float) -> None:
+        try:
+            self._url = sa.engine.make_url(url or f"sqlite:///{data_dir.resolve() / 'events.db'}")
+            self.safe_url = self._url.render_as_string(hide_password=True)
+            self.engine = self._make_engine(busy_timeout_s)
+        except sa.exc.ArgumentError:  # its words may quote the URL, password included: not passed on
+            raise ValueError(
+                "the event store URL is not one it can use: give sqlite:///<path> or "
+                "postgresql+psycopg://user:password@host:port/database"
+            ) from None
+        self.backend = self.engine.dialect.name
+        insert = _INSERTS.get(self.backend)
+        if insert is None:
+            raise ValueError(f"event store supports sqlite and postgresql URLs, got {self.safe_url}")
+        self.upsert = _event_upsert(insert)
+        self.zone_insert = insert(event_zones_table).on_conflict_do_nothing(
+            index_elements=[event_zones_table.c.event_id, event_zones_table.c.zone]
+        )
+
+    def _make_engine(self, busy_timeout_s: float) -> sa.Engine:
+        if self._url.get_backend_name() == "sqlite":
+            engine = sa.create_engine(self._url)
+            busy_ms = int(busy_timeout_s * 1000)
+
+            @sa.event.listens_for(engine, "connect")
+            def _pragmas(dbapi_connection, _record) -> None:
+                cursor = dbapi_connection.cursor()
+                # WAL lets API reads run while the writer writes; NORMAL is durable across an app
+                # crash (only a power cut may lose the last commits), at a fraction of FULL's fsyncs.
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+                cursor.close()
+
+            return engine
+        connect_args = {}
+        if self._url.get_backend_name() == "postgresql" and "connect_timeout" not in self._url.query:
+            connect_args["connect_timeout"] = 10  # a database that is down fails a write, it does not hang it
+        return sa.create_engine(self._url, pool_pre_ping=True, connect_args=connect_args)
+
+    def create_tables(self) -> None:
+        """Create the tables and indexes that are not there yet."""
+        metadata.create_all(self.engine)
+
+    def dispose(self) -> None:
+        """Close the pool's connections."""
+        self.engine.dispose()
+
+
+def _event_upsert(insert):
+    ins = insert(events_table)
+    keep = {"id", "snapshot_path", "snapshot_bytes"}
+    set_ = {c.name: ins.excluded[c.name] for c in events_table.c if c.name not in keep}
+    # A change without a new snapshot keeps the one already on record.
+    set_["snapshot_path"] = sa.func.coalesce(ins.excluded.snapshot_path, events_table.c.snapshot_path)
+    set_["snapshot_bytes"] = sa.case(
+        (ins.excluded.snapshot_path.is_not(None), ins.excluded.snapshot_bytes),
+        else_=events_table.c.snapshot_bytes,
+    )
+    return ins.on_conflict_do_update(index_elements=[events_table.c.id], set_=set_)
+
+
+def event_row(record: EventRecord, snapshot: tuple[str, int] | None, now: float) -> dict:
+    """The events row of a record; `snapshot` is (path, bytes) of a file written with it, if any."""
+    return {
+        "id": record.id,
+        "session_id": record.session_id,
+        "camera": record.camera,
+        "track_id": record.track_id,
+        "label": record.label,
+        "class_id": record.class_id,
+        "start_time": record.start_time,
+        "end_time": record.end_time,
+        "last_seen": record.last_seen,
+        "best_confidence": record.best_confidence,
+        "best_bbox": json.dumps(list(record.best_bbox)),
+        "best_time": record.best_time,
+        "frame_width": record.frame_width,
+        "frame_height": record.frame_height,
+        "zones": json.dumps(list(record.zones)),
+        "rules": json.dumps(list(record.rules)),
+        "snapshot_path": snapshot[0] if snapshot else None,
+        "snapshot_bytes": snapshot[1] if snapshot else 0,
+        "updated_at": now,
+    }

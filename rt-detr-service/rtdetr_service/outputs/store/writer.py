@@ -1,0 +1,230 @@
+"""The event store's writer: one thread that turns queued event changes into rows and snapshot files.
+
+It is a `QueuedSink` (outputs/base.py): `submit()` never blocks, and the queue is fair between
+sessions, so a session that floods it loses its own oldest changes. Each batch becomes one
+transaction holding the newest record of each event in it, its newest snapshot written first; a
+transaction that fails is tried once more a second later, then its changes are dropped, counted.
+The retention sweep runs on this thread too, at start and every `sweep_interval_s`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from rtdetr_service.core.results import EventChange, EventRecord, SnapshotRequest
+from rtdetr_service.outputs.base import QueuedSink
+from rtdetr_service.outputs.store.queries import Tombstones
+from rtdetr_service.outputs.store.retention import Retention
+from rtdetr_service.outputs.store.schema import Database, event_row, words
+from rtdetr_service.outputs.store.snapshots import SnapshotFiles
+
+log = logging.getLogger(__name__)
+
+_RETRY_DELAY_S = 1.0
+_DROP_WINDOW_S = 60.0  # drops within this long make the store "degraded"
+
+
+@dataclass(frozen=True)
+class WriterOptions:
+    queue_size: int
+    batch_max: int
+    sweep_interval_s: float
+    clock: Callable[[], float]
+
+
+@dataclass(frozen=True)
+class WriterReport:
+    """The writer's counters and state at one moment, read by the store's status."""
+
+    started: bool
+    running: bool
+    stopping: bool
+    failing: bool
+    dropping: bool
+    queued: int
+    written: int
+    dropped: int
+    errors: int
+    last_error: str | None
+    snapshots_written: int
+
+
+class EventWriter(QueuedSink):
+    """The store's queue and writer thread; see the module docstring for what a batch becomes."""
+
+    name = "event_store"
+    wait_s = 0.25
+
+    def __init__(
+        self, db: Database, files: SnapshotFiles, tombstones: Tombstones, retention: Retention, options: WriterOptions
+    ) -> None:
+        super().__init__(queue_size=options.queue_size, batch_max=options.batch_max)
+        self._db = db
+        self._files = files
+        self._tombstones = tombstones
+        self._retention = retention
+        self._sweep_interval = options.sweep_interval_s
+        self._clock = options.clock
+        self._next_sweep = -math.inf  # the first is due at start
+        self.errors = 0
+        self.snapshots_written = 0
+
+    def start(self) -> None:
+        """Start the writer thread, once; a stopped writer does not start again."""
+        if self._stop.is_set():
+            raise RuntimeError("this event store was stopped; make a new one")
+        if self._thread.ident is None:
+            super().start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    # -- publisher side ----------------------------------------------------------------------
+
+    def submit(self, changes: Sequence[EventChange]) -> int:
+        """Queue changes without ever blocking; returns how many were dropped.
+
+        When the queue is full, each change pushes out the oldest queued change of the session
+        with the most waiting (often the caller's own): the store keeps each event's newest
+        state, so an older change is the one to lose, and a flooding session loses its own.
+        """
+        dropped = 0
+        try:
+            if self._stop.is_set():
+                dropped = len(changes)
+            else:
+                for change in changes:
+                    if self._queue.put_nowait(change, change.event.session_id) is not None:
+                        dropped += 1
+            if dropped:
+                self._count_dropped(dropped)
+        except Exception:  # noqa: BLE001 - a sink must never break the publisher that feeds it
+            log.exception("event store: submit failed")
+        return dropped
+
+    def _count_dropped(self, n: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            first_of_burst = now - self._last_drop > _DROP_WINDOW_S
+            self.dropped += n
+            self._last_drop = now
+            total = self.dropped
+        if first_of_burst:
+            log.warning("event store: dropping events, the writer cannot keep up (%d dropped so far)", total)
+
+    # -- the writer thread --------------------------------------------------------------------
+
+    def idle(self) -> None:
+        """The retention sweep, at start and then every interval while not stopping."""
+        at_start = self._next_sweep == -math.inf
+        if time.monotonic() < self._next_sweep or (self._stop.is_set() and not at_start):
+            return
+        try:
+            self._retention.sweep()
+        except Exception as exc:  # noqa: BLE001 - a failed sweep is retried at the next interval
+            self.record_failure(exc, "retention sweep failed")
+        self._next_sweep = time.monotonic() + self._sweep_interval
+
+    def write(self, batch: list[EventChange]) -> None:
+        """One transaction of the newest record of each event in the batch, its snapshot first."""
+        latest = {c.event.id: c.event for c in batch if c.event.id not in self._tombstones}
+        snapshots: dict[str, SnapshotRequest] = {}
+        for change in batch:
+            if change.snapshot is not None and change.event.id in latest:
+                snapshots[change.event.id] = change.snapshot  # only the newest view of each event is written
+        files, added_bytes, snapshot_ok = self._write_snapshots(latest, snapshots)
+        now = self._clock()
+        rows = [event_row(record, files.get(event_id), now) for event_id, record in latest.items()]
+        zone_rows = [{"event_id": r.id, "zone": z} for r in latest.values() for z in r.zones]
+        if not self._store_rows(rows, zone_rows, len(batch)):
+            return
+        with self._lock:
+            self.sent += len(batch)
+            self.snapshots_written += len(files)
+            recovered = self._failing and snapshot_ok
+            if recovered:
+                self._failing = False
+        self._files.add_bytes(added_bytes)
+        if recovered:
+            log.info("event store: writing again")
+
+    def after_write(self, batch: list) -> None:
+        pass  # write() counts what it wrote, and says when it writes again
+
+    def given_up(self, count: int) -> None:
+        self._count_dropped(count)
+        log.warning("event store: stopped with %d change(s) unwritten", count)
+
+    def _write_snapshots(
+        self, records: dict[str, EventRecord], snapshots: dict[str, SnapshotRequest]
+    ) -> tuple[dict[str, tuple[str, int]], int, bool]:
+        """Each snapshot to its file; ({event_id: (path, bytes)}, bytes added, all ok)."""
+        files: dict[str, tuple[str, int]] = {}
+        added = 0
+        ok = True
+        for event_id, request in snapshots.items():
+            try:
+                rel, size, change = self._files.write(records[event_id], request)
+            except Exception as exc:  # noqa: BLE001 - disk full or a bad frame loses one snapshot, not the batch
+                self._files.remove_partial(records[event_id])
+                self.record_failure(exc, "cannot write snapshot")
+                ok = False
+                continue
+            files[event_id] = (rel, size)
+            added += change
+        return files, added, ok
+
+    def _store_rows(self, rows: list[dict], zone_rows: list[dict], changes: int) -> bool:
+        """Upsert the rows and their zones in one transaction, tried twice; False: `changes` dropped."""
+        for attempt in (1, 2):
+            try:
+                if rows:
+                    with self._db.engine.begin() as conn:
+                        conn.execute(self._db.upsert, rows)
+                        if zone_rows:
+                            conn.execute(self._db.zone_insert, zone_rows)
+                return True
+            except Exception as exc:  # noqa: BLE001 - database down, locked or full: count, retry once, go on
+                self.record_failure(exc, "cannot write")
+                if attempt == 1:
+                    self._stop.wait(_RETRY_DELAY_S)
+        self._count_dropped(changes)
+        return False
+
+    def record_failure(self, exc: BaseException, what: str) -> None:
+        """Count a failure and keep its words; the first of a burst is logged."""
+        text = f"{what}: {words(exc)}"
+        with self._lock:
+            first_of_burst = not self._failing
+            self._failing = True
+            self.errors += 1
+            self.last_error = text
+        if first_of_burst:
+            log.warning("event store: %s", text)
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def report(self) -> WriterReport:
+        """The counters and the state, read together."""
+        with self._lock:
+            failing, dropped, last_error = self._failing, self.dropped, self.last_error
+            dropping = time.monotonic() - self._last_drop <= _DROP_WINDOW_S
+            written, errors, snapshots_written = self.sent, self.errors, self.snapshots_written
+        return WriterReport(
+            started=self._thread.ident is not None,
+            running=self.running,
+            stopping=self._stop.is_set(),
+            failing=failing,
+            dropping=dropping,
+            queued=self._queue.qsize(),
+            written=written,
+            dropped=dropped,
+            errors=errors,
+            last_error=last_error,
+            snapshots_written=snapshots_written,
+        )
