@@ -1,6 +1,7 @@
-"""Hostile stream servers for the hostile-input tests: real TCP servers on loopback that answer
-the way a broken or malicious camera does (never, a byte at a time, with endless headers, with
-garbage, with a redirect), and a proxy that delays a real camera's answer."""
+"""Hostile servers for the hostile-input tests: real TCP servers on loopback that answer the way a
+broken or malicious camera does (never, a byte at a time, with endless headers, with garbage, with
+a redirect), a proxy that delays a real camera's answer, and webhook receivers that abuse the
+sender (an endless answer, a trickled one)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ class FakeServer:
         self.closed = threading.Event()
         self.connections = 0
         self.received = bytearray()
+        self.sent = 0  # bytes a behaviour counted as sent
+        self.open_for: list[float] = []  # seconds each finished connection stayed open
         self._sock = socket.socket()
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, 0))
@@ -34,6 +37,10 @@ class FakeServer:
     def url(self) -> str:
         return f"rtsp://{self.host}:{self.port}/camera"
 
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.port}/hook"
+
     def _accept(self) -> None:
         while not self.closed.is_set():
             try:
@@ -47,12 +54,15 @@ class FakeServer:
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(0.2)
+        opened = time.monotonic()
         try:
             self.behaviour(conn, self)
         except OSError:
             pass
         finally:
             conn.close()
+            with self._lock:
+                self.open_for.append(time.monotonic() - opened)
 
     def read_request(self, conn: socket.socket) -> bytes | None:
         """One RTSP request (up to its blank line), or None once the client has gone."""
@@ -70,6 +80,27 @@ class FakeServer:
             with self._lock:
                 self.received += chunk
         return data
+
+    def read_http_request(self, conn: socket.socket) -> bytes | None:
+        """One HTTP request with its body (by Content-Length), or None once the client has gone."""
+        request = self.read_request(conn)
+        if request is None:
+            return None
+        head, _, body = request.partition(b"\r\n\r\n")
+        lengths = [
+            line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+        ]
+        missing = int(lengths[0]) - len(body) if lengths else 0
+        while missing > 0 and not self.closed.is_set():
+            try:
+                chunk = conn.recv(min(missing, 65536))
+            except TimeoutError:
+                continue
+            if not chunk:
+                return None
+            missing -= len(chunk)
+            request += chunk
+        return request
 
     def wait(self, conn: socket.socket, seconds: float) -> bool:
         """Sleep, reading (and keeping) whatever comes; False once the client has gone."""
@@ -171,5 +202,40 @@ def delayed_proxy(target_port: int, delay_s: float):
                     (upstream if src is conn else conn).sendall(chunk)
         finally:
             upstream.close()
+
+    return behaviour
+
+
+_ZEROS = bytes(64 * 1024)  # sent again and again: an endless answer costs the test nothing
+
+
+def http_huge_answer(declared: int = 256 * 2**20, at_most: int = 32 * 2**20):
+    """Answers `200` with `Content-Length: declared` of zeros, sending at most `at_most` bytes of it
+    (counted in `server.sent`) while the client reads; then hangs up."""
+
+    def behaviour(conn, server: FakeServer) -> None:
+        if server.read_http_request(conn) is None:
+            return
+        conn.settimeout(5.0)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % declared)
+        while server.sent < at_most and not server.closed.is_set():
+            conn.sendall(_ZEROS)
+            with server._lock:
+                server.sent += len(_ZEROS)
+
+    return behaviour
+
+
+def http_trickle(head: bytes, pieces: list[bytes], period_s: float = 0.5):
+    """Answers each request with `head` at once, then one of `pieces` every `period_s`: an answer
+    that is never silent for long, yet takes len(pieces) * period_s to complete."""
+
+    def behaviour(conn, server: FakeServer) -> None:
+        while server.read_http_request(conn) is not None:
+            conn.sendall(head)
+            for piece in pieces:
+                if not server.wait(conn, period_s):
+                    return
+                conn.sendall(piece)
 
     return behaviour

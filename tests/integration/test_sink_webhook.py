@@ -1,10 +1,12 @@
-"""The webhook sink against real local HTTP receivers: signed bodies, retries, redirects, dead ends."""
+"""The webhook sink against real local HTTP receivers: signed bodies, retries, redirects, dead ends,
+and receivers that abuse the sender (an endless answer, a trickled one, none at all)."""
 
 from __future__ import annotations
 
 import json
 import socket
 import time
+import tracemalloc
 
 import pytest
 
@@ -15,6 +17,7 @@ from rtdetr_service.outputs.settings import WebhookSettings
 from rtdetr_service.outputs.webhook import WebhookSink
 
 from feeds import T0, blank_frame, handle_durations
+from hostile_servers import http_huge_answer, http_trickle, silent
 from servers import WebhookReceiver
 from support import free_port, wait_until
 
@@ -206,3 +209,80 @@ def test_settings_are_checked_before_anything_starts():
     with pytest.raises(ValueError, match="WEBHOOK_URLS") as info:
         WebhookSink(WebhookSettings(urls=[f"ftp://127.0.0.1/{TOKEN}"], secret=SECRET))
     assert TOKEN not in str(info.value)
+
+
+def test_a_huge_answer_costs_a_few_kb_and_the_message_counts_as_sent(fake_servers, sinks):
+    # A 2xx is a delivery; what follows its first few KB is never read.
+    receiver = fake_servers(http_huge_answer(declared=256 * 2**20, at_most=32 * 2**20))
+    sink = sinks([receiver.http_url])
+
+    tracemalloc.start()
+    try:
+        sink.handle(event_steps()[1])
+        assert wait_until(lambda: sink.stats().sent + sink.stats().failed == 1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    stats = sink.stats()
+    assert (stats.sent, stats.failed, stats.state) == (1, 0, "ok")
+    assert peak < 2**20, f"{peak / 2**20:.1f} MiB allocated while one answer came in"
+    assert wait_until(lambda: receiver.open_for)  # the sink hung up before the receiver stopped sending
+    assert receiver.sent < 32 * 2**20
+
+
+TRICKLES = {
+    "body": http_trickle(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", [b"1\r\na\r\n"] * 20),
+    "headers": http_trickle(b"", [bytes([c]) for c in b"HTTP/1.1 200 OK\r\nX-Slow: aaaaaaaaaaaaaaaa"]),
+    "nothing": silent,
+}
+
+
+@pytest.mark.parametrize("answer", TRICKLES)
+def test_a_request_ends_at_its_timeout_however_the_answer_trickles(fake_servers, sinks, answer):
+    receiver = fake_servers(TRICKLES[answer])
+    sink = sinks([receiver.http_url], timeout_s=1.0, max_retries=0)
+
+    for _ in range(3):
+        sink.handle(event_steps()[1])
+
+    assert wait_until(lambda: sink.stats().failed == 3, 8.0)
+    assert wait_until(lambda: len(receiver.open_for) == 3)
+    assert receiver.connections == 3  # the next message got its own request each time
+    assert max(receiver.open_for) < 1.6, receiver.open_for
+    stats = sink.stats()
+    assert stats.state == "failing" and stats.last_error.endswith(
+        "no complete answer from 127.0.0.1:%d within 1.0 s" % receiver.port
+    )
+
+
+def test_a_receiver_that_never_accepts_costs_the_connect_timeout(closing):
+    # A full accept queue: the kernel drops further handshakes, as a host behind a silent firewall does.
+    full = closing(socket.socket())
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    closing(socket.create_connection(full.getsockname(), timeout=1.0))  # the one place in the queue
+    url = f"http://127.0.0.1:{full.getsockname()[1]}/hook"
+    sink = closing(WebhookSink(WebhookSettings(urls=[url], secret=SECRET, timeout_s=1.0, max_retries=0)), 1.0)
+    sink.start()
+
+    started = time.monotonic()
+    sink.handle(event_steps()[1])
+
+    assert wait_until(lambda: sink.stats().failed == 1, 5.0)
+    assert time.monotonic() - started < 1.6
+    assert sink.stats().last_error.endswith(f"could not connect to 127.0.0.1:{full.getsockname()[1]} within 1.0 s")
+
+
+def test_one_connection_carries_every_message(fake_servers, sinks):
+    receiver = fake_servers(http_trickle(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", []))
+    sink = sinks([receiver.http_url], timeout_s=1.0)
+
+    for _ in range(3):
+        sink.handle(event_steps()[1])
+        assert wait_until(lambda: sink.stats().handled == sink.stats().sent)
+    time.sleep(1.2)  # past the timeout: nothing cuts the idle connection
+    sink.handle(event_steps()[1])
+
+    assert wait_until(lambda: sink.stats().sent == 4)
+    assert receiver.connections == 1 and sink.stats().failed == 0

@@ -29,7 +29,9 @@ class WebhookSettings(SettingsModel):
         SecretStr(""),
         description="HMAC-SHA256 key of the X-Rtdetr-Signature header; required when WEBHOOK_URLS is set.",
     )
-    timeout_s: float = Field(5.0, gt=0, le=60, description="Bound on one webhook request.")
+    timeout_s: float = Field(
+        5.0, gt=0, le=60, description="Bound on one webhook request in all: connect, send and the whole answer."
+    )
     max_retries: int = Field(
         3, ge=0, le=10, description="Retries of a 5xx, connection error or timeout (capped backoff); 4xx never."
     )

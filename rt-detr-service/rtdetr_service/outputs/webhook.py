@@ -5,6 +5,12 @@ its own deliveries (retried with capped backoff, then dropped, counted) and neve
 publisher's time or another receiver's. Bodies are signed like Stripe's: the header
 `X-Rtdetr-Signature: t=<unix>,v1=<hex hmac-sha256(secret, "<t>.<body>")>` lets a receiver check
 both who sent it and that it is fresh (refuse an old `t`, a replay).
+
+A receiver can cost each request at most `timeout_s` and a few KB: the whole exchange (connect,
+send, the answer) is bounded by a watchdog that shuts the connection down when the time is up
+(httpx's timeouts are per read, and a trickled answer never lets one expire), and of an answer's
+body only the first ANSWER_READ_MAX bytes are read. A 2xx is delivered once its status and those
+bytes (or the whole, shorter body) are in; the rest is never read.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import hashlib
 import hmac
 import logging
 import queue
+import socket
+import threading
 import time
 import uuid
 from dataclasses import replace
@@ -34,6 +42,7 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 SIGNATURE_HEADER = "X-Rtdetr-Signature"
 DELIVERY_HEADER = "X-Rtdetr-Delivery"  # one id per message, the same on every retry: receivers dedupe by it
 _STATES = ("ok", "degraded", "failing")
+ANSWER_READ_MAX = 4096  # bytes of an answer's body read at most: enough for an error message
 
 
 def sign(secret: bytes, timestamp: int, body: bytes) -> str:
@@ -54,31 +63,31 @@ class _Retryable(Exception):
 
 
 class _Destination(QueuedSink):
-    """One receiver: its queue, its thread, its retries."""
+    """One receiver: its queue, its thread, its connection, its retries."""
 
     def __init__(
-        self,
-        url: str,
-        *,
-        secret: bytes,
-        client: httpx.Client,
-        max_retries: int,
-        backoff_s: float,
-        backoff_max_s: float,
-        queue_size: int,
-        clock: Callable[[], float],
+        self, url: str, settings: WebhookSettings, *, backoff_s: float, backoff_max_s: float, clock: Callable[[], float]
     ) -> None:
         self.host = host_of(url)
         self.name = f"webhook-{self.host}"  # before the base builds the thread that carries it
-        super().__init__(queue_size=queue_size, batch_max=1)
+        super().__init__(queue_size=settings.queue_size, batch_max=1)
         self._url = url
-        self._secret = secret
-        self._client = client
-        self._max_retries = max_retries
+        self._secret = settings.secret.get_secret_value().encode()
+        self._timeout_s = settings.timeout_s
+        self._max_retries = settings.max_retries
         self._backoff_s = backoff_s
         self._backoff_max_s = backoff_max_s
         self._clock = clock
         self.retries = 0
+        # Redirects are refused; proxies from the environment are honoured (HTTPS_PROXY, NO_PROXY).
+        # One connection, this destination's own: the socket the watchdog cuts is never another's.
+        self._client = httpx.Client(
+            timeout=settings.timeout_s,
+            follow_redirects=False,
+            headers={"User-Agent": "rtdetr-service-webhook/1"},
+            limits=httpx.Limits(max_connections=1),
+        )
+        self._socket: socket.socket | None = None  # the connection's, once one was made
 
     def write(self, batch: list) -> None:
         delivery, body = batch[0]
@@ -103,16 +112,56 @@ class _Destination(QueuedSink):
             SIGNATURE_HEADER: sign(self._secret, int(self._clock()), body),
             DELIVERY_HEADER: delivery,
         }
+        started = time.monotonic()
+        watchdog = threading.Timer(self._timeout_s, self._cut)
+        watchdog.daemon = True  # never what keeps the process from exiting
+        watchdog.start()
         try:
-            response = self._client.post(self._url, content=body, headers=headers)
-        except httpx.TransportError as exc:  # connection refused / reset, timeouts, protocol errors
-            raise _Retryable(f"{type(exc).__name__} from {self.host}: {self._scrub(exc)}") from None
-        if response.status_code >= 500:
-            raise _Retryable(f"HTTP {response.status_code} from {self.host}")
-        if response.status_code >= 300:
+            status = self._exchange(body, headers)
+        except httpx.TransportError as exc:  # connection refused / reset, timeouts, cut, protocol errors
+            raise _Retryable(self._why(exc, time.monotonic() - started)) from None
+        finally:
+            watchdog.cancel()
+        if status >= 500:
+            raise _Retryable(f"HTTP {status} from {self.host}")
+        if status >= 300:
             # 4xx: the receiver refuses this body, and will again. 3xx: redirects are not
             # followed (a redirect could carry the signed body to a host nobody configured).
-            raise RuntimeError(f"HTTP {response.status_code} from {self.host} (not retried)")
+            raise RuntimeError(f"HTTP {status} from {self.host} (not retried)")
+
+    def _exchange(self, body: bytes, headers: dict) -> int:
+        """POST `body`; the answer's status, once at most ANSWER_READ_MAX bytes of its body are in."""
+        extensions = {"trace": self._traced}
+        with self._client.stream("POST", self._url, content=body, headers=headers, extensions=extensions) as response:
+            read = 0
+            for chunk in response.iter_raw():  # raw: a compressed answer is never inflated
+                read += len(chunk)
+                if read >= ANSWER_READ_MAX:
+                    break  # leaving unread: closing the response closes the connection
+            return response.status_code
+
+    def _traced(self, event: str, info: dict) -> None:
+        # A new connection (after TLS, its wrapped socket) is the one the watchdog will cut.
+        if event.endswith(("connect_tcp.complete", "start_tls.complete")):
+            self._socket = info["return_value"].get_extra_info("socket") or self._socket
+
+    def _cut(self) -> None:
+        """Shut the connection down, which wakes a read or write blocked on it (a close would not)."""
+        sock = self._socket
+        if sock is not None:
+            try:
+                # The plain socket's shutdown, for TLS too: SSLSocket's own drops its SSL state first.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass  # closed already
+
+    def _why(self, exc: httpx.TransportError, took_s: float) -> str:
+        """What went wrong, in words, without the URL (its path or query may hold a token)."""
+        if isinstance(exc, httpx.ConnectTimeout):
+            return f"could not connect to {self.host} within {self._timeout_s} s"
+        if isinstance(exc, httpx.TimeoutException) or took_s >= self._timeout_s:
+            return f"no complete answer from {self.host} within {self._timeout_s} s"
+        return f"{type(exc).__name__} from {self.host}: {self._scrub(exc)}"
 
     def _scrub(self, exc: Exception) -> str:
         return str(exc).replace(self._url, self.host) or "no detail"
@@ -131,6 +180,8 @@ class _Destination(QueuedSink):
             with self._lock:
                 self.dropped += given_up
             log.warning("webhook %s: %d message(s) not delivered before shutdown", self.host, given_up)
+        self._cut()  # a request still in flight ends now, not at its timeout; nothing is left to follow it
+        self._client.close()
 
 
 class WebhookSink:
@@ -153,24 +204,8 @@ class WebhookSink:
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"WEBHOOK_URLS: {host_of(url)!r} is not an http(s) URL")
-        # Redirects are refused; proxies from the environment are honoured (HTTPS_PROXY, NO_PROXY).
-        self._client = httpx.Client(
-            timeout=settings.timeout_s,
-            follow_redirects=False,
-            headers={"User-Agent": "rtdetr-service-webhook/1"},
-        )
         self._destinations = [
-            _Destination(
-                url,
-                secret=settings.secret.get_secret_value().encode(),
-                client=self._client,
-                max_retries=settings.max_retries,
-                backoff_s=backoff_s,
-                backoff_max_s=backoff_max_s,
-                queue_size=settings.queue_size,
-                clock=clock,
-            )
-            for url in urls
+            _Destination(url, settings, backoff_s=backoff_s, backoff_max_s=backoff_max_s, clock=clock) for url in urls
         ]
         self._closed = False
 
@@ -202,7 +237,6 @@ class WebhookSink:
             destination._stop.set()  # all stop retrying at once, not one after the other
         for destination in self._destinations:
             destination.close(max(0.0, deadline - time.monotonic()))
-        self._client.close()
 
     def stats(self) -> SinkStats:
         parts = [d.stats() for d in self._destinations]
