@@ -49,6 +49,9 @@ def _sessions(client) -> list[str]:
         ({"stream_url": "rtsp://h/x", "alert": {"zones": [[[0, 0], [1, 1]]]}}, 422, "invalid_request", "3 points"),
         ({"stream_url": "rtsp://h/x", "colour": "red"}, 422, "invalid_request", "colour"),
         ({"stream_url": 42}, 422, "invalid_request", "stream_url"),
+        ({"stream_url": "rtsp://h/x", "camera": "gate\u200c"}, 422, "invalid_request", "camera: U+200C"),
+        ({"stream_url": "rtsp://h/x", "camera": "\u0301"}, 422, "invalid_request", "camera: U+0301"),
+        ({"stream_url": "rtsp://h/x", "camera": "gate\U0001f6aa"}, 422, "invalid_request", "camera: U+1F6AA"),
     ],
 )
 def test_start_refuses(live_service, body, status, code, words):
@@ -255,3 +258,20 @@ def test_both_checks_read_the_key_the_same_way(live_service):
     url = live_service.base_url + "/api/v1/video/start"
     assert httpx.post(url, content=b'{"stream_url": ', headers=headers).status_code == 400
     assert httpx.get(live_service.base_url + "/api/v1/video/sessions", headers=headers).status_code == 200
+
+
+def test_two_cameras_that_look_the_same_cannot_both_be_started(live_service, rtsp_url, stop_sessions):
+    # "gate" and "gate" + ZWJ would list as two identical gates, and ?camera=gate would miss the other
+    with live_service.client() as client:
+        assert client.post("/api/v1/video/start", json={"stream_url": rtsp_url, "camera": "gate"}).status_code == 200
+        before = _sessions(client)
+        for lookalike in ("gate\u200d", "gate\u200c", "\u202egate", "gate\ufe0f", "gate\u00ad"):
+            response = client.post("/api/v1/video/start", json={"stream_url": rtsp_url, "camera": lookalike})
+            assert response.status_code == 422 and response.json()["error"] == "invalid_request", response.text
+            detail = response.json()["detail"]
+            assert detail.startswith("camera: U+") and detail.isascii(), detail  # named, never shown raw
+        assert _sessions(client) == before
+        # the same letters spelled two ways are one name: the one a filter by the composed form finds
+        started = client.post("/api/v1/video/start", json={"stream_url": rtsp_url, "camera": "cafe\u0301"})
+        assert started.status_code == 200, started.text
+        assert client.get(f"/api/v1/video/status/{started.json()['session_id']}").json()["camera"] == "café"

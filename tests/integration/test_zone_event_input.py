@@ -54,6 +54,25 @@ def _zone(points, name="z"):
         ({"zones": [{"name": "", "points": SQUARE}]}, "invalid_request", "name"),
         ({"zones": [{"name": "a", "points": SQUARE, "colour": "red"}]}, "invalid_request", "colour"),
         ({"units": "inches"}, "invalid_request", "units"),
+        (_zone(SQUARE, name="door\u200d"), "invalid_request", "zones.0.name: U+200D (ZERO WIDTH JOINER)"),
+        (_zone(SQUARE, name="\u0301"), "invalid_request", "zones.0.name: U+0301 (COMBINING ACUTE ACCENT)"),
+        ({"lines": [{"name": "gate\u200c", "a": [0, 0], "b": [1, 1]}]}, "invalid_request", "lines.0.name: U+200C"),
+        ({"lines": [{"name": "gate\u00a0x", "a": [0, 0], "b": [1, 1]}]}, "invalid_request", "name: U+00A0"),
+        (
+            {**_zone(SQUARE), "rules": [{"name": "\u202er", "kind": "enter", "zone": "z"}]},
+            "invalid_request",
+            "rules.0.name: U+202E (RIGHT-TO-LEFT OVERRIDE)",
+        ),
+        (
+            {**_zone(SQUARE), "rules": [{"name": "r", "kind": "enter", "zone": "z\u200d"}]},
+            "invalid_request",
+            "rules.0.zone: U+200D",
+        ),
+        (
+            {"zones": [{"name": "café", "points": SQUARE}, {"name": "cafe\u0301", "points": SQUARE}]},
+            "invalid_zones",
+            "used twice",
+        ),
     ],
 )
 def test_bad_zones_are_refused_in_words_and_change_nothing(live_service, session, body, code, words):
@@ -99,6 +118,9 @@ def test_pixel_zones_at_start_that_do_not_fit_the_picture_leave_no_session(live_
         ({"after": "yesterday"}, "invalid_request", "after"),
         ({"after": 10, "before": 5}, "invalid_request", "after"),
         ({"camera": "a/b"}, "invalid_request", "camera"),
+        ({"camera": "gate\u200d"}, "invalid_request", "camera: U+200D"),
+        ({"zone": "\u0301"}, "invalid_request", "zone: U+0301"),
+        ({"label": "person\u200c"}, "invalid_request", "label: U+200C"),
     ],
 )
 def test_bad_event_filters_are_refused_in_words(live_service, params, code, words):

@@ -13,6 +13,7 @@ from typing import Literal
 import numpy as np
 
 from rtdetr_service.core.geometry import Polygons, crossings
+from rtdetr_service.core.names import checked_name
 from rtdetr_service.core.types import Detection
 
 MAX_POINTS = 256
@@ -41,9 +42,14 @@ def _point(p: object, where: str, size: tuple[float, float] = (1.0, 1.0)) -> Poi
     return (x / size[0], y / size[1])
 
 
-def _name(name: object, what: str) -> None:
+def _name(name: object, what: str) -> str:
+    """The name in NFC (core/names.py), so names that look the same are the same name."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"{what} needs a name, got {name!r}")
+    try:
+        return checked_name(name)
+    except ValueError as exc:
+        raise ValueError(f"{what} name: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +60,7 @@ class Zone:
     points: tuple[Point, ...]
 
     def __post_init__(self) -> None:
-        _name(self.name, "zone")
+        object.__setattr__(self, "name", _name(self.name, "zone"))
         where = f"zone {self.name!r}"
         if not 3 <= len(self.points) <= MAX_POINTS:
             raise _fail(where, f"needs at least 3 and at most {MAX_POINTS} points, got {len(self.points)}")
@@ -70,7 +76,7 @@ class Line:
     b: Point
 
     def __post_init__(self) -> None:
-        _name(self.name, "line")
+        object.__setattr__(self, "name", _name(self.name, "line"))
         where = f"line {self.name!r}"
         object.__setattr__(self, "a", _point(self.a, where))
         object.__setattr__(self, "b", _point(self.b, where))
@@ -93,7 +99,7 @@ class Rule:
     min_count: int = 1
 
     def __post_init__(self) -> None:
-        _name(self.name, "rule")
+        object.__setattr__(self, "name", _name(self.name, "rule"))
         where = f"rule {self.name!r}"
         if self.kind not in _KINDS:
             raise _fail(where, f"kind must be one of {', '.join(_KINDS)}, got {self.kind!r}")
@@ -102,6 +108,9 @@ class Rule:
             raise _fail(where, "cross rules need a line and no zone")
         if not wants_line and (self.zone is None or self.line is not None):
             raise _fail(where, f"{self.kind} rules need a zone and no line")
+        for ref in ("zone", "line"):  # references compare in NFC like the names they point at
+            if getattr(self, ref) is not None:
+                object.__setattr__(self, ref, _name(getattr(self, ref), f"{where}: {ref}"))
         # A list from JSON is welcome; a bare string is not (it would become a set of its letters).
         if not isinstance(self.classes, (list, tuple, set, frozenset)) or not all(
             isinstance(c, str) for c in self.classes

@@ -9,16 +9,34 @@ keys they do not name, so a key added to an answer and not here fails that test.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic_core import PydanticCustomError
 
+from rtdetr_service.core.names import MAX_NAME, checked_name
 from rtdetr_service.sessions.session import SessionState
 from rtdetr_service.web.errors import ERRORS
 
 
 class _Answer(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# -- names (asked for, not answered: every name a request gives or filters by) ------------------
+
+
+def _valid_name(raw: str) -> str:
+    try:
+        return checked_name(raw)
+    except ValueError as exc:
+        # pydantic's own ValueError words start "Value error, "; these are the whole answer.
+        raise PydanticCustomError("invalid_name", "{words}", {"words": str(exc)}) from None
+
+
+NAME_WORDS = "1–64 letters, digits and ' ._:-' after NFC; no invisible characters, no leading or trailing space."
+# The 64 count after NFC (checked_name); as sent, a name of decomposed accents may be longer.
+Name = Annotated[str, StringConstraints(min_length=1, max_length=4 * MAX_NAME), AfterValidator(_valid_name)]
 
 
 # -- errors ---------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
@@ -12,13 +13,20 @@ from rtdetr_service.outputs.store.queries import InvalidCursor
 from rtdetr_service.web.auth import API_KEY_SCHEMES, PROTECTED_PREFIX
 from rtdetr_service.web.deps import ManagerDep, SettingsDep, StoreDep
 from rtdetr_service.web.errors import ApiError
-from rtdetr_service.web.schemas import KEYED, EventDeletedAnswer, EventOut, EventsAnswer, OutputsAnswer, errors
+from rtdetr_service.web.schemas import (
+    KEYED,
+    NAME_WORDS,
+    EventDeletedAnswer,
+    EventOut,
+    EventsAnswer,
+    Name,
+    OutputsAnswer,
+    errors,
+)
 
 # Answers are declared with `responses=` (api/schemas.py) and response_model=None: the models document
 # them and are not run on each answer.
 router = APIRouter(prefix=PROTECTED_PREFIX, tags=["events"], dependencies=API_KEY_SCHEMES, responses=errors(*KEYED))
-
-NAME = r"^[\w .:-]{1,64}$"
 
 
 def _available(store: EventStore | None, events_enabled: bool) -> EventStore:
@@ -44,9 +52,10 @@ async def list_events(
     store: StoreDep,
     settings: SettingsDep,
     session_id: str | None = Query(None, max_length=64),
-    camera: str | None = Query(None, pattern=NAME),
-    label: str | None = Query(None, max_length=64),
-    zone: str | None = Query(None, pattern=NAME),
+    # Names are stored in NFC: the filters are checked and spelled the same way, or they would miss.
+    camera: Annotated[Name | None, Query(description=NAME_WORDS)] = None,
+    label: Annotated[Name | None, Query(description="A class name (`person`): " + NAME_WORDS)] = None,
+    zone: Annotated[Name | None, Query(description=NAME_WORDS)] = None,
     after: float | None = Query(None, ge=0, description="Events that started at or after (Unix seconds)."),
     before: float | None = Query(None, ge=0, description="Events that started before (Unix seconds)."),
     limit: int = Query(50, ge=1, le=500),

@@ -24,7 +24,9 @@ from rtdetr_service.web.routes.ws import viewer_path
 from rtdetr_service.web.schemas import (
     BODY,
     KEYED,
+    NAME_WORDS,
     CountsAnswer,
+    Name,
     SessionsAnswer,
     StartAnswer,
     StatusAnswer,
@@ -68,20 +70,20 @@ Point = tuple[float, float]
 
 
 def _name():
-    return Field(..., min_length=1, max_length=64, pattern=r"^[\w .:-]+$", description="Letters, digits, ' ._:-'.")
+    return Field(..., description=NAME_WORDS)
 
 
 class ZoneIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = _name()
+    name: Name = _name()
     points: list[Point] = Field(..., min_length=3, max_length=MAX_POINTS, description="Polygon corners.")
 
 
 class LineIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = _name()
+    name: Name = _name()
     a: Point
     b: Point
 
@@ -89,10 +91,10 @@ class LineIn(BaseModel):
 class RuleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = _name()
+    name: Name = _name()
     kind: Literal["enter", "dwell", "cross", "occupancy"]
-    zone: str | None = Field(None, max_length=64, description="The zone of enter, dwell and occupancy rules.")
-    line: str | None = Field(None, max_length=64, description="The line of cross rules.")
+    zone: Name | None = Field(None, description="The zone of enter, dwell and occupancy rules.")
+    line: Name | None = Field(None, description="The line of cross rules.")
     classes: list[str] = Field([], max_length=80, description="Class names the rule applies to; [] = every class.")
     min_confidence: float = Field(0.0, ge=0.0, le=1.0)
     dwell_s: float = Field(10.0, gt=0.0, le=86400.0, description="dwell: seconds inside before it fires.")
@@ -129,7 +131,7 @@ class StartRequest(BaseModel):
     classes: list[str] | None = Field(None, max_length=80, description="Only these class names; null = all.")
     alert: AlertRuleIn | None = Field(default_factory=AlertRuleIn, description="null turns alerts off.")
     jpeg_quality: int | None = Field(None, ge=1, le=100, description="Default: JPEG_QUALITY.")
-    camera: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[\w .:-]+$", description="A human name.")
+    camera: Name | None = Field(None, description="A human name: " + NAME_WORDS)
     zones: ZonesIn | None = Field(None, description="Zones, lines and rules (replaceable later with PUT .../zones).")
     tracking: TrackingIn | None = Field(None, description="Tracker settings; defaults from TRACK_* settings.")
 
