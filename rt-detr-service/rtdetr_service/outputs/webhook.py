@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import queue
 import socket
 import threading
 import time
@@ -166,20 +165,12 @@ class _Destination(QueuedSink):
     def _scrub(self, exc: Exception) -> str:
         return str(exc).replace(self._url, self.host) or "no detail"
 
+    def given_up(self, count: int) -> None:
+        super().given_up(count)
+        log.warning("webhook %s: %d message(s) not delivered before shutdown", self.host, count)
+
     def close(self, timeout: float = 5.0) -> None:
-        super().close(timeout)
-        # What the thread could not send in time is given up, counted, so the thread ends soon.
-        given_up = 0
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-            given_up += 1
-        if given_up:
-            with self._lock:
-                self.dropped += given_up
-            log.warning("webhook %s: %d message(s) not delivered before shutdown", self.host, given_up)
+        self.drain(timeout)  # what the thread could not send in time is given up, counted
         self._cut()  # a request still in flight ends now, not at its timeout; nothing is left to follow it
         self._client.close()
 
