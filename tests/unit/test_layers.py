@@ -184,3 +184,17 @@ def test_a_module_outside_every_floor_is_named(copy):
         "rtdetr_service.helpers is on no floor: put it in one of "
         "['__main__', 'analytics', 'core', 'inference', 'ingest', 'outputs', 'sessions', 'web']"
     ]
+
+
+def test_every_module_imports_first_in_a_fresh_interpreter():
+    # The static check above sees every import statement; this one runs them, in reverse order of
+    # name (so a floor's leaves come before what they import), as a user's first import would.
+    import subprocess
+    import sys
+
+    names = sorted((m for m in modules(PACKAGE) if not m.endswith("__main__")), reverse=True)
+    code = "import importlib\nfor name in %r:\n    importlib.import_module(name)\n" % names
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=PACKAGE.parents[1]
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
