@@ -508,3 +508,39 @@ def test_a_password_in_the_url_never_shows(postgres_server, tmp_path, caplog):
             EventStore(unusable, tmp_path / "other")
         assert "s3cret-pw" not in str(refused.value)
     assert "s3cret-pw" not in caplog.text
+
+
+# -- URL forms ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres", "postgresql+psycopg"])
+def test_postgresql_urls_as_other_tools_write_them_open_the_store_through_psycopg(
+    postgres_server, tmp_path, caplog, scheme
+):
+    caplog.set_level("INFO")
+    store = EventStore(f"{scheme}://postgres:s3cret-pw@127.0.0.1:{postgres_server}/events", tmp_path / "data")
+    try:
+        store.start()
+        assert store.status()["backend"] == "postgresql"
+        assert store.status()["url"] == f"postgresql+psycopg://postgres:***@127.0.0.1:{postgres_server}/events"
+        events, _ = store.query(limit=1)  # a query reaches the server through the driver
+        assert isinstance(events, list)
+    finally:
+        store.stop()
+    assert f"event store: postgresql at postgresql+psycopg://postgres:***@127.0.0.1:{postgres_server}" in caplog.text
+    assert "s3cret-pw" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("mysql://u:s3cret-pw@h/db", "SQLite or PostgreSQL, not 'mysql'"),
+        ("mongodb://u:s3cret-pw@h/db", "not 'mongodb'"),
+        ("postgresql+asyncpg://u:s3cret-pw@h/db", "through psycopg, not 'asyncpg'"),
+        ("postgresql+psycopg2://u:s3cret-pw@h/db", "through psycopg, not 'psycopg2'"),
+    ],
+)
+def test_other_databases_and_drivers_are_refused_in_words_before_any_connection(tmp_path, url, words):
+    with pytest.raises(ValueError, match="URL is not one it can use") as refused:
+        EventStore(url, tmp_path / "data")
+    assert words in str(refused.value) and "s3cret-pw" not in str(refused.value)
