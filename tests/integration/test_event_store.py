@@ -4,6 +4,7 @@ thread, the snapshots on disk and the retention sweep are the real ones."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import glob
 import os
@@ -244,6 +245,28 @@ def test_a_malformed_cursor_or_limit_is_refused_in_words(make_store):
         with pytest.raises(ValueError, match="limit"):
             store.query(limit=limit)
     assert store.query(cursor=encode_cursor(NOW, "z")) == ([], None)
+
+
+def _cursor(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "[1" + "0" * 320 + ',"a"]',  # no float holds it: once OverflowError, a 500
+        "[-" + "9" * 320 + ',"a"]',
+        '[1e400,"a"]',
+        '[1.0,"a\\u0000b"]',  # PostgreSQL refuses NUL in any text: once a 500 there
+        '[1.0,"a\\nb"]',
+        '[1.0,""]',
+        '[1.0,"' + "a" * 65 + '"]',
+    ],
+)
+def test_a_cursor_with_a_number_or_id_no_event_has_is_refused_on_both_backends(make_store, raw):
+    store = make_store()
+    with pytest.raises(InvalidCursor, match="cursor is not valid"):
+        store.query(cursor=_cursor(raw))
 
 
 def test_delete_removes_the_row_its_zones_and_its_snapshot_and_it_stays_deleted(make_store):

@@ -56,8 +56,13 @@ async def list_events(
     camera: Annotated[Name | None, Query(description=NAME_WORDS)] = None,
     label: Annotated[Name | None, Query(description="A class name (`person`): " + NAME_WORDS)] = None,
     zone: Annotated[Name | None, Query(description=NAME_WORDS)] = None,
-    after: float | None = Query(None, ge=0, description="Events that started at or after (Unix seconds)."),
-    before: float | None = Query(None, ge=0, description="Events that started before (Unix seconds)."),
+    # 1e400 parses as infinity: a time that no event has is refused, not compared with.
+    after: float | None = Query(
+        None, ge=0, allow_inf_nan=False, description="Events that started at or after (Unix seconds)."
+    ),
+    before: float | None = Query(
+        None, ge=0, allow_inf_nan=False, description="Events that started before (Unix seconds)."
+    ),
     limit: int = Query(50, ge=1, le=500),
     cursor: str | None = Query(None, max_length=512),
 ) -> dict:
