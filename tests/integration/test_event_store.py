@@ -26,7 +26,7 @@ from rtdetr_service.outputs.store.event_store import EventStore
 from rtdetr_service.outputs.store.queries import InvalidCursor, encode_cursor
 from rtdetr_service.outputs.store.schema import metadata
 
-from support import free_port
+from support import free_port, make_settings, run_service
 
 NOW = 1_780_000_000.0  # the stores' clock in these tests
 DAY = 86400.0
@@ -567,3 +567,44 @@ def test_other_databases_and_drivers_are_refused_in_words_before_any_connection(
     with pytest.raises(ValueError, match="URL is not one it can use") as refused:
         EventStore(url, tmp_path / "data")
     assert words in str(refused.value) and "s3cret-pw" not in str(refused.value)
+
+
+# -- client text that reaches PostgreSQL ---------------------------------------------------------
+
+
+@pytest.fixture
+def postgres_service(postgres_server, tiny_model_dir):
+    """The real app keeping its events in the PostgreSQL server, on a URL written as other tools write it."""
+    url = f"postgresql://postgres@127.0.0.1:{postgres_server}/events"
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    metadata.drop_all(engine)
+    engine.dispose()
+    service = run_service(make_settings(tiny_model_dir, database_url=url))
+    yield service
+    service.stop()
+
+
+@pytest.mark.parametrize("field", ["session_id", "camera", "label", "zone"])
+@pytest.mark.parametrize("bad", ["a\x00b", "a\x07b", "a\nb"])
+def test_control_characters_in_filters_are_422_in_words_on_postgresql(postgres_service, field, bad):
+    # PostgreSQL refuses NUL in any text: once a 500 with the driver's words, SQLite took it
+    with postgres_service.client() as client:
+        assert client.get("/api/v1/events", params={field: "a b"}).status_code == 200
+        response = client.get("/api/v1/events", params={field: bad})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == "invalid_request"
+    assert response.json()["detail"].startswith(f"{field}: U+00"), response.json()["detail"]
+
+
+def test_event_ids_no_event_of_ours_can_have_are_404_on_postgresql(postgres_service):
+    nul_cursor = base64.urlsafe_b64encode(b'[1.0,"a\\u0000b"]').decode().rstrip("=")
+    with postgres_service.client() as client:
+        assert client.get("/api/v1/events", params={"cursor": nul_cursor}).json()["error"] == "invalid_cursor"
+        for event_id in ("a%00b", "0123456789abcdef0123456789abcde%00", "%07", "x" * 300, "0" * 32):
+            for response in (
+                client.get(f"/api/v1/events/{event_id}"),
+                client.get(f"/api/v1/events/{event_id}/snapshot.jpg"),
+                client.delete(f"/api/v1/events/{event_id}"),
+            ):
+                assert response.status_code == 404, (event_id, response.text)
+                assert response.json()["error"] == "event_not_found"
