@@ -4,6 +4,7 @@ thread, the snapshots on disk and the retention sweep are the real ones."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import glob
 import os
@@ -25,7 +26,7 @@ from rtdetr_service.outputs.store.event_store import EventStore
 from rtdetr_service.outputs.store.queries import InvalidCursor, encode_cursor
 from rtdetr_service.outputs.store.schema import metadata
 
-from support import free_port
+from support import free_port, make_settings, run_service
 
 NOW = 1_780_000_000.0  # the stores' clock in these tests
 DAY = 86400.0
@@ -244,6 +245,28 @@ def test_a_malformed_cursor_or_limit_is_refused_in_words(make_store):
         with pytest.raises(ValueError, match="limit"):
             store.query(limit=limit)
     assert store.query(cursor=encode_cursor(NOW, "z")) == ([], None)
+
+
+def _cursor(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "[1" + "0" * 320 + ',"a"]',  # no float holds it: once OverflowError, a 500
+        "[-" + "9" * 320 + ',"a"]',
+        '[1e400,"a"]',
+        '[1.0,"a\\u0000b"]',  # PostgreSQL refuses NUL in any text: once a 500 there
+        '[1.0,"a\\nb"]',
+        '[1.0,""]',
+        '[1.0,"' + "a" * 65 + '"]',
+    ],
+)
+def test_a_cursor_with_a_number_or_id_no_event_has_is_refused_on_both_backends(make_store, raw):
+    store = make_store()
+    with pytest.raises(InvalidCursor, match="cursor is not valid"):
+        store.query(cursor=_cursor(raw))
 
 
 def test_delete_removes_the_row_its_zones_and_its_snapshot_and_it_stays_deleted(make_store):
@@ -508,3 +531,80 @@ def test_a_password_in_the_url_never_shows(postgres_server, tmp_path, caplog):
             EventStore(unusable, tmp_path / "other")
         assert "s3cret-pw" not in str(refused.value)
     assert "s3cret-pw" not in caplog.text
+
+
+# -- URL forms ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres", "postgresql+psycopg"])
+def test_postgresql_urls_as_other_tools_write_them_open_the_store_through_psycopg(
+    postgres_server, tmp_path, caplog, scheme
+):
+    caplog.set_level("INFO")
+    store = EventStore(f"{scheme}://postgres:s3cret-pw@127.0.0.1:{postgres_server}/events", tmp_path / "data")
+    try:
+        store.start()
+        assert store.status()["backend"] == "postgresql"
+        assert store.status()["url"] == f"postgresql+psycopg://postgres:***@127.0.0.1:{postgres_server}/events"
+        events, _ = store.query(limit=1)  # a query reaches the server through the driver
+        assert isinstance(events, list)
+    finally:
+        store.stop()
+    assert f"event store: postgresql at postgresql+psycopg://postgres:***@127.0.0.1:{postgres_server}" in caplog.text
+    assert "s3cret-pw" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("mysql://u:s3cret-pw@h/db", "SQLite or PostgreSQL, not 'mysql'"),
+        ("mongodb://u:s3cret-pw@h/db", "not 'mongodb'"),
+        ("postgresql+asyncpg://u:s3cret-pw@h/db", "through psycopg, not 'asyncpg'"),
+        ("postgresql+psycopg2://u:s3cret-pw@h/db", "through psycopg, not 'psycopg2'"),
+    ],
+)
+def test_other_databases_and_drivers_are_refused_in_words_before_any_connection(tmp_path, url, words):
+    with pytest.raises(ValueError, match="URL is not one it can use") as refused:
+        EventStore(url, tmp_path / "data")
+    assert words in str(refused.value) and "s3cret-pw" not in str(refused.value)
+
+
+# -- client text that reaches PostgreSQL ---------------------------------------------------------
+
+
+@pytest.fixture
+def postgres_service(postgres_server, tiny_model_dir):
+    """The real app keeping its events in the PostgreSQL server, on a URL written as other tools write it."""
+    url = f"postgresql://postgres@127.0.0.1:{postgres_server}/events"
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    metadata.drop_all(engine)
+    engine.dispose()
+    service = run_service(make_settings(tiny_model_dir, database_url=url))
+    yield service
+    service.stop()
+
+
+@pytest.mark.parametrize("field", ["session_id", "camera", "label", "zone"])
+@pytest.mark.parametrize("bad", ["a\x00b", "a\x07b", "a\nb"])
+def test_control_characters_in_filters_are_422_in_words_on_postgresql(postgres_service, field, bad):
+    # PostgreSQL refuses NUL in any text: once a 500 with the driver's words, SQLite took it
+    with postgres_service.client() as client:
+        assert client.get("/api/v1/events", params={field: "a b"}).status_code == 200
+        response = client.get("/api/v1/events", params={field: bad})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == "invalid_request"
+    assert response.json()["detail"].startswith(f"{field}: U+00"), response.json()["detail"]
+
+
+def test_event_ids_no_event_of_ours_can_have_are_404_on_postgresql(postgres_service):
+    nul_cursor = base64.urlsafe_b64encode(b'[1.0,"a\\u0000b"]').decode().rstrip("=")
+    with postgres_service.client() as client:
+        assert client.get("/api/v1/events", params={"cursor": nul_cursor}).json()["error"] == "invalid_cursor"
+        for event_id in ("a%00b", "0123456789abcdef0123456789abcde%00", "%07", "x" * 300, "0" * 32):
+            for response in (
+                client.get(f"/api/v1/events/{event_id}"),
+                client.get(f"/api/v1/events/{event_id}/snapshot.jpg"),
+                client.delete(f"/api/v1/events/{event_id}"),
+            ):
+                assert response.status_code == 404, (event_id, response.text)
+                assert response.json()["error"] == "event_not_found"

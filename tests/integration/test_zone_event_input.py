@@ -3,6 +3,7 @@ is a 4xx in words and nothing changed; a huge body is refused before it is parse
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 
@@ -25,6 +26,11 @@ def session(live_service, rtsp_url):
         client.post("/api/v1/video/stop", json={"session_id": body["session_id"]})
 
 
+def _cursor(*items: str) -> str:
+    """A cursor of our form (base64 of a JSON list) holding `items` as written."""
+    return base64.urlsafe_b64encode(f"[{','.join(items)}]".encode()).decode().rstrip("=")
+
+
 def _zone(points, name="z"):
     return {"zones": [{"name": name, "points": points}]}
 
@@ -35,6 +41,16 @@ def _zone(points, name="z"):
         (_zone([[0, 0], [1, 1]]), "invalid_request", "at least 3"),
         (_zone([[i / 300, (i % 2) / 2] for i in range(257)]), "invalid_request", "at most 256"),
         (_zone([[0, 0], [1.5, 0], [1, 1]]), "invalid_zones", "outside"),
+        (
+            _zone([[0, 0], [10**320, 0], [1, 1]]),
+            "invalid_request",
+            "zones.0.points.1.0: Input should be a valid number",
+        ),
+        (
+            {"lines": [{"name": "l", "a": [0, -(10**320)], "b": [1, 1]}]},
+            "invalid_request",
+            "lines.0.a.1: Input should be a valid number",
+        ),
         ({"units": "pixels", **_zone([[0, 0], [400, 0], [300, 200]])}, "invalid_zones", "outside"),
         ({"zones": [{"name": f"z{i}", "points": SQUARE} for i in range(17)]}, "invalid_request", "at most 16"),
         (
@@ -113,6 +129,16 @@ def test_pixel_zones_at_start_that_do_not_fit_the_picture_leave_no_session(live_
     "params, code, words",
     [
         ({"cursor": "not-a-cursor"}, "invalid_cursor", "cursor"),
+        # numbers no float holds, in a cursor and in the time range: once a 500 with a traceback each
+        ({"cursor": _cursor("1" + "0" * 320, '"a"')}, "invalid_cursor", "cursor is not valid"),
+        ({"cursor": _cursor("-" + "9" * 320, '"a"')}, "invalid_cursor", "cursor is not valid"),
+        ({"cursor": _cursor("1e400", '"a"')}, "invalid_cursor", "cursor is not valid"),
+        ({"cursor": _cursor("1.0", '"a\\u0000b"')}, "invalid_cursor", "cursor is not valid"),
+        ({"after": "1e400"}, "invalid_request", "after: Input should be a finite number"),
+        ({"before": "1" + "0" * 320}, "invalid_request", "before: Input should be a finite number"),
+        ({"before": "inf"}, "invalid_request", "before: Input should be a finite number"),
+        ({"after": "nan"}, "invalid_request", "after"),
+        ({"limit": "1" + "0" * 320}, "invalid_request", "limit"),
         ({"limit": 0}, "invalid_request", "limit"),
         ({"limit": 501}, "invalid_request", "limit"),
         ({"after": "yesterday"}, "invalid_request", "after"),

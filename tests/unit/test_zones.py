@@ -200,6 +200,23 @@ def _zone(name="door", points=((0, 0), (1, 0), (1, 1))):
         ({"rules": [{"name": "r", "kind": "enter", "zone": "door", "dwell": 3}]}, {}, "rule #1: unknown key 'dwell'"),
         ({"rules": [{"name": "r", "kind": "enter", "zone": "door", "classes": "person"}]}, {}, "rule 'r': classes"),
         ({"units": "furlongs"}, {}, "units"),
+        # numbers no float holds: a 320-digit integer once escaped as OverflowError (a 500 for a caller)
+        ({"zones": [_zone(points=((0, 0), (10**320, 0), (0, 1)))]}, {}, "zone 'door': a coordinate is too large"),
+        (
+            {"lines": [{"name": "gate", "a": [0, -(10**320)], "b": [0, 1]}]},
+            {},
+            "line 'gate': a coordinate is too large",
+        ),
+        (
+            {"zones": [_zone(points=((0, 0), (float("inf"), 0), (0, 1)))]},
+            {},
+            "zone 'door': point \\(inf, 0\\) is outside",
+        ),
+        (
+            {"zones": [_zone(points=((0, 0), (float("nan"), 0), (0, 1)))]},
+            {},
+            "zone 'door': point \\(nan, 0\\) is outside",
+        ),
     ],
 )
 def test_from_dict_refuses_bad_configs_naming_the_item(d, size, message):

@@ -36,6 +36,8 @@ def _point(p: object, where: str, size: tuple[float, float] = (1.0, 1.0)) -> Poi
         x, y = (float(v) for v in p)
     except (TypeError, ValueError):
         raise _fail(where, f"a point must be [x, y], got {p!r}") from None
+    except OverflowError:  # an integer of hundreds of digits is no float; its repr would be as long
+        raise _fail(where, "a coordinate is too large to be a number") from None
     if not (0.0 <= x <= size[0] and 0.0 <= y <= size[1]):
         frame = "0..1" if size == (1.0, 1.0) else f"{size[0]:g}x{size[1]:g} pixels"
         raise _fail(where, f"point ({x:g}, {y:g}) is outside the frame ({frame})")

@@ -143,7 +143,7 @@ class OutputSettings(SettingsModel):
     data_dir: Path = Field(REPO_ROOT / "data", description="Where the event database and snapshots live.")
     database_url: SecretStr = Field(
         SecretStr(""),
-        description="SQLAlchemy URL of the event store, e.g. postgresql+psycopg://user:pw@host/db; empty = SQLite.",
+        description="Event store URL: postgresql://user:pw@host/db (postgres:// too; psycopg 3); empty = SQLite.",
     )
     event_retention_days: float = Field(30.0, gt=0, le=3650, description="Events older than this are deleted.")
     snapshot_max_mb: int = Field(

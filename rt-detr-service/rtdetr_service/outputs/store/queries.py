@@ -22,6 +22,7 @@ from rtdetr_service.outputs.store.schema import event_zones_table, events_table
 from rtdetr_service.outputs.store.snapshots import SnapshotFiles
 
 _TOMBSTONES = 4096  # deleted ids remembered so a late update does not bring an event back
+_ID_CHARS = events_table.c.id.type.length
 
 
 class InvalidCursor(ValueError):
@@ -41,16 +42,24 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         value = json.loads(raw)
     except (binascii.Error, ValueError, TypeError) as exc:
         raise InvalidCursor("cursor is not valid: pass next_cursor from a previous page unchanged") from exc
-    if (
-        not isinstance(value, list)
-        or len(value) != 2
-        or isinstance(value[0], bool)
-        or not isinstance(value[0], (int, float))
-        or not math.isfinite(value[0])
-        or not isinstance(value[1], str)
-    ):
+    if not isinstance(value, list) or len(value) != 2 or not _finite(value[0]) or not _stored_id(value[1]):
         raise InvalidCursor("cursor is not valid: pass next_cursor from a previous page unchanged")
     return float(value[0]), value[1]
+
+
+def _finite(value: object) -> bool:
+    """A JSON number that is a finite float: an integer of hundreds of digits is not one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _stored_id(value: object) -> bool:
+    """Text that fits the id column; no control character (PostgreSQL refuses NUL in any text)."""
+    return isinstance(value, str) and 0 < len(value) <= _ID_CHARS and value.isprintable()
 
 
 @dataclass(frozen=True)

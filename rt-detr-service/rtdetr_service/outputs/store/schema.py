@@ -1,7 +1,7 @@
 """The event store's tables, and the database they live in: its engine and its dialect's upserts.
 
 SQLAlchemy Core, so one code path serves the embedded default (SQLite in WAL mode under DATA_DIR)
-and PostgreSQL (`postgresql+psycopg://…`).
+and PostgreSQL through psycopg 3 (`postgresql://…`, `postgres://…` or `postgresql+psycopg://…`).
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ event_zones_table = sa.Table(
 )
 
 _INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+# The drivers we ship, per backend; a URL that names none gets this one, as other tools write them.
+_DRIVERS = {"sqlite": "pysqlite", "postgresql": "psycopg"}
+_SCHEMES = {"postgres": "postgresql", "postgresql": "postgresql", "sqlite": "sqlite"}
 _MAX_ERROR_CHARS = 300
 
 
@@ -72,18 +75,16 @@ class Database:
 
     def __init__(self, url: str | None, data_dir: Path, busy_timeout_s: float) -> None:
         try:
-            self._url = sa.engine.make_url(url or f"sqlite:///{data_dir.resolve() / 'events.db'}")
+            self._url = shipped_driver(sa.engine.make_url(url or f"sqlite:///{data_dir.resolve() / 'events.db'}"))
             self.safe_url = self._url.render_as_string(hide_password=True)
             self.engine = self._make_engine(busy_timeout_s)
         except sa.exc.ArgumentError:  # its words may quote the URL, password included: not passed on
             raise ValueError(
                 "the event store URL is not one it can use: give sqlite:///<path> or "
-                "postgresql+psycopg://user:password@host:port/database"
+                "postgresql://user:password@host:port/database"
             ) from None
         self.backend = self.engine.dialect.name
-        insert = _INSERTS.get(self.backend)
-        if insert is None:
-            raise ValueError(f"event store supports sqlite and postgresql URLs, got {self.safe_url}")
+        insert = _INSERTS[self.backend]
         self.upsert = _event_upsert(insert)
         self.zone_insert = insert(event_zones_table).on_conflict_do_nothing(
             index_elements=[event_zones_table.c.event_id, event_zones_table.c.zone]
@@ -117,6 +118,27 @@ class Database:
     def dispose(self) -> None:
         """Close the pool's connections."""
         self.engine.dispose()
+
+
+def shipped_driver(url: sa.URL) -> sa.URL:
+    """`url` with the driver we ship for its backend (psycopg 3 for PostgreSQL, whatever the URL named
+    it: `postgres://`, `postgresql://`); ValueError, without the password, for any other database or driver."""
+    scheme, _, driver = url.drivername.partition("+")
+    backend = _SCHEMES.get(scheme)
+    safe = url.render_as_string(hide_password=True)
+    if backend is None:
+        raise ValueError(
+            f"the event store URL is not one it can use: events are kept in SQLite or PostgreSQL, not {scheme!r} "
+            f"(got {safe})"
+        )
+    shipped = _DRIVERS[backend]
+    if driver and driver != shipped:
+        raise ValueError(
+            f"the event store URL is not one it can use: {backend} is reached through {shipped}, not {driver!r}; "
+            f"write {backend}://… (got {safe})"
+        )
+    # SQLite has the one driver Python ships: its URL is left as written.
+    return url if backend == "sqlite" else url.set(drivername=f"{backend}+{shipped}")
 
 
 def _event_upsert(insert):

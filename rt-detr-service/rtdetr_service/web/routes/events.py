@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
+from pydantic import AfterValidator
+from pydantic_core import PydanticCustomError
 
 from rtdetr_service.outputs.store.event_store import EventStore
 from rtdetr_service.outputs.store.queries import InvalidCursor
@@ -27,6 +30,19 @@ from rtdetr_service.web.schemas import (
 # Answers are declared with `responses=` (api/schemas.py) and response_model=None: the models document
 # them and are not run on each answer.
 router = APIRouter(prefix=PROTECTED_PREFIX, tags=["events"], dependencies=API_KEY_SCHEMES, responses=errors(*KEYED))
+
+
+# Event ids are ours (uuid4 hex): any other text names no event and is not sent to the database,
+# where PostgreSQL would answer a NUL in it with an error rather than "no such row".
+_EVENT_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _printable(value: str | None) -> str | None:
+    """A filter without control characters: PostgreSQL refuses NUL in any text, and no id has one."""
+    if value is not None and not value.isprintable():
+        bad = next(ch for ch in value if not ch.isprintable())
+        raise PydanticCustomError("not_printable", "{words}", {"words": f"U+{ord(bad):04X} is not allowed here"})
+    return value
 
 
 def _available(store: EventStore | None, events_enabled: bool) -> EventStore:
@@ -51,13 +67,18 @@ def _available(store: EventStore | None, events_enabled: bool) -> EventStore:
 async def list_events(
     store: StoreDep,
     settings: SettingsDep,
-    session_id: str | None = Query(None, max_length=64),
+    session_id: Annotated[str | None, Query(max_length=64), AfterValidator(_printable)] = None,
     # Names are stored in NFC: the filters are checked and spelled the same way, or they would miss.
     camera: Annotated[Name | None, Query(description=NAME_WORDS)] = None,
     label: Annotated[Name | None, Query(description="A class name (`person`): " + NAME_WORDS)] = None,
     zone: Annotated[Name | None, Query(description=NAME_WORDS)] = None,
-    after: float | None = Query(None, ge=0, description="Events that started at or after (Unix seconds)."),
-    before: float | None = Query(None, ge=0, description="Events that started before (Unix seconds)."),
+    # 1e400 parses as infinity: a time that no event has is refused, not compared with.
+    after: float | None = Query(
+        None, ge=0, allow_inf_nan=False, description="Events that started at or after (Unix seconds)."
+    ),
+    before: float | None = Query(
+        None, ge=0, allow_inf_nan=False, description="Events that started before (Unix seconds)."
+    ),
     limit: int = Query(50, ge=1, le=500),
     cursor: str | None = Query(None, max_length=512),
 ) -> dict:
@@ -80,6 +101,12 @@ async def list_events(
     return {"events": events, "next_cursor": next_cursor}
 
 
+def _ours(event_id: str) -> None:
+    """event_not_found, without a query, for an id that no event of ours can have."""
+    if not _EVENT_ID.fullmatch(event_id):
+        raise ApiError("event_not_found", f"No event with id {event_id[:64]!r}: event ids are 32 hex digits")
+
+
 def _found(event_id: str, event):
     if event is None:
         raise ApiError("event_not_found", f"No event with id {event_id!r}")
@@ -93,7 +120,9 @@ def _found(event_id: str, event):
     responses={200: {"model": EventOut}, **errors("invalid_request", "event_not_found", "events_unavailable")},
 )
 async def get_event(event_id: str, store: StoreDep, settings: SettingsDep) -> dict:
-    return _found(event_id, await asyncio.to_thread(_available(store, settings.events_enabled).get, event_id))
+    store = _available(store, settings.events_enabled)
+    _ours(event_id)
+    return _found(event_id, await asyncio.to_thread(store.get, event_id))
 
 
 @router.get(
@@ -107,6 +136,7 @@ async def get_event(event_id: str, store: StoreDep, settings: SettingsDep) -> di
 )
 async def snapshot(event_id: str, store: StoreDep, settings: SettingsDep) -> FileResponse:
     store = _available(store, settings.events_enabled)
+    _ours(event_id)
     _found(event_id, await asyncio.to_thread(store.get, event_id))
     path = await asyncio.to_thread(store.snapshot_path, event_id)
     if path is None:
@@ -124,7 +154,9 @@ async def snapshot(event_id: str, store: StoreDep, settings: SettingsDep) -> Fil
     },
 )
 async def delete_event(event_id: str, store: StoreDep, settings: SettingsDep) -> dict:
-    if not await asyncio.to_thread(_available(store, settings.events_enabled).delete, event_id):
+    store = _available(store, settings.events_enabled)
+    _ours(event_id)
+    if not await asyncio.to_thread(store.delete, event_id):
         raise ApiError("event_not_found", f"No event with id {event_id!r}")
     return {"event_id": event_id, "status": "deleted"}
 
