@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
 
-from fastapi import APIRouter, Query
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.requests import HTTPConnection
 
 from rtdetr_service.outputs.store.event_store import EventStore
 from rtdetr_service.outputs.store.queries import InvalidCursor
@@ -27,6 +30,22 @@ from rtdetr_service.web.schemas import (
 # Answers are declared with `responses=` (api/schemas.py) and response_model=None: the models document
 # them and are not run on each answer.
 router = APIRouter(prefix=PROTECTED_PREFIX, tags=["events"], dependencies=API_KEY_SCHEMES, responses=errors(*KEYED))
+
+# History lists are the heavy reads: at most this many run at once, on threads of their own, and the
+# others wait their turn there, so a burst neither takes the default pool (stop, …) nor the loop.
+HISTORY_READ_THREADS = 2
+
+
+def history_reads_pool() -> ThreadPoolExecutor:
+    """The threads history lists run on (made and shut down by the app's lifespan)."""
+    return ThreadPoolExecutor(HISTORY_READ_THREADS, thread_name_prefix="history-read")
+
+
+async def _history_reads(connection: HTTPConnection) -> ThreadPoolExecutor:
+    return connection.app.state.history_reads
+
+
+HistoryReadsDep = Annotated[ThreadPoolExecutor, Depends(_history_reads)]
 
 
 def _available(store: EventStore | None, events_enabled: bool) -> EventStore:
@@ -51,6 +70,7 @@ def _available(store: EventStore | None, events_enabled: bool) -> EventStore:
 async def list_events(
     store: StoreDep,
     settings: SettingsDep,
+    pool: HistoryReadsDep,
     session_id: str | None = Query(None, max_length=64),
     # Names are stored in NFC: the filters are checked and spelled the same way, or they would miss.
     camera: Annotated[Name | None, Query(description=NAME_WORDS)] = None,
@@ -60,24 +80,33 @@ async def list_events(
     before: float | None = Query(None, ge=0, description="Events that started before (Unix seconds)."),
     limit: int = Query(50, ge=1, le=500),
     cursor: str | None = Query(None, max_length=512),
-) -> dict:
+) -> JSONResponse:
     if after is not None and before is not None and after > before:
         raise ApiError("invalid_request", "after must not be later than before")
+    read = functools.partial(
+        _events_answer,
+        _available(store, settings.events_enabled),
+        session_id=session_id,
+        camera=camera,
+        label=label,
+        zone=zone,
+        after=after,
+        before=before,
+        limit=limit,
+        cursor=cursor,
+    )
     try:
-        events, next_cursor = await asyncio.to_thread(
-            _available(store, settings.events_enabled).query,
-            session_id=session_id,
-            camera=camera,
-            label=label,
-            zone=zone,
-            after=after,
-            before=before,
-            limit=limit,
-            cursor=cursor,
-        )
+        return await asyncio.get_running_loop().run_in_executor(pool, read)
     except InvalidCursor as exc:
         raise ApiError("invalid_cursor", str(exc)) from exc
-    return {"events": events, "next_cursor": next_cursor}
+
+
+def _events_answer(store: EventStore, **filters) -> JSONResponse:
+    """The list's answer, its JSON bytes built here on a history-read thread: encoding 500 events
+    on the loop held back /health and every live viewer. The rows are plain JSON types, so these are
+    the bytes FastAPI made from the returned dict, without its slower pure-Python encoder pass."""
+    events, next_cursor = store.query(**filters)
+    return JSONResponse({"events": events, "next_cursor": next_cursor})
 
 
 def _found(event_id: str, event):
