@@ -101,6 +101,7 @@ async def lifespan(app: FastAPI):
     app.state.model_error = None
     app.state.encoder = JpegEncoder("cpu")
     app.state.event_store = _open_event_store(settings)
+    app.state.history_reads = events.history_reads_pool()
     app.state.manager = manager = SessionManager(settings, app.state.hub)
     app.state.metrics.watch_sessions(lambda: [s.snapshot() for s in manager.list()])
     app.state.metrics.watch_sinks(lambda: manager.sinks)
@@ -124,6 +125,7 @@ async def lifespan(app: FastAPI):
         # Outputs drain after every session has ended (their last events included).
         for sink in app.state.manager.sinks:
             sink.close(2.0)
+        app.state.history_reads.shutdown(wait=True, cancel_futures=True)
         if app.state.event_store is not None:
             app.state.event_store.stop(5.0)
         if torch.cuda.is_available():

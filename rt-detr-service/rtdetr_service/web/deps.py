@@ -9,6 +9,7 @@ that FastAPI runs them on the event loop, not on a thread of its pool.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
 
 from fastapi import Depends
@@ -52,6 +53,11 @@ async def get_encoder(connection: HTTPConnection) -> JpegEncoder:
     return connection.app.state.encoder
 
 
+async def get_history_reads(connection: HTTPConnection) -> ThreadPoolExecutor:
+    """The threads history lists run on, apart from the default pool (events.py says why)."""
+    return connection.app.state.history_reads
+
+
 async def get_model_error(connection: HTTPConnection) -> str | None:
     """Why the model failed to load; None while it loads or once it has."""
     return connection.app.state.model_error
@@ -64,3 +70,4 @@ StoreDep = Annotated[EventStore | None, Depends(get_event_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 EncoderDep = Annotated[JpegEncoder, Depends(get_encoder)]
 ModelErrorDep = Annotated[str | None, Depends(get_model_error)]
+HistoryReadsDep = Annotated[ThreadPoolExecutor, Depends(get_history_reads)]
