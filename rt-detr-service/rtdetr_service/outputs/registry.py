@@ -9,25 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from rtdetr_service.core.results import Published, SessionView
-from rtdetr_service.outputs.base import QueuedSink, Sink, SinkStats
+from rtdetr_service.outputs.base import Sink
 
 if TYPE_CHECKING:
     from rtdetr_service.outputs.hub import Hub
     from rtdetr_service.outputs.prometheus import Metrics
     from rtdetr_service.outputs.settings import OutputSettings
     from rtdetr_service.outputs.store.event_store import EventStore
-
-__all__ = [
-    "Published",
-    "QueuedSink",
-    "SessionView",
-    "Sink",
-    "SinkContext",
-    "SinkStats",
-    "build_sinks",
-    "output_warnings",
-]
 
 
 @dataclass(frozen=True)
