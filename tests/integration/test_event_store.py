@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import glob
 import os
 import shutil
@@ -608,3 +609,47 @@ def test_event_ids_no_event_of_ours_can_have_are_404_on_postgresql(postgres_serv
             ):
                 assert response.status_code == 404, (event_id, response.text)
                 assert response.json()["error"] == "event_not_found"
+
+
+def test_a_snapshot_folder_that_is_a_file_for_a_while_costs_snapshots_only_and_writing_recovers(make_store, backend):
+    store = make_store()
+    life = lifecycle()
+    (first,) = seen(life, NOW - 60, 1)
+    store.submit([first])
+    wait_until(lambda: visible(store, first.event.id, has_snapshot=True), what="the first event")
+    folder = store.data_dir / "snapshots"
+    aside = store.data_dir / "snapshots.aside"
+    folder.rename(aside)
+    folder.write_bytes(b"not a folder")
+    try:
+        (second,) = seen(life, NOW - 59, 2)
+        store.submit([second])
+        # the row is written without its snapshot, and the store says in words why
+        event = wait_until(lambda: visible(store, second.event.id), what="the row despite the snapshot failure")
+        assert event["has_snapshot"] is False
+        status = wait_until(lambda: (s := store.status())["state"] == "failing" and s, what="failing")
+        assert status["running"] and status["detail"].startswith("cannot write snapshot: ")
+        assert "snapshots" in status["detail"]
+    finally:
+        folder.unlink()
+        aside.rename(folder)
+    (third,) = seen(life, NOW - 58, 3)
+    store.submit([third])
+    wait_until(lambda: visible(store, third.event.id, has_snapshot=True), what="snapshots again")
+    status = wait_until(lambda: (s := store.status())["state"] == "ok" and s, what="the store to say ok")
+    assert status["detail"] == "writing events" and status["written"] == 3
+
+
+def test_one_row_the_database_refuses_costs_that_row_not_its_batch(make_store, backend):
+    store = make_store(batch_max=64)
+    life = lifecycle()
+    changes = [seen(life, NOW - 60 + i, i)[0] for i in range(5)]
+    bad = changes[2]
+    # a NOT NULL column left NULL: refused by both databases, as a bug or bad data would be
+    broken = dataclasses.replace(bad, event=dataclasses.replace(bad.event, label=None))
+    store.submit([*changes[:2], broken, *changes[3:]])
+    for change in (*changes[:2], *changes[3:]):
+        wait_until(lambda c=change: store.get(c.event.id), what="the good rows of the batch")
+    assert store.get(bad.event.id) is None
+    status = store.status()
+    assert status["dropped"] == 1 and "cannot write" in (status["last_error"] or "")

@@ -182,3 +182,69 @@ def test_a_sink_that_counts_its_own_deliveries_is_not_counted_on_write():
         assert sink.stats().sent == 0
     finally:
         sink.close(1)
+
+
+class Crashing(Recording):
+    """A sink whose loop hooks raise (a bug, not a failed write): `idle_raises` times in idle(),
+    `after_raises` times in after_write()."""
+
+    name = "crashing"
+
+    def __init__(self, *, idle_raises: int = 0, after_raises: int = 0) -> None:
+        super().__init__()
+        self.idle_raises = idle_raises
+        self.after_raises = after_raises
+
+    def idle(self) -> None:
+        super().idle()
+        if self.idle_raises:
+            self.idle_raises -= 1
+            raise RuntimeError("a bug in idle")
+
+    def after_write(self, batch: list) -> None:
+        if self.after_raises:
+            self.after_raises -= 1
+            raise KeyError("a bug after a write")
+        super().after_write(batch)
+
+
+def test_an_exception_out_of_the_loop_restarts_it_after_a_backoff_and_says_so():
+    sink = Crashing(idle_raises=2)
+    sink.restart_backoff_s = (0.05, 0.1)
+    sink.start()
+    try:
+        # while it backs off, the sink says why in words and counts the restart
+        assert wait_until(lambda: sink.stats().state == "failing", timeout=2)
+        stats = sink.stats()
+        assert "the writer loop crashed and restarts" in stats.last_error and "a bug in idle" in stats.last_error
+        sink.offer("after", "s")
+        assert wait_until(lambda: sink.wrote() == ["after"], timeout=3)
+        assert sink.restarts == 2 and sink._thread.is_alive()
+        assert wait_until(lambda: sink.stats().state == "ok", timeout=2)  # the next good write ends the burst
+    finally:
+        sink.close(1)
+
+
+def test_a_bug_after_a_write_costs_no_later_item():
+    sink = Crashing(after_raises=1)
+    sink.restart_backoff_s = (0.01,)
+    sink.start()
+    try:
+        for i in range(3):
+            sink.offer(i, "s")
+        assert wait_until(lambda: sink.wrote() == [0, 1, 2], timeout=3)
+        assert sink.restarts == 1
+    finally:
+        sink.close(1)
+
+
+def test_a_writer_thread_that_ended_while_not_stopping_is_failing_in_words():
+    sink = Recording()
+    sink._run = lambda: None  # the thread target is bound at construction: replace the loop itself
+    sink._thread = threading.Thread(target=lambda: None, daemon=True)
+    sink.start()
+    sink._thread.join(1)
+    stats = sink.stats()
+    assert stats.state == "failing" and stats.last_error == "the writer thread ended; nothing is written"
+    sink.close(1)
+    assert sink.stats().state != "failing"  # a closed sink's ended thread is no fault

@@ -23,6 +23,7 @@ from rtdetr_service.core.results import Published
 
 log = logging.getLogger(__name__)
 DEGRADED_FOR_S = 60.0
+ENDED = "the writer thread ended; nothing is written"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,7 @@ class SinkStats:
     queued: int = 0
     queue_size: int = 0
     last_error: str | None = None
+    restarts: int = 0  # times its writer loop crashed (a bug, not a failed write) and was restarted
     detail: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -51,6 +53,7 @@ class SinkStats:
             "queued": self.queued,
             "queue_size": self.queue_size,
             "last_error": self.last_error,
+            "restarts": self.restarts,
             **self.detail,
         }
 
@@ -79,13 +82,17 @@ class QueuedSink:
     Subclasses implement `accept(item)` (cheap, on the publisher thread: pick what to queue, or
     None to skip) and `write(batch)` (on the writer thread); a sink that makes several entries of
     an item calls `offer` for each. A failing write is counted and logged once per burst; it
-    never ends the thread. Hooks a sink may override, all on the writer thread: `idle()` before
-    every wait for entries (the first at start), `after_write(batch)` after a write that returned, and
-    `given_up(count)` for what `drain()` had no time to write.
+    never ends the thread. Anything else that escapes the loop (a bug in a hook) is caught by
+    its supervisor, said in words (`failing`, `last_error`, `restarts`), and the loop restarts
+    after a backoff; a thread that ended anyway while not stopping reads as `failing`. Hooks a
+    sink may override, all on the writer thread: `idle()` before every wait for entries (the
+    first at start), `after_write(batch)` after a write that returned, and `given_up(count)` for
+    what `drain()` had no time to write.
     """
 
     name = "queued"
     wait_s = 0.2  # the longest the writer waits for an entry before it calls idle() again
+    restart_backoff_s: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0)  # after each crash in a row
 
     def __init__(self, *, queue_size: int = 1024, batch_max: int = 64) -> None:
         self._queue: FairQueue = FairQueue(queue_size)
@@ -93,7 +100,7 @@ class QueuedSink:
         self._batch_max = batch_max
         self._stop = threading.Event()
         self._deadline = math.inf  # once stopping, the writer takes no entry after this (monotonic)
-        self._thread = threading.Thread(target=self._run, name=f"sink-{self.name}", daemon=True)
+        self._thread = threading.Thread(target=self._supervise, name=f"sink-{self.name}", daemon=True)
         self._lock = threading.Lock()
         self.handled = 0
         self.sent = 0
@@ -102,6 +109,8 @@ class QueuedSink:
         self.last_error: str | None = None
         self._failing = False
         self._last_drop = float("-inf")
+        self.restarts = 0
+        self._crashes_in_a_row = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -160,6 +169,31 @@ class QueuedSink:
         with self._lock:
             self.dropped += count
 
+    def _supervise(self) -> None:
+        """Run the loop; restart it after a backoff whenever something escapes it."""
+        while True:
+            try:
+                self._run()
+                return
+            except Exception as exc:  # noqa: BLE001 - the output's thread must outlive a bug in one hook
+                delay = self._crashed(exc)
+            if self._stop.is_set():
+                return  # stopping: what is left is drain()'s to give up
+            self._stop.wait(delay)
+
+    def _crashed(self, exc: BaseException) -> float:
+        """Count and say a crash of the loop; the backoff before the restart."""
+        with self._lock:
+            self.restarts += 1
+            delay = self.restart_backoff_s[min(self._crashes_in_a_row, len(self.restart_backoff_s) - 1)]
+            self._crashes_in_a_row += 1
+            self.last_error = f"the writer loop crashed and restarts in {delay:g} s: {type(exc).__name__}: {exc}"[:500]
+            first_of_burst = not self._failing
+            self._failing = True
+        if first_of_burst:
+            log.exception("sink %s: %s", self.name, self.last_error)
+        return delay
+
     def _run(self) -> None:
         while True:
             self.idle()
@@ -197,6 +231,7 @@ class QueuedSink:
                 log.warning("sink %s: writing %d item(s) failed: %s", self.name, len(batch), self.last_error)
             self._failing = True
             return
+        self._crashes_in_a_row = 0
         self.after_write(batch)
 
     def close(self, timeout: float = 5.0) -> None:
@@ -223,10 +258,11 @@ class QueuedSink:
         return not self._thread.is_alive()
 
     def stats(self) -> SinkStats:
+        ended = self.thread_ended()
         with self._lock:
             # Degraded while drops are recent: one burst an hour ago is history, not a state.
             recent_drop = time.monotonic() - self._last_drop < DEGRADED_FOR_S
-            state = "failing" if self._failing else ("degraded" if recent_drop else "ok")
+            state = "failing" if self._failing or ended else ("degraded" if recent_drop else "ok")
             return SinkStats(
                 name=self.name,
                 state=state,
@@ -236,5 +272,10 @@ class QueuedSink:
                 dropped=self.dropped,
                 queued=self._queue.qsize(),
                 queue_size=self._queue_size,
-                last_error=self.last_error,
+                last_error=ENDED if ended else self.last_error,
+                restarts=self.restarts,
             )
+
+    def thread_ended(self) -> bool:
+        """True when the writer thread started and ended while no one stopped it: nothing is written."""
+        return self._thread.ident is not None and not self._thread.is_alive() and not self._stop.is_set()

@@ -119,6 +119,9 @@ class _SinkCollector(Collector):
             "dropped": CounterMetricFamily(
                 "rtdetr_sink_dropped", "Items an output dropped because it could not keep up", labels=["sink"]
             ),
+            "restarts": CounterMetricFamily(
+                "rtdetr_sink_restarts", "Times an output's writer loop crashed and was restarted", labels=["sink"]
+            ),
             "queued": GaugeMetricFamily(
                 "rtdetr_sink_queue_depth", "Items waiting in an output's queue", labels=["sink"]
             ),

@@ -297,6 +297,7 @@ class OutputOut(BaseModel):
     queued: int
     queue_size: int
     last_error: str | None
+    restarts: int = Field(..., description="Times its writer loop crashed (a bug, not a failed write), then restarted.")
 
 
 class OutputsAnswer(_Answer):

@@ -165,6 +165,7 @@ class EventStore:
             "dropped": writer.dropped,
             "errors": writer.errors,
             "last_error": writer.last_error,
+            "restarts": writer.restarts,
             "snapshots_written": writer.snapshots_written,
             "snapshot_bytes": self._files.total_bytes,
             "retention_deleted_events": retention.deleted_events,
@@ -178,7 +179,7 @@ def _detail(writer: WriterReport) -> str:
     """The writer's state in words: its problems, else where it is in its life."""
     problems = []
     if writer.failing:
-        problems.append(writer.last_error or "cannot write")
+        problems.extend(writer.problems or (writer.last_error or "cannot write",))
     if writer.dropping:
         problems.append(f"dropping events: the writer cannot keep up ({writer.dropped} dropped)")
     if problems:

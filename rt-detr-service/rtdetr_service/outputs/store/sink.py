@@ -35,5 +35,6 @@ class EventStoreSink:
             queued=status["queued"],
             queue_size=status["queue_size"],
             last_error=status["last_error"],
+            restarts=status["restarts"],
             detail={"backend": status["backend"], "detail": status["detail"]},
         )

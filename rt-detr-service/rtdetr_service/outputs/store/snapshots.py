@@ -56,8 +56,12 @@ class SnapshotFiles:
         return rel, len(data), len(data) - old
 
     def remove_partial(self, record: EventRecord) -> None:
-        """Remove what a failed `write` of this event's snapshot may have left."""
-        self._partial(self.data_dir / self.relative_path(record)).unlink(missing_ok=True)
+        """Remove what a failed `write` of this event's snapshot may have left; never raises (the
+        folder may be gone, a file, or unreadable: the failure that brought us here is the news)."""
+        try:
+            self._partial(self.data_dir / self.relative_path(record)).unlink(missing_ok=True)
+        except OSError as exc:
+            log.debug("event store: cannot remove a partial snapshot: %s", exc)
 
     @staticmethod
     def _partial(path: Path) -> Path:

@@ -2,9 +2,13 @@
 
 It is a `QueuedSink` (outputs/base.py): `submit()` never blocks, and the queue is fair between
 sessions, so a session that floods it loses its own oldest changes. Each batch becomes one
-transaction holding the newest record of each event in it, its newest snapshot written first; a
-transaction that fails is tried once more a second later, then its changes are dropped, counted.
-The retention sweep runs on this thread too, at start and every `sweep_interval_s`.
+transaction holding the newest record of each event in it, its newest snapshot written first. A
+snapshot that cannot be written costs that snapshot only: the row is written without it, and the
+store reads `failing` in words until a snapshot is written again. A transaction that fails is
+tried once more a second later; if that fails too, its rows are tried one by one, so a row the
+database refuses costs only its own changes (a database that is down refuses the first, and the
+batch is dropped, counted). The retention sweep runs on this thread too, at start and every
+`sweep_interval_s`. The loop itself is supervised (outputs/base.py): a bug restarts it.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from rtdetr_service.core.results import EventChange, EventRecord, SnapshotRequest
-from rtdetr_service.outputs.base import QueuedSink
+from rtdetr_service.outputs.base import ENDED, QueuedSink
 from rtdetr_service.outputs.store.queries import Tombstones
 from rtdetr_service.outputs.store.retention import Retention
 from rtdetr_service.outputs.store.schema import Database, event_row, words
@@ -50,7 +54,9 @@ class WriterReport:
     dropped: int
     errors: int
     last_error: str | None
+    problems: tuple[str, ...]  # what keeps it failing, in words
     snapshots_written: int
+    restarts: int
 
 
 class EventWriter(QueuedSink):
@@ -72,6 +78,7 @@ class EventWriter(QueuedSink):
         self._next_sweep = -math.inf  # the first is due at start
         self.errors = 0
         self.snapshots_written = 0
+        self._snapshot_error: str | None = None  # set while snapshots cannot be written
 
     def start(self) -> None:
         """Start the writer thread, once; a stopped writer does not start again."""
@@ -131,27 +138,24 @@ class EventWriter(QueuedSink):
         self._next_sweep = time.monotonic() + self._sweep_interval
 
     def write(self, batch: list[EventChange]) -> None:
-        """One transaction of the newest record of each event in the batch, its snapshot first."""
+        """The newest record of each event in the batch, its snapshot first; see the module docstring."""
         latest = {c.event.id: c.event for c in batch if c.event.id not in self._tombstones}
         snapshots: dict[str, SnapshotRequest] = {}
         for change in batch:
             if change.snapshot is not None and change.event.id in latest:
                 snapshots[change.event.id] = change.snapshot  # only the newest view of each event is written
-        files, added_bytes, snapshot_ok = self._write_snapshots(latest, snapshots)
+        files, added_bytes = self._write_snapshots(latest, snapshots)
         now = self._clock()
         rows = [event_row(record, files.get(event_id), now) for event_id, record in latest.items()]
-        zone_rows = [{"event_id": r.id, "zone": z} for r in latest.values() for z in r.zones]
-        if not self._store_rows(rows, zone_rows, len(batch)):
-            return
+        changes_of: dict[str, int] = {}
+        for change in batch:
+            changes_of[change.event.id] = changes_of.get(change.event.id, 0) + 1
+        written = self._store_rows(rows, latest, changes_of)
+        written_changes = len(batch) - sum(n for event_id, n in changes_of.items() if event_id not in written)
         with self._lock:
-            self.sent += len(batch)
-            self.snapshots_written += len(files)
-            recovered = self._failing and snapshot_ok
-            if recovered:
-                self._failing = False
+            self.sent += written_changes
+            self.snapshots_written += sum(1 for event_id in files if event_id in written)
         self._files.add_bytes(added_bytes)
-        if recovered:
-            log.info("event store: writing again")
 
     def after_write(self, batch: list) -> None:
         pass  # write() counts what it wrote, and says when it writes again
@@ -162,39 +166,82 @@ class EventWriter(QueuedSink):
 
     def _write_snapshots(
         self, records: dict[str, EventRecord], snapshots: dict[str, SnapshotRequest]
-    ) -> tuple[dict[str, tuple[str, int]], int, bool]:
-        """Each snapshot to its file; ({event_id: (path, bytes)}, bytes added, all ok)."""
+    ) -> tuple[dict[str, tuple[str, int]], int]:
+        """Each snapshot to its file, each on its own; ({event_id: (path, bytes)}, bytes added)."""
         files: dict[str, tuple[str, int]] = {}
         added = 0
-        ok = True
+        failed = False
         for event_id, request in snapshots.items():
             try:
                 rel, size, change = self._files.write(records[event_id], request)
-            except Exception as exc:  # noqa: BLE001 - disk full or a bad frame loses one snapshot, not the batch
+            except Exception as exc:  # noqa: BLE001 - disk full, a folder gone or a bad frame loses one snapshot
                 self._files.remove_partial(records[event_id])
-                self.record_failure(exc, "cannot write snapshot")
-                ok = False
+                self._snapshot_failed(exc)
+                failed = True
                 continue
             files[event_id] = (rel, size)
             added += change
-        return files, added, ok
+        if files and not failed:
+            self._snapshots_recovered()
+        return files, added
 
-    def _store_rows(self, rows: list[dict], zone_rows: list[dict], changes: int) -> bool:
-        """Upsert the rows and their zones in one transaction, tried twice; False: `changes` dropped."""
+    def _snapshot_failed(self, exc: BaseException) -> None:
+        text = f"cannot write snapshot: {words(exc)}"
+        with self._lock:
+            first_of_burst = self._snapshot_error is None
+            self._snapshot_error = text
+            self.errors += 1
+            self.last_error = text
+        if first_of_burst:
+            log.warning("event store: %s; events are still written, without their snapshots", text)
+
+    def _snapshots_recovered(self) -> None:
+        with self._lock:
+            recovered, self._snapshot_error = self._snapshot_error is not None, None
+        if recovered:
+            log.info("event store: writing snapshots again")
+
+    def _store_rows(self, rows: list[dict], records: dict[str, EventRecord], changes_of: dict[str, int]) -> set[str]:
+        """Upsert the rows with their zones; the ids of the events written. See the module docstring."""
         for attempt in (1, 2):
-            try:
-                if rows:
-                    with self._db.engine.begin() as conn:
-                        conn.execute(self._db.upsert, rows)
-                        if zone_rows:
-                            conn.execute(self._db.zone_insert, zone_rows)
-                return True
-            except Exception as exc:  # noqa: BLE001 - database down, locked or full: count, retry once, go on
-                self.record_failure(exc, "cannot write")
-                if attempt == 1:
-                    self._stop.wait(_RETRY_DELAY_S)
-        self._count_dropped(changes)
-        return False
+            if self._transaction(rows, records):
+                return {row["id"] for row in rows}
+            if attempt == 1:
+                self._stop.wait(_RETRY_DELAY_S)
+        written: set[str] = set()
+        if len(rows) > 1:
+            for row in rows:
+                if self._transaction([row], records):
+                    written.add(row["id"])
+                elif not written:
+                    break  # the first row alone fails too: the database, not a row, is at fault
+        if written:
+            self._rows_recovered()
+        lost = sum(n for event_id, n in changes_of.items() if event_id not in written)
+        with self._lock:
+            self.dropped += lost  # counted, and said by the failure in words (not as "cannot keep up")
+        return written
+
+    def _transaction(self, rows: list[dict], records: dict[str, EventRecord]) -> bool:
+        """One transaction of these rows and their zones; False (counted, in words) when it failed."""
+        zone_rows = [{"event_id": row["id"], "zone": zone} for row in rows for zone in records[row["id"]].zones]
+        try:
+            if rows:
+                with self._db.engine.begin() as conn:
+                    conn.execute(self._db.upsert, rows)
+                    if zone_rows:
+                        conn.execute(self._db.zone_insert, zone_rows)
+        except Exception as exc:  # noqa: BLE001 - database down, locked or full, or a row it refuses: count, go on
+            self.record_failure(exc, "cannot write")
+            return False
+        self._rows_recovered()
+        return True
+
+    def _rows_recovered(self) -> None:
+        with self._lock:
+            recovered, self._failing = self._failing, False
+        if recovered:
+            log.info("event store: writing again")
 
     def record_failure(self, exc: BaseException, what: str) -> None:
         """Count a failure and keep its words; the first of a burst is logged."""
@@ -211,8 +258,16 @@ class EventWriter(QueuedSink):
 
     def report(self) -> WriterReport:
         """The counters and the state, read together."""
+        ended = self.thread_ended()
         with self._lock:
-            failing, dropped, last_error = self._failing, self.dropped, self.last_error
+            failing = self._failing or self._snapshot_error is not None or ended
+            dropped = self.dropped
+            problems = [ENDED] if ended else []
+            if self._failing:
+                problems.append(self.last_error or "cannot write")
+            if self._snapshot_error is not None and self._snapshot_error not in problems:
+                problems.append(self._snapshot_error)
+            last_error = ENDED if ended else self.last_error
             dropping = time.monotonic() - self._last_drop <= _DROP_WINDOW_S
             written, errors, snapshots_written = self.sent, self.errors, self.snapshots_written
         return WriterReport(
@@ -226,5 +281,7 @@ class EventWriter(QueuedSink):
             dropped=dropped,
             errors=errors,
             last_error=last_error,
+            problems=tuple(problems),
             snapshots_written=snapshots_written,
+            restarts=self.restarts,
         )
