@@ -231,6 +231,37 @@ def test_one_failed_encode_costs_one_frame_not_the_session(worker):
         session.stop()
 
 
+class _StatusFailsOnce(Hub):
+    """A hub whose first once-a-second status to viewers raises (a bug in a message, say)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.status_failures = 1
+
+    def publish_event(self, session_id, message):
+        on_tick = threading.current_thread().name.startswith("publisher-")
+        if self.status_failures and on_tick and message.get("type") == "status":
+            self.status_failures -= 1
+            raise RuntimeError("status could not be sent")
+        super().publish_event(session_id, message)
+
+
+def test_a_failing_status_tick_costs_that_tick_not_the_session(worker):
+    hub = _StatusFailsOnce()
+    session = _session(worker, hub=hub)
+    session.open()
+    session.start()
+    try:
+        assert wait_until(lambda: hub.status_failures == 0, timeout=5)
+        published = session.frames_published
+        assert wait_until(lambda: session.frames_published > published + 5, timeout=5)
+        assert wait_until(lambda: any(m.get("type") == "status" for m in hub.events), timeout=5)
+        assert session.state == SessionState.RUNNING
+        assert "status could not be sent" in session.last_error and session.snapshot().stats.publish_errors == 1
+    finally:
+        session.stop()
+
+
 class _DropsAtOnce(FakeCamera):
     """The camera closes right after the handshake: the reader reports `reconnecting` at once."""
 

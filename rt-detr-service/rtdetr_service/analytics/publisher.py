@@ -120,13 +120,20 @@ class Publisher:
                 now = self._clock()
                 if now - last_tick >= TICK_S:
                     last_tick = now
-                    self._tick()
+                    self._tick_counted()
         except Exception as exc:  # noqa: BLE001 - a dead publisher is a failed session, said in words
             log.exception("publisher of session %s crashed", self.view.session_id)
             if self._on_crash is not None:
                 self._on_crash(f"Publisher crashed: {exc}")
         finally:
             self._finish()
+
+    def _tick_counted(self) -> None:
+        """One tick; a failure in it (ending events, the status to viewers) costs that tick only."""
+        try:
+            self._tick()
+        except Exception as exc:  # noqa: BLE001 - counted, reported in status, logged (not per tick)
+            self._error(f"The once-a-second update failed: {exc}", exc)
 
     def _tick(self) -> None:
         changes = self._events.tick(self._wall())
