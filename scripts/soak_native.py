@@ -172,8 +172,17 @@ def stop_process(proc: subprocess.Popen | None) -> None:
 class ServiceProcess:
     """The service as `make serve` runs it (`python -m rtdetr_service`), settings from the environment."""
 
-    def __init__(self, model: Path, out: Path, port: int, extra_env: dict[str, str], code: Path | None = None) -> None:
+    def __init__(
+        self,
+        model: Path,
+        out: Path,
+        port: int,
+        extra_env: dict[str, str],
+        code: Path | None = None,
+        command: list[str] | None = None,
+    ) -> None:
         self.port = port
+        self.command = command or [sys.executable, "-m", "rtdetr_service"]
         self.base_url = f"http://127.0.0.1:{port}"
         self.api_key = "soak-" + secrets.token_hex(12)
         self.env = dict(os.environ)
@@ -199,9 +208,7 @@ class ServiceProcess:
     def start(self, timeout: float = 120.0) -> None:
         log = open(self._out / "service.log", "a")
         # cwd = the run folder: the repository's .env (if any) must not change what is soaked.
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rtdetr_service"], cwd=self._out, env=self.env, stdout=log, stderr=log
-        )
+        self.proc = subprocess.Popen(self.command, cwd=self._out, env=self.env, stdout=log, stderr=log)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

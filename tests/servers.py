@@ -251,10 +251,11 @@ def soak_native():
     return module
 
 
-def service_process(model: Path, folder: Path, **env: str):
-    """The service as its own process (`python -m rtdetr_service`, as `make serve` runs it), ready
-    on a free port: the soaks' ServiceProcess, its log in folder/service.log, `env` on top."""
-    service = soak_native().ServiceProcess(model, folder, free_port(), env)
+def service_process(model: Path, folder: Path, command: list[str] | None = None, **env: str):
+    """The service as its own process (`python -m rtdetr_service`, as `make serve` runs it, or
+    `command`), ready on a free port: the soaks' ServiceProcess, its log in folder/service.log,
+    `env` on top."""
+    service = soak_native().ServiceProcess(model, folder, free_port(), env, command=command)
     try:
         service.start()
     except BaseException:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Callable
 
 import uvicorn
 from pydantic import ValidationError
 
 from rtdetr_service.core.logs import configure
+from rtdetr_service.inference.detector import Detector
+from rtdetr_service.inference.loading import detector_from_settings
 from rtdetr_service.web.app import ServiceServer, create_app
 from rtdetr_service.web.settings import Settings, unknown_env_file_keys
 
@@ -29,7 +32,8 @@ def server_config(app, settings: Settings, **overrides) -> uvicorn.Config:
     return uvicorn.Config(app, **options)
 
 
-def main() -> int:
+def main(detector_factory: Callable[[Settings], Detector] = detector_from_settings) -> int:
+    """Run until SIGTERM/SIGINT; 2 on a configuration error. Tests may hand in another detector."""
     try:
         settings = Settings()
     except ValidationError as exc:
@@ -42,7 +46,7 @@ def main() -> int:
         logging.getLogger("rtdetr_service").warning(
             ".env has keys no part of the stack reads (typos of a setting?): %s", ", ".join(unknown)
         )
-    app = create_app(settings)
+    app = create_app(settings, detector_factory)
     ServiceServer(server_config(app, settings), app).run()
     return 0
 

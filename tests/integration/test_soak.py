@@ -26,6 +26,18 @@ GET /api/v1/video/status/{id}; frames and latency the viewers saw):
   The service may close the stalled viewer (VIEWER_STALL_S, 4408) or keep it; either passes.
   60 %, not 95 %: on this shared 2-core machine other work moves 30-s means by up to a quarter,
   while a stalled viewer that blocked a session would take it to 0.
+
+The service runs `tests/scripted_service.py`: the real model's forward pass on every batch, its
+detections replaced by walking people, so events, snapshots and webhook deliveries happen as in
+production. Every event change and alert goes to a webhook receiver that misbehaves in turn
+(answers 200 with a 256 MB body, trickles a chunked answer a byte each 0.5 s, never answers), and
+during the churn the snapshot folder is replaced by a file for 8 s, then put back; then also:
+
+- while the folder is a file, `/ready` stays 200 and says in words that snapshots cannot be
+  written, and events are still stored (rows, without snapshots);
+- within 15 s of the folder's return, snapshots are written again and the store reads `ok`;
+- the receiver costs the service no memory (the RSS bound above) and the webhook output says
+  in words why it is not well.
 """
 
 from __future__ import annotations
@@ -33,11 +45,87 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import sys
+import threading
+import time
 
+import httpx
 import pytest
 
+from hostile_servers import FakeServer, http_huge_answer, http_trickle, silent
 from servers import service_process, soak_native
 from support import ROOT
+
+_BEHAVIOURS = (
+    http_huge_answer(declared=256 * 2**20, at_most=32 * 2**20),
+    http_trickle(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", [b"1\r\na\r\n"] * 40),
+    silent,
+)
+
+
+def _misbehaving(conn, server: FakeServer) -> None:
+    """Each connection gets the next abuse: a huge answer, a trickled one, none at all."""
+    _BEHAVIOURS[(server.connections - 1) % len(_BEHAVIOURS)](conn, server)
+
+
+class SnapshotFault:
+    """Replaces DATA_DIR/snapshots by a file for `hold_s`, then puts the folder back, watching
+    /ready and the outputs every 0.5 s from a thread of its own; what it saw is kept."""
+
+    def __init__(self, base_url: str, api_key: str, data_dir, after_s: float, hold_s: float) -> None:
+        self._http = httpx.Client(base_url=base_url, headers={"apikey": api_key}, timeout=10)
+        self._folder = data_dir / "snapshots"
+        self._after_s, self._hold_s = after_s, hold_s
+        self.failing_words: list[str] = []  # /ready warnings naming the snapshot failure
+        self.ready_codes: set[int] = set()
+        self.stored_during: int | None = None  # events stored while the folder was a file
+        self.recovered_after_s: float | None = None  # until the store read ok with a new event's snapshot
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+        self._http.close()
+
+    def _store(self) -> dict:
+        outputs = self._http.get("/api/v1/outputs").json()["outputs"]
+        return next(o for o in outputs if o["name"] == "event_store")
+
+    def _run(self) -> None:
+        try:
+            if self._stop.wait(self._after_s):
+                return
+            aside = self._folder.with_name("snapshots.aside")
+            self._folder.rename(aside)
+            self._folder.write_bytes(b"not a folder")
+            failed_at = time.time()
+            ends = time.monotonic() + self._hold_s
+            while time.monotonic() < ends:
+                ready = self._http.get("/ready")
+                self.ready_codes.add(ready.status_code)
+                self.failing_words += [w for w in ready.json().get("warnings", []) if "cannot write snapshot" in w]
+                time.sleep(0.5)
+            self._folder.unlink()
+            aside.rename(self._folder)
+            back_at, back_wall = time.monotonic(), time.time()
+            events = self._http.get("/api/v1/events", params={"after": failed_at, "limit": 500}).json()["events"]
+            self.stored_during = len(events)
+            while time.monotonic() - back_at < 30 and not self._stop.is_set():
+                store = self._store()
+                since = self._http.get("/api/v1/events", params={"after": back_wall, "limit": 500}).json()["events"]
+                healed = store["state"] == "ok" and any(event["has_snapshot"] for event in since)
+                if healed:
+                    self.recovered_after_s = time.monotonic() - back_at
+                    return
+                time.sleep(0.5)
+        except BaseException as exc:  # noqa: BLE001 - kept for the test to report
+            self.error = exc
+
 
 pytestmark = pytest.mark.skipif(not shutil.which("ffmpeg"), reason="the soak publisher is ffmpeg")
 
@@ -60,7 +148,12 @@ def test_short_soak_memory_threads_fds_flat_and_a_stalled_viewer_harms_nobody(ti
         pusher = soak.Pusher(clip, camera.url, tmp_path / "push.log")
         pusher.start()
         parts.callback(pusher.stop)
-        service = service_process(tiny_model_dir, tmp_path, MAX_SESSIONS="4")
+        receiver = FakeServer(_misbehaving)
+        parts.callback(receiver.close)
+        service = service_process(
+            tiny_model_dir, tmp_path, [sys.executable, str(ROOT / "tests" / "scripted_service.py")], MAX_SESSIONS="4",
+            WEBHOOK_URLS=receiver.http_url, WEBHOOK_SECRET="soak-secret", WEBHOOK_TIMEOUT_S="2",
+        )  # fmt: skip
         parts.callback(service.stop)
         workload = soak.Workload(
             service.base_url, service.api_key, camera.url, out, pid=service.proc.pid, sessions=2, viewers=4,
@@ -72,12 +165,18 @@ def test_short_soak_memory_threads_fds_flat_and_a_stalled_viewer_harms_nobody(ti
         workload.run_for(6, "baseline")
         # when viewers churn, then a stalled viewer joins them, then all leave
         workload.start_viewers()
+        fault = SnapshotFault(service.base_url, service.api_key, tmp_path / "data", after_s=2.0, hold_s=8.0)
+        fault.start()
+        parts.callback(fault.join)
         workload.run_for(30, "load-churn")
         workload.start_stalled()
         workload.run_for(45, "load-stalled")
         workload.stop_load()
         workload.run_for(9, "settled")
         workload.finish_minutes()
+        fault.join()
+        with httpx.Client(base_url=service.base_url, headers={"apikey": service.api_key}) as http:
+            outputs = {o["name"]: o for o in http.get("/api/v1/outputs").json()["outputs"]}
 
     rows = workload.rows
     failures, figures = soak.judge(rows, soak.Bounds(rss_slope_mb_per_min=8.0), sessions=2)
@@ -106,6 +205,16 @@ def test_short_soak_memory_threads_fds_flat_and_a_stalled_viewer_harms_nobody(ti
         before, during = _mean(churn, f"s{i}_published_fps"), _mean(stalled, f"s{i}_published_fps")
         assert before > 0 and during >= 0.6 * before, (i, before, during, detail)
     assert (out / "samples.csv").read_text().count("\n") == len(rows) + 1
+    # and the snapshot folder's absence cost snapshots only, was said in words, and healed
+    assert fault.error is None, repr(fault.error)
+    assert fault.ready_codes == {200} and fault.failing_words, (fault.ready_codes, fault.failing_words)
+    assert fault.stored_during and fault.stored_during >= 1, fault.stored_during
+    assert fault.recovered_after_s is not None and fault.recovered_after_s < 15, outputs["event_store"]
+    assert outputs["event_store"]["restarts"] == 0 and outputs["event_store"]["state"] == "ok"
+    # and the misbehaving receiver was tried, cost nothing (the RSS bound above), and is said in words
+    webhook = outputs["webhook"]
+    assert receiver.connections >= 3 and webhook["restarts"] == 0, webhook
+    assert webhook["failed"] + webhook["dropped"] > 0 and webhook["last_error"], webhook
 
 
 def _rows(rss_per_min: float = 0.0, threads_after: int = 30, fds_after: int = 40) -> list[dict]:
