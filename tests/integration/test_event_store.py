@@ -38,11 +38,6 @@ def wait_until(predicate, timeout: float = 5.0, what: str = "condition"):
         time.sleep(0.02)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request) -> str:
-    return request.param
-
-
 @pytest.fixture
 def store_url(backend, request) -> str:
     """ "" for the embedded default (SQLite under the data dir); an empty database on the server."""
