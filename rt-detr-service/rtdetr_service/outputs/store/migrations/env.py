@@ -16,8 +16,6 @@ from alembic import context
 
 from rtdetr_service.outputs.store.schema import Database, metadata, shipped_driver
 
-config = context.config
-
 
 def _configure(connection: sa.Connection) -> None:
     context.configure(
@@ -39,19 +37,27 @@ def _developer_url() -> str:
     return url
 
 
-connection = config.attributes.get("connection")
-if connection is not None:
-    _configure(connection)
-elif context.is_offline_mode():
-    context.configure(url=shipped_driver(sa.engine.make_url(_developer_url())), literal_binds=True)
-    with context.begin_transaction():
-        context.run_migrations()
-else:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    db = Database(_developer_url(), Path("."), busy_timeout_s=5.0)
-    try:
-        with db.write_transaction() as conn:
-            _configure(conn)
-    finally:
-        db.dispose()
+def run(config) -> None:
+    """Run the migrations Alembic asked for, on the handed-over connection or the developer's URL."""
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _configure(connection)
+    elif context.is_offline_mode():
+        context.configure(url=shipped_driver(sa.engine.make_url(_developer_url())), literal_binds=True)
+        with context.begin_transaction():
+            context.run_migrations()
+    else:
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        db = Database(_developer_url(), Path("."), busy_timeout_s=5.0)
+        try:
+            with db.write_transaction() as conn:
+                _configure(conn)
+        finally:
+            db.dispose()
+
+
+# Alembic runs this file with `context.config` set; imported any other way (a check that imports
+# every module of the package) there is nothing to run.
+if hasattr(context, "config"):
+    run(context.config)
