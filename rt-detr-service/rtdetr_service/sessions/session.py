@@ -93,9 +93,10 @@ class Session:
         model: ModelInfo,
         clock=time.monotonic,
         reader_factory: Callable[..., StreamReader] = StreamReader,
+        identity: tuple[str, str] | None = None,
     ) -> None:
-        self.id = str(uuid.uuid4())
-        self.viewer_token = secrets.token_urlsafe(24)
+        # A new session gets a new id and viewer token; one run again elsewhere keeps both.
+        self.id, self.viewer_token = identity or (str(uuid.uuid4()), secrets.token_urlsafe(24))
         self.options = options
         self.model = model
         self._settings = settings
