@@ -10,8 +10,8 @@ import signal
 
 import httpx
 import pytest
-from cluster import HAPROXY, Balancer
 
+from cluster import HAPROXY, Balancer
 from servers import service_process
 from support import wait_until
 
