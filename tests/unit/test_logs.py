@@ -8,7 +8,11 @@ import asyncio
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +32,7 @@ from rtdetr_service.core.results import SessionView
 from rtdetr_service.core.types import StreamInfo
 from rtdetr_service.ingest.reader import StreamReader
 
+SERVICE_CODE = Path(__file__).resolve().parents[2] / "rt-detr-service"
 CAMERA_URL = "rtsp://admin:cam-pass-9137@10.0.0.5:554/stream1?token=tok-5521"
 SECRETS = ("cam-pass-9137", "tok-5521")
 
@@ -255,3 +260,38 @@ def test_the_publisher_thread_logs_under_its_session(json_lines):
     (line,) = json_lines.parsed()
     assert (line["session"], line["camera"], line["level"]) == ("s-7", "door", "ERROR")
     assert "RuntimeError: cannot forget" in line["exc_info"]
+
+
+# -- the process's stderr -----------------------------------------------------------------------------
+
+_CONFIGURED = f"""
+import logging, os, threading, warnings
+from rtdetr_service.core.logs import configure
+configure("info", "json", "replica-b")
+logging.getLogger("uvicorn.access").info('1.2.3.4 - "GET /ws/stream/s?token=tok-5521 HTTP/1.1" 101')
+warnings.warn("a library is unhappy")
+def crash():
+    raise ConnectionError("lost {CAMERA_URL}")
+thread = threading.Thread(target=crash, name="reader-x")
+thread.start()
+thread.join()
+print(os.environ["HF_HUB_DISABLE_PROGRESS_BARS"])
+"""
+
+
+def test_with_json_every_line_on_stderr_is_json_warnings_and_thread_crashes_included():
+    # given a process configured as `python -m rtdetr_service` does with LOG_FORMAT=json
+    env = {**os.environ, "PYTHONPATH": str(SERVICE_CODE)}
+    env.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+    done = subprocess.run(
+        [sys.executable, "-c", _CONFIGURED], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    # then uvicorn's line, a warning and a thread's crash are JSON lines, masked, and progress bars are off
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [line["logger"] for line in lines] == ["uvicorn.access", "py.warnings", "rtdetr_service"], done.stderr
+    assert {line["replica"] for line in lines} == {"replica-b"}
+    assert "a library is unhappy" in lines[1]["message"]
+    assert lines[2]["message"] == "thread reader-x died" and "ConnectionError: lost rtsp://***@" in lines[2]["exc_info"]
+    for secret in SECRETS:
+        assert secret not in done.stderr
+    assert done.stdout.strip() == "1"

@@ -7,7 +7,9 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import re
+import threading
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -143,8 +145,27 @@ def configure(level: str, log_format: Literal["text", "json"] = "text", replica:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonLines(replica) if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler])
+    if log_format == "json":
+        _only_json_on_stderr()
     secret_filter = RedactSecrets()
     for root_handler in logging.getLogger().handlers:
         root_handler.addFilter(secret_filter)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).addFilter(secret_filter)
+
+
+def _only_json_on_stderr() -> None:
+    """What else writes to stderr goes through logging, or is turned off: a collector reading JSON
+    lines would take a progress bar or a bare traceback for garbage."""
+    # transformers draws a bar while loading weights; it reads this when it is first imported.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.captureWarnings(True)
+    threading.excepthook = _log_thread_crash
+
+
+def _log_thread_crash(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
+    logging.getLogger("rtdetr_service").error("thread %s died", name, exc_info=exc_info)
