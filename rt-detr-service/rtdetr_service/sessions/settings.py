@@ -42,8 +42,8 @@ _BUS_SCHEMES = ("nats", "tls")
 
 @functools.cache
 def default_replica_id() -> str:
-    """This process's replica id, made once: the host name (odd characters as '-', cut to fit) and a
-    random suffix, so that two replicas on one host, or a restarted pod, never share one."""
+    """This process's replica id, made once: the host name (odd characters as '-', cut to fit) and 24
+    random bits, so that two replicas on one host, or a pod and its restart, are told apart."""
     host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:56] or "replica"
     return f"{host}-{secrets.token_hex(3)}"
 
