@@ -118,10 +118,13 @@ class BusRelay:
             msg = await self._link.nc.request(
                 subject(session_id, kind), messages.dumps(body).encode(), timeout=REQUEST_TIMEOUT_S
             )
-        except NoRespondersError:
-            return f"no replica runs session {session_id} now: it may be moving to another replica, or stopped"
-        except (NatsTimeoutError, TimeoutError):
-            return f"the replica that runs session {session_id} did not answer within {REQUEST_TIMEOUT_S:g} s"
+        except (NoRespondersError, NatsTimeoutError, TimeoutError):
+            # Every replica hears a session's requests and only its owner answers: silence is
+            # the only sign that none owns it now.
+            return (
+                f"no replica answered for session {session_id} within {REQUEST_TIMEOUT_S:g} s:"
+                " it may be moving to another replica, or stopped"
+            )
         try:
             return json.loads(msg.data)
         except ValueError:
