@@ -118,7 +118,9 @@ class Replica:
                 if received["type"] == "websocket.disconnect":
                     break
                 action = json.loads(received["text"])["action"]
-                error = await self.relay.control(session_id, action) if remote else self._local_control(session_id, action)
+                error = (
+                    await self.relay.control(session_id, action) if remote else self._local_control(session_id, action)
+                )
                 if error:
                     self.hub.reply(viewer, messages.error_message(error))
         except (WebSocketDisconnect, RuntimeError):

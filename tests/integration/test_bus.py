@@ -147,7 +147,9 @@ def test_a_viewer_on_another_replica_gets_the_same_frames_in_both_formats(bus, r
     # when the session stops on A, B's viewers are told and closed
     stopped = messages.stopped_message(session_id, "stopped by request")
     a.owner_hub.close_session(session_id, stopped, "stopped by request")
-    assert json.loads(remote["json"].next(lambda m: isinstance(m, dict) and m.get("type") == "session_stopped")) == stopped
+    assert (
+        json.loads(remote["json"].next(lambda m: isinstance(m, dict) and m.get("type") == "session_stopped")) == stopped
+    )
     with pytest.raises(Exception):  # noqa: B017 - the close ends the socket: any of websockets' closed errors
         remote["json"].next(lambda m: False, timeout=5)
     assert remote["json"].ws.close_code == 1000
