@@ -4,6 +4,7 @@ comes back, freezes; the owner never waits and never holds more than its bound."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 import time
@@ -198,6 +199,13 @@ def test_control_from_a_remote_viewer_reaches_the_owner_and_refusals_come_back_i
     watcher.send({"type": "control", "action": "resume"})
     assert wait_until(lambda: a.controls == [(session_id, "pause"), (session_id, "resume")])
     assert b.controls == []  # B heard the request too, and left it to the owner
+
+    # a new viewer's first message comes from the owner
+    assert asyncio.run(b.relay.stream_info(session_id)) == {
+        "type": "stream_info",
+        "session_id": session_id,
+        "replica": "a",
+    }
 
     # the owner's refusal reaches the viewer in words
     a.refuse[session_id] = "the session is moving to another replica"
