@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).resolve().parent / "data"
+
+# Settings the deployment files already pass that issue 17's replica code adds to the service (the
+# bus between replicas). Drop a name from here once its settings field exists.
+ISSUE_17_SETTINGS = {"BUS_URL"}
 
 
 def load_yaml(path: Path) -> dict:
@@ -57,3 +62,31 @@ def settings_cls():
     from rtdetr_service.web.settings import Settings
 
     return Settings
+
+
+@pytest.fixture(scope="session")
+def setting_names(settings_cls) -> set[str]:
+    """The environment variables deployment files may set: the service's, and issue 17's to come."""
+    return set(settings_cls.env_names()) | ISSUE_17_SETTINGS
+
+
+@pytest.fixture(scope="session")
+def service_metric_names(live_service, rtsp_url) -> set[str]:
+    """Every series name the real service's /metrics offers while a session runs on the test camera
+    (after its first published frame), with the suffixes prometheus_client gives each type."""
+    from promql import exposition_names
+
+    with live_service.client() as client:
+        started = client.post("/api/v1/video/start", json={"stream_url": rtsp_url})
+        assert started.status_code == 200, started.text
+        session_id = started.json()["session_id"]
+        try:
+            deadline = time.monotonic() + 60
+            text = client.get("/metrics").text
+            while "rtdetr_frame_latency_seconds_bucket{" not in text:
+                assert time.monotonic() < deadline, "the session published no frame within 60 s"
+                time.sleep(0.2)
+                text = client.get("/metrics").text
+        finally:
+            client.post("/api/v1/video/stop", json={"session_id": session_id})
+    return exposition_names(text)
