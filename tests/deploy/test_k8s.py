@@ -3,6 +3,7 @@ complete, and the pieces wired to each other, to the service's settings and to i
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -285,3 +286,26 @@ def test_keda_queries_name_only_metrics_that_exist(scaled, service_metric_names)
         unknown = names - service_metric_names - EXTERNAL_METRICS
         assert not unknown, f"trigger {trigger['name']}: {unknown} is not exported by the service"
         assert names, trigger["name"]
+
+
+def doc_blocks(repo, language: str) -> list[str]:
+    text = (repo / "docs" / "deploy.md").read_text()
+    return re.findall(rf"```{language}\n(.*?)```", text, re.S)
+
+
+def test_the_docs_show_the_queries_keda_runs(repo, scaled):
+    text = (repo / "docs" / "deploy.md").read_text()
+    for trigger in scaled["spec"]["triggers"]:
+        assert f"`{trigger['metadata']['query']}`" in text, f"docs/deploy.md does not show {trigger['name']}'s query"
+
+
+def test_the_documented_hpa_alternative_is_valid_and_reads_exported_metrics(repo, service_metric_names):
+    blocks = [yaml.safe_load(b) for b in doc_blocks(repo, "yaml")]
+    (hpa,) = [b for b in blocks if isinstance(b, dict) and b.get("kind") == "HorizontalPodAutoscaler"]
+    kubernetes_validate.validate(hpa, KUBERNETES_VERSION, strict=True)
+    (rules,) = [b for b in blocks if isinstance(b, list)]
+    (rule,) = rules
+    assert hpa["spec"]["metrics"][0]["external"]["metric"]["name"] == rule["name"]["as"]
+    query = rule["metricsQuery"].replace("<<.LabelMatchers>>", 'job="rt-detr-service"')
+    for text in (rule["seriesQuery"], query):
+        assert metric_names(text) and metric_names(text) <= service_metric_names, text
