@@ -8,7 +8,6 @@ import re
 
 import pytest
 import yaml
-from conftest import load_yaml
 from promql import grafana_variable_metrics, metric_names
 
 # What docs/deploy.md promises the dashboard shows, each by the metrics it needs.
@@ -36,7 +35,7 @@ def dashboard(repo) -> dict:
 
 @pytest.fixture(scope="module")
 def prometheus_config(repo) -> dict:
-    return load_yaml(repo / "deploy" / "prometheus" / "prometheus.yml")
+    return yaml.safe_load((repo / "deploy" / "prometheus" / "prometheus.yml").read_text())
 
 
 def query_panels(dashboard) -> list[dict]:
