@@ -12,10 +12,6 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).resolve().parent / "data"
 
-# Settings the deployment files already pass that issue 17's replica code adds to the service (the
-# bus between replicas). Drop a name from here once its settings field exists.
-ISSUE_17_SETTINGS = {"BUS_URL"}
-
 
 def load_yaml(path: Path) -> dict:
     """Parse one YAML file of the repository."""
@@ -66,8 +62,8 @@ def settings_cls():
 
 @pytest.fixture(scope="session")
 def setting_names(settings_cls) -> set[str]:
-    """The environment variables deployment files may set: the service's, and issue 17's to come."""
-    return set(settings_cls.env_names()) | ISSUE_17_SETTINGS
+    """The environment variables the service reads: all that deployment files may set."""
+    return set(settings_cls.env_names())
 
 
 @pytest.fixture(scope="session")
