@@ -82,6 +82,7 @@ GROUPS = (
             "metrics_require_key",
             "frontend_dir",
             "log_level",
+            "log_format",
         ),
     ),
     Group(
@@ -147,6 +148,16 @@ GROUPS = (
             "track_keep_s",
             "track_iou",
         ),
+    ),
+    Group(
+        "cluster",
+        "Replicas",
+        "What names this process among several replicas of the service. `REPLICA_ID` is in every JSON log "
+        "line (`LOG_FORMAT=json`, see [deploy.md](deploy.md#logs)); left unset, each start makes a new one "
+        "from the host name (a pod's name on Kubernetes). `SESSION_LEASE_S` and `BUS_URL` are read and "
+        "checked, for the replicas that share sessions (issue 17); nothing uses them yet. `BUS_URL` "
+        "takes `nats://` or `tls://` only, and its credentials are never logged or shown.",
+        ("replica_id", "session_lease_s", "bus_url"),
     ),
     Group(
         "events",
@@ -293,9 +304,12 @@ def _value(value: object) -> str:
 
 
 def default_words(info: FieldInfo) -> str:
-    """The default as a user would type it; a secret's never."""
+    """The default as a user would type it; a secret's never; one made at start in words."""
     if _is_secret(info.annotation):
         return SECRET
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    if "shown_default" in extra:
+        return f"({extra['shown_default']})"
     if info.default is not PydanticUndefined:
         value = info.default
     elif info.default_factory is not None:

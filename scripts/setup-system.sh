@@ -4,7 +4,9 @@
 #   setup-system.sh run   - plus the GStreamer test camera (make run)
 #   setup-system.sh test  - plus Chromium for browser tests, deck for kong.yml, shellcheck, ffmpeg,
 #                           PostgreSQL (the event store runs on it too), mosquitto (the MQTT output),
-#                           curl (the test runs make run's curl lines as printed)
+#                           curl (the test runs make run's curl lines as printed),
+#                           nats-server (the bus between replicas), haproxy (the balancer of the
+#                           several-replica tests)
 #   setup-system.sh lint  - shellcheck (make lint);  push - ffmpeg (make push, make soak)
 set -euo pipefail
 
@@ -21,7 +23,7 @@ case "$profile" in
     packages+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
                gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad gstreamer1.0-x fonts-dejavu-core)
     if [ "$profile" = test ]; then
-      packages+=(chromium deck shellcheck ffmpeg curl postgresql mosquitto)
+      packages+=(chromium deck shellcheck ffmpeg curl postgresql mosquitto nats-server haproxy)
     fi
     ;;
   lint) packages+=(shellcheck) ;;

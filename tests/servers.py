@@ -1,4 +1,4 @@
-"""Real servers the tests start, kill and start again: mosquitto, tansu (Kafka), PostgreSQL, a
+"""Real servers the tests start, kill and start again: mosquitto, tansu (Kafka), nats-server, PostgreSQL, a
 signed-webhook receiver and the service as its own process; with the clients that read what reached them."""
 
 from __future__ import annotations
@@ -177,6 +177,39 @@ def running_postgres():
         yield server
     finally:
         server.stop()
+
+
+NATS_SERVER = shutil.which("nats-server") or "/usr/bin/nats-server"
+needs_nats = pytest.mark.skipif(not Path(NATS_SERVER).exists(), reason="nats-server is not installed (make setup-test)")
+
+
+class NatsServer(BrokerProcess):
+    """Debian's nats-server (NATS core, no JetStream) with a user and password, which the clients
+    put in their URL; `pause()` and `resume()` freeze it (SIGSTOP) with its sockets still open."""
+
+    name = "nats-server"
+
+    def __init__(self, port: int, directory: Path, user: str = "rtdetr", password: str = "bus-s3cret-pw") -> None:
+        super().__init__(port)
+        self.url = f"nats://{user}:{password}@127.0.0.1:{port}"
+        self.config = directory / f"nats-{port}.conf"
+        self.config.write_text(
+            f'listen: "127.0.0.1:{port}"\nauthorization {{\n  user: "{user}"\n  password: "{password}"\n}}\n'
+        )
+
+    def command(self) -> list[str]:
+        return [NATS_SERVER, "-c", str(self.config)]
+
+    def pause(self) -> None:
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)  # a frozen process takes its SIGKILL all the same
+        super().kill()
 
 
 def skip_without_kafka() -> None:

@@ -41,7 +41,7 @@ def main(detector_factory: Callable[[Settings], Detector] = detector_from_settin
             key = ".".join(str(p) for p in error["loc"]).upper() or "settings"
             print(f"configuration error: {key}: {error['msg']}", file=sys.stderr)
         return 2
-    configure(settings.log_level)
+    configure(settings.log_level, settings.log_format, settings.replica_id)
     if unknown := unknown_env_file_keys():
         logging.getLogger("rtdetr_service").warning(
             ".env has keys no part of the stack reads (typos of a setting?): %s", ", ".join(unknown)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,31 @@ def settings_cls():
     from rtdetr_service.web.settings import Settings
 
     return Settings
+
+
+@pytest.fixture(scope="session")
+def setting_names(settings_cls) -> set[str]:
+    """The environment variables the service reads: all that deployment files may set."""
+    return set(settings_cls.env_names())
+
+
+@pytest.fixture(scope="session")
+def service_metric_names(live_service, rtsp_url) -> set[str]:
+    """Every series name the real service's /metrics offers while a session runs on the test camera
+    (after its first published frame), with the suffixes prometheus_client gives each type."""
+    from promql import exposition_names
+
+    with live_service.client() as client:
+        started = client.post("/api/v1/video/start", json={"stream_url": rtsp_url})
+        assert started.status_code == 200, started.text
+        session_id = started.json()["session_id"]
+        try:
+            deadline = time.monotonic() + 60
+            text = client.get("/metrics").text
+            while "rtdetr_frame_latency_seconds_bucket{" not in text:
+                assert time.monotonic() < deadline, "the session published no frame within 60 s"
+                time.sleep(0.2)
+                text = client.get("/metrics").text
+        finally:
+            client.post("/api/v1/video/stop", json={"session_id": session_id})
+    return exposition_names(text)

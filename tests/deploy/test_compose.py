@@ -41,7 +41,7 @@ def test_images_are_pinned_to_versions(compose):
         if "image" in service and "build" not in service:
             image = service["image"]
             assert ":" in image and not image.endswith(":latest"), f"{name}: pin {image}"
-            assert re.search(r":\d+\.\d+(\.\d+)?", image), f"{name}: {image} is not a version tag"
+            assert re.search(r":v?\d+\.\d+(\.\d+)?", image), f"{name}: {image} is not a version tag"
 
 
 def test_pinned_images_match_the_reference_data(compose, kong_ref, mediamtx_ref):
@@ -72,9 +72,8 @@ def test_service_is_not_published_and_listens_on_the_settings_port(compose, sett
     assert service["restart"] in {"always", "unless-stopped", "on-failure"}
 
 
-def test_service_environment_names_real_settings(compose, settings_cls):
-    fields = set(settings_cls.env_names())
-    unknown = set(compose["services"]["rt-detr-service"]["environment"]) - fields
+def test_service_environment_names_real_settings(compose, setting_names):
+    unknown = set(compose["services"]["rt-detr-service"]["environment"]) - setting_names
     assert not unknown, f"not service settings (typo?): {unknown}"
 
 
@@ -203,3 +202,78 @@ def test_outputs_are_passed_through_to_the_service_and_off_by_default(compose):
     env = compose["services"]["rt-detr-service"]["environment"]
     for name in ("WEBHOOK_URLS", "WEBHOOK_SECRET", "MQTT_URL", "KAFKA_BOOTSTRAP_SERVERS"):
         assert env[name] == f"${{{name}:-}}", f"{name}: pass it through, empty by default"
+
+
+def default_of(value: str) -> str:
+    """The value a compose interpolation gives when no variable is set: `${A:-x${B:-y}z}` is `xyz`."""
+    while True:
+        replaced = re.sub(r"\$\{\w+:-([^${}]*)\}", r"\1", value)
+        if replaced == value:
+            return value
+        value = replaced
+
+
+def test_the_service_scales_with_docker_compose(compose):
+    """`docker compose up --scale rt-detr-service=N`: nothing in the service may be one of a kind."""
+    service = compose["services"]["rt-detr-service"]
+    assert "container_name" not in service, "a fixed container name allows one replica"
+    assert not service.get("ports"), "a fixed host port allows one replica"
+    assert "hostname" not in service, "every replica needs its own host name (the default REPLICA_ID)"
+    for name, other in compose["services"].items():
+        assert "rt-detr-service" not in str(other.get("links", "")), f"{name}: links pin one replica"
+
+
+def test_postgres_and_nats_are_pinned_internal_and_ready_before_the_service(compose):
+    services = compose["services"]
+    assert re.fullmatch(r"postgres:\d+\.\d+", services["postgres"]["image"])
+    assert re.fullmatch(r"nats:2\.\d+\.\d+", services["nats"]["image"])
+    for name in ("postgres", "nats"):
+        assert not services[name].get("ports"), f"{name} must stay inside the compose network"
+        assert "profiles" not in services[name], f"every replica needs {name}: it starts with the stack"
+    assert "pg_isready" in services["postgres"]["healthcheck"]["test"]
+    depends = services["rt-detr-service"]["depends_on"]
+    assert depends["postgres"]["condition"] == "service_healthy"
+    assert "nats" in depends
+    assert "postgres-data" in compose["volumes"]
+
+
+def test_nats_monitoring_port_is_the_one_it_serves_and_internal(compose):
+    nats = compose["services"]["nats"]
+    command = nats["command"]
+    client = int(command[command.index("--port") + 1])
+    monitoring = int(command[command.index("--http_port") + 1])
+    assert {client, monitoring} == {int(p) for p in nats["expose"]}
+    assert monitoring == 8222 and client == 4222
+
+
+def test_service_reaches_postgres_and_nats_by_their_compose_names(compose):
+    env = compose["services"]["rt-detr-service"]["environment"]
+    postgres = compose["services"]["postgres"]["environment"]
+    url = urlsplit(default_of(env["DATABASE_URL"]))
+    assert url.scheme == "postgresql+psycopg"
+    assert url.hostname == "postgres" and url.hostname in compose["services"]
+    assert url.port == 5432 and str(url.port) in compose["services"]["postgres"]["expose"]
+    assert url.username == postgres["POSTGRES_USER"] and url.path.lstrip("/") == postgres["POSTGRES_DB"]
+    # One password for both, from the environment or .env.
+    assert url.password == default_of(postgres["POSTGRES_PASSWORD"])
+    assert "${POSTGRES_PASSWORD:-" in env["DATABASE_URL"] and "${POSTGRES_PASSWORD:-" in postgres["POSTGRES_PASSWORD"]
+    assert env["DATABASE_URL"].startswith("${DATABASE_URL:-"), "an own server stays one variable away"
+    bus = urlsplit(default_of(env["BUS_URL"]))
+    assert (bus.scheme, bus.hostname, bus.port) == ("nats", "nats", 4222)
+    assert env["BUS_URL"].startswith("${BUS_URL:-")
+
+
+def test_default_passwords_are_marked_for_change(compose):
+    env = {**compose["services"]["postgres"]["environment"], **compose["services"]["grafana"]["environment"]}
+    for name in ("POSTGRES_PASSWORD", "GF_SECURITY_ADMIN_PASSWORD"):
+        assert "change-me" in default_of(env[name]), f"{name}: a public default must say so"
+
+
+def test_monitoring_is_a_profile_on_loopback(compose):
+    for name in ("prometheus", "grafana"):
+        service = compose["services"][name]
+        assert service["profiles"] == ["monitoring"], f"{name} starts only with --profile monitoring"
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} published beyond loopback: {port}"
+        assert re.fullmatch(r"[\w/.-]+:v?\d+\.\d+\.\d+", service["image"]), service["image"]
+    assert "prometheus" not in compose["services"]["rt-detr-service"].get("depends_on", {})

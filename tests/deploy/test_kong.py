@@ -149,27 +149,79 @@ def test_plugin_config_fields_exist_in_the_plugin_schema(kong, kong_ref):
         assert not unknown, f"{plugin['name']}: unknown config fields {unknown}"
 
 
-def test_upstream_is_round_robin_with_active_and_passive_checks_on_liveness(kong):
+def test_upstream_balances_on_open_connections_with_an_algorithm_kong_has(kong, kong_ref):
     (upstream,) = kong["upstreams"]
-    assert upstream["algorithm"] == "round-robin"
+    assert upstream["algorithm"] in kong_ref["upstream_algorithms"]
+    # WebSocket viewers stay connected for minutes: balance what each replica holds, not new requests.
+    assert upstream["algorithm"] == "least-connections"
+    assert "hash_on" not in upstream, "any replica answers any call: nothing is pinned to one"
+
+
+def test_active_checks_probe_readiness_and_passive_checks_eject_only_crashes(kong):
+    (upstream,) = kong["upstreams"]
     checks = upstream["healthchecks"]
-    # liveness: with one target a failed readiness probe would close every route, page included
-    assert checks["active"]["http_path"] == "/health"
+    # Several targets: a replica still loading its model (/ready 503) is taken out, the others serve.
+    assert checks["active"]["http_path"] == "/ready"
+    assert 503 in checks["active"]["unhealthy"]["http_statuses"]
     assert checks["active"]["healthy"]["interval"] > 0 and checks["active"]["unhealthy"]["interval"] > 0
+    assert checks["active"]["healthy"]["successes"] > 0, "an ejected replica must come back by itself"
     assert checks["passive"]["unhealthy"]["tcp_failures"] > 0
     # The service answers 502/503/504 about cameras and the model: never a reason to eject it.
     assert not {502, 503, 504} & set(checks["passive"]["unhealthy"].get("http_statuses", []))
+    # 202 is a start recorded as pending (issue 17): a healthy answer.
+    assert 202 in checks["passive"]["healthy"]["http_statuses"]
 
 
-def test_single_target_because_sessions_live_in_one_replica(kong):
+def test_the_probed_paths_are_routes_of_the_service():
+    from rtdetr_service.web.routes.health import router
+
+    assert {"/ready", "/health"} <= {route.path for route in router.routes}
+
+
+def test_targets_are_names_that_resolve_to_every_replica(kong):
     (upstream,) = kong["upstreams"]
-    assert len(upstream["targets"]) == 1, "sessions are per replica: see docs/deploy.md, Scaling"
+    for target in upstream["targets"]:
+        host = target["target"].rpartition(":")[0]
+        # A name, not an address: Kong makes one balancer entry per A record, one per replica.
+        assert not re.fullmatch(r"[\d.]+|\[[0-9a-f:]+\]", host), f"{host}: list the service name, not an address"
+        assert target["weight"] > 0
+
+
+def test_kubernetes_target_named_in_the_comments_is_the_headless_service(repo, kong, settings_cls):
+    """kong.yml tells Kubernetes users which name to list; it must be a headless Service of deploy/k8s."""
+    import yaml
+
+    text = (repo / "kong" / "kong.yml").read_text()
+    (name, port) = re.search(r"([a-z0-9-]+)\.<namespace>\.svc\.cluster\.local:(\d+)", text).groups()
+    path = repo / "deploy" / "k8s" / "base" / "service.yaml"
+    services = {s["metadata"]["name"]: s for s in yaml.safe_load_all(path.read_text())}
+    assert name in services, f"{name} is not a Service of {path}"
+    spec = services[name]["spec"]
+    assert spec.get("clusterIP") == "None", "a ClusterIP Service is one address: Kong would see one target"
+    assert int(port) in [p["port"] for p in spec["ports"]]
+    assert int(port) == settings_cls.model_fields["port"].default
+
+
+def test_websocket_viewers_go_through_the_same_service_and_upstream_as_control_calls(kong):
+    (service,) = kong["services"]
+    routes = {r["name"]: r for r in service["routes"]}
+    assert route_matches(routes["video-stream-ws"], "/ws/stream/6f1c")
+    assert route_matches(routes["video-control"], CONTROL_PREFIX + "/start")
+    assert service["host"] == kong["upstreams"][0]["name"]
+    # A start that timed out on one replica must not be replayed on another.
+    assert service["retries"] == 0
+
+
+def test_no_comment_still_says_the_stack_has_one_target(repo):
+    text = (repo / "kong" / "kong.yml").read_text()
+    assert "ONE target" not in text and "one target" not in text.lower()
 
 
 def test_upstream_target_is_the_compose_service_on_the_service_port(kong, compose, settings_cls):
     (upstream,) = kong["upstreams"]
     port = settings_cls.model_fields["port"].default
-    host, _, target_port = upstream["targets"][0]["target"].rpartition(":")
+    (target,) = upstream["targets"]
+    host, _, target_port = target["target"].rpartition(":")
     assert host in compose["services"], f"target host {host} is not a compose service"
     assert int(target_port) == port
     (service,) = kong["services"]

@@ -17,6 +17,7 @@ from rtdetr_service.analytics.alerts import AlertEngine
 from rtdetr_service.analytics.events import EventLifecycle
 from rtdetr_service.analytics.tracking import Tracker
 from rtdetr_service.analytics.zones import RuleHit, ZoneConfig, ZoneEngine
+from rtdetr_service.core.logs import LogContext, log_context
 from rtdetr_service.core.results import Alert, EventChange, Published, SessionView
 from rtdetr_service.core.slot import LatestSlot
 from rtdetr_service.core.stats import LatencyWindow, RateMeter
@@ -111,6 +112,10 @@ class Publisher:
     # -- the loop ----------------------------------------------------------------------------
 
     def _run(self) -> None:
+        with log_context(LogContext(self.view.session_id, self.view.camera)):
+            self._loop()
+
+    def _loop(self) -> None:
         last_tick = self._clock()
         try:
             while not self._stop.is_set():

@@ -1,9 +1,21 @@
-"""Logging setup: one format, and no secret in any line (viewer tokens travel in query strings)."""
+"""Logging setup: text or JSON lines, the session and camera a line is about, and no secret in any
+line (viewer tokens travel in query strings, camera passwords in stream URLs)."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import logging
+import os
 import re
+import threading
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import Literal
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 _SECRET_QUERY = re.compile(
     r"(?<![A-Za-z0-9_])((?:token|apikey|api_key|key|password|passwd|pass|pwd|secret|auth)=)[^&\s\"']+",
@@ -38,24 +50,122 @@ def redact(text: str) -> str:
     return redact_userinfo(_SECRET_QUERY.sub(r"\1***", text))
 
 
+# -- what a line is about ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LogContext:
+    """The session and camera a log line is about; None outside any session."""
+
+    session: str | None = None
+    camera: str | None = None
+
+
+# Per thread and per asyncio task: a new thread starts with none, a task copies its creator's.
+_CONTEXT: ContextVar[LogContext] = ContextVar("rtdetr_log_context", default=LogContext())  # noqa: B039 - frozen
+
+
+def current_log_context() -> LogContext:
+    """What lines logged here and now are about."""
+    return _CONTEXT.get()
+
+
+@contextlib.contextmanager
+def log_context(context: LogContext | None = None, /, **fields: str | None) -> Iterator[LogContext]:
+    """Lines logged inside (on this thread or asyncio task) carry `context`, or the current one
+    with `fields` replaced; the one before comes back on the way out."""
+    new = context if context is not None else dataclasses.replace(_CONTEXT.get(), **fields)
+    token = _CONTEXT.set(new)
+    try:
+        yield new
+    finally:
+        _CONTEXT.reset(token)
+
+
+# -- filter and formatter ---------------------------------------------------------------------------
+
+
 class RedactSecrets(logging.Filter):
-    """Rewrites each record's final message with secrets masked."""
+    """Rewrites each record's final message, exception and stack text with secrets masked."""
+
+    _exceptions = logging.Formatter()  # formats exc_info once, as every formatter would
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a malformed record is logged as is
-            return True
-        clean = redact(message)
-        if clean != message:
+            message = None
+        if message is not None and (clean := redact(message)) != message:
             record.msg, record.args = clean, None
+        # A formatter uses exc_text when it is set: an exception's text (a URL in an FFmpeg or
+        # HTTP error, a token in a request line) is masked before any handler prints it.
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._exceptions.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return True
 
 
-def configure(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+class JsonLines(logging.Formatter):
+    """One JSON object a line, as log collectors expect: time (ISO 8601, UTC, ms), level, logger,
+    replica, session, camera, message, and exc_info when there is one.
+
+    Session and camera are read from the log context when the line is formatted, which is on the
+    thread that logs it (the handlers here write synchronously)."""
+
+    def __init__(self, replica: str) -> None:
+        super().__init__()
+        self._replica = replica
+
+    def format(self, record: logging.LogRecord) -> str:
+        context = _CONTEXT.get()
+        line = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "replica": self._replica,
+            "session": context.session,
+            "camera": context.camera,
+            "message": record.getMessage(),
+        }
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line["exc_info"] = record.exc_text
+        if record.stack_info:
+            line["stack_info"] = record.stack_info
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+def configure(level: str, log_format: Literal["text", "json"] = "text", replica: str = "") -> None:
+    """Log to stderr at `level`, as text or JSON lines, with secrets masked in every line (uvicorn's
+    included: it is run with log_config=None, so its loggers reach these handlers)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLines(replica) if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+    if log_format == "json":
+        _only_json_on_stderr()
     secret_filter = RedactSecrets()
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(secret_filter)
+    for root_handler in logging.getLogger().handlers:
+        root_handler.addFilter(secret_filter)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).addFilter(secret_filter)
+
+
+def _only_json_on_stderr() -> None:
+    """What else writes to stderr goes through logging, or is turned off: a collector reading JSON
+    lines would take a progress bar or a bare traceback for garbage."""
+    # transformers draws a bar while loading weights; it reads this when it is first imported.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.captureWarnings(True)
+    threading.excepthook = _log_thread_crash
+
+
+def _log_thread_crash(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
+    logging.getLogger("rtdetr_service").error("thread %s died", name, exc_info=exc_info)

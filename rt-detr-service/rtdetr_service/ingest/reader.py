@@ -12,7 +12,7 @@ import av
 import av.container.core
 import av.logging
 
-from rtdetr_service.core.logs import redact
+from rtdetr_service.core.logs import LogContext, current_log_context, log_context, redact
 from rtdetr_service.core.types import Frame, StreamInfo
 from rtdetr_service.ingest.pyav_clock import Watch, watched
 from rtdetr_service.ingest.urls import (
@@ -86,6 +86,7 @@ class StreamReader:
         self._schemes = tuple(schemes)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._log_context = LogContext()  # whose lines the thread logs: its starter's (a session's)
         self._container: av.container.InputContainer | None = None
         self._container_lock = threading.Lock()
         self._frame_index = 0
@@ -111,6 +112,7 @@ class StreamReader:
         """Start reading on the reader's own thread; `open()` must have succeeded."""
         if self._container is None:
             raise RuntimeError("open() must succeed before start()")
+        self._log_context = current_log_context()
         self._thread.start()
 
     def stop(self, timeout: float = 1.0) -> bool:
@@ -213,7 +215,7 @@ class StreamReader:
                 log.debug("error closing container", exc_info=True)
 
     def _run(self) -> None:
-        with watched(Watch(self._stop, None, ())):
+        with log_context(self._log_context), watched(Watch(self._stop, None, ())):
             self._read_with_reconnects()
 
     def _read_with_reconnects(self) -> None:

@@ -49,6 +49,16 @@ def frame_binary(header: dict, jpeg: bytes | None) -> bytes:
     return struct.pack(">I", len(head)) + head + (jpeg or b"")
 
 
+def split_frame_binary(data: bytes) -> tuple[dict, bytes | None]:
+    """The header and the JPEG (None when drawing is off) of a `frame_binary` message."""
+    if len(data) < 4:
+        raise ValueError("a binary frame starts with a 4-byte header length")
+    (length,) = struct.unpack(">I", data[:4])
+    if 4 + length > len(data):
+        raise ValueError("a binary frame's header runs past its end")
+    return json.loads(data[4 : 4 + length]), data[4 + length :] or None
+
+
 def alert_message(session_id: str, alert: Alert) -> dict:
     return {"type": "alert", "session_id": session_id, "timestamp": alert.timestamp, "data": alert.as_data()}
 
@@ -138,3 +148,27 @@ def output_messages(item: Published) -> list[dict]:
     """The event and alert messages of one published step: its event changes, then its alerts."""
     view = item.session
     return [output_event(view, c) for c in item.events] + [output_alert(view, a) for a in item.alerts]
+
+
+# -- the bus between replicas (outputs/bus/) ----------------------------------------------------
+
+
+def presence_message(replica: str, viewers: dict[str, int], ttl_s: float) -> dict:
+    """A replica's remote viewers: every session it relays, with its local viewer count. The whole
+    set each time, so a session missing from it has no viewer there any more."""
+    return {"type": "presence", "replica": replica, "ttl_s": ttl_s, "sessions": dict(viewers)}
+
+
+def control_request(action: str) -> dict:
+    """A viewer's control message (`pause`, `resume`, `stop`), on its way to the session's owner."""
+    return {"type": "control", "action": action}
+
+
+def control_reply(error: str | None) -> dict:
+    """The owner's answer to a control request: `ok`, or the error in words."""
+    return {"type": "control_reply", "ok": error is None, "detail": error}
+
+
+def error_message(detail: str) -> dict:
+    """An error a viewer is told in words (shown by the viewer page)."""
+    return {"type": "error", "detail": detail}

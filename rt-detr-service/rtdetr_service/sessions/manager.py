@@ -10,6 +10,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from rtdetr_service.core.logs import log_context
 from rtdetr_service.core.types import ModelInfo
 from rtdetr_service.ingest.reader import StreamReader
 from rtdetr_service.ingest.urls import DestinationPolicy, StreamError, redact_url, validate_stream_url
@@ -62,6 +63,11 @@ class SessionManager:
         `reader_factory` replaces the network reader (benchmarks feed paced local files through
         it); URLs given to the default reader must pass the scheme check.
         """
+        # The camera is known from the start, the session id once it is built.
+        with log_context(camera=options.camera):
+            return await self._start(options, reader_factory)
+
+    async def _start(self, options: SessionOptions, reader_factory: Callable[..., StreamReader] | None) -> Session:
         worker = self._ready_worker()
         shown = redact_url(options.stream_url)
         options, reader_factory = self._reader_for(options, reader_factory)
@@ -86,7 +92,8 @@ class SessionManager:
             log.warning("start on %s failed: %r", shown, exc)
             self._abandon(ticket, session, "start failed")
             raise
-        log.info("session %s started on %s (%s)", session.id, shown, session.stream)
+        with log_context(session.log_context):
+            log.info("session %s started on %s (%s)", session.id, shown, session.stream)
         return session
 
     def _reader_for(

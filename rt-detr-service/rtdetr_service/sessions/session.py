@@ -16,6 +16,7 @@ from rtdetr_service.analytics.events import EventLifecycle
 from rtdetr_service.analytics.publisher import Publisher
 from rtdetr_service.analytics.tracking import Tracker, TrackerOptions
 from rtdetr_service.analytics.zones import ZoneConfig, ZoneEngine
+from rtdetr_service.core.logs import LogContext, log_context
 from rtdetr_service.core.results import SessionSnapshot, SessionView
 from rtdetr_service.core.slot import LatestSlot
 from rtdetr_service.core.stats import RateMeter, SessionStats
@@ -93,9 +94,11 @@ class Session:
         model: ModelInfo,
         clock=time.monotonic,
         reader_factory: Callable[..., StreamReader] = StreamReader,
+        identity: tuple[str, str] | None = None,
     ) -> None:
-        self.id = str(uuid.uuid4())
-        self.viewer_token = secrets.token_urlsafe(24)
+        # A new session gets a new id and viewer token; one run again elsewhere keeps both.
+        self.id, self.viewer_token = identity or (str(uuid.uuid4()), secrets.token_urlsafe(24))
+        self.log_context = LogContext(self.id, options.camera)  # what this session's log lines carry
         self.options = options
         self.model = model
         self._settings = settings
@@ -152,9 +155,10 @@ class Session:
     def open(self) -> StreamInfo:
         """Open the stream (blocking, bounded by OPEN_TIMEOUT_S), then build the publisher for
         its size; raises StreamError, or ValueError for zones that do not fit the picture."""
-        self.stream = self._reader.open()
-        zones = ZoneConfig.from_dict(self.options.zones or {}, width=self.stream.width, height=self.stream.height)
-        self._publisher = self._build_publisher(zones)
+        with log_context(self.log_context):  # on a thread of the open pool
+            self.stream = self._reader.open()
+            zones = ZoneConfig.from_dict(self.options.zones or {}, width=self.stream.width, height=self.stream.height)
+            self._publisher = self._build_publisher(zones)
         return self.stream
 
     def _build_publisher(self, zones: ZoneConfig) -> Publisher:
@@ -181,11 +185,12 @@ class Session:
 
     def start(self) -> None:
         # RUNNING first: a reader that loses the stream at once reports `reconnecting`, which
-        # must not be overwritten afterwards.
-        self._set_state(SessionState.RUNNING)
-        self._worker.register(self)
-        self._publisher.start()
-        self._reader.start()
+        # must not be overwritten afterwards. The reader's thread logs under who started it.
+        with log_context(self.log_context):
+            self._set_state(SessionState.RUNNING)
+            self._worker.register(self)
+            self._publisher.start()
+            self._reader.start()
 
     def stop(self, reason: str = "stopped by request", timeout: float = 0.5) -> bool:
         """Stop everything this session owns; idempotent and legal from every state.
@@ -193,6 +198,10 @@ class Session:
         Returns True when every thread has ended within `timeout`. A reader blocked inside FFmpeg
         ends by itself within READ_TIMEOUT_S and releases the stream on its way out.
         """
+        with log_context(self.log_context):
+            return self._stop_threads(reason, timeout)
+
+    def _stop_threads(self, reason: str, timeout: float) -> bool:
         with self._lock:
             if self._stop.is_set():
                 already = True

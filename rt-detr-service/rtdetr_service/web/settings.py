@@ -1,7 +1,7 @@
 """The service's one settings class: every floor's settings, read from the environment and `.env`.
 
 Each floor declares what it reads beside its code; this class composes them and adds what only
-the web floor reads (keys, address, body limit, log level). Flat fields are the upper-case field
+the web floor reads (keys, address, body limit, log level and format). Flat fields are the upper-case field
 names (`MAX_SESSIONS`); an output's nested model takes its prefix (`KAFKA_BOOTSTRAP_SERVERS` is
 `kafka.bootstrap_servers`).
 """
@@ -18,15 +18,18 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from rtdetr_service.core.config import READ_ENV, REPO_ROOT, CommaList
 from rtdetr_service.inference.settings import InferenceSettings
 from rtdetr_service.outputs.settings import OutputSettings
-from rtdetr_service.sessions.settings import SessionSettings
+from rtdetr_service.sessions.settings import ClusterSettings, SessionSettings
 
 
-class Settings(BaseSettings, SessionSettings, InferenceSettings, OutputSettings):
+class Settings(BaseSettings, SessionSettings, ClusterSettings, InferenceSettings, OutputSettings):
     """Every knob of the service; environment variables use the upper-case field names."""
 
     # One split at the first "_" only where a nested model's prefix starts the name: MAX_SESSIONS
     # stays max_sessions, KAFKA_SASL_MECHANISM becomes kafka.sasl_mechanism.
-    model_config = SettingsConfigDict(**READ_ENV, env_nested_delimiter="_", env_nested_max_split=1)
+    # A refused value may be a credential (DATABASE_URL, BUS_URL): errors say why, never what was given.
+    model_config = SettingsConfigDict(
+        **READ_ENV, env_nested_delimiter="_", env_nested_max_split=1, hide_input_in_errors=True
+    )
 
     api_keys: CommaList[SecretStr] = Field(
         default_factory=list,
@@ -44,6 +47,10 @@ class Settings(BaseSettings, SessionSettings, InferenceSettings, OutputSettings)
         256, ge=4, le=16384, description="Largest control request body (KiB); larger is refused before parsing."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log lines as text, or as JSON objects (time, level, logger, replica, session, camera, message).",
+    )
     metrics_require_key: bool = Field(
         True, description="/metrics needs an API key (it lists session ids); ignored with AUTH_DISABLED=true."
     )

@@ -11,7 +11,10 @@ import time
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from rtdetr_service.core.logs import log_context
 from rtdetr_service.outputs import messages
+from rtdetr_service.outputs.hub import Hub
+from rtdetr_service.sessions.manager import SessionManager
 from rtdetr_service.sessions.session import Session, SessionError, SessionState
 from rtdetr_service.web.deps import HubDep, ManagerDep, SettingsDep
 
@@ -56,6 +59,12 @@ async def stream(
         await websocket.close(code=4429, reason="Too many viewers for this session")
         return
 
+    with log_context(session.log_context):  # the viewer's tasks copy it
+        await _serve_viewer(websocket, session, manager, hub, format)
+
+
+async def _serve_viewer(websocket: WebSocket, session: Session, manager: SessionManager, hub: Hub, format: str) -> None:
+    session_id = session.id
     viewer = hub.attach(websocket, session_id, format)
     sender = None
     try:
