@@ -1,9 +1,11 @@
-"""Real servers the tests start, kill and start again: mosquitto, tansu (Kafka), nats-server, a
+"""Real servers the tests start, kill and start again: mosquitto, tansu (Kafka), nats-server, PostgreSQL, a
 signed-webhook receiver and the service as its own process; with the clients that read what reached them."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import glob
 import hashlib
 import hmac
 import importlib.util
@@ -13,12 +15,15 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from support import ROOT, free_port, wait_until
 
@@ -95,6 +100,83 @@ class Tansu(BrokerProcess):
         url = f"tcp://127.0.0.1:{self.port}"
         listen = ["--listener-url", url, "--advertised-listener-url", url]
         return [binary, "broker", *listen, "--storage-engine", "memory://tansu/"]
+
+
+class Postgres:
+    """Debian's PostgreSQL on 127.0.0.1 and a free port, in a temporary directory, trusting local users.
+    One server serves a whole test run; each test takes a database of its own (`new_database`)."""
+
+    def __init__(self, bin_dir: Path) -> None:
+        self.bin_dir = bin_dir
+        # tmp_path_factory's directories are private to root; the server runs as `postgres` and needs its own.
+        self.root = Path(tempfile.mkdtemp(prefix="event-store-pg-"))
+        self.as_postgres: list[str] = []
+        if os.geteuid() == 0:  # the server refuses to run as root
+            shutil.chown(self.root, "postgres", "postgres")
+            self.as_postgres = ["runuser", "-u", "postgres", "--"]
+        self.data, self.logfile, self.port = self.root / "data", self.root / "server.log", free_port()
+
+    @staticmethod
+    def binaries() -> Path | None:
+        """The newest installed server's bin folder, or None."""
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parent.parent.name))
+        return Path(found[-1]).parent if found else None
+
+    def _run(self, *args: str, timeout: float = 60) -> None:
+        done = subprocess.run([*self.as_postgres, *args], capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            log_text = self.logfile.read_text() if self.logfile.exists() else ""
+            raise RuntimeError(f"{args[0]} failed ({done.returncode}): {done.stderr}{done.stdout}\n{log_text}")
+
+    def start(self) -> None:
+        initdb, pg_ctl = str(self.bin_dir / "initdb"), str(self.bin_dir / "pg_ctl")
+        self._run(initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} -c fsync=off"
+        self._run(pg_ctl, "-D", str(self.data), "-l", str(self.logfile), "-w", "-t", "60", "-o", options, "start")
+
+    def stop(self) -> None:
+        """Stop it (at once: the data is thrown away) and remove its folder; legal after a failed start."""
+        try:
+            if (self.data / "postmaster.pid").exists():
+                self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def url(self, database: str, password: str | None = None, scheme: str = "postgresql+psycopg") -> str:
+        """A URL of one of its databases (trust authentication ignores the password)."""
+        user = f"postgres:{password}" if password else "postgres"
+        return f"{scheme}://{user}@127.0.0.1:{self.port}/{database}"
+
+    def _admin(self, statement: str) -> None:
+        admin = sa.create_engine(self.url("postgres"), isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                conn.execute(sa.text(statement))
+        finally:
+            admin.dispose()
+
+    def new_database(self) -> str:
+        """The name of a new, empty database."""
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        self._admin(f"CREATE DATABASE {name}")
+        return name
+
+    def drop_database(self, name: str) -> None:
+        self._admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@contextlib.contextmanager
+def running_postgres():
+    """A started `Postgres`, stopped at the end; skips the test without the server's binaries."""
+    bin_dir = Postgres.binaries()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries are not installed (/usr/lib/postgresql/*/bin): apt install postgresql")
+    server = Postgres(bin_dir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/bin/nats-server"

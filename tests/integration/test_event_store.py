@@ -7,14 +7,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import glob
-import os
-import shutil
 import sqlite3
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -25,7 +19,6 @@ from rtdetr_service.analytics.events import EventLifecycle
 from rtdetr_service.core.types import Detection, Frame
 from rtdetr_service.outputs.store.event_store import EventStore
 from rtdetr_service.outputs.store.queries import InvalidCursor, encode_cursor
-from rtdetr_service.outputs.store.schema import metadata
 
 from support import free_port, make_settings, run_service
 
@@ -45,65 +38,10 @@ def wait_until(predicate, timeout: float = 5.0, what: str = "condition"):
         time.sleep(0.02)
 
 
-# -- a real PostgreSQL server ------------------------------------------------------------------
-
-
-def _pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parent.parent.name))
-    return Path(found[-1]).parent if found else None
-
-
-@pytest.fixture(scope="session")
-def postgres_server():
-    """Debian's PostgreSQL on 127.0.0.1 and a free port, in a temporary directory; yields the port."""
-    bin_dir = _pg_bin()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL server binaries are not installed (/usr/lib/postgresql/*/bin): apt install postgresql")
-    # tmp_path_factory's directories are private to root; the server runs as `postgres` and needs its own.
-    root = Path(tempfile.mkdtemp(prefix="event-store-pg-"))
-    as_postgres: list[str] = []
-    if os.geteuid() == 0:  # the server refuses to run as root
-        shutil.chown(root, "postgres", "postgres")
-        as_postgres = ["runuser", "-u", "postgres", "--"]
-    data, logfile, port = root / "data", root / "server.log", free_port()
-
-    def run(*args: str, timeout: float = 60) -> None:
-        done = subprocess.run([*as_postgres, *args], capture_output=True, text=True, timeout=timeout)
-        if done.returncode != 0:
-            log_text = logfile.read_text() if logfile.exists() else ""
-            raise RuntimeError(f"{args[0]} failed ({done.returncode}): {done.stderr}{done.stdout}\n{log_text}")
-
-    run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={root} -c fsync=off"
-    run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(logfile), "-w", "-t", "60", "-o", options, "start")
-    try:
-        admin_url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(sa.text("CREATE DATABASE events"))
-        admin.dispose()
-        yield port
-    finally:
-        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request) -> str:
-    return request.param
-
-
 @pytest.fixture
 def store_url(backend, request) -> str:
-    """ "" for the embedded default (SQLite under the data dir); an empty `events` database on the server."""
-    if backend == "sqlite":
-        return ""
-    port = request.getfixturevalue("postgres_server")
-    url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/events"
-    engine = sa.create_engine(url)
-    metadata.drop_all(engine)
-    engine.dispose()
-    return url
+    """ "" for the embedded default (SQLite under the data dir); an empty database on the server."""
+    return "" if backend == "sqlite" else request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture
@@ -319,11 +257,8 @@ def test_events_survive_a_restart_and_events_left_open_are_closed(make_store):
     assert len(second.query()[0]) == 2
 
 
-def test_replicas_sharing_postgresql_close_only_events_no_one_writes_any_more(postgres_server, tmp_path):
-    url = f"postgresql+psycopg://postgres@127.0.0.1:{postgres_server}/events"
-    engine = sa.create_engine(url)
-    metadata.drop_all(engine)
-    engine.dispose()
+def test_replicas_sharing_postgresql_close_only_events_no_one_writes_any_more(postgres_url, tmp_path):
+    url = postgres_url
     clock = [NOW]
     stores = []
 
@@ -512,9 +447,9 @@ def test_stop_before_start_is_legal(make_store):
 # -- secrets -----------------------------------------------------------------------------------
 
 
-def test_a_password_in_the_url_never_shows(postgres_server, tmp_path, caplog):
+def test_a_password_in_the_url_never_shows(postgres_server, postgres_database, tmp_path, caplog):
     caplog.set_level("INFO")
-    url = f"postgresql+psycopg://postgres:s3cret-pw@127.0.0.1:{postgres_server}/events"  # trust auth ignores it
+    url = postgres_server.url(postgres_database, password="s3cret-pw")  # trust auth ignores it
     store = EventStore(url, tmp_path / "data")
     try:
         status = store.status()
@@ -539,19 +474,20 @@ def test_a_password_in_the_url_never_shows(postgres_server, tmp_path, caplog):
 
 @pytest.mark.parametrize("scheme", ["postgresql", "postgres", "postgresql+psycopg"])
 def test_postgresql_urls_as_other_tools_write_them_open_the_store_through_psycopg(
-    postgres_server, tmp_path, caplog, scheme
+    postgres_server, postgres_database, tmp_path, caplog, scheme
 ):
     caplog.set_level("INFO")
-    store = EventStore(f"{scheme}://postgres:s3cret-pw@127.0.0.1:{postgres_server}/events", tmp_path / "data")
+    port = postgres_server.port
+    store = EventStore(postgres_server.url(postgres_database, "s3cret-pw", scheme), tmp_path / "data")
     try:
         store.start()
         assert store.status()["backend"] == "postgresql"
-        assert store.status()["url"] == f"postgresql+psycopg://postgres:***@127.0.0.1:{postgres_server}/events"
+        assert store.status()["url"] == f"postgresql+psycopg://postgres:***@127.0.0.1:{port}/{postgres_database}"
         events, _ = store.query(limit=1)  # a query reaches the server through the driver
         assert isinstance(events, list)
     finally:
         store.stop()
-    assert f"event store: postgresql at postgresql+psycopg://postgres:***@127.0.0.1:{postgres_server}" in caplog.text
+    assert f"event store: postgresql at postgresql+psycopg://postgres:***@127.0.0.1:{port}" in caplog.text
     assert "s3cret-pw" not in caplog.text
 
 
@@ -574,12 +510,9 @@ def test_other_databases_and_drivers_are_refused_in_words_before_any_connection(
 
 
 @pytest.fixture
-def postgres_service(postgres_server, tiny_model_dir):
+def postgres_service(postgres_server, postgres_database, tiny_model_dir):
     """The real app keeping its events in the PostgreSQL server, on a URL written as other tools write it."""
-    url = f"postgresql://postgres@127.0.0.1:{postgres_server}/events"
-    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
-    metadata.drop_all(engine)
-    engine.dispose()
+    url = postgres_server.url(postgres_database, scheme="postgresql")
     service = run_service(make_settings(tiny_model_dir, database_url=url))
     yield service
     service.stop()

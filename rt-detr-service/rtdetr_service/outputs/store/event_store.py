@@ -5,6 +5,7 @@ not fit is dropped and counted, because a slow disk or database must never hold 
 Reads come from API threads through the engine's pool. `EventStore` puts the parts together:
 
     schema.py     the tables; the engine (SQLite in WAL mode under DATA_DIR, or PostgreSQL by URL)
+    migrate.py    the schema brought to this version's at open (Alembic; migrations/ holds the revisions)
     writer.py     the writer thread: batches of changes, snapshots, retries, the sweep when due
     snapshots.py  the JPEG files on disk and their total size
     retention.py  the sweep: age limit, snapshot size limit, open events of stopped replicas
@@ -21,7 +22,7 @@ from typing import Callable, Sequence
 import sqlalchemy as sa
 
 from rtdetr_service.core.results import EventChange
-from rtdetr_service.outputs.store import queries
+from rtdetr_service.outputs.store import migrate, queries
 from rtdetr_service.outputs.store.queries import EventQuery, Tombstones
 from rtdetr_service.outputs.store.retention import Retention, RetentionPolicy, total_snapshot_bytes
 from rtdetr_service.outputs.store.schema import Database, words
@@ -78,14 +79,17 @@ class EventStore:
         self.closed_at_start = self._open()
 
     def _open(self) -> int:
-        """Tables made, events left open closed, snapshot bytes counted; returns how many were closed."""
+        """Schema upgraded, events left open closed, snapshot bytes counted; returns how many were closed."""
         try:
-            self._db.create_tables()
+            migrate.upgrade(self._db)
             closed = self._retention.close_left_open()
             self._files.set_total_bytes(total_snapshot_bytes(self._db.engine))
         except sa.exc.SQLAlchemyError as exc:
             self._db.dispose()
             raise RuntimeError(f"cannot open the event store at {self.safe_url}: {words(exc)}") from exc
+        except RuntimeError as exc:  # a schema this version cannot use, said in words
+            self._db.dispose()
+            raise RuntimeError(f"cannot open the event store: {exc}") from exc
         log.info("event store: %s at %s", self.backend, self.safe_url)
         if closed:
             log.warning("event store: closed %d event(s) left open by an earlier run (end time = last seen)", closed)
@@ -105,6 +109,11 @@ class EventStore:
             return False
         self._db.dispose()
         return True
+
+    @property
+    def database(self) -> Database:
+        """The store's database, for other tables that live in it (sessions)."""
+        return self._db
 
     @property
     def running(self) -> bool:

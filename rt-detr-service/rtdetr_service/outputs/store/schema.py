@@ -1,13 +1,17 @@
-"""The event store's tables, and the database they live in: its engine and its dialect's upserts.
+"""The store's tables, and the database they live in: its engine, its clock and its dialect's upserts.
 
 SQLAlchemy Core, so one code path serves the embedded default (SQLite in WAL mode under DATA_DIR)
 and PostgreSQL through psycopg 3 (`postgresql://…`, `postgres://…` or `postgresql+psycopg://…`).
+The tables are made and changed by the migrations (migrate.py), never by `create_all`: these
+definitions are what the queries read, and a test checks they match what the migrations make.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
+from typing import Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -52,6 +56,30 @@ event_zones_table = sa.Table(
     sa.Column("event_id", sa.String(64), primary_key=True),
     sa.Column("zone", sa.String(), primary_key=True),
     sa.Index("ix_event_zones_zone", "zone", "event_id"),
+)
+
+# One row per session: its desired state, shared by every replica, owned by one at a time through a
+# lease judged by the database's clock and fenced by `epoch` (see sessions/records.py).
+SESSION_STATES = ("pending", "opening", "running", "reconnecting", "moving", "stopped", "failed")
+sessions_table = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("options", sa.Text, nullable=False),  # JSON: what rebuilds the session, stream URL as given
+    sa.Column("options_rev", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("viewer_token_hash", sa.Text, nullable=False),
+    sa.Column("desired", sa.String(8), nullable=False, server_default="run"),
+    sa.Column("owner", sa.String(), nullable=True),
+    sa.Column("lease_until", sa.Double, nullable=True),  # Unix seconds by the database's clock
+    sa.Column("epoch", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("state", sa.String(16), nullable=False, server_default="pending"),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.CheckConstraint("desired IN ('run', 'stop')", name="ck_sessions_desired"),
+    sa.CheckConstraint(f"state IN ({', '.join(repr(s) for s in SESSION_STATES)})", name="ck_sessions_state"),
+    sa.Index("ix_sessions_claim", "desired", "created_at"),
+    sa.Index("ix_sessions_owner", "owner"),
 )
 
 _INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
@@ -111,9 +139,22 @@ class Database:
             connect_args["connect_timeout"] = 10  # a database that is down fails a write, it does not hang it
         return sa.create_engine(self._url, pool_pre_ping=True, connect_args=connect_args)
 
-    def create_tables(self) -> None:
-        """Create the tables and indexes that are not there yet."""
-        metadata.create_all(self.engine)
+    @contextlib.contextmanager
+    def write_transaction(self) -> Iterator[sa.Connection]:
+        """A transaction for read-then-write: on SQLite it takes the write lock at BEGIN (IMMEDIATE),
+        so what it read is still true when it writes; PostgreSQL locks rows with FOR UPDATE instead."""
+        with self.engine.begin() as conn:
+            if self.backend == "sqlite":
+                # pysqlite emits no BEGIN of its own before this statement: the transaction starts here.
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            yield conn
+
+    def now(self) -> sa.ColumnElement[float]:
+        """The database's clock in Unix seconds, as an expression: every replica reads the same clock."""
+        if self.backend == "postgresql":
+            return sa.cast(sa.extract("epoch", sa.func.clock_timestamp()), sa.Double)
+        # julianday('now') has millisecond resolution; SQLite 3.40 has no unixepoch('subsec').
+        return (sa.func.julianday("now") - 2440587.5) * 86400.0
 
     def dispose(self) -> None:
         """Close the pool's connections."""
