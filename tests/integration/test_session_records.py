@@ -32,7 +32,7 @@ def records(db) -> SessionRecords:
 
 def add(records: SessionRecords, *ids: str) -> None:
     for sid in ids:
-        records.add(SessionRecord(sid, {"stream_url": f"rtsp://user:pw@cam/{sid}", "camera": sid}, f"hash-{sid}"))
+        records.add(SessionRecord(sid, {"stream_url": f"rtsp://user:pw@cam/{sid}", "camera": sid}, f"token-{sid}"))
 
 
 def expire(records: SessionRecords, *claimed) -> None:
@@ -53,7 +53,7 @@ def test_a_recorded_session_reads_back_and_hides_its_stream_url_from_repr(record
         0,
     )
     assert record.options_rev == 1 and record.created_at == record.updated_at
-    assert "pw@" not in repr(record) and "hash-" not in repr(record)
+    assert "pw@" not in repr(record) and "token-" not in repr(record)
     assert records.get("nope") is None
     with pytest.raises(ValueError, match="already recorded"):
         add(records, "cam-a")
@@ -292,3 +292,14 @@ def test_bad_arguments_are_refused_in_words(records):
         records.set_state("cam", "replica-a", 1, "sleeping")
     with pytest.raises(ValueError, match="a session id is 1 to 36 characters"):
         add(records, "x" * 37)
+
+
+def test_a_session_started_here_is_recorded_as_ours_and_no_one_else_claims_it(records):
+    # Given a start that opened its stream on A: recorded with A as owner, epoch 1
+    mine = records.add(SessionRecord("cam-x", {"camera": "x"}, "token-x", state="running"), owner="a", lease_s=30)
+    assert (mine.owner, mine.epoch, mine.state) == ("a", 1, "running") and mine.lease_until > records.now()
+    # then B finds nothing to claim, and A renews it at epoch 1
+    assert records.claim("b", capacity=5, lease_s=30) == []
+    assert records.renew("a", {"cam-x": 1}, lease_s=30).renewed == {"cam-x"}
+    with pytest.raises(ValueError, match="lease"):
+        records.add(SessionRecord("cam-y", {}, "t"), owner="a", lease_s=None)

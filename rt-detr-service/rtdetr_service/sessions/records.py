@@ -29,12 +29,12 @@ class UnknownSession(LookupError):
 
 @dataclass(frozen=True)
 class SessionRecord:
-    """One sessions row. `options` holds the stream URL as given, so neither it nor the token's hash
+    """One sessions row. `options` holds the stream URL as given, so neither it nor the viewer token
     is in the repr; times are Unix seconds by the database's clock."""
 
     id: str
     options: dict = field(repr=False)
-    viewer_token_hash: str = field(repr=False)
+    viewer_token: str = field(repr=False)
     desired: str = "run"
     state: str = "pending"
     options_rev: int = 1
@@ -95,9 +95,13 @@ class SessionRecords:
 
     # -- rows ---------------------------------------------------------------------------------
 
-    def add(self, record: SessionRecord) -> SessionRecord:
-        """Record a new session (its id, options, token hash, desired state and state); the store sets
-        the rest. ValueError, in words, for a bad value or an id already recorded."""
+    def add(self, record: SessionRecord, owner: str | None = None, lease_s: float | None = None) -> SessionRecord:
+        """Record a new session (its id, options, viewer token, desired state and state); the store sets
+        the rest. With `owner`, it is recorded as that replica's already (a start that opened the stream
+        there): a lease of `lease_s` and epoch 1. ValueError, in words, for a bad value or an id already
+        recorded."""
+        if owner is not None:
+            _check_lease(lease_s)
         if not record.id or len(record.id) > _ID_CHARS:
             raise ValueError(f"a session id is 1 to {_ID_CHARS} characters, got {len(record.id)}")
         _check(record.desired, _DESIRED, "desired")
@@ -110,11 +114,12 @@ class SessionRecords:
                     sa.insert(_T).values(
                         id=record.id,
                         options=options,
-                        viewer_token_hash=record.viewer_token_hash,
+                        viewer_token=record.viewer_token,
                         desired=record.desired,
                         state=record.state,
                         created_at=now,
                         updated_at=now,
+                        **({"owner": owner, "lease_until": now + lease_s, "epoch": 1} if owner is not None else {}),
                     )
                 )
         except sa.exc.IntegrityError:
@@ -314,7 +319,7 @@ def _record(row: Mapping) -> SessionRecord:
     return SessionRecord(
         id=row["id"],
         options=json.loads(row["options"]),
-        viewer_token_hash=row["viewer_token_hash"],
+        viewer_token=row["viewer_token"],
         desired=row["desired"],
         state=row["state"],
         options_rev=row["options_rev"],
@@ -332,6 +337,6 @@ def _check(value: str, allowed: tuple[str, ...], what: str) -> None:
         raise ValueError(f"{what} must be one of {', '.join(allowed)}, got {value!r}")
 
 
-def _check_lease(lease_s: float) -> None:
-    if not lease_s > 0:
+def _check_lease(lease_s: float | None) -> None:
+    if lease_s is None or not lease_s > 0:
         raise ValueError(f"lease_s must be > 0, got {lease_s}")

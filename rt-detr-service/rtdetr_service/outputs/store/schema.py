@@ -67,7 +67,7 @@ sessions_table = sa.Table(
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("options", sa.Text, nullable=False),  # JSON: what rebuilds the session, stream URL as given
     sa.Column("options_rev", sa.Integer, nullable=False, server_default="1"),
-    sa.Column("viewer_token_hash", sa.Text, nullable=False),
+    sa.Column("viewer_token", sa.Text, nullable=False),
     sa.Column("desired", sa.String(8), nullable=False, server_default="run"),
     sa.Column("owner", sa.String(), nullable=True),
     sa.Column("lease_until", sa.Double, nullable=True),  # Unix seconds by the database's clock
