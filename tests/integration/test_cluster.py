@@ -4,16 +4,18 @@ spreads calls over every ready replica and takes a dead one out of rotation by i
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from cluster import HAPROXY, Balancer
-from servers import service_process
-from support import wait_until
+from servers import NatsServer, service_process
+from support import frame_results, free_port, running_camera, wait_until
 
 pytestmark = pytest.mark.skipif(not os.path.exists(HAPROXY), reason="haproxy is not installed")
 
@@ -53,3 +55,119 @@ def test_calls_land_on_every_ready_replica_and_a_dead_one_leaves_the_rotation(tw
         answers = [http.get("/api/v1/video/sessions") for _ in range(10)]
     assert [a.status_code for a in answers] == [200] * 10
     assert {a.headers["x-replica"] for a in answers} == {"r2"}
+
+
+# -- sessions shared through PostgreSQL -------------------------------------------------------------
+
+LEASE_S = 3.0
+
+
+@pytest.fixture
+def pg_replicas(tiny_model_dir, tmp_path, postgres_url, request):
+    """Two replicas sharing one PostgreSQL database and a NATS bus, behind the balancer;
+    SESSION_LEASE_S is LEASE_S unless the test is marked `lease(seconds)`."""
+    marker = request.node.get_closest_marker("lease")
+    lease_s = marker.args[0] if marker else LEASE_S
+    key = "cluster-" + secrets.token_hex(8)
+    with contextlib.ExitStack() as parts:
+        bus = NatsServer(free_port(), tmp_path)
+        bus.start()
+        parts.callback(bus.kill)
+        replicas = {}
+        for name in ("r1", "r2"):
+            folder = tmp_path / name
+            folder.mkdir()
+            service = service_process(
+                tiny_model_dir, folder, API_KEYS=key, DATABASE_URL=postgres_url, REPLICA_ID=name,
+                SESSION_LEASE_S=str(lease_s), MAX_SESSIONS="2", BUS_URL=bus.url,
+            )  # fmt: skip
+            parts.callback(service.stop)
+            replicas[name] = service
+        balancer = Balancer({name: s.port for name, s in replicas.items()}, tmp_path)
+        balancer.start()
+        parts.callback(balancer.stop)
+        assert wait_until(lambda: set(balancer.landings("/health", 6)) == {"r1", "r2"}, timeout=10)
+        yield balancer, replicas, key
+
+
+def _status_everywhere(balancer: Balancer, key: str, session_id: str, n: int = 4) -> list[dict]:
+    with httpx.Client(base_url=balancer.url, headers={"apikey": key}, timeout=10) as http:
+        answers = [http.get(f"/api/v1/video/status/{session_id}") for _ in range(n)]
+    return [dict(a.json(), answered_by=a.headers["x-replica"], code=a.status_code) for a in answers]
+
+
+def test_any_replica_answers_for_a_session_and_a_killed_owner_hands_it_over_within_the_lease(pg_replicas):
+    balancer, replicas, key = pg_replicas
+    with running_camera() as camera, httpx.Client(base_url=balancer.url, headers={"apikey": key}, timeout=30) as http:
+        started = http.post("/api/v1/video/start", json={"stream_url": camera.url, "camera": "gate"})
+        assert started.status_code == 200, started.text
+        session_id, owner = started.json()["session_id"], started.headers["x-replica"]
+        other = ({"r1", "r2"} - {owner}).pop()
+
+        # every replica answers for it, and names its owner
+        answers = _status_everywhere(balancer, key, session_id)
+        assert {a["answered_by"] for a in answers} == {"r1", "r2"}
+        assert all(a["code"] == 200 and a["replica"] == owner and a["state"] == "running" for a in answers), answers
+        listed = http.get("/api/v1/video/sessions").json()["sessions"]
+        assert [s["session_id"] for s in listed] == [session_id]
+
+        # when its owner dies without a word
+        replicas[owner].proc.send_signal(signal.SIGKILL)
+        replicas[owner].proc.wait(5)
+
+        # then the other replica runs it, same id, within the lease and a claim round or two
+        def moved():
+            (status,) = _status_everywhere(balancer, key, session_id, n=1)
+            return status if status["replica"] == other and status["state"] == "running" else None
+
+        status = wait_until(moved, timeout=LEASE_S + 10)
+        assert status, _status_everywhere(balancer, key, session_id, n=1)
+        assert status["camera"] == "gate" and status["stats"] is not None, status
+
+        # and a stop through any replica stops it for good
+        assert http.post("/api/v1/video/stop", json={"session_id": session_id}).status_code == 200
+        assert wait_until(lambda: http.get(f"/api/v1/video/status/{session_id}").status_code == 404, timeout=5)
+
+
+@pytest.mark.lease(30.0)
+def test_sigterm_drains_a_replica_and_the_other_takes_its_sessions_long_before_its_lease_runs_out(pg_replicas):
+    balancer, replicas, key = pg_replicas
+    with running_camera() as camera, httpx.Client(base_url=balancer.url, headers={"apikey": key}, timeout=30) as http:
+        started = http.post("/api/v1/video/start", json={"stream_url": camera.url})
+        assert started.status_code == 200, started.text
+        session_id, owner = started.json()["session_id"], started.headers["x-replica"]
+        other = ({"r1", "r2"} - {owner}).pop()
+
+        replicas[owner].proc.send_signal(signal.SIGTERM)
+
+        def taken():
+            (status,) = _status_everywhere(balancer, key, session_id, n=1)
+            return status if status["replica"] == other and status["state"] == "running" else None
+
+        # released at drain, claimed at the other's next claim round (every second) and opened; a
+        # lease left to run out would take 30 s
+        assert wait_until(taken, timeout=10), _status_everywhere(balancer, key, session_id, n=1)
+        replicas[owner].proc.wait(30)
+
+
+def test_a_viewer_on_another_replica_sees_the_session_and_keeps_seeing_it_when_its_owner_dies(pg_replicas):
+    balancer, replicas, key = pg_replicas
+    with running_camera() as camera, httpx.Client(base_url=balancer.url, headers={"apikey": key}, timeout=30) as http:
+        started = http.post("/api/v1/video/start", json={"stream_url": camera.url})
+        assert started.status_code == 200, started.text
+        body, owner = started.json(), started.headers["x-replica"]
+        other = ({"r1", "r2"} - {owner}).pop()
+        # a viewer connected to the replica that does not run it, with the token from the start
+        url = f"ws://127.0.0.1:{replicas[other].port}{body['websocket_path']}"
+        with connect(url, open_timeout=10) as ws:
+            first = json.loads(ws.recv(timeout=10))
+            assert first["type"] == "stream_info" and first["session_id"] == body["session_id"], first
+            assert len(frame_results(ws, 3, seconds=20)) == 3  # relayed over the bus from the owner
+
+            replicas[owner].proc.send_signal(signal.SIGKILL)
+            replicas[owner].proc.wait(5)
+            # frames stop, then come again on the same connection once this replica runs the session
+            again = frame_results(ws, 3, seconds=LEASE_S + 20)
+            assert len(again) == 3, again
+        status = http.get(f"/api/v1/video/status/{body['session_id']}").json()
+        assert status["replica"] == other and status["state"] == "running", status

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from rtdetr_service.outputs.prometheus import Metrics
     from rtdetr_service.outputs.settings import OutputSettings
     from rtdetr_service.outputs.store.event_store import EventStore
+    from rtdetr_service.outputs.websocket import FrameRenderer
 
 
 @dataclass(frozen=True)
@@ -27,12 +28,13 @@ class SinkContext:
     metrics: Metrics
     encoder: object
     event_store: EventStore | None
+    renderer: FrameRenderer | None = None  # shared with the bus, so a frame is drawn and encoded once
 
 
 def _websocket(ctx: SinkContext) -> Sink:
     from rtdetr_service.outputs.websocket import WebSocketSink
 
-    return WebSocketSink(ctx.hub, ctx.encoder)
+    return WebSocketSink(ctx.hub, ctx.encoder, ctx.renderer)
 
 
 def _metrics(ctx: SinkContext) -> Sink:

@@ -8,14 +8,16 @@ import functools
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 from rtdetr_service.core.logs import log_context
 from rtdetr_service.core.types import ModelInfo
 from rtdetr_service.ingest.reader import StreamReader
 from rtdetr_service.ingest.urls import DestinationPolicy, StreamError, redact_url, validate_stream_url
+from rtdetr_service.outputs import messages
 from rtdetr_service.outputs.base import Sink
 from rtdetr_service.outputs.hub import Hub
+from rtdetr_service.sessions.records import SessionRecord
 from rtdetr_service.sessions.session import Session, SessionError, SessionOptions
 
 if TYPE_CHECKING:
@@ -27,14 +29,29 @@ log = logging.getLogger(__name__)
 _SHUTTING_DOWN = "The service is shutting down; start the session elsewhere"
 
 
+class SessionStore(Protocol):
+    """What the manager and the routes ask of the sessions recorded in the store (sessions/cluster.py)."""
+
+    replica: str
+    interval_s: float
+
+    def record(self, session: Session) -> None: ...
+    def stopped(self, session_id: str) -> None: ...
+    def request_stop(self, session_id: str) -> bool: ...
+    def find(self, session_id: str) -> SessionRecord | None: ...
+    def list(self) -> list[SessionRecord]: ...
+
+
 class SessionManager:
     """Owns every session of this replica: start, stop, look up, and stop all at shutdown."""
 
     def __init__(self, settings: SessionSettings, hub: Hub) -> None:
         self.settings = settings
         self.hub = hub
+        self.session_hub = hub  # what sessions tell viewers through: the hub, or the bus's OwnerHub
         self.worker: InferenceWorker | None = None
         self.sinks: list[Sink] = []
+        self.cluster: SessionStore | None = None  # the sessions recorded in the store (sessions/cluster.py)
         self._sessions: dict[str, Session] = {}
         # Start calls past the MAX_SESSIONS check, by ticket: their session (None until it is
         # built) is opening its stream and counts against MAX_SESSIONS.
@@ -50,39 +67,70 @@ class SessionManager:
             allowed=tuple(settings.stream_allowed_networks), denied=tuple(settings.stream_denied_networks)
         )
 
-    def attach_worker(self, worker: InferenceWorker, sinks: Sequence[Sink] = ()) -> None:
-        """The model is ready: sessions may start, and publish to these sinks."""
+    def attach_worker(self, worker: InferenceWorker, sinks: Sequence[Sink] = (), session_hub=None) -> None:
+        """The model is ready: sessions may start, and publish to these sinks. `session_hub` is what
+        sessions tell their viewers through (the bus's OwnerHub: viewers here and on other replicas)."""
         self.sinks = list(sinks)
+        if session_hub is not None:
+            self.session_hub = session_hub
         self.worker = worker
 
+    def control(self, session_id: str, action: str) -> None:
+        """A viewer's `pause`, `resume` or `stop` for a session of this replica; ValueError in words."""
+        session = self.find(session_id)
+        if session is None:
+            raise ValueError(f"session {session_id} does not run on this replica")
+        if action in ("pause", "resume"):
+            session.paused = action == "pause"
+            self.session_hub.publish_event(session_id, messages.status_message(session.snapshot()))
+        elif action == "stop":
+            self.stop(session_id, "stopped by a viewer")
+        else:
+            raise ValueError(f"unknown action {action!r}: pause, resume or stop")
+
     async def start(
-        self, options: SessionOptions, *, reader_factory: Callable[..., StreamReader] | None = None
+        self,
+        options: SessionOptions,
+        *,
+        reader_factory: Callable[..., StreamReader] | None = None,
+        identity: tuple[str, str] | None = None,
     ) -> Session:
         """Open the stream, then run the session; on any failure nothing is left behind.
 
         `reader_factory` replaces the network reader (benchmarks feed paced local files through
-        it); URLs given to the default reader must pass the scheme check.
+        it); URLs given to the default reader must pass the scheme check. A new session is
+        recorded in the store (when there is one) as this replica's; `identity` (id, viewer
+        token) runs a recorded session again, as the cluster does with the sessions it claims.
         """
         # The camera is known from the start, the session id once it is built.
         with log_context(camera=options.camera):
-            return await self._start(options, reader_factory)
+            return await self._start(options, reader_factory, identity)
 
-    async def _start(self, options: SessionOptions, reader_factory: Callable[..., StreamReader] | None) -> Session:
+    async def _start(
+        self,
+        options: SessionOptions,
+        reader_factory: Callable[..., StreamReader] | None,
+        identity: tuple[str, str] | None,
+    ) -> Session:
         worker = self._ready_worker()
         shown = redact_url(options.stream_url)
         options, reader_factory = self._reader_for(options, reader_factory)
         ticket = self._reserve()
         session: Session | None = None
         try:
-            session = self._build(ticket, options, worker, reader_factory)
+            session = self._build(ticket, options, worker, reader_factory, identity)
             await self._open(session)
             self._commit(ticket, session)
+            if self.cluster is not None and identity is None:
+                await asyncio.to_thread(self.cluster.record, session)
         except asyncio.CancelledError:
             # The caller went away while the camera was answering (the HTTP layer cancels the
             # start): nobody holds this session's viewer token, so it must not run. Stopping
             # it interrupts FFmpeg's open at once.
             log.info("start on %s cancelled: the caller went away while the stream was opening", shown)
             self._abandon(ticket, session, "start cancelled: the caller went away")
+            if self.cluster is not None and session is not None and identity is None:
+                self.cluster.stopped(session.id)  # in case it was recorded already
             raise
         except SessionError as exc:
             log.warning("start on %s failed: %s: %s", shown, exc.code, exc)
@@ -131,7 +179,12 @@ class SessionManager:
         return ticket
 
     def _build(
-        self, ticket: object, options: SessionOptions, worker: InferenceWorker, reader: Callable[..., StreamReader]
+        self,
+        ticket: object,
+        options: SessionOptions,
+        worker: InferenceWorker,
+        reader: Callable[..., StreamReader],
+        identity: tuple[str, str] | None,
     ) -> Session:
         """The session of this ticket, not yet opened; stop_all() stops it from now on."""
         try:
@@ -139,10 +192,11 @@ class SessionManager:
                 options,
                 settings=self.settings,
                 worker=worker,
-                hub=self.hub,
+                hub=self.session_hub,
                 sinks=self.sinks,
                 model=worker.detector.info,
                 reader_factory=reader,
+                identity=identity,
             )
         except BaseException:
             self._open_done()  # no open thread will run to give the place back
@@ -187,6 +241,8 @@ class SessionManager:
     def _abandon(self, ticket: object, session: Session | None, reason: str) -> None:
         with self._lock:
             self._opening.pop(ticket, None)
+            if session is not None and self._sessions.get(session.id) is session:
+                del self._sessions[session.id]  # committed, then its recording failed
         if session is not None:
             session.stop(reason)
 
@@ -220,12 +276,31 @@ class SessionManager:
             return list(self._sessions.values())
 
     def stop(self, session_id: str, reason: str = "stopped by request") -> Session:
+        """Stop a session of this replica for good (recorded as stopped in the store)."""
         with self._lock:
             session = self._sessions.pop(session_id, None)
         if session is None:
             raise SessionError("session_not_found", f"No session with id {session_id!r}")
         session.stop(reason)
+        if self.cluster is not None:
+            self.cluster.stopped(session_id)
         return session
+
+    def drop(self, session_id: str, reason: str) -> Session | None:
+        """Stop this replica's copy of a session, leaving the store alone: the cluster calls it when
+        another replica owns the session now, or it was stopped from elsewhere."""
+        with self._lock:
+            session = self._sessions.pop(session_id, None)
+        if session is not None:
+            session.stop(reason)
+        return session
+
+    def free_places(self) -> int:
+        """Sessions this replica may still take under MAX_SESSIONS (none once it shuts down)."""
+        with self._lock:
+            if self._closing:
+                return 0
+            return max(0, self.settings.max_sessions - len(self._sessions) - len(self._opening))
 
     def stop_all(self, reason: str = "service shutting down") -> list[Session]:
         """Stop every session, those still opening their stream included, and refuse new ones."""

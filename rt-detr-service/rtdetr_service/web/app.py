@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from contextlib import asynccontextmanager
@@ -19,12 +20,18 @@ from rtdetr_service.inference.detector import Detector
 from rtdetr_service.inference.loading import detector_from_settings
 from rtdetr_service.inference.worker import InferenceWorker
 from rtdetr_service.outputs import messages
+from rtdetr_service.outputs.bus.link import BusLink
+from rtdetr_service.outputs.bus.owner import BusSink, OwnerHub
+from rtdetr_service.outputs.bus.relay import BusRelay
 from rtdetr_service.outputs.encode import JpegEncoder
 from rtdetr_service.outputs.hub import Hub
 from rtdetr_service.outputs.prometheus import Metrics
 from rtdetr_service.outputs.registry import SinkContext, build_sinks
 from rtdetr_service.outputs.store.event_store import EventStore
+from rtdetr_service.outputs.websocket import FrameRenderer
+from rtdetr_service.sessions.cluster import Cluster
 from rtdetr_service.sessions.manager import SessionManager
+from rtdetr_service.sessions.records import SessionRecords
 from rtdetr_service.web.auth import install_api_key_check
 from rtdetr_service.web.errors import error_response, install_error_handlers
 from rtdetr_service.web.middleware import install_body_limit, install_cancel_on_disconnect
@@ -40,7 +47,21 @@ def _load_model(app: FastAPI, settings: Settings, ready: threading.Event) -> Non
     try:
         detector = state.detector_factory(settings)
         state.encoder = JpegEncoder(detector.info.device)
-        sinks = build_sinks(SinkContext(settings, state.hub, state.metrics, state.encoder, state.event_store))
+        renderer = FrameRenderer(state.encoder)
+        sinks = build_sinks(SinkContext(settings, state.hub, state.metrics, state.encoder, state.event_store, renderer))
+        session_hub = None
+        if state.bus is not None:
+            manager = state.manager
+            bus_sink = BusSink(
+                state.bus,
+                renderer,
+                is_local=lambda session_id: manager.find(session_id) is not None,
+                on_control=manager.control,
+                stream_info=lambda session_id: (s := manager.find(session_id)) and s.stream_info_message(),
+            )
+            bus_sink.start()
+            sinks.append(bus_sink)
+            session_hub = OwnerHub(state.hub, bus_sink)
         worker = InferenceWorker(
             detector,
             max_batch=settings.max_batch,
@@ -52,7 +73,9 @@ def _load_model(app: FastAPI, settings: Settings, ready: threading.Event) -> Non
         state.metrics.model_info.labels(
             info.name, info.backend, info.device, info.dtype, str(info.trained).lower()
         ).set(1)
-        state.manager.attach_worker(worker, sinks)
+        state.manager.attach_worker(worker, sinks, session_hub)
+        if state.cluster is not None:
+            state.cluster.start()  # sessions recorded before (this replica's before a restart) run again
         if not info.trained:
             log.warning("!!! %s !!!", info.warning)
         log.info(
@@ -103,6 +126,29 @@ async def lifespan(app: FastAPI):
     app.state.event_store = _open_event_store(settings)
     app.state.history_reads = events.history_reads_pool()
     app.state.manager = manager = SessionManager(settings, app.state.hub)
+    app.state.bus = app.state.relay = None
+    if settings.bus_url.get_secret_value():
+        # The bus between replicas: viewers here of sessions other replicas run (outputs/bus/).
+        app.state.bus = BusLink(settings.bus_url.get_secret_value(), name=settings.replica_id)
+        app.state.relay = BusRelay(
+            app.state.bus,
+            app.state.hub,
+            is_local=lambda session_id: manager.find(session_id) is not None,
+            replica_id=settings.replica_id,
+        )
+        app.state.bus.start()
+        app.state.relay.start()
+    app.state.cluster = None
+    if app.state.event_store is not None:
+        # Sessions are recorded in the store's database: they run again after a restart, and
+        # replicas sharing a PostgreSQL database share them (sessions/cluster.py).
+        app.state.cluster = manager.cluster = Cluster(
+            SessionRecords(app.state.event_store.database),
+            manager,
+            replica=settings.replica_id,
+            lease_s=settings.session_lease_s,
+            loop=asyncio.get_running_loop(),
+        )
     app.state.metrics.watch_sessions(lambda: [s.snapshot() for s in manager.list()])
     app.state.metrics.watch_sinks(lambda: manager.sinks)
     app.state.model_ready = threading.Event()
@@ -113,6 +159,10 @@ async def lifespan(app: FastAPI):
     try:
         yield
     finally:
+        if app.state.cluster is not None:
+            # Drain: the sessions go back to the store, still wanted; another replica takes them
+            # at once, or this one again when it restarts. Only their copies here stop.
+            app.state.cluster.drain()
         stopped = app.state.manager.stop_all("service shutting down")
         for session in stopped:
             # A reader inside FFmpeg's open (reconnecting) ends within OPEN_TIMEOUT_S, one
@@ -125,6 +175,9 @@ async def lifespan(app: FastAPI):
         # Outputs drain after every session has ended (their last events included).
         for sink in app.state.manager.sinks:
             sink.close(2.0)
+        if app.state.relay is not None:
+            app.state.relay.close()
+            await asyncio.to_thread(app.state.bus.close, 2.0)
         app.state.history_reads.shutdown(wait=True, cancel_futures=True)
         if app.state.event_store is not None:
             app.state.event_store.stop(5.0)

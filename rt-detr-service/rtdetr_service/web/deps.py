@@ -15,6 +15,7 @@ from typing import Annotated
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
+from rtdetr_service.outputs.bus.relay import BusRelay
 from rtdetr_service.outputs.encode import JpegEncoder
 from rtdetr_service.outputs.hub import Hub
 from rtdetr_service.outputs.prometheus import Metrics
@@ -53,6 +54,11 @@ async def get_encoder(connection: HTTPConnection) -> JpegEncoder:
     return connection.app.state.encoder
 
 
+async def get_relay(connection: HTTPConnection) -> BusRelay | None:
+    """The bus relay for viewers here of sessions other replicas run; None without BUS_URL."""
+    return connection.app.state.relay
+
+
 async def get_history_reads(connection: HTTPConnection) -> ThreadPoolExecutor:
     """The threads history lists run on, apart from the default pool (events.py says why)."""
     return connection.app.state.history_reads
@@ -71,3 +77,4 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 EncoderDep = Annotated[JpegEncoder, Depends(get_encoder)]
 ModelErrorDep = Annotated[str | None, Depends(get_model_error)]
 HistoryReadsDep = Annotated[ThreadPoolExecutor, Depends(get_history_reads)]
+RelayDep = Annotated[BusRelay | None, Depends(get_relay)]

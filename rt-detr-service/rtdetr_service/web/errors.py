@@ -58,6 +58,7 @@ ERRORS: dict[str, ErrorCode] = {
     ),
     "model_not_ready": ErrorCode(503, "The model is still loading."),
     "shutting_down": ErrorCode(503, "The replica is stopping; start the session elsewhere."),
+    "store_unavailable": ErrorCode(503, "The session store (DATABASE_URL) cannot be reached (words in `detail`)."),
     "events_unavailable": ErrorCode(503, "Events are off (EVENTS_ENABLED=false) or the store could not be opened."),
     "stream_timeout": ErrorCode(504, "The stream did not open (or send a picture) within OPEN_TIMEOUT_S."),
 }

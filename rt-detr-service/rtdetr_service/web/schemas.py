@@ -158,7 +158,12 @@ class TrackingOut(_Answer):
 
 class StatusAnswer(_Answer):
     session_id: str
-    state: SessionState
+    state: SessionState | Literal["pending", "opening", "moving"] = Field(
+        ...,
+        description="Of a session on another replica, as the store has it: `pending` (no replica has a place), "
+        "`opening`, `moving` (its replica died or drained; another takes it), or the states of a running one.",
+    )
+    replica: str | None = Field(..., description="The replica that runs it (REPLICA_ID); null while none does.")
     paused: bool
     camera: str | None
     stream_url: str = Field(..., description="Credentials redacted.")
@@ -167,11 +172,11 @@ class StatusAnswer(_Answer):
     confidence_threshold: float
     classes: list[str] | None = Field(..., description="The class filter (sorted); null for every class.")
     tracking: TrackingOut
-    stats: StatsOut
-    counts: CountsOut
+    stats: StatsOut | None = Field(..., description="null for a session another replica runs (ask it: see `replica`).")
+    counts: CountsOut | None = Field(..., description="null for a session another replica runs.")
     last_error: str | None
     started_at: float = Field(..., description="Unix seconds.")
-    model: ModelInfoOut
+    model: ModelInfoOut | None = Field(..., description="null for a session another replica runs.")
     warnings: list[str] = Field(..., description="Outputs that fail or drop, in words.")
 
 

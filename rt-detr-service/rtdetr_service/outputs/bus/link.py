@@ -83,7 +83,15 @@ class BusLink:
     # -- lifecycle -------------------------------------------------------------------------
 
     def on_connect(self, hook: Hook) -> None:
+        """Run `hook` on every (re)connection; one added once the link is up runs at once too (an
+        owner's sink is made when the model has loaded, long after the link connected). Hooks
+        must bear running twice: a connection made while this is called may run it twice."""
         self._on_connect.append(hook)
+        self.call_soon(self._run_if_connected, hook)
+
+    def _run_if_connected(self, hook: Hook) -> None:
+        if self.nc.is_connected:
+            self.loop.create_task(self._run_hooks([hook]))
 
     def on_disconnect(self, hook: Hook) -> None:
         self._on_disconnect.append(hook)

@@ -15,12 +15,14 @@ from rtdetr_service.analytics.tracking import TrackerOptions
 from rtdetr_service.analytics.zones import MAX_LINES, MAX_POINTS, MAX_RULES, MAX_ZONES, ZoneConfig
 from rtdetr_service.ingest.urls import redact_url
 from rtdetr_service.outputs.registry import output_warnings
+from rtdetr_service.sessions.desired import options_from_record
 from rtdetr_service.sessions.manager import SessionManager
-from rtdetr_service.sessions.session import Session, SessionOptions
+from rtdetr_service.sessions.records import SessionRecord
+from rtdetr_service.sessions.session import Session, SessionError, SessionOptions
 from rtdetr_service.web.auth import API_KEY_SCHEMES, PROTECTED_PREFIX
 from rtdetr_service.web.deps import ManagerDep
 from rtdetr_service.web.errors import ApiError
-from rtdetr_service.web.routes.ws import viewer_path
+from rtdetr_service.web.routes.ws import viewer_path, viewer_path_of
 from rtdetr_service.web.schemas import (
     BODY,
     KEYED,
@@ -230,12 +232,13 @@ async def start(body: StartRequest, manager: ManagerDep) -> dict:
     }
 
 
-def _status(session: Session) -> dict:
-    """The status document of one session: what it was asked for, its state and figures now."""
+def _status(session: Session, replica: str) -> dict:
+    """The status document of one session of this replica: what it was asked for, its state and figures now."""
     options, snap = session.options, session.snapshot()
     return {
         "session_id": session.id,
         "state": snap.state,
+        "replica": replica,
         "paused": snap.paused,
         "camera": options.camera,
         "stream_url": redact_url(options.stream_url),
@@ -252,7 +255,44 @@ def _status(session: Session) -> dict:
     }
 
 
+def _recorded_status(record: SessionRecord) -> dict:
+    """The status document of a session another replica runs (or none does yet), from the store."""
+    options = options_from_record(record.options)
+    return {
+        "session_id": record.id,
+        "state": record.state,
+        "replica": record.owner,
+        "paused": False,
+        "camera": options.camera,
+        "stream_url": redact_url(options.stream_url),
+        "stream": None,
+        "enable_drawing": options.enable_drawing,
+        "confidence_threshold": options.confidence_threshold,
+        "classes": sorted(options.classes) if options.classes is not None else None,
+        "tracking": dataclasses.asdict(options.tracking),
+        "stats": None,
+        "counts": None,
+        "last_error": record.last_error,
+        "started_at": record.created_at,
+        "model": None,
+    }
+
+
+def _elsewhere(manager: SessionManager, session_id: str) -> SessionRecord:
+    """A session recorded in the store and wanted, that this replica does not run; 404 otherwise."""
+    record = manager.cluster.find(session_id) if manager.cluster is not None else None
+    if record is None or record.desired != "run":
+        raise SessionError("session_not_found", f"No session with id {session_id!r}")
+    return record
+
+
 async def _stop(manager: SessionManager, session_id: str) -> dict:
+    if manager.find(session_id) is None and manager.cluster is not None:
+        record = await asyncio.to_thread(_elsewhere, manager, session_id)
+        await asyncio.to_thread(manager.cluster.request_stop, session_id)
+        where = f"replica {record.owner} stops it" if record.owner else "no replica runs it"
+        within = manager.cluster.interval_s
+        return {"session_id": session_id, "status": "stopped", "message": f"Stop recorded; {where} within {within:g} s"}
     session = await asyncio.to_thread(manager.stop, session_id)
     stats = session.snapshot().stats
     return {
@@ -290,7 +330,12 @@ async def delete_session(session_id: str, manager: ManagerDep) -> dict:
 )
 async def status(session_id: str, manager: ManagerDep) -> dict:
     # The outputs are shared: a store that drops events drops this session's too.
-    return dict(_status(manager.get(session_id)), warnings=output_warnings(manager.sinks))
+    warnings = output_warnings(manager.sinks)
+    session = manager.find(session_id)
+    if session is None:
+        record = await asyncio.to_thread(_elsewhere, manager, session_id)
+        return dict(_recorded_status(record), warnings=warnings)
+    return dict(_status(session, manager.settings.replica_id), warnings=warnings)
 
 
 @router.get(
@@ -300,8 +345,18 @@ async def status(session_id: str, manager: ManagerDep) -> dict:
     responses={200: {"model": SessionsAnswer}},
 )
 async def sessions(manager: ManagerDep) -> dict:
-    warnings = output_warnings(manager.sinks)
-    return {"sessions": [dict(_status(s), warnings=warnings, websocket_path=viewer_path(s)) for s in manager.list()]}
+    warnings, replica = output_warnings(manager.sinks), manager.settings.replica_id
+    local = manager.list()
+    answer = [dict(_status(s, replica), warnings=warnings, websocket_path=viewer_path(s)) for s in local]
+    if manager.cluster is not None:
+        here = {s.id for s in local}
+        recorded = await asyncio.to_thread(manager.cluster.list)
+        answer += [
+            dict(_recorded_status(r), warnings=warnings, websocket_path=viewer_path_of(r.id, r.viewer_token))
+            for r in recorded
+            if r.desired == "run" and r.id not in here
+        ]
+    return {"sessions": answer}
 
 
 def _checked_zones(body: ZonesIn, known: tuple[str, ...]) -> dict:

@@ -13,10 +13,11 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from rtdetr_service.core.logs import log_context
 from rtdetr_service.outputs import messages
+from rtdetr_service.outputs.bus.relay import BusRelay
 from rtdetr_service.outputs.hub import Hub
 from rtdetr_service.sessions.manager import SessionManager
 from rtdetr_service.sessions.session import Session, SessionError, SessionState
-from rtdetr_service.web.deps import HubDep, ManagerDep, SettingsDep
+from rtdetr_service.web.deps import HubDep, ManagerDep, RelayDep, SettingsDep
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -31,7 +32,11 @@ USAGE = 'expected {"type": "control", "action": "pause|resume|stop"}'
 
 def viewer_path(session: Session) -> str:
     """Where a viewer of this session connects (the route below), its viewer token included."""
-    return f"/ws/stream/{session.id}?token={session.viewer_token}"
+    return viewer_path_of(session.id, session.viewer_token)
+
+
+def viewer_path_of(session_id: str, token: str) -> str:
+    return f"/ws/stream/{session_id}?token={token}"
 
 
 @router.websocket("/ws/stream/{session_id}")
@@ -41,13 +46,14 @@ async def stream(
     manager: ManagerDep,
     hub: HubDep,
     settings: SettingsDep,
+    relay: RelayDep,
     token: str = "",
     format: str = "json",
 ) -> None:
     await websocket.accept()
     session = manager.find(session_id)
     if session is None:
-        await websocket.close(code=4404, reason="Unknown session: it may have been stopped")
+        await _remote_viewer(websocket, session_id, manager, hub, relay, settings, token, format)
         return
     if not hmac.compare_digest(token.encode(), session.viewer_token.encode()):
         await websocket.close(code=4401, reason="Invalid viewer token")
@@ -63,6 +69,86 @@ async def stream(
         await _serve_viewer(websocket, session, manager, hub, format)
 
 
+async def _remote_viewer(
+    websocket: WebSocket,
+    session_id: str,
+    manager: SessionManager,
+    hub: Hub,
+    relay: BusRelay | None,
+    settings,
+    token: str,
+    format: str,
+) -> None:
+    """A viewer here of a session this replica does not run: checked against the store, served
+    through the bus from the replica that runs it (outputs/bus/relay.py)."""
+    record = None
+    if manager.cluster is not None:
+        with contextlib.suppress(SessionError):  # the store unreachable: said as unknown, in words below
+            record = await asyncio.to_thread(manager.cluster.find, session_id)
+    if record is None or record.desired != "run":
+        await websocket.close(code=4404, reason="Unknown session: it may have been stopped")
+        return
+    if not hmac.compare_digest(token.encode(), record.viewer_token.encode()):
+        await websocket.close(code=4401, reason="Invalid viewer token")
+        return
+    if format not in ("json", "binary"):
+        await websocket.close(code=4400, reason="format must be json or binary")
+        return
+    if relay is None:
+        where = f"replica {record.owner}" if record.owner else "no replica yet"
+        reason = f"This session runs on {where}; without BUS_URL only its own replica shows it"
+        await websocket.close(code=4503, reason=reason[:120])
+        return
+    if hub.viewer_count(session_id) >= settings.max_viewers:
+        await websocket.close(code=4429, reason="Too many viewers for this session")
+        return
+    viewer = hub.attach(websocket, session_id, format)
+    relay.watch(session_id)
+    try:
+        info = await relay.stream_info(session_id)
+        hub.reply(viewer, info if isinstance(info, dict) else messages.error_message(info))
+        sender = asyncio.create_task(hub.serve(viewer))
+        receiver = asyncio.create_task(_receive_controls(websocket, hub, viewer, _relayed_control(relay, session_id)))
+        await _until_either_ends(sender, receiver, session_id)
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        hub.detach(viewer)
+        relay.unwatch(session_id)
+
+
+def _relayed_control(relay: BusRelay, session_id: str):
+    async def act(action: str) -> str | None:
+        return await relay.control(session_id, action)
+
+    return act
+
+
+def _local_control(manager: SessionManager, session: Session):
+    async def act(action: str) -> str | None:
+        if action in ("pause", "resume"):
+            session.paused = action == "pause"
+            manager.session_hub.publish_event(session.id, messages.status_message(session.snapshot()))
+        else:  # stop
+            with contextlib.suppress(SessionError):
+                await asyncio.to_thread(manager.stop, session.id, "stopped by a viewer")
+        return None
+
+    return act
+
+
+async def _until_either_ends(sender: asyncio.Task, receiver: asyncio.Task, session_id: str) -> None:
+    done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    for task in done:
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, (WebSocketDisconnect, RuntimeError)):
+            log.warning("viewer of session %s ended with %r", session_id, exc, exc_info=exc)
+
+
 async def _serve_viewer(websocket: WebSocket, session: Session, manager: SessionManager, hub: Hub, format: str) -> None:
     session_id = session.id
     viewer = hub.attach(websocket, session_id, format)
@@ -73,16 +159,8 @@ async def _serve_viewer(websocket: WebSocket, session: Session, manager: Session
             await websocket.close(code=1000, reason="session stopped")
             return
         sender = asyncio.create_task(hub.serve(viewer))
-        receiver = asyncio.create_task(_receive_controls(websocket, manager, session, viewer))
-        done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        for task in done:
-            exc = task.exception()
-            if exc is not None and not isinstance(exc, (WebSocketDisconnect, RuntimeError)):
-                log.warning("viewer of session %s ended with %r", session_id, exc, exc_info=exc)
+        receiver = asyncio.create_task(_receive_controls(websocket, hub, viewer, _local_control(manager, session)))
+        await _until_either_ends(sender, receiver, session_id)
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:
@@ -115,8 +193,9 @@ class _Bucket:
         return False
 
 
-async def _receive_controls(websocket: WebSocket, manager, session, viewer) -> None:
-    hub = manager.hub
+async def _receive_controls(websocket: WebSocket, hub: Hub, viewer, act) -> None:
+    """A viewer's control messages, rate-limited and checked; `act(action)` carries each out and
+    says in words why it could not (None: done)."""
     bucket = _Bucket(CONTROL_RATE, CONTROL_BURST)
 
     def error(detail: str) -> None:
@@ -144,11 +223,9 @@ async def _receive_controls(websocket: WebSocket, manager, session, viewer) -> N
             error(f"messages must be JSON; {USAGE}")
             continue
         action = message.get("action") if isinstance(message, dict) and message.get("type") == "control" else None
-        if action in ("pause", "resume"):
-            session.paused = action == "pause"
-            hub.publish_event(session.id, messages.status_message(session.snapshot()))
-        elif action == "stop":
-            with contextlib.suppress(SessionError):
-                await asyncio.to_thread(manager.stop, session.id, "stopped by a viewer")
+        if action in ("pause", "resume", "stop"):
+            problem = await act(action)
+            if problem:
+                error(problem)
         else:
             error(USAGE)
