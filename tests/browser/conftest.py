@@ -28,9 +28,11 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[sync_api.Browser]:
-    """One headless chromium for the whole run."""
+    """One headless chromium per test module. Not one per run: Playwright's sync API keeps its event
+    loop marked running on the main thread while it is open, and every later test there that
+    calls asyncio.run() would fail ("cannot be called from a running event loop")."""
     if sync_api is None:
         pytest.skip("Playwright for Python is not installed")
     executable = CHROMIUM if CHROMIUM.exists() else shutil.which("chromium")
