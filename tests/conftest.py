@@ -95,5 +95,6 @@ def fake_servers(closing):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "lease(seconds): SESSION_LEASE_S of the replicas a cluster test starts")
+    config.addinivalue_line("markers", "max_sessions(n): MAX_SESSIONS of the replicas a cluster test starts")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

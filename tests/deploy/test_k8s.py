@@ -271,7 +271,7 @@ def test_keda_triggers_are_prometheus_queries_with_numeric_thresholds(scaled, ba
         assert meta["serverAddress"].startswith("http") and float(meta["threshold"]) > 0
         assert isinstance(meta["threshold"], str), "KEDA's metadata values are strings"
     sessions = next(t for t in scaled["spec"]["triggers"] if t["name"] == "sessions-per-replica")
-    assert metric_names(sessions["metadata"]["query"]) == {"rtdetr_sessions"}
+    assert metric_names(sessions["metadata"]["query"]) == {"rtdetr_sessions", "rtdetr_sessions_pending"}
     # Sessions per replica: the threshold leaves room below MAX_SESSIONS for cameras moving in.
     max_sessions = int(one(base, "ConfigMap", "rt-detr-service-config")["data"]["MAX_SESSIONS"])
     assert sessions["metricType"] == "AverageValue"

@@ -72,10 +72,10 @@ def test_every_query_names_only_metrics_the_service_exports(dashboard, service_m
 
 
 def test_the_metric_check_refuses_a_name_the_service_does_not_export(service_metric_names):
-    """Guards the check above: a plausible name of the metrics issue 17 will add is not there yet."""
-    assert "rtdetr_sessions" in service_metric_names
+    """Guards the check above: a plausible name the service does not export is refused."""
+    assert "rtdetr_sessions" in service_metric_names and "rtdetr_sessions_pending" in service_metric_names
     assert "rtdetr_frame_latency_seconds_bucket" in service_metric_names
-    assert not metric_names("sum(rtdetr_sessions_pending)") <= service_metric_names
+    assert not metric_names("sum(rtdetr_sessions_waiting)") <= service_metric_names
     assert not metric_names("rate(rtdetr_session_frames_dropped[5m])") <= service_metric_names  # no _total
 
 

@@ -68,6 +68,8 @@ def pg_replicas(tiny_model_dir, tmp_path, postgres_url, request):
     SESSION_LEASE_S is LEASE_S unless the test is marked `lease(seconds)`."""
     marker = request.node.get_closest_marker("lease")
     lease_s = marker.args[0] if marker else LEASE_S
+    places = request.node.get_closest_marker("max_sessions")
+    max_sessions = str(places.args[0]) if places else "2"
     key = "cluster-" + secrets.token_hex(8)
     with contextlib.ExitStack() as parts:
         bus = NatsServer(free_port(), tmp_path)
@@ -79,7 +81,7 @@ def pg_replicas(tiny_model_dir, tmp_path, postgres_url, request):
             folder.mkdir()
             service = service_process(
                 tiny_model_dir, folder, API_KEYS=key, DATABASE_URL=postgres_url, REPLICA_ID=name,
-                SESSION_LEASE_S=str(lease_s), MAX_SESSIONS="2", BUS_URL=bus.url,
+                SESSION_LEASE_S=str(lease_s), MAX_SESSIONS=max_sessions, BUS_URL=bus.url,
             )  # fmt: skip
             parts.callback(service.stop)
             replicas[name] = service
@@ -110,6 +112,14 @@ def test_any_replica_answers_for_a_session_and_a_killed_owner_hands_it_over_with
         assert all(a["code"] == 200 and a["replica"] == owner and a["state"] == "running" for a in answers), answers
         listed = http.get("/api/v1/video/sessions").json()["sessions"]
         assert [s["session_id"] for s in listed] == [session_id]
+        # zones put through any replica (twice: one lands on the owner, one on the other) are kept
+        zones = {}
+        for name, x in (("left", 0.0), ("right", 0.5)):
+            spec = {"zones": [{"name": name, "points": [[x, 0.0], [x + 0.5, 0.0], [x + 0.5, 1.0], [x, 1.0]]}]}
+            put = http.put(f"/api/v1/video/sessions/{session_id}/zones", json=spec)
+            assert put.status_code == 200, put.text
+            zones = put.json()["zones"]
+        assert [z["name"] for z in zones["zones"]] == ["right"]
 
         # when its owner dies without a word
         replicas[owner].proc.send_signal(signal.SIGKILL)
@@ -123,6 +133,7 @@ def test_any_replica_answers_for_a_session_and_a_killed_owner_hands_it_over_with
         status = wait_until(moved, timeout=LEASE_S + 10)
         assert status, _status_everywhere(balancer, key, session_id, n=1)
         assert status["camera"] == "gate" and status["stats"] is not None, status
+        assert http.get(f"/api/v1/video/sessions/{session_id}/zones").json()["zones"] == zones
 
         # and a stop through any replica stops it for good
         assert http.post("/api/v1/video/stop", json={"session_id": session_id}).status_code == 200
@@ -171,3 +182,35 @@ def test_a_viewer_on_another_replica_sees_the_session_and_keeps_seeing_it_when_i
             assert len(again) == 3, again
         status = http.get(f"/api/v1/video/status/{body['session_id']}").json()
         assert status["replica"] == other and status["state"] == "running", status
+
+
+@pytest.mark.max_sessions(1)
+def test_a_start_no_replica_has_room_for_is_pending_and_runs_once_a_place_frees(pg_replicas):
+    balancer, replicas, key = pg_replicas
+    with running_camera() as camera, httpx.Client(base_url=balancer.url, headers={"apikey": key}, timeout=30) as http:
+        # two places in all: the first two starts run (one may be handed over: 202, then claimed)
+        first = [http.post("/api/v1/video/start", json={"stream_url": camera.url}) for _ in range(2)]
+        assert all(a.status_code in (200, 202) for a in first), [a.text for a in first]
+        ids = [a.json()["session_id"] for a in first]
+
+        def running(session_id):
+            (status,) = _status_everywhere(balancer, key, session_id, n=1)
+            return status["state"] == "running" and status
+
+        assert all(wait_until(lambda sid=sid: running(sid), timeout=15) for sid in ids)
+        owners = {running(sid)["replica"] for sid in ids}
+        assert owners == {"r1", "r2"}
+        # when a third comes, no replica has room: recorded as pending, in words
+        third = http.post("/api/v1/video/start", json={"stream_url": camera.url, "camera": "third"})
+        assert third.status_code == 202, third.text
+        body = third.json()
+        assert body["status"] == "pending" and "MAX_SESSIONS=1" in body["message"] and body["viewer_token"]
+        (status,) = _status_everywhere(balancer, key, body["session_id"], n=1)
+        assert status["state"] == "pending" and status["replica"] is None and status["camera"] == "third"
+        # and every replica counts it among the pending (the autoscaler's signal), within a renewal
+        assert wait_until(lambda: "rtdetr_sessions_pending 1.0" in http.get("/metrics").text, timeout=5)
+        # then it runs as soon as one is stopped
+        assert http.post("/api/v1/video/stop", json={"session_id": ids[0]}).status_code == 200
+        assert wait_until(lambda: running(body["session_id"]), timeout=15), _status_everywhere(
+            balancer, key, body["session_id"], n=1
+        )

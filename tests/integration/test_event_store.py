@@ -19,6 +19,7 @@ from rtdetr_service.analytics.events import EventLifecycle
 from rtdetr_service.core.types import Detection, Frame
 from rtdetr_service.outputs.store.event_store import EventStore
 from rtdetr_service.outputs.store.queries import InvalidCursor, encode_cursor
+from rtdetr_service.sessions.records import SessionRecord, SessionRecords
 
 from support import free_port, make_settings, run_service
 
@@ -586,3 +587,34 @@ def test_one_row_the_database_refuses_costs_that_row_not_its_batch(make_store, b
     assert store.get(bad.event.id) is None
     status = store.status()
     assert status["dropped"] == 1 and "cannot write" in (status["last_error"] or "")
+
+
+def test_events_of_a_session_another_replica_claimed_since_are_not_written(make_store, backend):
+    # Given replica A running session s-1 under epoch 1, its event writes fenced by that epoch
+    store = make_store()
+    records = SessionRecords(store.database)
+    records.add(SessionRecord("s-1", {"camera": "gate"}, "token"), owner="replica-a", lease_s=1.0)
+    ran = {"s-1": 1}  # what A ran, under which epoch (as sessions/cluster.py keeps it)
+
+    def refused(conn, ids):
+        pairs = {(sid, ran[sid]) for sid in ids if sid in ran}
+        return {sid for sid, _ in pairs} - records.fence(conn, pairs)
+
+    store.set_fence(refused)
+    life = lifecycle(session="s-1")
+    (first,) = seen(life, NOW - 60, 1)
+    store.submit([first])
+    wait_until(lambda: store.get(first.event.id), what="A's event while it owns the session")
+
+    # When A's lease runs out and B claims the session (epoch 2)
+    wait_until(lambda: records.now() > records.get("s-1").lease_until, what="the lease to run out")
+    (claim,) = records.claim("replica-b", capacity=1, lease_s=30.0)
+    assert claim.epoch == 2
+
+    # Then A's later events are not written, counted, and its other writes go on
+    late = next(change for change in seen(life, NOW - 50, 2) if change.kind == "new")
+    (other,) = seen(lifecycle(session="not-recorded"), NOW - 50, 3)
+    store.submit([late, other])
+    wait_until(lambda: store.get(other.event.id), what="the event of a session the fence does not know")
+    assert store.get(late.event.id) is None
+    assert store.status()["dropped"] == 1

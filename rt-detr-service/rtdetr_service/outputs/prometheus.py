@@ -133,6 +133,34 @@ class _SinkCollector(Collector):
         yield from families.values()
 
 
+class _ClusterCollector(Collector):
+    """This replica's part in the shared sessions: what waits for a place, claims, renewals, losses."""
+
+    def __init__(self, figures: Callable[[], dict]) -> None:
+        self._figures = figures
+
+    def collect(self):
+        figures = self._figures()
+        pending = GaugeMetricFamily(
+            "rtdetr_sessions_pending",
+            "Sessions recorded as wanted that no live replica runs (the store's count, the same on every replica)",
+        )
+        if figures.get("pending") is not None:
+            pending.add_metric([], figures["pending"])
+        store_up = GaugeMetricFamily("rtdetr_session_store_up", "1 while the session store answered the last round")
+        store_up.add_metric([], 1.0 if figures["store_up"] else 0.0)
+        counters = {
+            "claims": CounterMetricFamily("rtdetr_session_claims", "Sessions this replica claimed and ran again"),
+            "renewals": CounterMetricFamily("rtdetr_lease_renewals", "Lease renewal rounds of this replica"),
+            "lost": CounterMetricFamily("rtdetr_sessions_lost", "Sessions another replica took from this one"),
+        }
+        for key, family in counters.items():
+            family.add_metric([], figures[key])
+        yield pending
+        yield store_up
+        yield from counters.values()
+
+
 class Metrics:
     """The service's metrics; tests and each app get their own registry."""
 
@@ -172,6 +200,10 @@ class Metrics:
 
     def watch_sinks(self, sinks: Callable[[], Sequence[Sink]]) -> None:
         self.registry.register(_SinkCollector(sinks))
+
+    def watch_cluster(self, figures: Callable[[], dict]) -> None:
+        """`figures()`: {"pending": int | None, "store_up": bool, "claims", "renewals", "lost": int}."""
+        self.registry.register(_ClusterCollector(figures))
 
     def frame_latency(self, session_id: str, seconds: float) -> None:
         self.latency.labels(session_id).observe(seconds)

@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import threading
 import time
+import uuid
+from collections import OrderedDict
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _RETRY_S = (2.0, 4.0, 8.0, 15.0, 30.0)  # between attempts to open a claimed session again
+_EPOCHS_KEPT = 10_000
 CLAIM_EVERY_S = 1.0  # a drained or pending session waits at most this long for a replica with room
 _STORE_STATES = {
     SessionState.STARTING: "opening",
@@ -87,6 +91,34 @@ class Cluster:
         self.renewals = 0
         self.claims = 0
         self.lost = 0
+        self.pending: int | None = None  # the store's count at the last renewal round
+        # The epoch under which this replica ran each session (lost ones too, newest kept): what its
+        # event writes are fenced with. Bounded: the oldest are forgotten past _EPOCHS_KEPT.
+        self._epochs: OrderedDict[str, int] = OrderedDict()
+
+    def refused(self, conn, session_ids: set[str]) -> set[str]:
+        """For the event writer, inside its transaction: the sessions whose epoch moved on since this
+        replica ran them (another replica claimed them): their rows must not be written."""
+        with self._lock:
+            pairs = {(sid, self._epochs[sid]) for sid in session_ids if sid in self._epochs}
+        return {sid for sid, _ in pairs} - self.records.fence(conn, pairs)
+
+    def _remember_epoch(self, session_id: str, epoch: int) -> None:
+        with self._lock:
+            self._epochs[session_id] = epoch
+            self._epochs.move_to_end(session_id)
+            while len(self._epochs) > _EPOCHS_KEPT:
+                self._epochs.popitem(last=False)
+
+    def figures(self) -> dict:
+        """For /metrics: pending sessions, whether the store answered, claims, renewals, losses."""
+        return {
+            "pending": self.pending,
+            "store_up": self.store_error is None,
+            "claims": self.claims,
+            "renewals": self.renewals,
+            "lost": self.lost,
+        }
 
     def start(self) -> None:
         self._thread.start()
@@ -113,6 +145,22 @@ class Cluster:
             raise SessionError("store_unavailable", f"The session store cannot be written: {words(exc)}") from exc
         with self._lock:
             self._held[session.id] = _Held(claimed.epoch, claimed.options_rev)
+        self._remember_epoch(session.id, claimed.epoch)
+
+    @property
+    def shared(self) -> bool:
+        return self.records.shared
+
+    def record_pending(self, options: SessionOptions) -> tuple[str, str]:
+        """Record a session no place here can take, for the first replica with room; (id, token)."""
+        session_id, token = str(uuid.uuid4()), secrets.token_urlsafe(24)
+        record = SessionRecord(id=session_id, options=options_to_record(options), viewer_token=token, state="pending")
+        try:
+            self.records.add(record)
+        except Exception as exc:  # noqa: BLE001
+            raise SessionError("store_unavailable", f"The session store cannot be written: {words(exc)}") from exc
+        log.info("session %s recorded as pending: no place on this replica", session_id)
+        return session_id, token
 
     def stopped(self, session_id: str) -> None:
         """A session of ours was stopped by request here: it stays stopped, everywhere."""
@@ -124,6 +172,24 @@ class Cluster:
                 self.records.set_state(session_id, self.replica, held.epoch, "stopped")
         except Exception as exc:  # noqa: BLE001 - the owner's copy is stopped; the row catches up on renewal
             log.warning("session %s stopped, but the store could not record it: %s", session_id, words(exc))
+
+    def zones_changed_here(self, session_id: str, spec: dict) -> None:
+        """A session of ours got new zones: recorded, so that wherever it runs next it keeps them
+        (and not applied a second time here at the next renewal)."""
+        record = self.records.get(session_id)
+        if record is None:
+            return
+        rev = self.records.update_options(session_id, dict(record.options, zones=spec))
+        with self._lock:
+            if session_id in self._held:
+                self._held[session_id].rev = rev
+
+    def update_options(self, session_id: str, options: dict) -> int:
+        """New options (zones) for a session another replica runs: it applies them at its next renewal."""
+        try:
+            return self.records.update_options(session_id, options)
+        except Exception as exc:  # noqa: BLE001
+            raise SessionError("store_unavailable", f"The session store cannot be written: {words(exc)}") from exc
 
     def request_stop(self, session_id: str) -> bool:
         """Stop a session another replica runs (or none does); False when none is recorded."""
@@ -191,6 +257,8 @@ class Cluster:
     def _round(self, renew: bool) -> None:
         with self._lock:
             held = {sid: h.epoch for sid, h in self._held.items()}
+        if renew:
+            self.pending = self.records.pending_count()
         if held and renew:
             renewal = self.records.renew(self.replica, held, self.lease_s)
             self.renewals += 1
@@ -265,6 +333,7 @@ class Cluster:
             return
         with self._lock:
             self._held[record.id] = _Held(record.epoch, record.options_rev)
+        self._remember_epoch(record.id, record.epoch)
         where = f"from {claimed.previous_owner}" if claimed.previous_owner else "recorded, unowned"
         log.info("session %s claimed (%s), epoch %d: opening it here", record.id, where, record.epoch)
         self._open(record.id)

@@ -85,6 +85,11 @@ class SessionRecords:
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    @property
+    def shared(self) -> bool:
+        """Whether other replicas can share these records (PostgreSQL), not only this one (SQLite)."""
+        return self._db.backend != "sqlite"
+
     def now(self) -> float:
         """The database's clock, in Unix seconds: the one every lease is judged by."""
         with self._db.engine.connect() as conn:

@@ -149,6 +149,8 @@ async def lifespan(app: FastAPI):
             lease_s=settings.session_lease_s,
             loop=asyncio.get_running_loop(),
         )
+        app.state.metrics.watch_cluster(app.state.cluster.figures)
+        app.state.event_store.set_fence(app.state.cluster.refused)
     app.state.metrics.watch_sessions(lambda: [s.snapshot() for s in manager.list()])
     app.state.metrics.watch_sinks(lambda: manager.sinks)
     app.state.model_ready = threading.Event()

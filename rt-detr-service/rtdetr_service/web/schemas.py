@@ -198,6 +198,14 @@ class StartAnswer(_Answer):
     model: ModelInfoOut
 
 
+class PendingAnswer(_Answer):
+    session_id: str
+    status: Literal["pending"]
+    message: str
+    websocket_path: str = Field(..., description="Viewers may connect now; frames come once a replica runs it.")
+    viewer_token: str
+
+
 class StopAnswer(_Answer):
     session_id: str
     status: Literal["stopped"]

@@ -110,6 +110,11 @@ class EventStore:
         self._db.dispose()
         return True
 
+    def set_fence(self, fence) -> None:
+        """`fence(conn, session_ids) -> refused ids`: run inside each write's transaction, so rows of a
+        session another replica has claimed since are never written (sessions/cluster.py sets it)."""
+        self._writer.fence = fence
+
     @property
     def database(self) -> Database:
         """The store's database, for other tables that live in it (sessions)."""

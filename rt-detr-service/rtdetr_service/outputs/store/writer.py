@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import sqlalchemy as sa
+
 from rtdetr_service.core.results import EventChange, EventRecord, SnapshotRequest
 from rtdetr_service.outputs.base import ENDED, QueuedSink
 from rtdetr_service.outputs.store.queries import Tombstones
@@ -79,6 +81,10 @@ class EventWriter(QueuedSink):
         self.errors = 0
         self.snapshots_written = 0
         self._snapshot_error: str | None = None  # set while snapshots cannot be written
+        # fence(conn, session ids) -> the ids whose rows must not be written (another replica took
+        # them), inside the rows' own transaction; set by the sessions' cluster (sessions/cluster.py).
+        self.fence: Callable[[sa.Connection, set[str]], set[str]] | None = None
+        self.fenced = 0
 
     def start(self) -> None:
         """Start the writer thread, once; a stopped writer does not start again."""
@@ -223,12 +229,20 @@ class EventWriter(QueuedSink):
         return written
 
     def _transaction(self, rows: list[dict], records: dict[str, EventRecord]) -> bool:
-        """One transaction of these rows and their zones; False (counted, in words) when it failed."""
-        zone_rows = [{"event_id": row["id"], "zone": zone} for row in rows for zone in records[row["id"]].zones]
+        """One transaction of these rows and their zones; False (counted, in words) when it failed.
+        With a fence, the rows of sessions another replica has taken since are left out, counted."""
         try:
             if rows:
-                with self._db.engine.begin() as conn:
-                    conn.execute(self._db.upsert, rows)
+                fence = self.fence
+                with self._db.write_transaction() if fence else self._db.engine.begin() as conn:
+                    if fence is not None:
+                        refused = fence(conn, {row["session_id"] for row in rows})
+                        if refused:
+                            self._fenced([row for row in rows if row["session_id"] in refused])
+                            rows = [row for row in rows if row["session_id"] not in refused]
+                    zone_rows = [{"event_id": r["id"], "zone": z} for r in rows for z in records[r["id"]].zones]
+                    if rows:
+                        conn.execute(self._db.upsert, rows)
                     if zone_rows:
                         conn.execute(self._db.zone_insert, zone_rows)
         except Exception as exc:  # noqa: BLE001 - database down, locked or full, or a row it refuses: count, go on
@@ -236,6 +250,16 @@ class EventWriter(QueuedSink):
             return False
         self._rows_recovered()
         return True
+
+    def _fenced(self, rows: list[dict]) -> None:
+        """Rows of sessions another replica runs now: this replica lost them, its writes are history."""
+        with self._lock:
+            self.dropped += len(rows)
+            self.fenced += len(rows)
+            first = self.fenced == len(rows)
+        if first:
+            sessions = sorted({row["session_id"] for row in rows})
+            log.warning("event store: not writing events of session(s) another replica runs now: %s", sessions)
 
     def _rows_recovered(self) -> None:
         with self._lock:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rtdetr_service.analytics.alerts import AlertRule
@@ -29,6 +31,7 @@ from rtdetr_service.web.schemas import (
     NAME_WORDS,
     CountsAnswer,
     Name,
+    PendingAnswer,
     SessionsAnswer,
     StartAnswer,
     StatusAnswer,
@@ -36,6 +39,8 @@ from rtdetr_service.web.schemas import (
     ZonesAnswer,
     errors,
 )
+
+log = logging.getLogger(__name__)
 
 # The key is checked by auth.install_api_key_check; the schemes here document it for /docs.
 # Answers are declared with `responses=` (api/schemas.py) and response_model=None: the models document
@@ -200,6 +205,11 @@ def _alert_rule(body: StartRequest, known: tuple[str, ...]) -> AlertRule | None:
     response_model=None,
     responses={
         200: {"model": StartAnswer},
+        202: {
+            "model": PendingAnswer,
+            "description": "No place on this replica, and replicas share the session store: recorded, "
+            "and the first replica with room runs it (its status says which).",
+        },
         **errors(
             *BODY,
             "invalid_zones",
@@ -215,8 +225,19 @@ def _alert_rule(body: StartRequest, known: tuple[str, ...]) -> AlertRule | None:
         ),
     },
 )
-async def start(body: StartRequest, manager: ManagerDep) -> dict:
-    session = await manager.start(_options(body, manager))
+async def start(body: StartRequest, manager: ManagerDep) -> dict | JSONResponse:
+    options = _options(body, manager)
+    try:
+        session = await manager.start(options)
+    except SessionError as exc:
+        cluster = manager.cluster
+        if exc.code != "too_many_sessions" or cluster is None or not cluster.shared:
+            raise
+        session_id, token = await asyncio.to_thread(cluster.record_pending, options)
+        message = f"{exc}; recorded as pending: the first replica with room runs it"
+        path = viewer_path_of(session_id, token)
+        answer = {"session_id": session_id, "status": "pending", "message": message, "websocket_path": path}
+        return JSONResponse(dict(answer, viewer_token=token), status_code=202)
     info = session.stream
     message = f"Session started: {info.width}x{info.height} {info.codec} at {info.fps:g} fps"
     if session.model.warning:
@@ -381,7 +402,25 @@ def _checked_zones(body: ZonesIn, known: tuple[str, ...]) -> dict:
     responses={200: {"model": ZonesAnswer}, **errors("invalid_request", "session_not_found", "session_not_ready")},
 )
 async def get_zones(session_id: str, manager: ManagerDep) -> dict:
-    return {"session_id": session_id, "zones": manager.get(session_id).zones()}
+    session = manager.find(session_id)
+    if session is None:  # another replica runs it: the zones it was last given, from the store
+        record = await asyncio.to_thread(_elsewhere, manager, session_id)
+        spec = options_from_record(record.options).zones or {}
+        return {"session_id": session_id, "zones": _normalised(spec, record.owner)}
+    return {"session_id": session_id, "zones": session.zones()}
+
+
+def _normalised(spec: dict, owner: str | None) -> dict:
+    if spec.get("units") == "pixels":
+        raise ApiError(
+            "invalid_zones",
+            f"this session runs on {f'replica {owner}' if owner else 'no replica yet'}, which alone knows its "
+            "picture size: send normalized coordinates (0..1)",
+        )
+    try:
+        return ZoneConfig.from_dict(spec).as_dict()
+    except ValueError as exc:
+        raise ApiError("invalid_zones", str(exc)) from exc
 
 
 @router.put(
@@ -394,12 +433,23 @@ async def get_zones(session_id: str, manager: ManagerDep) -> dict:
     },
 )
 async def put_zones(session_id: str, body: ZonesIn, manager: ManagerDep) -> dict:
-    session = manager.get(session_id)
+    session = manager.find(session_id)
     spec = _checked_zones(body, manager.model().class_names)
+    if session is None:  # another replica runs it: recorded, and its replica applies it at its next renewal
+        record = await asyncio.to_thread(_elsewhere, manager, session_id)
+        zones = _normalised(spec, record.owner)
+        options = dict(record.options, zones=spec)
+        await asyncio.to_thread(manager.cluster.update_options, session_id, options)
+        return {"session_id": session_id, "zones": zones}
     try:
         zones = session.set_zones(spec)
     except ValueError as exc:
         raise ApiError("invalid_zones", str(exc)) from exc
+    if manager.cluster is not None:
+        try:
+            await asyncio.to_thread(manager.cluster.zones_changed_here, session_id, spec)
+        except Exception as exc:  # noqa: BLE001 - applied here; only a move or restart would lose them
+            log.warning("session %s: new zones applied but not recorded in the store: %s", session_id, exc)
     return {"session_id": session_id, "zones": zones}
 
 
