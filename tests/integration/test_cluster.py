@@ -120,6 +120,11 @@ def test_any_replica_answers_for_a_session_and_a_killed_owner_hands_it_over_with
             assert put.status_code == 200, put.text
             zones = put.json()["zones"]
         assert [z["name"] for z in zones["zones"]] == ["right"]
+        # live counts only its owner has: the other replica says where they are
+        counts = [http.get(f"/api/v1/video/sessions/{session_id}/counts") for _ in range(2)]
+        by_replica = {a.headers["x-replica"]: a for a in counts}
+        assert by_replica[owner].status_code == 200 and by_replica[other].status_code == 409
+        assert by_replica[other].json()["error"] == "session_elsewhere" and owner in by_replica[other].json()["detail"]
 
         # when its owner dies without a word
         replicas[owner].proc.send_signal(signal.SIGKILL)

@@ -55,3 +55,25 @@ def test_a_restart_runs_the_sessions_again_with_their_ids_and_tokens_and_not_the
                 )
         finally:
             third.stop()
+
+
+def test_a_session_started_here_that_vanishes_without_a_stop_is_recorded_stopped_not_run_again(tiny_model_dir):
+    # A start whose caller went away just as it was recorded leaves a row and no session: the
+    # manager drops it; the cluster must not take that for a session to open again.
+    with running_camera() as camera:
+        service = run_service(
+            make_settings(tiny_model_dir, data_dir=scratch_dir("rtdetr-vanish-"), session_lease_s=3.0)
+        )
+        try:
+            with _client(service) as http:
+                body = start_session(http, camera.url)
+                manager, cluster = service.app.state.manager, service.app.state.cluster
+                manager.drop(body["session_id"], "gone without a stop (test)")
+                stopped = wait_until(
+                    lambda: (r := cluster.records.get(body["session_id"])).desired == "stop" and r, timeout=5
+                )
+                assert stopped, cluster.records.get(body["session_id"])
+                # and it stays gone: nothing opens it again
+                assert not wait_until(lambda: manager.find(body["session_id"]), timeout=3, step=0.2)
+        finally:
+            service.stop()

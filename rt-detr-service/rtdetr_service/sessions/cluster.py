@@ -54,11 +54,12 @@ class _Held:
     """A session this replica owns: its claim's epoch, the options revision it runs, and, while it
     is being opened again, its attempts so far and when the next is due (monotonic)."""
 
-    __slots__ = ("epoch", "rev", "attempts", "next_at", "written", "opening")
+    __slots__ = ("epoch", "rev", "adopted", "attempts", "next_at", "written", "opening")
 
-    def __init__(self, epoch: int, rev: int) -> None:
+    def __init__(self, epoch: int, rev: int, adopted: bool = False) -> None:
         self.epoch = epoch
         self.rev = rev
+        self.adopted = adopted  # claimed from the store (opened again here), not started here
         self.attempts = 0
         self.next_at = 0.0
         self.written: tuple[str, str | None] | None = None  # the state and error last recorded
@@ -332,17 +333,28 @@ class Cluster:
             self.records.request_stop(record.id)
             return
         with self._lock:
-            self._held[record.id] = _Held(record.epoch, record.options_rev)
+            self._held[record.id] = _Held(record.epoch, record.options_rev, adopted=True)
         self._remember_epoch(record.id, record.epoch)
         where = f"from {claimed.previous_owner}" if claimed.previous_owner else "recorded, unowned"
         log.info("session %s claimed (%s), epoch %d: opening it here", record.id, where, record.epoch)
         self._open(record.id)
 
     def _retry_due(self) -> None:
+        """Open again the claimed sessions whose last open failed, when due. A session started here
+        that no longer runs here, without a stop through the manager (a start whose caller went
+        away just as it was being recorded), is recorded as stopped: never run again unasked."""
         now = time.monotonic()
         for session_id, held in self._snapshot().items():
-            if not held.opening and now >= held.next_at and self._manager.find(session_id) is None:
-                self._open(session_id)
+            if held.opening or self._manager.find(session_id) is not None:
+                continue
+            if held.adopted:
+                if now >= held.next_at:
+                    self._open(session_id)
+            else:
+                log.warning(
+                    "session %s no longer runs here and was not stopped by request: recorded as stopped", session_id
+                )
+                self.stopped(session_id)
 
     def _open(self, session_id: str) -> None:
         record = self.records.get(session_id)

@@ -41,6 +41,7 @@ ERRORS: dict[str, ErrorCode] = {
     "not_found": ErrorCode(404, "No such route."),
     "method_not_allowed": ErrorCode(405, "The route exists, not with this method."),
     "session_not_ready": ErrorCode(409, "The session is still opening its stream."),
+    "session_elsewhere": ErrorCode(409, "Another replica runs the session, and only it has this (words in `detail`)."),
     "body_too_large": ErrorCode(413, "The body is larger than MAX_BODY_KB."),
     "invalid_request": ErrorCode(
         422,

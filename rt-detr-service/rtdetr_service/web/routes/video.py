@@ -457,7 +457,16 @@ async def put_zones(session_id: str, body: ZonesIn, manager: ManagerDep) -> dict
     "/sessions/{session_id}/counts",
     summary="Zone occupancy, line crossings and rule hits",
     response_model=None,
-    responses={200: {"model": CountsAnswer}, **errors("invalid_request", "session_not_found")},
+    responses={200: {"model": CountsAnswer}, **errors("invalid_request", "session_not_found", "session_elsewhere")},
 )
 async def counts(session_id: str, manager: ManagerDep) -> dict:
-    return {"session_id": session_id, "counts": manager.get(session_id).counts()}
+    session = manager.find(session_id)
+    if session is None:
+        record = await asyncio.to_thread(_elsewhere, manager, session_id)
+        where = f"replica {record.owner}" if record.owner else "no replica yet"
+        raise ApiError(
+            "session_elsewhere",
+            f"session {session_id} runs on {where}: its live counts are there, and reach its viewers on "
+            "every replica (WebSocket status messages)",
+        )
+    return {"session_id": session_id, "counts": session.counts()}
