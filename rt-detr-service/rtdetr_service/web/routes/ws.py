@@ -55,18 +55,28 @@ async def stream(
     if session is None:
         await _remote_viewer(websocket, session_id, manager, hub, relay, settings, token, format)
         return
-    if not hmac.compare_digest(token.encode(), session.viewer_token.encode()):
-        await websocket.close(code=4401, reason="Invalid viewer token")
-        return
-    if format not in ("json", "binary"):
-        await websocket.close(code=4400, reason="format must be json or binary")
-        return
-    if hub.viewer_count(session_id) >= settings.max_viewers:
-        await websocket.close(code=4429, reason="Too many viewers for this session")
+    refusal = _refusal(token, session.viewer_token, format) or _full(hub, session_id, settings.max_viewers)
+    if refusal is not None:
+        await websocket.close(*refusal)
         return
 
     with log_context(session.log_context):  # the viewer's tasks copy it
         await _serve_viewer(websocket, session, manager, hub, format)
+
+
+def _refusal(token: str, expected: str, format: str) -> tuple[int, str] | None:
+    """Why a viewer may not watch (close code, reason): a wrong token (compared in constant time), a bad format."""
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        return 4401, "Invalid viewer token"
+    if format not in ("json", "binary"):
+        return 4400, "format must be json or binary"
+    return None
+
+
+def _full(hub: Hub, session_id: str, max_viewers: int) -> tuple[int, str] | None:
+    if hub.viewer_count(session_id) >= max_viewers:
+        return 4429, "Too many viewers for this session"
+    return None
 
 
 async def _remote_viewer(
@@ -88,19 +98,13 @@ async def _remote_viewer(
     if record is None or record.desired != "run":
         await websocket.close(code=4404, reason="Unknown session: it may have been stopped")
         return
-    if not hmac.compare_digest(token.encode(), record.viewer_token.encode()):
-        await websocket.close(code=4401, reason="Invalid viewer token")
-        return
-    if format not in ("json", "binary"):
-        await websocket.close(code=4400, reason="format must be json or binary")
-        return
-    if relay is None:
+    refusal = _refusal(token, record.viewer_token, format)
+    if refusal is None and relay is None:
         where = f"replica {record.owner}" if record.owner else "no replica yet"
-        reason = f"This session runs on {where}; without BUS_URL only its own replica shows it"
-        await websocket.close(code=4503, reason=reason[:120])
-        return
-    if hub.viewer_count(session_id) >= settings.max_viewers:
-        await websocket.close(code=4429, reason="Too many viewers for this session")
+        refusal = (4503, f"This session runs on {where}; without BUS_URL only its own replica shows it"[:120])
+    refusal = refusal or _full(hub, session_id, settings.max_viewers)
+    if refusal is not None:
+        await websocket.close(*refusal)
         return
     viewer = hub.attach(websocket, session_id, format)
     relay.watch(session_id)
