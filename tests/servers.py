@@ -129,10 +129,19 @@ class Postgres:
             raise RuntimeError(f"{args[0]} failed ({done.returncode}): {done.stderr}{done.stdout}\n{log_text}")
 
     def start(self) -> None:
-        initdb, pg_ctl = str(self.bin_dir / "initdb"), str(self.bin_dir / "pg_ctl")
+        initdb = str(self.bin_dir / "initdb")
         self._run(initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+        self.up()
+
+    def up(self) -> None:
+        """Start the server on its data (again, after `down`), same port."""
         options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} -c fsync=off"
+        pg_ctl = str(self.bin_dir / "pg_ctl")
         self._run(pg_ctl, "-D", str(self.data), "-l", str(self.logfile), "-w", "-t", "60", "-o", options, "start")
+
+    def down(self) -> None:
+        """Stop the server as an outage would (its clients' connections cut), keeping its data."""
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
 
     def stop(self) -> None:
         """Stop it (at once: the data is thrown away) and remove its folder; legal after a failed start."""

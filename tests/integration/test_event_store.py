@@ -21,6 +21,7 @@ from rtdetr_service.outputs.store.event_store import EventStore
 from rtdetr_service.outputs.store.queries import InvalidCursor, encode_cursor
 from rtdetr_service.sessions.records import SessionRecord, SessionRecords
 
+from servers import running_postgres
 from support import free_port, make_settings, run_service
 
 NOW = 1_780_000_000.0  # the stores' clock in these tests
@@ -618,3 +619,36 @@ def test_events_of_a_session_another_replica_claimed_since_are_not_written(make_
     wait_until(lambda: store.get(other.event.id), what="the event of a session the fence does not know")
     assert store.get(late.event.id) is None
     assert store.status()["dropped"] == 1
+
+
+def test_events_submitted_while_the_database_is_down_are_held_and_all_written_when_it_is_back(tmp_path):
+    with running_postgres() as server:  # a server of its own: this test stops it
+        store = EventStore(server.url(server.new_database()), tmp_path / "data", clock=lambda: NOW)
+        store.start()
+        try:
+            life = lifecycle()
+            (first,) = seen(life, NOW - 60, 1)
+            store.submit([first])
+            wait_until(lambda: store.get(first.event.id), what="an event while the database is up")
+
+            # when the database goes away, events come, change and get snapshots meanwhile
+            server.down()
+            during = [change for i in range(2, 12) for change in seen(life, NOW - 59 + i, 1, i, image=noise(seed=i))]
+            for change in during:
+                assert store.submit([change]) == 0
+            newest = {change.event.id: change.event for change in during}
+            held = wait_until(
+                lambda: (s := store.status())["held"] >= len(newest) and s, timeout=10, what="the events held"
+            )
+            assert held["state"] == "failing" and "held until the database answers again" in held["detail"], held
+
+            # then once it is back, every event is written in its newest state, nothing dropped
+            server.up()
+            for event_id, record in newest.items():
+                wait_until(lambda e=event_id, r=record: visible(store, e, last_seen=r.last_seen), timeout=15,
+                           what=f"event {event_id} written after the outage")  # fmt: skip
+            status = wait_until(lambda: (s := store.status())["state"] == "ok" and s, timeout=10, what="ok again")
+            assert status["held"] == 0 and status["dropped"] == 0, status
+            assert store.get(during[-1].event.id)["snapshot_url"], "a snapshot taken during the outage is kept"
+        finally:
+            store.stop(timeout=5.0)

@@ -175,6 +175,7 @@ class EventStore:
             "running": writer.running,
             "queued": writer.queued,
             "queue_size": self._queue_size,
+            "held": writer.held,
             "written": writer.written,
             "dropped": writer.dropped,
             "errors": writer.errors,
@@ -194,6 +195,8 @@ def _detail(writer: WriterReport) -> str:
     problems = []
     if writer.failing:
         problems.extend(writer.problems or (writer.last_error or "cannot write",))
+    if writer.held:
+        problems.append(f"{writer.held} event(s) held until the database answers again")
     if writer.dropping:
         problems.append(f"dropping events: the writer cannot keep up ({writer.dropped} dropped)")
     if problems:

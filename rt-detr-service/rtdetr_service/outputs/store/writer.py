@@ -6,9 +6,14 @@ transaction holding the newest record of each event in it, its newest snapshot w
 snapshot that cannot be written costs that snapshot only: the row is written without it, and the
 store reads `failing` in words until a snapshot is written again. A transaction that fails is
 tried once more a second later; if that fails too, its rows are tried one by one, so a row the
-database refuses costs only its own changes (a database that is down refuses the first, and the
-batch is dropped, counted). The retention sweep runs on this thread too, at start and every
-`sweep_interval_s`. The loop itself is supervised (outputs/base.py): a bug restarts it.
+database refuses costs only its own changes.
+
+A database that cannot be reached (down, restarting, failing over, locked) loses nothing: the rows
+are held, the newest record of each event, and tried again with a growing delay (at most
+`_HOLD_RETRY_S[-1]`) and with every later batch, until it answers. At most `queue_size` events are
+held; beyond that the oldest held are dropped, counted. The retention sweep runs on this thread
+too, at start and every `sweep_interval_s`. The loop itself is supervised (outputs/base.py): a bug
+restarts it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -31,6 +37,7 @@ from rtdetr_service.outputs.store.snapshots import SnapshotFiles
 log = logging.getLogger(__name__)
 
 _RETRY_DELAY_S = 1.0
+_HOLD_RETRY_S = (1.0, 2.0, 4.0, 5.0)  # between tries of the held rows while the database is unreachable
 _DROP_WINDOW_S = 60.0  # drops within this long make the store "degraded"
 
 
@@ -59,6 +66,23 @@ class WriterReport:
     problems: tuple[str, ...]  # what keeps it failing, in words
     snapshots_written: int
     restarts: int
+    held: int = 0  # events held until the database answers again
+
+
+@dataclass
+class _HeldRow:
+    """A row the database could not take yet, the newest of its event, and the changes it carries."""
+
+    row: dict
+    record: EventRecord
+    changes: int
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether a failure says the database cannot be reached now (rows held), not that it refused the rows."""
+    return isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)) or bool(
+        getattr(exc, "connection_invalidated", False)
+    )
 
 
 class EventWriter(QueuedSink):
@@ -85,6 +109,11 @@ class EventWriter(QueuedSink):
         # them), inside the rows' own transaction; set by the sessions' cluster (sessions/cluster.py).
         self.fence: Callable[[sa.Connection, set[str]], set[str]] | None = None
         self.fenced = 0
+        self._held: OrderedDict[str, _HeldRow] = OrderedDict()  # writer thread only; oldest first
+        self._hold_max = options.queue_size
+        self._held_tries = 0
+        self._held_retry_at = 0.0
+        self.held_count = 0  # len(self._held), for report() from other threads
 
     def start(self) -> None:
         """Start the writer thread, once; a stopped writer does not start again."""
@@ -133,7 +162,17 @@ class EventWriter(QueuedSink):
     # -- the writer thread --------------------------------------------------------------------
 
     def idle(self) -> None:
-        """The retention sweep, at start and then every interval while not stopping."""
+        """The held rows when due (see the module docstring), and the retention sweep, at start and
+        then every interval while not stopping."""
+        if self._held and (self._stop.is_set() or time.monotonic() >= self._held_retry_at):
+            held_before = {event_id: h.changes for event_id, h in self._held.items()}
+            written = self._changes_in(self._store_rows([], {}, {}), {}, held_before)
+            with self._lock:
+                self.sent += written
+            if self._held and self._stop.is_set():
+                lost = sum(h.changes for h in self._held.values())
+                self._drop_held(len(self._held))
+                log.warning("event store: stopped with %d event change(s) the database never took", lost)
         at_start = self._next_sweep == -math.inf
         if time.monotonic() < self._next_sweep or (self._stop.is_set() and not at_start):
             return
@@ -156,8 +195,9 @@ class EventWriter(QueuedSink):
         changes_of: dict[str, int] = {}
         for change in batch:
             changes_of[change.event.id] = changes_of.get(change.event.id, 0) + 1
+        held_before = {event_id: h.changes for event_id, h in self._held.items()}
         written = self._store_rows(rows, latest, changes_of)
-        written_changes = len(batch) - sum(n for event_id, n in changes_of.items() if event_id not in written)
+        written_changes = self._changes_in(written, changes_of, held_before)
         with self._lock:
             self.sent += written_changes
             self.snapshots_written += sum(1 for event_id in files if event_id in written)
@@ -207,29 +247,95 @@ class EventWriter(QueuedSink):
         if recovered:
             log.info("event store: writing snapshots again")
 
+    def _changes_in(self, written: set[str], changes_of: dict[str, int], held_before: dict[str, int] | None = None):
+        """How many changes the written events carried: this batch's, and those held before it."""
+        held_before = held_before if held_before is not None else {}
+        return sum(changes_of.get(event_id, 0) + held_before.get(event_id, 0) for event_id in written)
+
     def _store_rows(self, rows: list[dict], records: dict[str, EventRecord], changes_of: dict[str, int]) -> set[str]:
-        """Upsert the rows with their zones; the ids of the events written. See the module docstring."""
-        for attempt in (1, 2):
-            if self._transaction(rows, records):
+        """Upsert the rows, and those held, with their zones; the ids of the events written. See the
+        module docstring. While rows are held (the database was unreachable) a batch is tried once."""
+        holding = bool(self._held)
+        rows, records, changes = self._with_held(rows, records, changes_of)
+        if not rows:
+            return set()
+        failure = None
+        for attempt in (1,) if holding else (1, 2):
+            failure = self._transaction(rows, records)
+            if failure is None:
+                self._held_written()
                 return {row["id"] for row in rows}
-            if attempt == 1:
+            if attempt == 1 and not holding:
                 self._stop.wait(_RETRY_DELAY_S)
+        if unreachable(failure):
+            self._hold(rows, records, changes)
+            return set()
         written: set[str] = set()
-        if len(rows) > 1:
-            for row in rows:
-                if self._transaction([row], records):
-                    written.add(row["id"])
-                elif not written:
-                    break  # the first row alone fails too: the database, not a row, is at fault
+        for row in rows if len(rows) > 1 else ():
+            if self._transaction([row], records) is None:
+                written.add(row["id"])
+        self._held.clear()
+        self.held_count = 0
         if written:
             self._rows_recovered()
-        lost = sum(n for event_id, n in changes_of.items() if event_id not in written)
+        lost = sum(n for event_id, n in changes.items() if event_id not in written)
         with self._lock:
             self.dropped += lost  # counted, and said by the failure in words (not as "cannot keep up")
         return written
 
-    def _transaction(self, rows: list[dict], records: dict[str, EventRecord]) -> bool:
-        """One transaction of these rows and their zones; False (counted, in words) when it failed.
+    def _with_held(
+        self, rows: list[dict], records: dict[str, EventRecord], changes_of: dict[str, int]
+    ) -> tuple[list[dict], dict[str, EventRecord], dict[str, int]]:
+        """The held rows and these, one per event, the newest record winning (a snapshot held and not
+        replaced is kept); and the changes each event's row carries."""
+        if not self._held:
+            return rows, records, dict(changes_of)
+        merged = {event_id: h.row for event_id, h in self._held.items()}
+        all_records = {event_id: h.record for event_id, h in self._held.items()}
+        changes = {event_id: h.changes for event_id, h in self._held.items()}
+        for row in rows:
+            event_id = row["id"]
+            before = merged.pop(event_id, None)
+            if before is not None and row.get("snapshot_path") is None and before.get("snapshot_path") is not None:
+                row = dict(row, snapshot_path=before["snapshot_path"], snapshot_bytes=before["snapshot_bytes"])
+            merged[event_id] = row
+            changes[event_id] = changes.get(event_id, 0) + changes_of.get(event_id, 0)
+        all_records.update(records)
+        return list(merged.values()), all_records, changes
+
+    def _hold(self, rows: list[dict], records: dict[str, EventRecord], changes: dict[str, int]) -> None:
+        """Keep rows the unreachable database could not take, for the next try (bounded)."""
+        first = not self._held
+        self._held = OrderedDict(
+            (row["id"], _HeldRow(row, records[row["id"]], changes.get(row["id"], 0))) for row in rows
+        )
+        self._drop_held(len(self._held) - self._hold_max)
+        self.held_count = len(self._held)
+        delay = _HOLD_RETRY_S[min(self._held_tries, len(_HOLD_RETRY_S) - 1)]
+        self._held_tries += 1
+        self._held_retry_at = time.monotonic() + delay
+        if first:
+            log.warning("event store: the database cannot be reached; holding %d event(s) until it can", len(rows))
+
+    def _drop_held(self, n: int) -> None:
+        """Give up the `n` oldest held events (counted as dropped)."""
+        lost = 0
+        for _ in range(max(0, n)):
+            _, held = self._held.popitem(last=False)
+            lost += held.changes
+        self.held_count = len(self._held)
+        if lost:
+            self._count_dropped(lost)
+
+    def _held_written(self) -> None:
+        if self._held:
+            log.info("event store: the database answers again; %d held event(s) written", len(self._held))
+        self._held.clear()
+        self.held_count = 0
+        self._held_tries = 0
+
+    def _transaction(self, rows: list[dict], records: dict[str, EventRecord]) -> BaseException | None:
+        """One transaction of these rows and their zones; the failure (counted, in words), or None.
         With a fence, the rows of sessions another replica has taken since are left out, counted."""
         try:
             if rows:
@@ -247,9 +353,9 @@ class EventWriter(QueuedSink):
                         conn.execute(self._db.zone_insert, zone_rows)
         except Exception as exc:  # noqa: BLE001 - database down, locked or full, or a row it refuses: count, go on
             self.record_failure(exc, "cannot write")
-            return False
+            return exc
         self._rows_recovered()
-        return True
+        return None
 
     def _fenced(self, rows: list[dict]) -> None:
         """Rows of sessions another replica runs now: this replica lost them, its writes are history."""
@@ -308,4 +414,5 @@ class EventWriter(QueuedSink):
             problems=tuple(problems),
             snapshots_written=snapshots_written,
             restarts=self.restarts,
+            held=self.held_count,
         )
