@@ -59,6 +59,7 @@ export class Hud {
     if (store.retryAt !== null) return ["reconnecting", "connection lost — retrying"];
     if (store.phase === "connecting") return ["connecting", "connecting…"];
     if (store.serverState === "reconnecting") return ["reconnecting", "camera lost — reconnecting"];
+    if (store.serverState === "moving") return ["moving", "moving to another replica"];
     if (store.serverState === "failed") return ["failed", "failed"];
     if (store.paused) return ["paused", "paused"];
     return [store.serverState || "running", store.serverState || "running"];
@@ -85,6 +86,10 @@ export class Hud {
     if (store.phase === "connecting") return ["Connecting to the live view…", false];
     if (store.serverState === "reconnecting") {
       return [`Camera lost — reconnecting…${store.lastError ? `\n${store.lastError}` : ""}`, true];
+    }
+    if (store.serverState === "moving") {
+      const why = store.lastError ? `\n${store.lastError}` : "";
+      return [`Moving to another replica — the picture comes back by itself…${why}`, true];
     }
     if (store.serverState === "failed") return [store.lastError || "The session failed.", true];
     if (store.paused) return ["Paused", false];

@@ -102,6 +102,28 @@ def stream_info_message(
     }
 
 
+def recorded_stream_info(
+    session_id: str, state: str, model: ModelInfo | None, *, enable_drawing: bool, zones: dict
+) -> dict:
+    """The `stream_info` of a session no replica describes right now (it is moving, or waits for a
+    place): what the store knows, the stream's size unknown (0) until its `stream_info` comes."""
+    return {
+        "type": "stream_info",
+        "session_id": session_id,
+        "width": 0,
+        "height": 0,
+        "fps": 0.0,
+        "codec": "",
+        "state": state,
+        "paused": False,
+        "enable_drawing": enable_drawing,
+        "class_names": list(model.class_names) if model is not None else [],
+        "model": model.as_dict() if model is not None else None,
+        "warning": model.warning if model is not None else None,
+        "zones": zones,
+    }
+
+
 # -- the outputs (webhook, MQTT, Kafka) ---------------------------------------------------------
 
 
@@ -167,6 +189,21 @@ def control_request(action: str) -> dict:
 def control_reply(error: str | None) -> dict:
     """The owner's answer to a control request: `ok`, or the error in words."""
     return {"type": "control_reply", "ok": error is None, "detail": error}
+
+
+def moving_message(session_id: str, detail: str) -> dict:
+    """A `status` for the viewers of a session that changes replica: they stay connected, and frames
+    resume once the replica that takes it over runs it (its own `status` messages say `running`)."""
+    return {
+        "type": "status",
+        "session_id": session_id,
+        "state": "moving",
+        "paused": False,
+        "stats": None,
+        "last_error": detail,
+        "counts": None,
+        "events_open": None,
+    }
 
 
 def error_message(detail: str) -> dict:

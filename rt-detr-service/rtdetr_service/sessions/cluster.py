@@ -10,9 +10,12 @@ viewer token. A session that cannot be opened again keeps its lease and is retri
 growing delay, its state `reconnecting` and the reason in words.
 
 The database being unreachable stops nothing: nobody can claim a session meanwhile, and a lease
-whose epoch has not moved is renewed once the database is back (records.renew). A replica that
-only it cannot reach, while others can, loses its sessions to them when its leases run out, and
-on its next renewal learns so and stops its copies.
+whose epoch has not moved is renewed once the database is back (records.renew). Every lease ran
+out during the outage, so a replica back from one takes no expired lease for SESSION_LEASE_S: the
+owners, renewing every lease/3, keep their sessions instead of racing the claimers for them (no
+camera moves because of an outage all replicas saw). A replica that only it cannot reach, while
+others can, loses its sessions to them when its leases run out, and on its next renewal learns so
+and stops its copies.
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ class Cluster:
         self.claims = 0
         self.lost = 0
         self.pending: int | None = None  # the store's count at the last renewal round
+        self._expired_from = 0.0  # monotonic: no expired lease is claimed before (after a store outage)
         # The epoch under which this replica ran each session (lost ones too, newest kept): what its
         # event writes are fenced with. Bounded: the oldest are forgotten past _EPOCHS_KEPT.
         self._epochs: OrderedDict[str, int] = OrderedDict()
@@ -256,6 +260,8 @@ class Cluster:
             self._stop.wait(min(CLAIM_EVERY_S, self.interval_s))
 
     def _round(self, renew: bool) -> None:
+        if self.store_error is not None:  # maybe back from an outage: let the owners renew first
+            self._expired_from = time.monotonic() + self.lease_s
         with self._lock:
             held = {sid: h.epoch for sid, h in self._held.items()}
         if renew:
@@ -274,7 +280,8 @@ class Cluster:
         self._retry_due()
         free = self._manager.free_places()
         if free > 0 and not self._draining and not self._stop.is_set():
-            for claimed in self.records.claim(self.replica, free, self.lease_s):
+            expired = time.monotonic() >= self._expired_from
+            for claimed in self.records.claim(self.replica, free, self.lease_s, expired=expired):
                 self.claims += 1
                 self._adopt(claimed)
 
@@ -287,7 +294,7 @@ class Cluster:
             self._held.pop(session_id, None)
         self.lost += 1
         log.warning("session %s: %s; stopping it here", session_id, why)
-        self._manager.drop(session_id, f"moved to another replica: {why}")
+        self._manager.drop(session_id, f"moved to another replica: {why}", handover=True)
 
     def _stop_here(self, session_id: str) -> None:
         with self._lock:

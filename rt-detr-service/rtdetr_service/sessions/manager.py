@@ -127,6 +127,10 @@ class SessionManager:
             self._commit(ticket, session)
             if self.cluster is not None and identity is None:
                 await asyncio.to_thread(self.cluster.record, session)
+            if identity is not None:
+                # Run here again (moved from another replica, or resumed): viewers that stayed
+                # connected through the move learn its stream as it is now.
+                self.session_hub.publish_event(session.id, session.stream_info_message())
         except asyncio.CancelledError:
             # The caller went away while the camera was answering (the HTTP layer cancels the
             # start): nobody holds this session's viewer token, so it must not run. Stopping
@@ -290,13 +294,14 @@ class SessionManager:
             self.cluster.stopped(session_id)
         return session
 
-    def drop(self, session_id: str, reason: str) -> Session | None:
+    def drop(self, session_id: str, reason: str, *, handover: bool = False) -> Session | None:
         """Stop this replica's copy of a session, leaving the store alone: the cluster calls it when
-        another replica owns the session now, or it was stopped from elsewhere."""
+        another replica owns the session now (`handover`: its viewers stay, told it is moving), or
+        it was stopped from elsewhere."""
         with self._lock:
             session = self._sessions.pop(session_id, None)
         if session is not None:
-            session.stop(reason)
+            session.stop(reason, handover=handover)
         return session
 
     def free_places(self) -> int:
@@ -306,14 +311,15 @@ class SessionManager:
                 return 0
             return max(0, self.settings.max_sessions - len(self._sessions) - len(self._opening))
 
-    def stop_all(self, reason: str = "service shutting down") -> list[Session]:
-        """Stop every session, those still opening their stream included, and refuse new ones."""
+    def stop_all(self, reason: str = "service shutting down", *, handover: bool = False) -> list[Session]:
+        """Stop every session, those still opening their stream included, and refuse new ones;
+        `handover` when they go on elsewhere (drained: see Session.stop)."""
         with self._lock:
             self._closing = True
             sessions = [*self._sessions.values(), *(s for s in self._opening.values() if s is not None)]
             self._sessions.clear()
         for session in sessions:
-            session.stop(reason)
+            session.stop(reason, handover=handover)
         # The opens still running were interrupted by their session's stop; none queue behind.
         self._open_pool.shutdown(wait=False, cancel_futures=True)
         return sessions

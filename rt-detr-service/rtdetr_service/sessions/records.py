@@ -44,6 +44,15 @@ class SessionRecord:
     last_error: str | None = None
     created_at: float | None = None
     updated_at: float | None = None
+    lease_expired: bool = False  # an owner is named but its lease ran out (by the database's clock)
+
+    @property
+    def shown_state(self) -> str:
+        """The state to show: `moving` while a wanted session's owner has stopped renewing (it died, or
+        cannot reach the store) and no replica has claimed it yet; the recorded state otherwise."""
+        if self.desired == "run" and self.owner is not None and self.lease_expired:
+            return "moving"
+        return self.state
 
 
 @dataclass(frozen=True)
@@ -134,8 +143,13 @@ class SessionRecords:
     def get(self, session_id: str) -> SessionRecord | None:
         """One session, or None."""
         with self._db.engine.connect() as conn:
-            row = conn.execute(sa.select(_T).where(_T.c.id == session_id)).mappings().first()
+            row = conn.execute(self._rows().where(_T.c.id == session_id)).mappings().first()
         return _record(row) if row is not None else None
+
+    def _rows(self) -> sa.Select:
+        """Every column, and whether the owner's lease ran out by the database's clock."""
+        expired = sa.and_(_T.c.lease_until.is_not(None), _T.c.lease_until < self._db.now())
+        return sa.select(_T, expired.label("lease_expired"))
 
     def list(self) -> list[SessionRecord]:
         """Every recorded session, oldest first."""
@@ -152,15 +166,16 @@ class SessionRecords:
 
     def _select(self, where: sa.ColumnElement[bool]) -> list[SessionRecord]:
         with self._db.engine.connect() as conn:
-            rows = conn.execute(sa.select(_T).where(where).order_by(_T.c.created_at, _T.c.id)).mappings()
+            rows = conn.execute(self._rows().where(where).order_by(_T.c.created_at, _T.c.id)).mappings()
             return [_record(row) for row in rows]
 
     # -- ownership ----------------------------------------------------------------------------
 
-    def claim(self, replica: str, capacity: int, lease_s: float) -> list[Claimed]:
+    def claim(self, replica: str, capacity: int, lease_s: float, *, expired: bool = True) -> list[Claimed]:
         """Take up to `capacity` sessions that want to run and have no live owner, oldest first: each gets
         this replica as owner, a lease of `lease_s`, the next epoch, and state `opening` (`moving` when
-        some replica had it before). Concurrent claimers never take the same session."""
+        some replica had it before). Concurrent claimers never take the same session. Without `expired`,
+        only sessions with no owner at all are taken, not those whose owner's lease ran out."""
         _check_lease(lease_s)
         if capacity <= 0:
             return []
@@ -170,7 +185,7 @@ class SessionRecords:
             # others. SQLite has no row locks (SQLAlchemy leaves the clause out): BEGIN IMMEDIATE serialises.
             query = (
                 sa.select(_T)
-                .where(_claimable(now))
+                .where(_claimable(now) if expired else sa.and_(_T.c.desired == "run", _T.c.owner.is_(None)))
                 .order_by(_T.c.created_at, _T.c.id)
                 .limit(capacity)
                 .with_for_update(skip_locked=True)
@@ -334,6 +349,7 @@ def _record(row: Mapping) -> SessionRecord:
         last_error=row["last_error"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        lease_expired=bool(row.get("lease_expired", False)),
     )
 
 

@@ -192,16 +192,18 @@ class Session:
             self._publisher.start()
             self._reader.start()
 
-    def stop(self, reason: str = "stopped by request", timeout: float = 0.5) -> bool:
+    def stop(self, reason: str = "stopped by request", timeout: float = 0.5, *, handover: bool = False) -> bool:
         """Stop everything this session owns; idempotent and legal from every state.
 
         Returns True when every thread has ended within `timeout`. A reader blocked inside FFmpeg
-        ends by itself within READ_TIMEOUT_S and releases the stream on its way out.
+        ends by itself within READ_TIMEOUT_S and releases the stream on its way out. With
+        `handover` the session goes on elsewhere (another replica takes it): its viewers are told
+        it is `moving` and stay connected, instead of `session_stopped` and closed.
         """
         with log_context(self.log_context):
-            return self._stop_threads(reason, timeout)
+            return self._stop_threads(reason, timeout, handover)
 
-    def _stop_threads(self, reason: str, timeout: float) -> bool:
+    def _stop_threads(self, reason: str, timeout: float, handover: bool = False) -> bool:
         with self._lock:
             if self._stop.is_set():
                 already = True
@@ -221,6 +223,10 @@ class Session:
             self._publisher.stop()
             self._publisher.join(max(0.0, deadline - time.monotonic()))
         self._reader.join(max(0.0, deadline - time.monotonic()))
+        if handover:
+            self._hub.publish_event(self.id, messages.moving_message(self.id, reason))
+            log.info("session %s stopped here, handed over: %s", self.id, reason)
+            return not self._alive()
         self._hub.close_session(self.id, messages.stopped_message(self.id, reason), reason)
         log.info("session %s stopped: %s", self.id, reason)
         return not self._alive()

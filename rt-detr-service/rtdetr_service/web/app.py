@@ -161,11 +161,14 @@ async def lifespan(app: FastAPI):
     try:
         yield
     finally:
-        if app.state.cluster is not None:
+        drained = app.state.cluster is not None
+        if drained:
             # Drain: the sessions go back to the store, still wanted; another replica takes them
-            # at once, or this one again when it restarts. Only their copies here stop.
+            # at once, or this one again when it restarts. Only their copies here stop, and their
+            # viewers on other replicas are told `moving` and stay connected.
             app.state.cluster.drain()
-        stopped = app.state.manager.stop_all("service shutting down")
+        reason = "this replica shuts down; the session resumes on another replica, or here when it restarts"
+        stopped = app.state.manager.stop_all(reason if drained else "service shutting down", handover=drained)
         for session in stopped:
             # A reader inside FFmpeg's open (reconnecting) ends within OPEN_TIMEOUT_S, one
             # inside a read within READ_TIMEOUT_S.

@@ -9,6 +9,11 @@ viewer leaves, the relay unsubscribes and its next presence message no longer na
 
 If the bus goes away, every relayed viewer is told so in words (an `error` message naming the
 bus); the client reconnects, subscribes again, presence resumes, and frames come back.
+
+A live owner sends at least a `status` a second while anyone watches. When nothing at all comes for
+`silent_s`, its replica died or stalled: the viewers are told the session is `moving` (a `status`
+message) and stay connected; the replica that claims it once the lease runs out publishes again (or
+it is this one, and the local session feeds the hub), and its `status` says `running`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from nats.aio.msg import Msg
@@ -46,6 +52,7 @@ class BusRelay:
         replica_id: str,
         presence_every_s: float = 2.0,
         presence_ttl_s: float = 6.0,
+        silent_s: float = 3.0,
     ) -> None:
         self._link = link
         self._hub = hub
@@ -53,10 +60,13 @@ class BusRelay:
         self._replica = replica_id
         self._every_s = presence_every_s
         self._ttl_s = presence_ttl_s
+        self._silent_s = silent_s
         self._lock = threading.Lock()
         self._viewers: dict[str, int] = {}  # session -> viewers here (any thread, under the lock)
         self._subs: dict[str, tuple[Subscription, Subscription]] = {}  # relayed sessions (bus loop only)
         self._told_down: set[str] = set()  # sessions whose viewers heard the bus is down (bus loop)
+        self._heard: dict[str, float] = {}  # relayed session -> when its owner last sent anything (bus loop)
+        self._told_moving: set[str] = set()  # relayed sessions whose viewers heard `moving` since (bus loop)
         self._said_presence = False
         self._ticker: asyncio.Task | None = None
         self._reconciling = asyncio.Lock()  # one reconcile at a time: a session is subscribed once
@@ -174,14 +184,35 @@ class BusRelay:
             )
             events = await nc.subscribe(subject(session_id, "events"), cb=self._on_event)
             self._subs[session_id] = (frames, events)
+            self._heard[session_id] = time.monotonic()
             changed = True
+        self._say_moving()
         if remote or self._said_presence or changed:
             await self._link.nc.publish(
                 PRESENCE_SUBJECT, messages.dumps(messages.presence_message(self._replica, remote, self._ttl_s)).encode()
             )
             self._said_presence = bool(remote)
 
+    def _say_moving(self) -> None:
+        """Tell the viewers of each relayed session whose owner fell silent that it is moving."""
+        now = time.monotonic()
+        for session_id in self._subs.keys() - self._told_moving:
+            silent = now - self._heard.get(session_id, now)
+            if silent >= self._silent_s:
+                detail = (
+                    f"no word from the replica that runs this session for {silent:.0f} s: another replica takes"
+                    " it over when its lease runs out, and frames resume here"
+                )
+                self._hub.publish_event(session_id, messages.moving_message(session_id, detail))
+                self._told_moving.add(session_id)
+
+    def _hear(self, session_id: str) -> None:
+        self._heard[session_id] = time.monotonic()
+        self._told_moving.discard(session_id)
+
     async def _unsubscribe(self, session_id: str) -> None:
+        self._heard.pop(session_id, None)
+        self._told_moving.discard(session_id)
         for sub in self._subs.pop(session_id, ()):
             try:
                 await sub.unsubscribe()
@@ -193,6 +224,7 @@ class BusRelay:
         session_id = session_of(msg.subject)
         if session_id not in self._subs:
             return  # unsubscribed while this one was on its way
+        self._hear(session_id)
         formats = self._hub.formats(session_id)
         try:
             text = None
@@ -209,6 +241,7 @@ class BusRelay:
         session_id = session_of(msg.subject)
         if session_id not in self._subs:
             return
+        self._hear(session_id)
         try:
             message = json.loads(msg.data)
             kind = message["type"]
@@ -218,6 +251,8 @@ class BusRelay:
         if kind == "session_stopped":
             self._hub.close_session(session_id, message, str(message.get("reason") or "session stopped"))
         else:
+            if kind == "status" and message.get("state") == "moving":
+                self._told_moving.add(session_id)  # its owner handed it over, and said so
             self._hub.publish_event(session_id, message)
 
     async def _connected(self) -> None:

@@ -276,12 +276,18 @@ def _status(session: Session, replica: str) -> dict:
     }
 
 
+def _moving_words(record: SessionRecord) -> str | None:
+    if record.shown_state == "moving" and record.lease_expired:
+        return f"replica {record.owner} stopped renewing its lease: the first replica with room takes the session over"
+    return None
+
+
 def _recorded_status(record: SessionRecord) -> dict:
     """The status document of a session another replica runs (or none does yet), from the store."""
     options = options_from_record(record.options)
     return {
         "session_id": record.id,
-        "state": record.state,
+        "state": record.shown_state,
         "replica": record.owner,
         "paused": False,
         "camera": options.camera,
@@ -293,7 +299,7 @@ def _recorded_status(record: SessionRecord) -> dict:
         "tracking": dataclasses.asdict(options.tracking),
         "stats": None,
         "counts": None,
-        "last_error": record.last_error,
+        "last_error": _moving_words(record) or record.last_error,
         "started_at": record.created_at,
         "model": None,
     }

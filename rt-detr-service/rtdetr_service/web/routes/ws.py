@@ -11,11 +11,14 @@ import time
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from rtdetr_service.core.logs import log_context
+from rtdetr_service.analytics.zones import ZoneConfig
+from rtdetr_service.core.logs import LogContext, log_context
 from rtdetr_service.outputs import messages
 from rtdetr_service.outputs.bus.relay import BusRelay
 from rtdetr_service.outputs.hub import Hub
+from rtdetr_service.sessions.desired import options_from_record
 from rtdetr_service.sessions.manager import SessionManager
+from rtdetr_service.sessions.records import SessionRecord
 from rtdetr_service.sessions.session import Session, SessionError, SessionState
 from rtdetr_service.web.deps import HubDep, ManagerDep, RelayDep, SettingsDep
 
@@ -50,18 +53,22 @@ async def stream(
     token: str = "",
     format: str = "json",
 ) -> None:
+    """One viewer, whichever replica runs the session: this one (the hub is fed by the session) or
+    another (fed through the bus by the relay). The viewer stays when the session changes replica:
+    the relay follows it there and back, and control messages go wherever it runs at the time."""
     await websocket.accept()
-    session = manager.find(session_id)
-    if session is None:
-        await _remote_viewer(websocket, session_id, manager, hub, relay, settings, token, format)
-        return
-    refusal = _refusal(token, session.viewer_token, format) or _full(hub, session_id, settings.max_viewers)
+    session, record = manager.find(session_id), None
+    if session is not None:
+        refusal = _refusal(token, session.viewer_token, format)
+    else:
+        record, refusal = await _recorded(session_id, manager, relay, token, format)
+    refusal = refusal or _full(hub, session_id, settings.max_viewers)
     if refusal is not None:
         await websocket.close(*refusal)
         return
-
-    with log_context(session.log_context):  # the viewer's tasks copy it
-        await _serve_viewer(websocket, session, manager, hub, format)
+    context = session.log_context if session is not None else LogContext(session_id, None)
+    with log_context(context):  # the viewer's tasks copy it
+        await _serve_viewer(websocket, session_id, session or record, manager, hub, relay, format)
 
 
 def _refusal(token: str, expected: str, format: str) -> tuple[int, str] | None:
@@ -79,57 +86,85 @@ def _full(hub: Hub, session_id: str, max_viewers: int) -> tuple[int, str] | None
     return None
 
 
-async def _remote_viewer(
-    websocket: WebSocket,
-    session_id: str,
-    manager: SessionManager,
-    hub: Hub,
-    relay: BusRelay | None,
-    settings,
-    token: str,
-    format: str,
-) -> None:
-    """A viewer here of a session this replica does not run: checked against the store, served
-    through the bus from the replica that runs it (outputs/bus/relay.py)."""
+async def _recorded(
+    session_id: str, manager: SessionManager, relay: BusRelay | None, token: str, format: str
+) -> tuple[SessionRecord | None, tuple[int, str] | None]:
+    """A session this replica does not run, from the store, and why a viewer may not watch it (or None)."""
     record = None
     if manager.cluster is not None:
         with contextlib.suppress(SessionError):  # the store unreachable: said as unknown, in words below
             record = await asyncio.to_thread(manager.cluster.find, session_id)
     if record is None or record.desired != "run":
-        await websocket.close(code=4404, reason="Unknown session: it may have been stopped")
-        return
+        return None, (4404, "Unknown session: it may have been stopped")
     refusal = _refusal(token, record.viewer_token, format)
     if refusal is None and relay is None:
         where = f"replica {record.owner}" if record.owner else "no replica yet"
         refusal = (4503, f"This session runs on {where}; without BUS_URL only its own replica shows it"[:120])
-    refusal = refusal or _full(hub, session_id, settings.max_viewers)
-    if refusal is not None:
-        await websocket.close(*refusal)
-        return
+    return record, refusal
+
+
+async def _serve_viewer(
+    websocket: WebSocket,
+    session_id: str,
+    watched: Session | SessionRecord,
+    manager: SessionManager,
+    hub: Hub,
+    relay: BusRelay | None,
+    format: str,
+) -> None:
+    """`watched`: the session, when it runs here, else its record (another replica runs it, or
+    none does right now)."""
     viewer = hub.attach(websocket, session_id, format)
-    relay.watch(session_id)
+    if relay is not None:
+        relay.watch(session_id)  # relays it only while another replica runs it
     try:
-        info = await relay.stream_info(session_id)
-        hub.reply(viewer, info if isinstance(info, dict) else messages.error_message(info))
+        if isinstance(watched, Session):
+            await websocket.send_text(json.dumps(watched.stream_info_message()))
+            if watched.state == SessionState.STOPPED:
+                await websocket.close(code=1000, reason="session stopped")
+                return
+        else:
+            info = await relay.stream_info(session_id)
+            if isinstance(info, str):  # no replica answers for it now: what the store knows, and why
+                hub.reply(viewer, _recorded_info(watched, manager))
+                info = messages.error_message(info)
+            hub.reply(viewer, info)
         sender = asyncio.create_task(hub.serve(viewer))
-        receiver = asyncio.create_task(_receive_controls(websocket, hub, viewer, _relayed_control(relay, session_id)))
+        receiver = asyncio.create_task(_receive_controls(websocket, hub, viewer, _control(manager, relay, session_id)))
         await _until_either_ends(sender, receiver, session_id)
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:
         hub.detach(viewer)
-        relay.unwatch(session_id)
+        if relay is not None:
+            relay.unwatch(session_id)
 
 
-def _relayed_control(relay: BusRelay, session_id: str):
+def _recorded_info(record: SessionRecord, manager: SessionManager) -> dict:
+    options = options_from_record(record.options)
+    try:  # zones in pixels need the picture's size: they come with the owner's stream_info
+        zones = ZoneConfig.from_dict(options.zones or {}).as_dict()
+    except ValueError:
+        zones = ZoneConfig().as_dict()
+    worker = manager.worker
+    return messages.recorded_stream_info(
+        record.id,
+        record.shown_state,
+        worker.detector.info if worker is not None else None,  # the replicas run the same model
+        enable_drawing=options.enable_drawing,
+        zones=zones,
+    )
+
+
+def _control(manager: SessionManager, relay: BusRelay | None, session_id: str):
+    """A viewer's control, carried out wherever the session runs when it arrives."""
+
     async def act(action: str) -> str | None:
-        return await relay.control(session_id, action)
-
-    return act
-
-
-def _local_control(manager: SessionManager, session: Session):
-    async def act(action: str) -> str | None:
+        session = manager.find(session_id)
+        if session is None:
+            if relay is None:
+                return "this session no longer runs on this replica"
+            return await relay.control(session_id, action)
         if action in ("pause", "resume"):
             session.paused = action == "pause"
             manager.session_hub.publish_event(session.id, messages.status_message(session.snapshot()))
@@ -151,24 +186,6 @@ async def _until_either_ends(sender: asyncio.Task, receiver: asyncio.Task, sessi
         exc = task.exception()
         if exc is not None and not isinstance(exc, (WebSocketDisconnect, RuntimeError)):
             log.warning("viewer of session %s ended with %r", session_id, exc, exc_info=exc)
-
-
-async def _serve_viewer(websocket: WebSocket, session: Session, manager: SessionManager, hub: Hub, format: str) -> None:
-    session_id = session.id
-    viewer = hub.attach(websocket, session_id, format)
-    sender = None
-    try:
-        await websocket.send_text(json.dumps(session.stream_info_message()))
-        if session.state == SessionState.STOPPED:
-            await websocket.close(code=1000, reason="session stopped")
-            return
-        sender = asyncio.create_task(hub.serve(viewer))
-        receiver = asyncio.create_task(_receive_controls(websocket, hub, viewer, _local_control(manager, session)))
-        await _until_either_ends(sender, receiver, session_id)
-    except (WebSocketDisconnect, RuntimeError):
-        pass
-    finally:
-        hub.detach(viewer)
 
 
 class _Bucket:
