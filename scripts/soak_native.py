@@ -203,17 +203,18 @@ class ServiceProcess:
         )
         self.env.update(extra_env)
         self._out = out
+        self.log_path = out / "service.log"  # stdout and stderr, appended across starts
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120.0) -> None:
-        log = open(self._out / "service.log", "a")
+        log = open(self.log_path, "a")
         # cwd = the run folder: the repository's .env (if any) must not change what is soaked.
         self.proc = subprocess.Popen(self.command, cwd=self._out, env=self.env, stdout=log, stderr=log)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the service exited ({self.proc.returncode}); see {self._out / 'service.log'}")
+                raise RuntimeError(f"the service exited ({self.proc.returncode}); see {self.log_path}")
             try:
                 if httpx.get(self.base_url + "/ready", timeout=2).status_code == 200:
                     return

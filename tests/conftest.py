@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from cluster import LEASE_S, deploy
 from hostile_servers import FakeServer
+from servers import Postgres, running_postgres
 from support import make_settings, run_service, running_camera
 from tiny_model import build as build_tiny_model
 
@@ -93,8 +95,53 @@ def fake_servers(closing):
     return make
 
 
+# -- PostgreSQL: one real server for the whole run, an empty database of its own per test ---------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Postgres:
+    """Debian's PostgreSQL on 127.0.0.1 and a free port, started once per test run."""
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_database(postgres_server) -> str:
+    """The name of an empty database on the server, dropped when the test is over."""
+    name = postgres_server.new_database()
+    yield name
+    postgres_server.drop_database(name)
+
+
+@pytest.fixture
+def postgres_url(postgres_server, postgres_database) -> str:
+    """The URL of an empty database on the server."""
+    return postgres_server.url(postgres_database)
+
+
+@pytest.fixture
+def deployment(tiny_model_dir, tmp_path, postgres_url, request):
+    """Replicas of the service sharing PostgreSQL and a NATS bus behind the balancer (cluster.py:
+    `deploy`), as the test is marked: `replicas(n)` (2), `lease(s)`, `max_sessions(n)`."""
+
+    def marked(name: str, default):
+        marker = request.node.get_closest_marker(name)
+        return marker.args[0] if marker else default
+
+    with deploy(
+        tiny_model_dir,
+        tmp_path,
+        postgres_url,
+        replicas=marked("replicas", 2),
+        lease_s=marked("lease", LEASE_S),
+        max_sessions=marked("max_sessions", 2),
+    ) as deployment:
+        yield deployment
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "lease(seconds): SESSION_LEASE_S of the replicas a cluster test starts")
     config.addinivalue_line("markers", "max_sessions(n): MAX_SESSIONS of the replicas a cluster test starts")
+    config.addinivalue_line("markers", "replicas(n): how many replicas a cluster test starts")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

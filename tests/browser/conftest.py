@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from page_problems import PageProblems
 
 try:
     from playwright import sync_api
@@ -61,22 +62,6 @@ def sessions_before(api: httpx.Client) -> Iterator[set[str]]:
     for session in api.get("/api/v1/video/sessions").json()["sessions"]:
         if session["session_id"] not in before:
             api.post("/api/v1/video/stop", json={"session_id": session["session_id"]})
-
-
-class PageProblems:
-    """What a page did that it must not: script errors, requests leaving the service's origin."""
-
-    def __init__(self, origin: str) -> None:
-        self.origin = origin
-        self.errors: list[str] = []
-        self.outside: list[str] = []
-
-    def request(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme in ("data", "blob"):
-            return
-        if parts.netloc != self.origin:
-            self.outside.append(url)
 
 
 @pytest.fixture

@@ -61,15 +61,18 @@ def test_sigterm_tells_viewers_why_before_closing(tiny_model_dir, rtsp_url, tmp_
             assert json.loads(ws.recv(timeout=10))["type"] == "stream_info"
             # when the service gets SIGTERM
             service.proc.send_signal(signal.SIGTERM)
-            # then the viewer reads `session_stopped`, then the close 1012 (service restart)
-            kinds = []
+            # then the viewer is told why, then the close 1012 (service restart): the session is
+            # kept (it runs again when the service is back), so it is `moving`, not stopped
+            told = []
             with pytest.raises(ConnectionClosed) as info:
                 while True:
                     message = ws.recv(timeout=10)
                     if isinstance(message, str):
-                        kinds.append(json.loads(message)["type"])
+                        told.append(json.loads(message))
             assert info.value.rcvd is not None and info.value.rcvd.code == 1012
-            assert kinds and kinds[-1] == "session_stopped", kinds
+            last = told[-1]
+            assert last["type"] == "status" and last["state"] == "moving", told
+            assert "resumes on another replica, or here when it restarts" in last["last_error"], last
         service.proc.wait(30)
     finally:
         service.stop()

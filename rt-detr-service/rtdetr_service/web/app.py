@@ -167,8 +167,7 @@ async def lifespan(app: FastAPI):
             # at once, or this one again when it restarts. Only their copies here stop, and their
             # viewers on other replicas are told `moving` and stay connected.
             app.state.cluster.drain()
-        reason = "this replica shuts down; the session resumes on another replica, or here when it restarts"
-        stopped = app.state.manager.stop_all(reason if drained else "service shutting down", handover=drained)
+        stopped = app.state.manager.stop_all(HANDED_OVER if drained else "service shutting down", handover=drained)
         for session in stopped:
             # A reader inside FFmpeg's open (reconnecting) ends within OPEN_TIMEOUT_S, one
             # inside a read within READ_TIMEOUT_S.
@@ -191,10 +190,15 @@ async def lifespan(app: FastAPI):
         log.info("shut down: %d session(s) stopped", len(stopped))
 
 
+HANDED_OVER = "this replica shuts down; the session resumes on another replica, or here when it restarts"
+
+
 class ServiceServer(uvicorn.Server):
-    """uvicorn's server, which on shutdown first tells every viewer why (`session_stopped`) and
-    closes it with 1012 (service restart); uvicorn itself would drop them with a bare 1012
-    before the application hears of the shutdown."""
+    """uvicorn's server, which on shutdown first tells every viewer why and closes it with 1012
+    (service restart); uvicorn itself would drop them with a bare 1012 before the application hears
+    of the shutdown. Sessions recorded in the store go on (on another replica, or here after the
+    restart): their viewers are told `moving`, and the viewer page reconnects; without a store
+    they end here: `session_stopped`."""
 
     def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
         super().__init__(config)
@@ -203,8 +207,12 @@ class ServiceServer(uvicorn.Server):
     async def shutdown(self, sockets=None) -> None:
         hub = getattr(self._app.state, "hub", None)
         if hub is not None:
-            reason = "service shutting down"
-            await hub.close_all(lambda sid: messages.stopped_message(sid, reason), reason, code=1012, timeout=1.0)
+            if getattr(self._app.state, "cluster", None) is not None:
+                reason = HANDED_OVER
+                await hub.close_all(lambda sid: messages.moving_message(sid, reason), reason, code=1012, timeout=1.0)
+            else:
+                reason = "service shutting down"
+                await hub.close_all(lambda sid: messages.stopped_message(sid, reason), reason, code=1012, timeout=1.0)
         await super().shutdown(sockets=sockets)
 
 
