@@ -175,16 +175,19 @@ class Deployment:
 def deploy(
     model: Path, folder: Path, database_url: str, *, replicas: int, lease_s: float, max_sessions: int
 ) -> Iterator[Deployment]:
-    """`replicas` replicas of the service with the scripted walking people, sharing `database_url`
-    and a NATS bus of their own, behind the balancer, every one in its rotation."""
+    """`replicas` replicas of the service with the scripted walking people, sharing `database_url`,
+    a DATA_DIR and a NATS bus of their own, behind the balancer, every one in its rotation."""
     key = "cluster-" + secrets.token_hex(8)
     with contextlib.ExitStack() as parts:
         bus = NatsServer(free_port(), folder)
         bus.start()
         parts.callback(bus.kill)
+        # One DATA_DIR for all, as the ReadWriteMany volume of deploy/k8s or compose's named volume:
+        # a snapshot written by one replica is served by any, also after its writer died.
         group = Replicas(
             model, folder, replicas, command=SCRIPTED, API_KEYS=key, DATABASE_URL=database_url,
             SESSION_LEASE_S=str(lease_s), MAX_SESSIONS=str(max_sessions), BUS_URL=bus.url,
+            DATA_DIR=str(folder / "shared-data"),
         )  # fmt: skip
         parts.callback(group.stop)
         group.start()

@@ -147,6 +147,12 @@ def _states_seen(ws, until, seconds: float) -> tuple[list[str], list[dict]]:
     return states, frames
 
 
+def _events_with_snapshots(deployment: Deployment, session_id: str) -> list[dict]:
+    with deployment.client() as http:
+        events = http.get("/api/v1/events", params={"session_id": session_id, "limit": 500}).json()["events"]
+    return [e for e in events if e["snapshot_url"]]
+
+
 def _status_everywhere(deployment: Deployment, session_id: str, n: int = 4) -> list[dict]:
     with deployment.client() as http:
         answers = [http.get(f"/api/v1/video/status/{session_id}") for _ in range(n)]
@@ -188,10 +194,13 @@ def test_any_replica_answers_and_a_killed_owners_session_moves_under_its_viewers
         assert counts.status_code == 409 and counts.json()["error"] == "session_elsewhere", counts.text
         assert "r1" in counts.json()["detail"]
 
+        # r1 has written events with snapshots
+        assert wait_until(lambda: _events_with_snapshots(deployment, session_id), timeout=20)
         # a viewer on r2, relayed from r1
         with deployment.viewer(body["websocket_path"], "r2") as ws:
             assert len(frame_results(ws, 3, seconds=20)) == 3
             # when its owner dies without a word
+            killed_at = time.time()
             deployment.replicas.signal("r1", signal.SIGKILL)
             deployment.replicas.wait("r1", 5)
             # the viewer is told the session is moving, then frames come again on the same
@@ -201,6 +210,12 @@ def test_any_replica_answers_and_a_killed_owners_session_moves_under_its_viewers
             assert "moving" in states and states[-1] == "running", states
         status = _running_on(deployment, session_id, "r2")
         assert status and status["camera"] == "gate" and status["stats"] is not None, status
+        # the snapshots r1 wrote before it died are served by r2 (one DATA_DIR for all replicas)
+        with deployment.client("r2") as r2:
+            events = r2.get("/api/v1/events", params={"session_id": session_id, "limit": 500}).json()["events"]
+            shot = next(e for e in events if e["snapshot_url"] and e["start_time"] < killed_at)
+            image = r2.get(shot["snapshot_url"])
+        assert image.status_code == 200 and image.content[:2] == b"\xff\xd8", image.status_code
         with deployment.client() as http:
             assert http.get(f"/api/v1/video/sessions/{session_id}/zones").json()["zones"] == zones
             # and a stop through any replica stops it for good
