@@ -94,6 +94,10 @@ def test_postgresql_down_for_30_s_stops_no_camera_and_loses_no_event(tiny_model_
             assert _watch(ws, OUTAGE_S / 2) > 10
             during = _status_on(deployment, "r1", session_id).json()
             assert during["state"] == "running" and during["stats"]["frames_inferred"] > before, during
+            with deployment.client("r1") as r1:
+                ready = r1.get("/ready")  # still ready (it runs its cameras), and says why calls fail
+            warnings = ready.json()["warnings"]
+            assert ready.status_code == 200 and any("session store cannot be reached" in w for w in warnings), warnings
             held = _event_store(deployment, "r1")
             assert held["state"] == "failing" and "held until the database answers again" in held["detail"], held
             assert _watch(ws, OUTAGE_S / 2) > 10

@@ -35,6 +35,12 @@ async def ready(
     warnings = output_warnings(manager.sinks)
     if store is None and settings.events_enabled:
         warnings.append("the event store could not be opened; events are not kept (see the log)")
+    cluster = manager.cluster
+    if cluster is not None and cluster.store_error is not None:
+        warnings.append(
+            f"the session store cannot be reached ({cluster.store_error}): sessions here keep running; "
+            "calls that need the store answer 503 until it is back"
+        )
     return JSONResponse(
         {
             "ready": True,
