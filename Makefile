@@ -9,7 +9,7 @@ DEPS := $(VENV)/.deps-installed
 SERVICE_ENV := PYTHONPATH=rt-detr-service
 MODEL_VARIANT ?= r18vd
 
-.PHONY: help run serve test models export deps constraints system system-test up down logs push soak soak-hour bench bench-cpu lint settings-doc clean
+.PHONY: help run serve test models export deps constraints system system-test up down logs push soak soak-hour bench bench-cpu bench-cluster lint settings-doc clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
@@ -85,6 +85,11 @@ bench: deps ## pipeline vs baseline benchmark (needs a CUDA GPU for the real fig
 
 bench-cpu: deps ## CPU backends (torch, OpenVINO bf16/fp32, ONNX Runtime), baseline, ultralytics predict: one run (~7 min)
 	$(SERVICE_ENV) $(PY) bench/bench_cpu.py
+
+bench-cluster: deps ## two replicas: failover, drain, relay latency and CPU; lease load on PostgreSQL (~10 min)
+	bash scripts/setup-system.sh cluster
+	$(SERVICE_ENV) $(PY) bench/failover.py
+	$(SERVICE_ENV) $(PY) bench/lease_load.py --sessions 100,1000
 
 lint: deps ## ruff on Python, shellcheck on shell scripts
 	bash scripts/setup-system.sh lint

@@ -19,6 +19,18 @@ def rss_mb(pid: int | None = None) -> float:
     raise RuntimeError("no VmRSS in /proc status")
 
 
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int, reaped_children: bool = False) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat; with
+    `reaped_children`, those of its children that exited and were waited for are added."""
+    # The command name (field 2) may hold spaces and parentheses: the fields are read after its last ')'.
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    utime, stime, cutime, cstime = (int(v) for v in fields[11:15])  # fields 14 to 17 of proc(5)
+    return (utime + stime + (cutime + cstime if reaped_children else 0)) / _TICKS_PER_S
+
+
 def percentiles_ms(latencies_s) -> dict:
     """p50 / p99 / max of latencies given in seconds, in milliseconds (None when empty)."""
     values = np.asarray(latencies_s, np.float64)

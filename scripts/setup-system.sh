@@ -8,6 +8,7 @@
 #                           nats-server (the bus between replicas), haproxy (the balancer of the
 #                           several-replica tests)
 #   setup-system.sh lint  - shellcheck (make lint);  push - ffmpeg (make push, make soak)
+#   setup-system.sh cluster - the camera's packages plus PostgreSQL and nats-server (make bench-cluster)
 set -euo pipefail
 
 profile=${1:-run}
@@ -15,7 +16,7 @@ profile=${1:-run}
 packages=(python3-venv)
 case "$profile" in
   venv) ;;
-  run | test)
+  run | test | cluster)
     # gstreamer1.0-x: timeoverlay (the camera's clock), only a recommendation of plugins-good.
     # gstreamer1.0-plugins-bad: h264parse, with which the relay camera (make push natively) hands
     # late readers a decodable stream.
@@ -24,12 +25,14 @@ case "$profile" in
                gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad gstreamer1.0-x fonts-dejavu-core)
     if [ "$profile" = test ]; then
       packages+=(chromium deck shellcheck ffmpeg curl postgresql mosquitto nats-server haproxy)
+    elif [ "$profile" = cluster ]; then
+      packages+=(postgresql nats-server)
     fi
     ;;
   lint) packages+=(shellcheck) ;;
   push) packages+=(ffmpeg) ;;
   *)
-    echo "usage: $0 venv|run|test|lint|push" >&2
+    echo "usage: $0 venv|run|test|cluster|lint|push" >&2
     exit 2
     ;;
 esac
