@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rtdetr_service.outputs.recordings.clips import NothingRecorded, SegmentFile, clip_chunks
+from rtdetr_service.outputs.recordings.clips import FRAGMENT_S, NothingRecorded, SegmentFile, clip_chunks
 
 from segment_files import T0, Encoded, clip_packets, decoded_frames, encode_pattern, write_segments
 
@@ -199,3 +199,33 @@ def test_segments_out_of_order_or_outside_the_range_are_sorted_and_left_out(h264
 
     payloads, _, _ = clip_packets(data)
     assert payloads == list(h264.payloads)
+
+
+def test_segment_stamps_that_overlap_never_send_time_backwards(h264, tmp_path):
+    # given a second segment stamped 0.3 s before the first one's last packet (the reader's clock jitter)
+    segments = write_segments(h264, tmp_path, gaps=[(1, -0.3)])
+    assert segments[1].start_time < segments[0].end_time
+
+    data = b"".join(clip_chunks(segments, T0, T0 + 12.0))
+
+    # then it follows one frame after the first, every packet there and decoded
+    payloads, times, _ = clip_packets(data)
+    assert payloads == list(h264.payloads)
+    assert len(decoded_frames(data)) == len(payloads)
+    assert [round(b - a, 4) for a, b in zip(times, times[1:], strict=False)] == [round(FRAME_S, 4)] * (len(times) - 1)
+
+
+def test_a_camera_without_keyframes_still_comes_in_short_fragments(tmp_path):
+    # given 9 s of video with a single keyframe (a camera with a very long keyframe interval)
+    encoded = encode_pattern("libx264", fps=FPS, seconds=9.0, keyint=200)
+    segments = write_segments(encoded, tmp_path, segment_s=20.0)
+    assert len(encoded.keyframes) == 1
+
+    # when it is clipped, a chunk handed out as soon as the muxer writes anything
+    chunks = list(clip_chunks(segments, T0, T0 + 9.0, chunk_bytes=1))
+
+    # then the muxer wrote a fragment every FRAGMENT_S at the latest: it never held the whole clip
+    data = b"".join(chunks)
+    assert data.count(b"moof") >= int(9.0 / FRAGMENT_S)
+    assert max(len(c) for c in chunks) < len(data) / 3
+    assert len(decoded_frames(data)) == len(encoded.payloads)

@@ -4,7 +4,7 @@ A clip runs from the keyframe at or before `start` to the last packet (in decode
 `end`. Its timestamps are the packets' wall times less the first keyframe's, so clip time t is wall
 time `ClipStream.start_time + t` everywhere in it, across segments and reconnects alike; that is what
 lets a player draw an event's boxes, stored in wall time, over the clip. Where a segment's stamped
-start would put its packets before those already sent (the reader's stamp is late by its jitter),
+start would put its packets before those already sent (two stamps off by the reader's jitter),
 they follow one frame after them instead.
 
 Choices, and why:
