@@ -5,10 +5,11 @@ remux (`add_stream_from_template`), as the recorder writes them, with the wall t
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -30,7 +31,8 @@ class Encoded:
     keyframes: tuple[int, ...]  # indices into payloads
 
 
-def encode_pattern(
+def encode_to(
+    target: BinaryIO | Path,
     encoder: str = "libx264",
     *,
     width: int = 160,
@@ -41,11 +43,12 @@ def encode_pattern(
     preset: str | None = None,
     bit_rate: int | None = None,
     bframes: int = 0,
-) -> Encoded:
-    """A box moving over a gradient, `seconds` long, a keyframe every `keyint` frames, no B-frames
-    unless asked (most cameras send none)."""
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format="mp4") as out:
+    noise: int = 0,
+) -> None:
+    """Encode a box moving over a gradient into an MP4: `seconds` long, a keyframe every `keyint`
+    frames, no B-frames unless asked (most cameras send none); `noise` (a few levels) adds grain that
+    changes every frame, so a bit rate is spent as a camera spends it."""
+    with av.open(target if isinstance(target, io.IOBase) else str(target), "w", format="mp4") as out:
         stream = out.add_stream(encoder, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         ctx = stream.codec_context
@@ -61,17 +64,33 @@ def encode_pattern(
         if preset:
             options["preset"] = preset
         ctx.options = options
-        background = np.tile(np.linspace(0, 255, width, dtype=np.uint8), (height, 1))
-        side = max(8, height // 6)
-        for index in range(int(seconds * fps)):
-            image = np.repeat(background[:, :, None], 3, axis=2)
-            x = (index * 3) % (width - side)
-            y = (index * 2) % (height - side)
-            image[y : y + side, x : x + side] = (255, 40, 40)
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        for index, image in enumerate(_pattern(width, height, int(seconds * fps), noise)):
+            frame = av.VideoFrame.from_ndarray(image, format="yuv420p")
             frame.pts = index
             out.mux(stream.encode(frame))
         out.mux(stream.encode())
+
+
+def _pattern(width: int, height: int, count: int, noise: int) -> Iterator[np.ndarray]:
+    """Planar YUV 4:2:0 pictures (luma rows, then the chroma rows): a moving box over a gradient."""
+    base = np.full((height * 3 // 2, width), 128, np.uint8)
+    base[:height] = np.tile(np.linspace(16, 235, width, dtype=np.uint8), (height, 1))
+    grain = np.random.default_rng(1).integers(0, noise + 1, (8, height, width), dtype=np.uint8) if noise else None
+    side = max(8, height // 6) // 2 * 2
+    for index in range(count):
+        image = base.copy()
+        x = (index * 3) % (width - side) // 2 * 2
+        y = (index * 2) % (height - side) // 2 * 2
+        image[y : y + side, x : x + side] = 200
+        if grain is not None:
+            image[:height] += grain[index % len(grain)]
+        yield image
+
+
+def encode_pattern(encoder: str = "libx264", **options) -> Encoded:
+    """The pattern encoded in memory (options as `encode_to`), with its packets' payloads."""
+    buffer = io.BytesIO()
+    encode_to(buffer, encoder, **options)
     mp4 = buffer.getvalue()
     payloads, keyframes = [], []
     with av.open(io.BytesIO(mp4)) as src:
@@ -80,11 +99,16 @@ def encode_pattern(
                 if packet.is_keyframe:
                     keyframes.append(len(payloads))
                 payloads.append(bytes(packet))
-    return Encoded(encoder, mp4, fps, keyint, tuple(payloads), tuple(keyframes))
+    return Encoded(encoder, mp4, options.get("fps", 15), options.get("keyint", 15), tuple(payloads), tuple(keyframes))
 
 
 def write_segments(
-    encoded: Encoded, folder: Path, *, segment_s: float = 4.0, t0: float = T0, gaps: Sequence[tuple[int, float]] = ()
+    source: Encoded | Path,
+    folder: Path,
+    *,
+    segment_s: float = 4.0,
+    t0: float = T0,
+    gaps: Sequence[tuple[int, float]] = (),
 ) -> list[SegmentFile]:
     """Cut the packets into keyframe-aligned MP4 segments of about `segment_s` in `folder`, each with
     timestamps from 0 and its wall-clock start and end. `gaps`: (segment number, seconds) — that segment
@@ -93,7 +117,7 @@ def write_segments(
     shift = dict(gaps)
     segments: list[SegmentFile] = []
     delay = 0.0
-    with av.open(io.BytesIO(encoded.mp4)) as src:
+    with av.open(io.BytesIO(source.mp4) if isinstance(source, Encoded) else str(source)) as src:
         stream = src.streams.video[0]
         tb = stream.time_base
         out, path = None, folder
