@@ -6,9 +6,11 @@ The segments are real MP4 files: a moving pattern encoded once with libx264 / li
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
+import av
 import pytest
 
 from rtdetr_service.outputs.recordings.clips import FRAGMENT_S, NothingRecorded, SegmentFile, clip_chunks
@@ -47,6 +49,8 @@ def test_a_clip_is_the_cameras_packets_from_the_keyframe_before_its_start(encode
     # then the clip has the source's codec and size and decodes to its last frame
     payloads, times, info = clip_packets(data)
     assert info == (CODECS[encoded.encoder], 160, 120)
+    if info[0] == "hevc":  # tagged as Safari plays it (parameter sets in the sample description)
+        assert codec_tag(data) == "hvc1"
     assert len(decoded_frames(data)) == len(payloads)
     # its packets are the source's, byte for byte, in order, from the keyframe at or before the start
     first = source_index(encoded, payloads[0])
@@ -117,6 +121,11 @@ def test_a_clip_never_read_closes_its_segment_when_closed(h264, tmp_path):
     clip = clip_chunks(segments, T0 + 1, T0 + 2)
     clip.close()
     assert not open_files(tmp_path)
+
+
+def codec_tag(data: bytes) -> str:
+    with av.open(io.BytesIO(data)) as src:
+        return src.streams.video[0].codec_context.codec_tag
 
 
 def open_files(folder: Path) -> list[str]:

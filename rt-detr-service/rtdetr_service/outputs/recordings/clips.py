@@ -248,8 +248,8 @@ def _muxed(first: av.Packet, packets: Iterator[av.Packet], chunk_bytes: int) -> 
     done = False
     try:
         stream = out.add_stream_from_template(first.stream)
-        if stream.codec_context.name == "hevc":
-            stream.codec_tag = "hvc1"  # parameter sets out of band, as Safari (and Frigate) want it
+        if first.stream.codec_context.name == "hevc":  # the template's own name may be an encoder's
+            stream.codec_context.codec_tag = "hvc1"  # parameter sets out of band, as Safari (and Frigate) want it
         packet: av.Packet | None = first
         while packet is not None:
             packet.stream = stream
