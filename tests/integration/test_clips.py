@@ -168,6 +168,23 @@ def test_a_missing_segment_is_a_gap_not_a_failure(h264, tmp_path):
     assert max(b - a for a, b in zip(times, times[1:], strict=False)) == pytest.approx(4.0 + FRAME_S, abs=0.01)
 
 
+def test_a_damaged_segment_is_a_gap_not_a_failure(h264, tmp_path):
+    segments = write_segments(h264, tmp_path)
+    segments[1].path.write_bytes(os.urandom(4096))
+
+    data = b"".join(clip_chunks(segments, T0, T0 + 12.0))
+
+    payloads, _, _ = clip_packets(data)
+    assert len(decoded_frames(data)) == len(payloads) < len(h264.payloads)
+    assert payloads[-1] == h264.payloads[-1]
+
+
+def test_a_reversed_range_is_a_mistake_of_the_caller(h264, tmp_path):
+    segments = write_segments(h264, tmp_path)
+    with pytest.raises(ValueError, match="start before end"):
+        clip_chunks(segments, T0 + 5, T0 + 4)
+
+
 def test_a_change_of_size_ends_the_clip_there(h264, tmp_path):
     # given 160x120 segments, then (after a camera reconfiguration) 320x240 ones
     small = write_segments(h264, tmp_path / "small")[:2]

@@ -109,6 +109,8 @@ def clip_chunks(
     """One fragmented MP4 of the range [start, end] (wall-clock Unix s) from these segments, yielded in
     chunks of about `chunk_bytes` as it is muxed. Raises NothingRecorded at once, before any byte,
     when no packet falls in the range; the segments are otherwise opened one at a time as it goes."""
+    if not (math.isfinite(start) and math.isfinite(end) and start < end):
+        raise ValueError(f"a clip needs finite times, start before end (got {start} .. {end})")
     source = _Source(segments, start, end)
     packets = source.packets()
     first = next(packets, None)
@@ -169,7 +171,11 @@ class _Source:
                         fmt,
                     )
                     return
-                ended = yield from self._segment_packets(segment, container, stream)
+                try:
+                    ended = yield from self._segment_packets(segment, container, stream)
+                except (OSError, av.FFmpegError) as exc:  # damaged halfway: what was read stays, then a gap
+                    log.warning("clip: segment %s unreadable after some packets (a gap follows): %s", segment.path, exc)
+                    ended = False
                 if self._last_dts is not None:
                     self._format = self._format or fmt
                 if ended:
