@@ -236,6 +236,12 @@ class Recorder:
             self._thread.join(timeout)
         return not self._thread.is_alive()
 
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread to end (after stop); True if it has, or never started."""
+        if self._thread.ident:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
