@@ -180,6 +180,19 @@ GROUPS = (
         ),
     ),
     Group(
+        "record",
+        "Recordings",
+        "Sessions record the camera's own compressed packets (never re-encoded) into MP4 segments under "
+        "`DATA_DIR/recordings/<camera>/<date>/`, indexed in the event store's database (recording needs "
+        "`EVENTS_ENABLED`). A segment ends at the first keyframe after `RECORD_SEGMENT_S`, at a reconnect, "
+        "or at `RECORD_SEGMENT_MAX_S` when the camera sends no keyframe (the video up to its next keyframe "
+        "is then not recorded); `RECORD_SEGMENT_MAX_S` must be at least `RECORD_SEGMENT_S`. A start call's "
+        "`record` overrides `RECORD`. In `events` mode a segment no event (widened by `RECORD_PRE_S` and "
+        "`RECORD_POST_S`) overlaps is deleted once it ended `RECORD_PRE_S` ago and no event of its session "
+        "is open. Every `RECORD_SWEEP_S`, segments past their age and the oldest beyond `RECORD_MAX_GB` go.",
+        (),
+    ),
+    Group(
         "webhook",
         "Webhook output",
         "Every event change (`rtdetr.event.v1`: `type` new/update/end, `before`, `after`) and alert "

@@ -33,6 +33,7 @@ FULL = SessionOptions(
         "rules": [],
     },
     tracking=TrackerOptions(min_hits=3, keep_s=2.5, iou_threshold=0.2),
+    record="continuous",
 )
 
 
@@ -56,9 +57,15 @@ def test_the_url_is_kept_as_given_credentials_included():
     [
         ({**options_to_record(FULL), "version": 2}, "version 2 is not 1"),
         ({k: v for k, v in options_to_record(FULL).items() if k != "tracking"}, "missing or mistypes 'tracking'"),
+        ({**options_to_record(FULL), "record": "always"}, "record mode 'always' is not one of off, events, continuous"),
         ([], "must be a JSON object"),
     ],
 )
 def test_a_record_this_code_cannot_read_is_refused_in_words(record, words):
     with pytest.raises(ValueError, match=words):
         options_from_record(record)
+
+
+def test_a_record_written_before_recordings_resumes_without_recording():
+    old = {k: v for k, v in options_to_record(FULL).items() if k != "record"}
+    assert options_from_record(old).record == "off"

@@ -145,3 +145,4 @@ class SessionSnapshot:
     last_error: str | None
     stats: SessionStats
     counts: dict
+    recording: dict | None = None  # the recorder's figures and state (outputs/recordings), None when off

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 
@@ -20,6 +21,41 @@ class StreamInfo:
 
     def as_dict(self) -> dict:
         return {"width": self.width, "height": self.height, "fps": self.fps, "codec": self.codec}
+
+
+@dataclass(frozen=True, slots=True)
+class VideoTemplate:
+    """What a muxer needs to write a connection's video packets without decoding them: the codec,
+    the picture size, the timestamps' unit, the nominal rate and the codec's extradata (SPS/PPS)."""
+
+    codec: str
+    width: int
+    height: int
+    time_base: Fraction
+    average_rate: Fraction | None
+    extradata: bytes
+
+    def same_stream(self, other: VideoTemplate | None) -> bool:
+        """Whether packets of `other` may go on in one file with this one's."""
+        return (
+            other is not None
+            and (self.codec, self.width, self.height, self.extradata)
+            == (other.codec, other.width, other.height, other.extradata)
+            and self.time_base == other.time_base
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class VideoPacket:
+    """One compressed video packet as the camera sent it (bytes copied out of FFmpeg's buffer),
+    its timestamps in `time_base`, and the wall clock (Unix s) when the reader received it."""
+
+    data: bytes
+    pts: int | None
+    dts: int | None
+    time_base: Fraction
+    is_keyframe: bool
+    wall: float
 
 
 def _checked(image: np.ndarray) -> np.ndarray:

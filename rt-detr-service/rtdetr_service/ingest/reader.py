@@ -13,7 +13,7 @@ import av.container.core
 import av.logging
 
 from rtdetr_service.core.logs import LogContext, current_log_context, log_context, redact
-from rtdetr_service.core.types import Frame, StreamInfo
+from rtdetr_service.core.types import Frame, StreamInfo, VideoPacket, VideoTemplate
 from rtdetr_service.ingest.pyav_clock import Watch, watched
 from rtdetr_service.ingest.urls import (
     DENIED_WORDS,
@@ -56,6 +56,11 @@ class StreamReader:
     `stop()`. On loss it reconnects with capped exponential backoff and reports state changes
     through `on_state(state, error)` with a ReaderState.
 
+    For a recorder: `on_connect(VideoTemplate)` once per connection before its first packet (and
+    again at a keyframe where the codec's size or extradata changed), and `on_packet(VideoPacket)`
+    for every demuxed video packet, one the decoder then rejects included, on the reader's thread:
+    both must return at once.
+
     Network streams only: a subclass that reads local files (bench/file_camera.py) overrides the
     hooks `_protocol_whitelist`, `_restarts_at_end`, `_start_decoding` and `_emit`.
     """
@@ -73,10 +78,14 @@ class StreamReader:
         name: str = "reader",
         policy: DestinationPolicy | None = None,
         schemes: Sequence[str] = ("rtsp", "rtsps"),
+        on_packet: Callable[[VideoPacket], None] | None = None,
+        on_connect: Callable[[VideoTemplate], None] | None = None,
     ) -> None:
         self.url = url
         self._on_frame = on_frame
         self._on_state = on_state
+        self._on_packet = on_packet
+        self._on_connect = on_connect
         self._open_timeout = open_timeout
         self._read_timeout = read_timeout
         self._reconnect_min = reconnect_min
@@ -283,12 +292,18 @@ class StreamReader:
         stream = container.streams.video[0]
         self._start_decoding(stream)
         health = _Health(self._read_timeout)
+        template = None
+        if self._on_connect is not None:
+            template = video_template(stream)
+            self._on_connect(template)
         try:
             for packet, waited in _timed(container.demux(stream)):
                 if self._stop.is_set():
                     return "stopped"
                 if error := health.check(waited):
                     return error
+                if self._on_packet is not None and packet.size:
+                    template = self._hand_packet(packet, stream, template)
                 try:
                     pictures = packet.decode()
                 except av.error.FFmpegError as exc:
@@ -304,6 +319,20 @@ class StreamReader:
             return f"No data for {self._read_timeout:.1f} s"
         except (av.error.FFmpegError, OSError) as exc:
             return f"Stream error: {_describe(exc)}"
+
+    def _hand_packet(
+        self, packet: av.Packet, stream: av.video.stream.VideoStream, template: VideoTemplate | None
+    ) -> VideoTemplate | None:
+        """`on_packet` with a copy of the packet; at a keyframe, first `on_connect` if the stream's
+        size or extradata changed since the template was taken. Returns the template in force."""
+        keyframe = bool(packet.is_keyframe)
+        if keyframe and template is not None and self._on_connect is not None:
+            now = video_template(stream)
+            if not now.same_stream(template):
+                template = now
+                self._on_connect(template)
+        self._on_packet(VideoPacket(bytes(packet), packet.pts, packet.dts, packet.time_base, keyframe, time.time()))
+        return template
 
     def _skip_damaged(self, health: _Health, exc: av.error.FFmpegError) -> str | None:
         """Count a packet the decoder rejected: None to go on, or why to drop the connection."""
@@ -342,6 +371,20 @@ class StreamReader:
         self._frame_index += 1
         self._on_frame(Frame(None, self._frame_index, wall, now, decoded=picture))
         return not self._stop.is_set()
+
+
+def video_template(stream: av.video.stream.VideoStream) -> VideoTemplate:
+    """What a muxer needs of the stream to copy its packets (see VideoTemplate)."""
+    context = stream.codec_context
+    rate = stream.average_rate or stream.guessed_rate
+    return VideoTemplate(
+        codec=context.name,
+        width=int(context.width or 0),
+        height=int(context.height or 0),
+        time_base=stream.time_base,
+        average_rate=rate if rate and 0 < rate < 1000 else None,
+        extradata=bytes(context.extradata or b""),
+    )
 
 
 class _Health:

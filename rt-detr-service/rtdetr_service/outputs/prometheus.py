@@ -76,6 +76,25 @@ class _SessionCollector(Collector):
         rule_hits = CounterMetricFamily(
             "rtdetr_rule_hits", "Times a zone or line rule fired", labels=["session", "rule"]
         )
+        recording = {
+            "segments": CounterMetricFamily(
+                "rtdetr_recording_segments", "Recording segments written and indexed", labels=["session"]
+            ),
+            "bytes": CounterMetricFamily(
+                "rtdetr_recording_bytes", "Bytes of recording segments written", labels=["session"]
+            ),
+            "dropped_segments": CounterMetricFamily(
+                "rtdetr_recording_dropped_segments",
+                "Pieces of video not recorded: the disk could not keep up, or failed",
+                labels=["session"],
+            ),
+            "dropped_packets": CounterMetricFamily(
+                "rtdetr_recording_dropped_packets", "Video packets not recorded", labels=["session"]
+            ),
+        }
+        recording_failing = GaugeMetricFamily(
+            "rtdetr_recording_failing", "1 while a session's segments cannot be written", labels=["session"]
+        )
         states = GaugeMetricFamily("rtdetr_sessions", "Sessions by state", labels=["state"])
         by_state: dict[str, int] = {}
         for snap in self._snapshots():
@@ -87,6 +106,10 @@ class _SessionCollector(Collector):
             for key, family in counters.items():
                 family.add_metric([sid], stats[key])
             events_open.add_metric([sid], stats["events_open"])
+            if snap.recording is not None:
+                for key, family in recording.items():
+                    family.add_metric([sid], snap.recording[key])
+                recording_failing.add_metric([sid], int(snap.recording["failing"]))
             for line, directions in snap.counts.get("lines", {}).items():
                 for direction, by_class in directions.items():
                     for name, n in by_class.items():
@@ -104,6 +127,8 @@ class _SessionCollector(Collector):
         yield from gauges.values()
         yield from counters.values()
         yield from (events_open, line_counts, zone_current, zone_entered, rule_hits)
+        yield from recording.values()
+        yield recording_failing
 
 
 class _SinkCollector(Collector):

@@ -19,6 +19,7 @@ import numpy as np
 
 from rtdetr_service.analytics.alerts import AlertRule
 from rtdetr_service.analytics.tracking import TrackerOptions
+from rtdetr_service.outputs.recordings.settings import RECORD_MODES
 from rtdetr_service.sessions.session import SessionOptions
 
 VERSION = 1  # of the document; a newer one is refused in words, not half read
@@ -45,7 +46,14 @@ def options_to_record(options: SessionOptions) -> dict[str, Any]:
         "camera": options.camera,
         "zones": options.zones,
         "tracking": dataclasses.asdict(options.tracking),
+        "record": options.record,
     }
+
+
+def _record_mode(value: Any) -> str:
+    if value not in RECORD_MODES:
+        raise ValueError(f"session record's record mode {value!r} is not one of {', '.join(RECORD_MODES)}")
+    return value
 
 
 def options_from_record(record: dict[str, Any]) -> SessionOptions:
@@ -78,6 +86,8 @@ def options_from_record(record: dict[str, Any]) -> SessionOptions:
             camera=record["camera"],
             zones=record["zones"],
             tracking=TrackerOptions(**record["tracking"]),
+            # Recorded before sessions could record: they did not, and go on so.
+            record=_record_mode(record.get("record", "off")),
         )
     except (KeyError, TypeError) as exc:
         raise ValueError(f"session record is missing or mistypes {exc}") from None

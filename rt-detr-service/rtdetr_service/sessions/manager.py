@@ -22,6 +22,7 @@ from rtdetr_service.sessions.session import Session, SessionError, SessionOption
 
 if TYPE_CHECKING:
     from rtdetr_service.inference.worker import InferenceWorker
+    from rtdetr_service.outputs.recordings.recordings import Recordings
     from rtdetr_service.sessions.settings import SessionSettings
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class SessionManager:
         self.worker: InferenceWorker | None = None
         self.sinks: list[Sink] = []
         self.cluster: SessionStore | None = None  # the sessions recorded in the store (sessions/cluster.py)
+        self.recordings: Recordings | None = None  # where sessions record (None without an event store)
         self._sessions: dict[str, Session] = {}
         # Start calls past the MAX_SESSIONS check, by ticket: their session (None until it is
         # built) is opening its stream and counts against MAX_SESSIONS.
@@ -205,6 +207,7 @@ class SessionManager:
                 model=worker.detector.info,
                 reader_factory=reader,
                 identity=identity,
+                recordings=self.recordings,
             )
         except BaseException:
             self._open_done()  # no open thread will run to give the place back

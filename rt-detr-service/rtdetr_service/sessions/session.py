@@ -25,9 +25,12 @@ from rtdetr_service.ingest.reader import ReaderState, StreamReader
 from rtdetr_service.outputs import messages
 from rtdetr_service.outputs.base import Sink
 from rtdetr_service.outputs.hub import Hub
+from rtdetr_service.outputs.recordings.recorder import Recorder, RecorderStats
+from rtdetr_service.outputs.recordings.settings import RecordMode
 
 if TYPE_CHECKING:
     from rtdetr_service.inference.worker import InferenceWorker
+    from rtdetr_service.outputs.recordings.recordings import Recordings
     from rtdetr_service.sessions.settings import SessionSettings
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,7 @@ class SessionOptions:
     camera: str | None = None
     zones: dict | None = field(default=None, compare=False)
     tracking: TrackerOptions = TrackerOptions()
+    record: RecordMode = "off"  # what of the camera's video is kept (the start route fills in RECORD)
 
 
 class Session:
@@ -95,6 +99,7 @@ class Session:
         clock=time.monotonic,
         reader_factory: Callable[..., StreamReader] = StreamReader,
         identity: tuple[str, str] | None = None,
+        recordings: Recordings | None = None,
     ) -> None:
         # A new session gets a new id and viewer token; one run again elsewhere keeps both.
         self.id, self.viewer_token = identity or (str(uuid.uuid4()), secrets.token_urlsafe(24))
@@ -116,6 +121,13 @@ class Session:
         self._frames = LatestSlot[Frame](on_put=worker.notify)
         self._stop = threading.Event()
         self._publisher: Publisher | None = None
+        # The recorder gets the reader's packets; it costs the reader a copy of each, nothing more.
+        self.recorder: Recorder | None = None
+        hooks = {}
+        if options.record != "off" and recordings is not None:
+            self.recorder = recordings.recorder(self.id, options.camera, options.record)
+            hooks = {"on_packet": self.recorder.on_packet, "on_connect": self.recorder.on_connect}
+        self._record_unavailable = options.record != "off" and recordings is None
         self._reader = reader_factory(
             options.stream_url,
             on_frame=self._on_frame,
@@ -125,6 +137,7 @@ class Session:
             reconnect_min=settings.reconnect_min_s,
             reconnect_max=settings.reconnect_max_s,
             name=f"reader-{self.id[:8]}",
+            **hooks,
         )
         self.frames_decoded = 0
         self.frames_inferred = 0
@@ -190,6 +203,8 @@ class Session:
             self._set_state(SessionState.RUNNING)
             self._worker.register(self)
             self._publisher.start()
+            if self.recorder is not None:
+                self.recorder.start()
             self._reader.start()
 
     def stop(self, reason: str = "stopped by request", timeout: float = 0.5, *, handover: bool = False) -> bool:
@@ -223,6 +238,9 @@ class Session:
             self._publisher.stop()
             self._publisher.join(max(0.0, deadline - time.monotonic()))
         self._reader.join(max(0.0, deadline - time.monotonic()))
+        if self.recorder is not None:
+            # The segment being written is finished and indexed: the packets up to the stop are kept.
+            self.recorder.stop(max(0.5, deadline - time.monotonic()))
         if handover:
             self._hub.publish_event(self.id, messages.moving_message(self.id, reason))
             log.info("session %s stopped here, handed over: %s", self.id, reason)
@@ -232,7 +250,8 @@ class Session:
         return not self._alive()
 
     def _alive(self) -> bool:
-        return self._reader.alive or (self._publisher is not None and self._publisher.alive)
+        recording = self.recorder is not None and self.recorder.alive
+        return recording or self._reader.alive or (self._publisher is not None and self._publisher.alive)
 
     def join(self, timeout: float) -> bool:
         """Wait for the session's threads to end (after stop)."""
@@ -240,6 +259,8 @@ class Session:
         self._reader.join(timeout)
         if self._publisher is not None:
             self._publisher.join(max(0.0, deadline - time.monotonic()))
+        if self.recorder is not None:
+            self.recorder.join(max(0.0, deadline - time.monotonic()))
         return not self._alive()
 
     # -- reader side -----------------------------------------------------------------------
@@ -357,7 +378,20 @@ class Session:
             alerts=publisher.alerts_raised if publisher else 0,
             events_open=publisher.events_open if publisher else 0,
         )
-        return SessionSnapshot(self.id, self._state.value, self.paused, self.last_error, stats, self.counts())
+        return SessionSnapshot(
+            self.id, self._state.value, self.paused, self.last_error, stats, self.counts(), self._recording()
+        )
+
+    def _recording(self) -> dict | None:
+        """The recorder's figures and state; None when the session does not record."""
+        if self.recorder is not None:
+            return self.recorder.stats().as_dict()
+        if self._record_unavailable:
+            words = "not recording: recordings need the event store (EVENTS_ENABLED), which is not open"
+            return RecorderStats(self.options.record, 0, 0, 0, 0, 0, 0, True, words, False).as_dict() | {
+                "state": "unavailable"
+            }
+        return None
 
     def stream_info_message(self) -> dict:
         zones = self._publisher.zones().as_dict() if self._publisher is not None else ZoneConfig().as_dict()

@@ -26,6 +26,7 @@ from rtdetr_service.outputs.bus.relay import BusRelay
 from rtdetr_service.outputs.encode import JpegEncoder
 from rtdetr_service.outputs.hub import Hub
 from rtdetr_service.outputs.prometheus import Metrics
+from rtdetr_service.outputs.recordings.recordings import Recordings
 from rtdetr_service.outputs.registry import SinkContext, build_sinks
 from rtdetr_service.outputs.store.event_store import EventStore
 from rtdetr_service.outputs.websocket import FrameRenderer
@@ -116,6 +117,16 @@ def _open_event_store(settings: Settings) -> EventStore | None:
     return store
 
 
+def _open_recordings(settings: Settings, store: EventStore | None) -> Recordings | None:
+    """The recordings, indexed in the event store's database; none without a store (sessions asking to
+    record say so in their status)."""
+    if store is None:
+        return None
+    recordings = Recordings(settings, settings.data_dir, store.database)
+    recordings.start()
+    return recordings
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     settings: Settings = app.state.settings
@@ -126,6 +137,7 @@ async def lifespan(app: FastAPI):
     app.state.event_store = _open_event_store(settings)
     app.state.history_reads = events.history_reads_pool()
     app.state.manager = manager = SessionManager(settings, app.state.hub)
+    app.state.recordings = manager.recordings = _open_recordings(settings, app.state.event_store)
     app.state.bus = app.state.relay = None
     if settings.bus_url.get_secret_value():
         # The bus between replicas: viewers here of sessions other replicas run (outputs/bus/).
@@ -183,6 +195,8 @@ async def lifespan(app: FastAPI):
             app.state.relay.close()
             await asyncio.to_thread(app.state.bus.close, 2.0)
         app.state.history_reads.shutdown(wait=True, cancel_futures=True)
+        if app.state.recordings is not None:
+            app.state.recordings.stop()
         if app.state.event_store is not None:
             app.state.event_store.stop(5.0)
         if torch.cuda.is_available():

@@ -156,6 +156,21 @@ class TrackingOut(_Answer):
     iou_threshold: float
 
 
+class RecordingOut(_Answer):
+    mode: Literal["events", "continuous"]
+    state: Literal["recording", "waiting", "failing", "unavailable"] = Field(
+        ..., description="`waiting`: for the stream's next keyframe to start a segment on."
+    )
+    segments: int = Field(..., description="Segments written and indexed since the session started here.")
+    bytes: int
+    dropped_segments: int = Field(..., description="Pieces of video lost: the disk could not keep up, or failed.")
+    dropped_packets: int
+    skipped_packets: int = Field(..., description="Packets before a keyframe to start on, or without timestamps.")
+    queued: int
+    failing: bool
+    last_error: str | None = Field(..., description="Why segments are not written now, in words.")
+
+
 class StatusAnswer(_Answer):
     session_id: str
     state: SessionState | Literal["pending", "opening", "moving"] = Field(
@@ -172,6 +187,10 @@ class StatusAnswer(_Answer):
     confidence_threshold: float
     classes: list[str] | None = Field(..., description="The class filter (sorted); null for every class.")
     tracking: TrackingOut
+    record: Literal["off", "events", "continuous"]
+    recording: RecordingOut | None = Field(
+        ..., description="The recorder's figures; null when the session does not record here."
+    )
     stats: StatsOut | None = Field(..., description="null for a session another replica runs (ask it: see `replica`).")
     counts: CountsOut | None = Field(..., description="null for a session another replica runs.")
     last_error: str | None

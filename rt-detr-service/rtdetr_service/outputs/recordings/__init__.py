@@ -1,1 +1,2 @@
-"""Recordings: the camera's own packets kept as MP4 segments, and clips cut from them."""
+"""Recordings: the cameras' own packets in MP4 segments, their index, what is kept of them, and
+clips cut from them."""

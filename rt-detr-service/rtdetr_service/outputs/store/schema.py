@@ -82,6 +82,27 @@ sessions_table = sa.Table(
     sa.Index("ix_sessions_owner", "owner"),
 )
 
+# One row per finished recording segment (outputs/recordings/): its file, its wall-clock span, and
+# the mode it was recorded in (events-mode segments no event needs are deleted by the sweep).
+recordings_table = sa.Table(
+    "recordings",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("session_id", sa.String(), nullable=False),
+    sa.Column("camera", sa.String(), nullable=True),
+    sa.Column("path", sa.String(), nullable=False),  # relative to data_dir
+    sa.Column("start_time", sa.Double, nullable=False),
+    sa.Column("end_time", sa.Double, nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("codec", sa.String(32), nullable=False),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("mode", sa.String(16), nullable=False, server_default="events"),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Index("ix_recordings_camera_start_time", "camera", "start_time"),
+    sa.Index("ix_recordings_session_id_start_time", "session_id", "start_time"),
+)
+
 _INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 # The drivers we ship, per backend; a URL that names none gets this one, as other tools write them.
 _DRIVERS = {"sqlite": "pysqlite", "postgresql": "psycopg"}

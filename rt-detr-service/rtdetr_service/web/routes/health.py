@@ -35,6 +35,12 @@ async def ready(
     warnings = output_warnings(manager.sinks)
     if store is None and settings.events_enabled:
         warnings.append("the event store could not be opened; events are not kept (see the log)")
+    for session in manager.list():
+        recording = session.snapshot().recording
+        if recording is not None and recording["failing"]:
+            warnings.append(f"session {session.id} is not recording: {recording['last_error']}")
+    if manager.recordings is not None and manager.recordings.sweep_error is not None:
+        warnings.append(f"recordings are not swept (kept past their limits): {manager.recordings.sweep_error}")
     cluster = manager.cluster
     if cluster is not None and cluster.store_error is not None:
         warnings.append(

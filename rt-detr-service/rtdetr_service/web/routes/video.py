@@ -16,6 +16,7 @@ from rtdetr_service.analytics.alerts import AlertRule
 from rtdetr_service.analytics.tracking import TrackerOptions
 from rtdetr_service.analytics.zones import MAX_LINES, MAX_POINTS, MAX_RULES, MAX_ZONES, ZoneConfig
 from rtdetr_service.ingest.urls import redact_url
+from rtdetr_service.outputs.recordings.settings import RecordMode
 from rtdetr_service.outputs.registry import output_warnings
 from rtdetr_service.sessions.desired import options_from_record
 from rtdetr_service.sessions.manager import SessionManager
@@ -141,6 +142,11 @@ class StartRequest(BaseModel):
     camera: Name | None = Field(None, description="A human name: " + NAME_WORDS)
     zones: ZonesIn | None = Field(None, description="Zones, lines and rules (replaceable later with PUT .../zones).")
     tracking: TrackingIn | None = Field(None, description="Tracker settings; defaults from TRACK_* settings.")
+    record: RecordMode | None = Field(
+        None,
+        description="What of the camera's video is kept: off, events (segments around events), continuous. "
+        "Default: RECORD.",
+    )
 
 
 class StopRequest(BaseModel):
@@ -182,6 +188,7 @@ def _options(body: StartRequest, manager: SessionManager) -> SessionOptions:
         classes=classes,
         alert_rule=rule,
         jpeg_quality=body.jpeg_quality or settings.jpeg_quality,
+        record=body.record or settings.record,
     )
 
 
@@ -268,6 +275,8 @@ def _status(session: Session, replica: str) -> dict:
         "confidence_threshold": options.confidence_threshold,
         "classes": sorted(options.classes) if options.classes is not None else None,
         "tracking": dataclasses.asdict(options.tracking),
+        "record": options.record,
+        "recording": snap.recording,
         "stats": snap.stats.as_dict(),
         "counts": snap.counts,
         "last_error": snap.last_error,
@@ -297,6 +306,8 @@ def _recorded_status(record: SessionRecord) -> dict:
         "confidence_threshold": options.confidence_threshold,
         "classes": sorted(options.classes) if options.classes is not None else None,
         "tracking": dataclasses.asdict(options.tracking),
+        "record": options.record,
+        "recording": None,
         "stats": None,
         "counts": None,
         "last_error": _moving_words(record) or record.last_error,
