@@ -31,6 +31,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 from rtdetr_service.ingest.urls import redact_url
+from rtdetr_service.outputs import messages
 from rtdetr_service.outputs.store.schema import words
 from rtdetr_service.sessions.desired import options_from_record, options_to_record
 from rtdetr_service.sessions.records import Claimed, SessionRecord, SessionRecords
@@ -344,6 +345,11 @@ class Cluster:
         self._remember_epoch(record.id, record.epoch)
         where = f"from {claimed.previous_owner}" if claimed.previous_owner else "recorded, unowned"
         log.info("session %s claimed (%s), epoch %d: opening it here", record.id, where, record.epoch)
+        if claimed.previous_owner is not None:
+            # Viewers that stayed (here, or relayed elsewhere) hear it at once, whether or not their
+            # relay noticed the old owner's silence yet.
+            detail = f"taken over from replica {claimed.previous_owner}: opening the stream on replica {self.replica}"
+            self._manager.session_hub.publish_event(record.id, messages.moving_message(record.id, detail))
         self._open(record.id)
 
     def _retry_due(self) -> None:
