@@ -4,7 +4,7 @@ the published step of a session, and a session's snapshot."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence, TypeVar
 
 from rtdetr_service.core.stats import SessionStats
 from rtdetr_service.core.types import Detection, Frame, FrameResult
@@ -67,6 +67,9 @@ class EventRecord:
     zones: tuple[str, ...] = ()  # every zone entered during the life, in order of entry
     rules: tuple[str, ...] = ()  # every rule fired for it, in order of first firing
     has_snapshot: bool = False
+    # Its track points are kept at most this many per second now: EVENT_TRACK_HZ, halved each time
+    # the points reach EVENT_TRACK_MAX_POINTS (0: no track kept). Not part of the event document.
+    track_hz: float = 0.0
 
     @property
     def active(self) -> bool:
@@ -95,6 +98,36 @@ class EventRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class TrackPoint:
+    """Where the object was at one frame: its box in source pixels, its confidence, the zones it was in."""
+
+    t: float  # frame timestamp, Unix seconds
+    bbox: tuple[float, float, float, float]
+    confidence: float
+    zones: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict:
+        return {
+            "t": self.t,
+            "bbox": [round(v, 1) for v in self.bbox],
+            "confidence": round(self.confidence, 4),
+            "zones": list(self.zones),
+        }
+
+
+_T = TypeVar("_T")
+
+
+def thinned(items: Sequence[_T]) -> list[_T]:
+    """Every other item from the first, and the last: a track at half its rate, its ends kept.
+    The lifecycle and the store both thin a track by this rule, so they agree on its rate."""
+    kept = list(items[::2])
+    if len(items) % 2 == 0 and items:
+        kept.append(items[-1])
+    return kept
+
+
+@dataclass(frozen=True, slots=True)
 class SnapshotRequest:
     """The frame at the object's best so far and its box there: what a snapshot is made from."""
 
@@ -106,12 +139,14 @@ class SnapshotRequest:
 @dataclass(frozen=True, slots=True)
 class EventChange:
     """One step of a life. `before` is the record as it was (None for "new"); an "end" carries
-    `event.track_id`, which is how the zone engine and tracker learn to forget a track."""
+    `event.track_id`, which is how the zone engine and tracker learn to forget a track. `points`
+    are the track points kept since the event's previous change, oldest first."""
 
     kind: Literal["new", "update", "end"]
     event: EventRecord
     before: EventRecord | None
     snapshot: SnapshotRequest | None = None
+    points: tuple[TrackPoint, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
