@@ -5,9 +5,9 @@ Pure logic: no I/O, no clock of its own. Time comes in with each frame (`Frame.t
 receives the `EventChange`s and does the I/O on its own thread.
 
 Each life also keeps its track: the object's box, confidence and zones at most `track_hz` times a
-second, and at its last sighting, handed out with the event's next change. When an event has kept
-`track_max_points`, its rate halves and the store thins what it holds by the same rule
-(`core.results.thinned`): a long life keeps an evenly spaced track, at most that many points.
+second, and at its last sighting, handed out with the event's next change. Past `track_max_points`
+its rate halves, and the store keeps only the points on the coarser grid (`TrackPoint.seq`): a
+long life keeps one evenly spaced track of at most that many points, not a dense start and no end.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
-from rtdetr_service.core.results import EventChange, EventRecord, SnapshotRequest, TrackPoint, thinned
+from rtdetr_service.core.results import EventChange, EventRecord, SnapshotRequest, TrackPoint
 from rtdetr_service.core.types import Detection, Frame
 
 # Frame timestamps jitter: a frame due at exactly the interval must not wait for the next one.
@@ -35,6 +35,8 @@ class _Open:
     next_point: float = math.inf  # frame time from which the next track point is kept
     last_point: float = -math.inf  # frame time of the newest track point
     kept: int = 0  # track points the store holds once it has these, after its thinning
+    seq: int = -1  # grid place of the newest track point (TrackPoint.seq)
+    step: int = 1  # grid places between two points: 2**(times the track was thinned)
     last_det: Detection | None = None  # the newest sighting, a point at the end if not kept yet
     last_zones: Sequence[str] = ()
 
@@ -204,20 +206,28 @@ class EventLifecycle:
         last = state.last_det
         if last is not None and self._track_hz > 0 and state.last_seen > state.last_point:
             # The last sighting, unless it was kept: a player draws the box until the object left.
-            self._keep_point(state, state.last_seen, last, state.last_zones)
+            self._keep_point(state, state.last_seen, last, state.last_zones, last_sighting=True)
         before = replace(state.record, last_seen=state.last_seen)
         record = replace(before, end_time=state.last_seen)
         # A better view still waiting for its interval is handed out now, or it would be lost.
         return EventChange("end", record, before, state.pending, self._take_points(state))
 
-    def _keep_point(self, state: _Open, now: float, det: Detection, zones: Sequence[str]) -> None:
+    def _keep_point(
+        self, state: _Open, now: float, det: Detection, zones: Sequence[str], last_sighting: bool = False
+    ) -> None:
         """Keep a track point; past `track_max_points` the event's rate halves (the store thins its points)."""
-        state.points.append(TrackPoint(now, tuple(det.bbox), det.confidence, tuple(zones)))
+        if not last_sighting:
+            state.seq = 0 if state.seq < 0 else state.seq + state.step
+        seq = -1 if last_sighting else state.seq
+        state.points.append(TrackPoint(now, tuple(det.bbox), det.confidence, tuple(zones), seq))
         state.kept += 1
         state.last_point = now
         hz = state.record.track_hz
         if state.kept > self._track_max:
-            state.kept = len(thinned(range(state.kept)))
+            # The store, holding these points, keeps the multiples of the new step (and the last sighting).
+            state.step *= 2
+            state.kept = state.seq // state.step + 1 + last_sighting
+            state.seq -= state.seq % state.step  # the next point takes the next multiple
             hz /= 2
             state.record = replace(state.record, track_hz=hz)
         state.next_point = now + 1.0 / hz - _POINT_SLACK_S

@@ -4,7 +4,7 @@ the published step of a session, and a session's snapshot."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence, TypeVar
+from typing import Literal
 
 from rtdetr_service.core.stats import SessionStats
 from rtdetr_service.core.types import Detection, Frame, FrameResult
@@ -105,6 +105,9 @@ class TrackPoint:
     bbox: tuple[float, float, float, float]
     confidence: float
     zones: tuple[str, ...] = ()
+    # Its place on the track's grid at EVENT_TRACK_HZ: a track thinned k times keeps the multiples of
+    # 2**k (the store and the lifecycle agree on which, whenever each thins); -1: the last sighting, kept.
+    seq: int = -1
 
     def as_dict(self) -> dict:
         return {
@@ -113,18 +116,6 @@ class TrackPoint:
             "confidence": round(self.confidence, 4),
             "zones": list(self.zones),
         }
-
-
-_T = TypeVar("_T")
-
-
-def thinned(items: Sequence[_T]) -> list[_T]:
-    """Every other item from the first, and the last: a track at half its rate, its ends kept.
-    The lifecycle and the store both thin a track by this rule, so they agree on its rate."""
-    kept = list(items[::2])
-    if len(items) % 2 == 0 and items:
-        kept.append(items[-1])
-    return kept
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,6 +67,7 @@ event_points_table = sa.Table(
     metadata,
     sa.Column("event_id", sa.String(64), primary_key=True),
     sa.Column("t", sa.Double, primary_key=True),  # frame timestamp, Unix seconds
+    sa.Column("seq", sa.BigInteger, nullable=False),  # on the track's grid (TrackPoint.seq); -1: last sighting
     sa.Column("x1", sa.Double, nullable=False),  # the box in source pixels
     sa.Column("y1", sa.Double, nullable=False),
     sa.Column("x2", sa.Double, nullable=False),

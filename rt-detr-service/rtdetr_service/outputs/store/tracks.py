@@ -1,29 +1,23 @@
 """An event's track in the store: its points written in the event row's transaction, kept within the
 bound, and read back for the API.
 
-The lifecycle decimates (analytics/events.py); the store holds the bound. When an event's points
-reach `max_points` the lifecycle halves its rate, and the store thins the points it holds to that
-rate (`spaced`), so a long life keeps one evenly spaced track rather than a dense start and a
-sparse rest; should they still be too many (changes lost on the way), every other one goes
-(`core.results.thinned`). The first and last points are always kept. Points are keyed by (event,
-time): a change written twice adds none twice.
+The lifecycle decimates (analytics/events.py) and numbers each point on its track's grid
+(`TrackPoint.seq`); the store holds the bound. Past `max_points` an event keeps only the points on
+the coarsest grid that fits (multiples of 2, 4, …; the last sighting always), the same points the
+lifecycle counts when it halves the rate, so a long life keeps one evenly spaced track from start
+to end rather than a dense start and a sparse rest, and the rate the answer names is the points'
+rate. Points are keyed by (event, time): a change written twice adds none twice.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Sequence, TypeVar
+from typing import Sequence
 
 import sqlalchemy as sa
 
-from rtdetr_service.core.results import TrackPoint, thinned
+from rtdetr_service.core.results import TrackPoint
 from rtdetr_service.outputs.store.schema import Database, event_points_table, events_table
-
-_Item = TypeVar("_Item")
-_DELETE_CHUNK = 500  # times per DELETE … IN (…): well under SQLite's bound on parameters
-# Thinning to half the rate keeps a point once 3/4 of the new interval has passed: every other point
-# of a track kept at the old rate, whatever the frame-time jitter, and every point already at the new.
-_SPACING = 0.75
 
 
 def point_rows(event_id: str, points: Sequence[TrackPoint]) -> list[dict]:
@@ -32,6 +26,7 @@ def point_rows(event_id: str, points: Sequence[TrackPoint]) -> list[dict]:
         {
             "event_id": event_id,
             "t": p.t,
+            "seq": p.seq,
             "x1": float(p.bbox[0]),
             "y1": float(p.bbox[1]),
             "x2": float(p.bbox[2]),
@@ -43,36 +38,26 @@ def point_rows(event_id: str, points: Sequence[TrackPoint]) -> list[dict]:
     ]
 
 
-def spaced(times: Sequence[float], hz: float) -> list[int]:
-    """The indices of the points (times oldest first) a track at `hz` keeps: the first, each one far
-    enough from the last kept, and the last."""
-    if not times:
-        return []
-    gap = _SPACING / hz if hz > 0 else 0.0
-    kept, last = [0], times[0]
-    for i in range(1, len(times) - 1):
-        if times[i] - last >= gap:
-            kept.append(i)
-            last = times[i]
-    if len(times) > 1:
-        kept.append(len(times) - 1)
-    return kept
+def _on(seq: int, step: int) -> bool:
+    return seq < 0 or seq % step == 0  # -1: the last sighting, always kept
 
 
-def within(items: list[_Item], times: Sequence[float], max_points: int, hz: float) -> list[_Item]:
-    """One event's points (oldest first, with their times) within `max_points`: thinned to `hz`, then
-    every other one while still too many. What is held in memory obeys the same bound as what is stored."""
-    if len(items) <= max_points:
-        return items
-    items = [items[i] for i in spaced(times, hz)]
-    while len(items) > max_points:
-        items = thinned(items)
-    return items
+def grid_step(seqs: Sequence[int], max_points: int) -> int:
+    """The finest grid step (1, 2, 4, …) on which at most `max_points` of these points lie."""
+    step = 1
+    while sum(_on(seq, step) for seq in seqs) > max_points and step < 2**62:
+        step *= 2
+    return step
 
 
-def write_points(conn: sa.Connection, db: Database, rows: list[dict], max_points: int, hz: dict[str, float]) -> None:
-    """Insert the rows (a point already stored is left as it is), then thin each event past the bound
-    to its rate now (`hz` by event id)."""
+def within(rows: list[dict], max_points: int) -> list[dict]:
+    """One event's rows within the bound: what is held in memory obeys the same bound as what is stored."""
+    step = grid_step([row["seq"] for row in rows], max_points)
+    return [row for row in rows if _on(row["seq"], step)]
+
+
+def write_points(conn: sa.Connection, db: Database, rows: list[dict], max_points: int) -> None:
+    """Insert the rows (a point already stored is left as it is), then thin each event past the bound."""
     if not rows:
         return
     conn.execute(db.point_insert, rows)
@@ -82,17 +67,14 @@ def write_points(conn: sa.Connection, db: Database, rows: list[dict], max_points
         sa.select(p.c.event_id).where(p.c.event_id.in_(ids)).group_by(p.c.event_id).having(sa.func.count() > max_points)
     ).scalars()
     for event_id in list(over):
-        _thin(conn, event_id, max_points, hz.get(event_id, 0.0))
+        _thin(conn, event_id, max_points)
 
 
-def _thin(conn: sa.Connection, event_id: str, max_points: int, hz: float) -> None:
+def _thin(conn: sa.Connection, event_id: str, max_points: int) -> None:
     p = event_points_table
-    times = conn.execute(sa.select(p.c.t).where(p.c.event_id == event_id).order_by(p.c.t)).scalars().all()
-    kept = set(within(list(times), times, max_points, hz))
-    gone = [t for t in times if t not in kept]
-    for start in range(0, len(gone), _DELETE_CHUNK):
-        chunk = gone[start : start + _DELETE_CHUNK]
-        conn.execute(sa.delete(p).where(p.c.event_id == event_id, p.c.t.in_(chunk)))
+    seqs = conn.execute(sa.select(p.c.seq).where(p.c.event_id == event_id)).scalars().all()
+    step = grid_step(seqs, max_points)
+    conn.execute(sa.delete(p).where(p.c.event_id == event_id, p.c.seq >= 0, p.c.seq % step != 0))
     conn.execute(sa.update(events_table).where(events_table.c.id == event_id).values(track_truncated=True))
 
 

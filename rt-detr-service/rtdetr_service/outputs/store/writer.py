@@ -327,7 +327,7 @@ class EventWriter(QueuedSink):
                     row,
                     records[row["id"]],
                     changes.get(row["id"], 0),
-                    self._held_points(points.get(row["id"], []), records[row["id"]].track_hz),
+                    self._held_points(points.get(row["id"], [])),
                 ),
             )
             for row in rows
@@ -340,10 +340,10 @@ class EventWriter(QueuedSink):
         if first:
             log.warning("event store: the database cannot be reached; holding %d event(s) until it can", len(rows))
 
-    def _held_points(self, points: list[dict], hz: float) -> list[dict]:
+    def _held_points(self, points: list[dict]) -> list[dict]:
         """An event's points while held: by time, once each, within the bound."""
         points = sorted({p["t"]: p for p in points}.values(), key=lambda p: p["t"])
-        return within(points, [p["t"] for p in points], self._track_max, hz)
+        return within(points, self._track_max)
 
     def _drop_held(self, n: int) -> None:
         """Give up the `n` oldest held events (counted as dropped)."""
@@ -382,8 +382,7 @@ class EventWriter(QueuedSink):
                     if zone_rows:
                         conn.execute(self._db.zone_insert, zone_rows)
                     track_rows = [p for row in rows for p in points.get(row["id"], ())]
-                    hz = {row["id"]: row["track_hz"] for row in rows}
-                    write_points(conn, self._db, track_rows, self._track_max, hz)
+                    write_points(conn, self._db, track_rows, self._track_max)
         except Exception as exc:  # noqa: BLE001 - database down, locked or full, or a row it refuses: count, go on
             self.record_failure(exc, "cannot write")
             return exc

@@ -20,6 +20,7 @@ def upgrade() -> None:
         "event_points",
         sa.Column("event_id", sa.String(64), primary_key=True),
         sa.Column("t", sa.Double, primary_key=True),
+        sa.Column("seq", sa.BigInteger, nullable=False),
         sa.Column("x1", sa.Double, nullable=False),
         sa.Column("y1", sa.Double, nullable=False),
         sa.Column("x2", sa.Double, nullable=False),
