@@ -516,6 +516,7 @@ def test_event_ids_no_event_of_ours_can_have_are_404_on_postgresql(postgres_serv
             for response in (
                 client.get(f"/api/v1/events/{event_id}"),
                 client.get(f"/api/v1/events/{event_id}/snapshot.jpg"),
+                client.get(f"/api/v1/events/{event_id}/track"),
                 client.delete(f"/api/v1/events/{event_id}"),
             ):
                 assert response.status_code == 404, (event_id, response.text)
