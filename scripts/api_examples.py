@@ -253,6 +253,7 @@ def _tour(t: Tour, stream_url: str, watch_s: float) -> dict[str, dict]:
             },
         )
         t.http("event_get", "GET", f"/api/v1/events/{event_id}")
+        t.http("event_track", "GET", f"/api/v1/events/{event_id}/track")
         snap = t.http(None, "GET", f"/api/v1/events/{event_id}/snapshot.jpg")
         t.records["snapshot"] = {
             "kind": "headers",

@@ -166,13 +166,16 @@ GROUPS = (
         "database server with `DATABASE_URL` (e.g. `postgresql+psycopg://user:pw@db/events`, never "
         "logged). Events older than `EVENT_RETENTION_DAYS` are deleted with their snapshots; snapshots "
         "beyond `SNAPSHOT_MAX_MB` are deleted oldest first (the events stay). Event changes beyond "
-        "`EVENT_QUEUE_SIZE` are dropped and counted. The alert log writes from a thread of its own. "
-        "See [api.md](api.md#events).",
+        "`EVENT_QUEUE_SIZE` are dropped and counted. Each event keeps its track (the object's boxes) at "
+        "most `EVENT_TRACK_HZ` times a second; past `EVENT_TRACK_MAX_POINTS` it is thinned evenly and its "
+        "rate halved. The alert log writes from a thread of its own. See [api.md](api.md#events).",
         (
             "events_enabled",
             "data_dir",
             "database_url",
             "event_end_after_s",
+            "event_track_hz",
+            "event_track_max_points",
             "event_retention_days",
             "snapshot_max_mb",
             "event_queue_size",

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's Python: it has the GStreamer bindings
 API_KEY = "test-key-0123456789"
+STORE_NOW = 1_780_000_000.0  # the clock of the event stores `make_store` makes (integration/conftest.py)
 
 
 def free_port() -> int:

@@ -22,9 +22,9 @@ from rtdetr_service.outputs.store.queries import InvalidCursor, encode_cursor
 from rtdetr_service.sessions.records import SessionRecord, SessionRecords
 
 from servers import running_postgres
-from support import free_port, make_settings, run_service
+from support import STORE_NOW, free_port, make_settings, run_service
 
-NOW = 1_780_000_000.0  # the stores' clock in these tests
+NOW = STORE_NOW  # the stores' clock in these tests
 DAY = 86400.0
 
 
@@ -38,30 +38,6 @@ def wait_until(predicate, timeout: float = 5.0, what: str = "condition"):
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.02)
-
-
-@pytest.fixture
-def store_url(backend, request) -> str:
-    """ "" for the embedded default (SQLite under the data dir); an empty database on the server."""
-    return "" if backend == "sqlite" else request.getfixturevalue("postgres_url")
-
-
-@pytest.fixture
-def make_store(store_url, tmp_path):
-    """Builds started stores on one data dir (a second call is a restart); stops them all at the end."""
-    stores: list[EventStore] = []
-
-    def make(start: bool = True, **kwargs) -> EventStore:
-        kwargs.setdefault("clock", lambda: NOW)
-        store = EventStore(store_url, tmp_path / "data", **kwargs)
-        stores.append(store)
-        if start:
-            store.start()
-        return store
-
-    yield make
-    for store in stores:
-        store.stop(timeout=5.0)
 
 
 # -- changes from the real lifecycle -----------------------------------------------------------
@@ -540,6 +516,7 @@ def test_event_ids_no_event_of_ours_can_have_are_404_on_postgresql(postgres_serv
             for response in (
                 client.get(f"/api/v1/events/{event_id}"),
                 client.get(f"/api/v1/events/{event_id}/snapshot.jpg"),
+                client.get(f"/api/v1/events/{event_id}/track"),
                 client.delete(f"/api/v1/events/{event_id}"),
             ):
                 assert response.status_code == 404, (event_id, response.text)

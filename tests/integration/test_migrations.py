@@ -58,6 +58,7 @@ CREATE INDEX ix_events_camera_start_time ON events (camera, start_time);
 CREATE INDEX ix_events_session_id ON events (session_id);
 """
 T0 = 1_780_000_000.0
+HEAD = "0004"  # the newest revision: event tracks
 
 
 def old_event(n: int) -> dict:
@@ -138,7 +139,7 @@ def test_a_database_made_before_migrations_is_upgraded_in_place_with_its_events(
         assert "adopted as 0001" in caplog.text
     finally:
         store.stop()
-    assert revisions(database_url) == [migrate.head()] == ["0003"]
+    assert revisions(database_url) == [migrate.head()] == [HEAD]
 
     # And the new table works on it
     db = Database(database_url, tmp_path, busy_timeout_s=5.0)
@@ -153,7 +154,7 @@ def test_a_database_made_before_migrations_is_upgraded_in_place_with_its_events(
 def test_an_empty_database_is_made_at_the_head_and_matches_schema_py(database_url, opened):
     db = opened(database_url)
     first = migrate.upgrade(db)
-    assert (first.before, first.after, first.stamped) == (None, "0003", False)
+    assert (first.before, first.after, first.stamped) == (None, HEAD, False)
 
     # The migrations make exactly what schema.py describes: tables, columns, types, indexes
     with db.engine.connect() as conn:
@@ -161,8 +162,8 @@ def test_an_empty_database_is_made_at_the_head_and_matches_schema_py(database_ur
 
     # Opening again changes nothing
     again = migrate.upgrade(db)
-    assert (again.before, again.after, again.stamped) == ("0003", "0003", False)
-    assert revisions(database_url) == ["0003"]
+    assert (again.before, again.after, again.stamped) == (HEAD, HEAD, False)
+    assert revisions(database_url) == [HEAD]
 
 
 def test_a_database_made_by_a_newer_version_is_refused_in_words_and_left_alone(database_url, opened, tmp_path):
@@ -176,7 +177,7 @@ def test_a_database_made_by_a_newer_version_is_refused_in_words_and_left_alone(d
     # When this version opens it, then it says why it will not, and changes nothing
     with pytest.raises(RuntimeError, match="made by a newer version of the service") as refused:
         EventStore(database_url, tmp_path / "data")
-    assert "0107" in str(refused.value) and "knows up to 0003" in str(refused.value)
+    assert "0107" in str(refused.value) and f"knows up to {HEAD}" in str(refused.value)
     assert revisions(database_url) == ["0107"]
 
 
@@ -214,9 +215,9 @@ def test_replicas_opening_one_postgresql_database_at_once_all_succeed(postgres_u
     # Then every one of them opens it, exactly one upgrades it, and it is at the head once
     assert all(isinstance(result, migrate.Upgrade) for result in results.values()), results
     assert len(results) == len(replicas)
-    upgraded = [result for result in results.values() if result.before != "0003"]
+    upgraded = [result for result in results.values() if result.before != HEAD]
     assert len(upgraded) == 1 and upgraded[0].stamped is old
-    assert revisions(postgres_url) == ["0003"]
+    assert revisions(postgres_url) == [HEAD]
     if old:
         engine = sa.create_engine(postgres_url)
         with engine.connect() as conn:
@@ -235,4 +236,4 @@ def test_the_alembic_command_upgrades_a_database_for_developers(tmp_path):
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert revisions(url) == ["0003"]
+    assert revisions(url) == [HEAD]

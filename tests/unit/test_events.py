@@ -200,3 +200,64 @@ def test_settings_out_of_bounds_are_refused():
         EventLifecycle("s", None, end_after_s=0)
     with pytest.raises(ValueError):
         EventLifecycle("s", None, max_open=0)
+    with pytest.raises(ValueError):
+        EventLifecycle("s", None, track_hz=-1)
+    with pytest.raises(ValueError):
+        EventLifecycle("s", None, track_max_points=2)
+
+
+def _points_of(changes) -> list:
+    return [point for change in changes for point in change.points]
+
+
+def test_the_track_is_kept_at_most_hz_a_second_and_handed_out_with_the_changes():
+    # Given an object seen at 20 fps for 3 s, with a track at 4 Hz
+    events = lifecycle(track_hz=4.0, update_interval_s=1.0)
+    changes = []
+    for i in range(60):
+        changes += events.update(frame(i / 20, i), [person(3, x=float(i))], zones_of={3: ["door"] if i < 30 else []})
+    changes += events.close_all()
+
+    # Then the points are a quarter second apart, first and last sighting included, each with its box and zones
+    points = _points_of(changes)
+    assert [round(p.t - T0, 3) for p in points] == [
+        0.0,
+        0.25,
+        0.5,
+        0.75,
+        1.0,
+        1.25,
+        1.5,
+        1.75,
+        2.0,
+        2.25,
+        2.5,
+        2.75,
+        2.95,
+    ]
+    assert [p.bbox[0] for p in points] == [0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0, 45.0, 50.0, 55.0, 59.0]
+    assert points[0].zones == ("door",) and points[-1].zones == ()
+    assert changes[0].kind == "new" and len(changes[0].points) == 1  # the rest come with later changes
+    assert points[-1].seq == -1 and [p.seq for p in points[:-1]] == list(range(12))
+    assert {c.event.track_hz for c in changes} == {4.0}
+
+
+def test_past_the_bound_the_rate_halves_and_the_grid_says_which_points_stay():
+    events = lifecycle(track_hz=10.0, track_max_points=10)
+    changes = []
+    for i in range(40):  # 10 fps for 4 s: 40 points at 10 Hz
+        changes += events.update(frame(i / 10, i), [person(3)])
+    changes += events.close_all()
+
+    points = _points_of(changes)
+    end = changes[-1].event
+    assert end.track_hz == 10.0 / 8
+    step = 8
+    kept = [p for p in points if p.seq < 0 or p.seq % step == 0]
+    assert len(kept) <= 10 and [round(p.t - T0, 3) for p in kept] == [0.0, 0.8, 1.6, 2.4, 3.2, 3.9]
+
+
+def test_a_track_rate_of_zero_keeps_no_points():
+    events = lifecycle(track_hz=0.0)
+    changes = [c for i in range(20) for c in events.update(frame(i / 10, i), [person(3)])] + events.close_all()
+    assert _points_of(changes) == [] and changes[-1].event.track_hz == 0.0

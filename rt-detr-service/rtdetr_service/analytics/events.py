@@ -3,16 +3,25 @@
 Pure logic: no I/O, no clock of its own. Time comes in with each frame (`Frame.timestamp`) or as
 `now`, so the same code replays recorded streams and runs under test. A store or a webhook sink
 receives the `EventChange`s and does the I/O on its own thread.
+
+Each life also keeps its track: the object's box, confidence and zones at most `track_hz` times a
+second, and at its last sighting, handed out with the event's next change. Past `track_max_points`
+its rate halves, and the store keeps only the points on the coarser grid (`TrackPoint.seq`): a
+long life keeps one evenly spaced track of at most that many points, not a dense start and no end.
 """
 
 from __future__ import annotations
 
+import math
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
-from rtdetr_service.core.results import EventChange, EventRecord, SnapshotRequest
+from rtdetr_service.core.results import EventChange, EventRecord, SnapshotRequest, TrackPoint
 from rtdetr_service.core.types import Detection, Frame
+
+# Frame timestamps jitter: a frame due at exactly the interval must not wait for the next one.
+_POINT_SLACK_S = 0.001
 
 
 @dataclass(slots=True)
@@ -22,6 +31,14 @@ class _Open:
     last_emit: float  # frame time of the last change handed out
     last_snapshot: float  # frame time of the last snapshot requested
     pending: SnapshotRequest | None = None  # a better view that waits for the snapshot interval
+    points: list[TrackPoint] = field(default_factory=list)  # kept since the last change handed out
+    next_point: float = math.inf  # frame time from which the next track point is kept
+    last_point: float = -math.inf  # frame time of the newest track point
+    kept: int = 0  # track points the store holds once it has these, after its thinning
+    seq: int = -1  # grid place of the newest track point (TrackPoint.seq)
+    step: int = 1  # grid places between two points: 2**(times the track was thinned)
+    last_det: Detection | None = None  # the newest sighting, a point at the end if not kept yet
+    last_zones: Sequence[str] = ()
 
 
 class EventLifecycle:
@@ -42,11 +59,15 @@ class EventLifecycle:
         update_interval_s: float = 5.0,
         min_confidence_gain: float = 0.02,
         max_open: int = 256,
+        track_hz: float = 5.0,
+        track_max_points: int = 3000,
     ) -> None:
         if end_after_s <= 0 or snapshot_interval_s < 0 or update_interval_s <= 0 or max_open < 1:
             raise ValueError(
                 "end_after_s and update_interval_s must be > 0, snapshot_interval_s >= 0 and max_open >= 1"
             )
+        if track_hz < 0 or track_max_points < 3:
+            raise ValueError("track_hz must be >= 0 (0: no track) and track_max_points >= 3")
         self.session_id = session_id
         self.camera = camera
         self._end_after = end_after_s
@@ -54,6 +75,8 @@ class EventLifecycle:
         self._update_interval = update_interval_s
         self._min_gain = min_confidence_gain
         self._max_open = max_open
+        self._track_hz = track_hz
+        self._track_max = track_max_points
         self._open: dict[int, _Open] = {}  # by track id
         self.evicted = 0  # open events ended early because max_open was reached
 
@@ -123,9 +146,13 @@ class EventLifecycle:
             zones=_merged((), zones),
             rules=_merged((), rules),
             has_snapshot=True,
+            track_hz=self._track_hz,
         )
-        self._open[det.track_id] = _Open(record, last_seen=now, last_emit=now, last_snapshot=now)
-        return EventChange("new", record, None, SnapshotRequest(record.id, frame, det))
+        state = _Open(record, last_seen=now, last_emit=now, last_snapshot=now)
+        self._open[det.track_id] = state
+        if self._track_hz > 0:
+            self._keep_point(state, now, det, zones)
+        return EventChange("new", record, None, SnapshotRequest(record.id, frame, det), self._take_points(state))
 
     def _advance(
         self, state: _Open, frame: Frame, det: Detection, zones: Sequence[str], rules: Sequence[str]
@@ -133,6 +160,9 @@ class EventLifecycle:
         # Per tracked object per frame: the common case (nothing new) must stay allocation-free.
         now = frame.timestamp
         state.last_seen = max(state.last_seen, now)
+        state.last_det, state.last_zones = det, zones
+        if now >= state.next_point:
+            self._keep_point(state, now, det, zones)
         record = state.record
         better = det.confidence >= record.best_confidence + self._min_gain
         if better:
@@ -156,7 +186,7 @@ class EventLifecycle:
         if snapshot_due:
             snapshot, state.pending, state.last_snapshot = state.pending, None, now
         state.last_emit = now
-        return EventChange("update", record, before, snapshot)
+        return EventChange("update", record, before, snapshot, self._take_points(state))
 
     def _end_gone(self, now: float, keep: set[int]) -> list[EventChange]:
         gone = [
@@ -173,10 +203,40 @@ class EventLifecycle:
 
     def _end(self, track: int) -> EventChange:
         state = self._open.pop(track)
+        last = state.last_det
+        if last is not None and self._track_hz > 0 and state.last_seen > state.last_point:
+            # The last sighting, unless it was kept: a player draws the box until the object left.
+            self._keep_point(state, state.last_seen, last, state.last_zones, last_sighting=True)
         before = replace(state.record, last_seen=state.last_seen)
         record = replace(before, end_time=state.last_seen)
         # A better view still waiting for its interval is handed out now, or it would be lost.
-        return EventChange("end", record, before, state.pending)
+        return EventChange("end", record, before, state.pending, self._take_points(state))
+
+    def _keep_point(
+        self, state: _Open, now: float, det: Detection, zones: Sequence[str], last_sighting: bool = False
+    ) -> None:
+        """Keep a track point; past `track_max_points` the event's rate halves (the store thins its points)."""
+        if not last_sighting:
+            state.seq = 0 if state.seq < 0 else state.seq + state.step
+        seq = -1 if last_sighting else state.seq
+        state.points.append(TrackPoint(now, tuple(det.bbox), det.confidence, tuple(zones), seq))
+        state.kept += 1
+        state.last_point = now
+        hz = state.record.track_hz
+        if state.kept > self._track_max:
+            # The store, holding these points, keeps the multiples of the new step (and the last sighting).
+            state.step *= 2
+            state.kept = state.seq // state.step + 1 + last_sighting
+            state.seq -= state.seq % state.step  # the next point takes the next multiple
+            hz /= 2
+            state.record = replace(state.record, track_hz=hz)
+        state.next_point = now + 1.0 / hz - _POINT_SLACK_S
+
+    @staticmethod
+    def _take_points(state: _Open) -> tuple[TrackPoint, ...]:
+        points = tuple(state.points)
+        state.points.clear()
+        return points
 
 
 def _merged(known: tuple[str, ...], new: Sequence[str]) -> tuple[str, ...]:

@@ -67,6 +67,9 @@ class EventRecord:
     zones: tuple[str, ...] = ()  # every zone entered during the life, in order of entry
     rules: tuple[str, ...] = ()  # every rule fired for it, in order of first firing
     has_snapshot: bool = False
+    # Its track points are kept at most this many per second now: EVENT_TRACK_HZ, halved each time
+    # the points reach EVENT_TRACK_MAX_POINTS (0: no track kept). Not part of the event document.
+    track_hz: float = 0.0
 
     @property
     def active(self) -> bool:
@@ -95,6 +98,27 @@ class EventRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class TrackPoint:
+    """Where the object was at one frame: its box in source pixels, its confidence, the zones it was in."""
+
+    t: float  # frame timestamp, Unix seconds
+    bbox: tuple[float, float, float, float]
+    confidence: float
+    zones: tuple[str, ...] = ()
+    # Its place on the track's grid at EVENT_TRACK_HZ: a track thinned k times keeps the multiples of
+    # 2**k (the store and the lifecycle agree on which, whenever each thins); -1: the last sighting, kept.
+    seq: int = -1
+
+    def as_dict(self) -> dict:
+        return {
+            "t": self.t,
+            "bbox": [round(v, 1) for v in self.bbox],
+            "confidence": round(self.confidence, 4),
+            "zones": list(self.zones),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class SnapshotRequest:
     """The frame at the object's best so far and its box there: what a snapshot is made from."""
 
@@ -106,12 +130,14 @@ class SnapshotRequest:
 @dataclass(frozen=True, slots=True)
 class EventChange:
     """One step of a life. `before` is the record as it was (None for "new"); an "end" carries
-    `event.track_id`, which is how the zone engine and tracker learn to forget a track."""
+    `event.track_id`, which is how the zone engine and tracker learn to forget a track. `points`
+    are the track points kept since the event's previous change, oldest first."""
 
     kind: Literal["new", "update", "end"]
     event: EventRecord
     before: EventRecord | None
     snapshot: SnapshotRequest | None = None
+    points: tuple[TrackPoint, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -186,7 +186,13 @@ class Session:
             ),
             # A box missed for a frame or two still stands where it was: occupancy must not re-fire.
             zones=ZoneEngine(zones, hold_s=options.tracking.keep_s),
-            events=EventLifecycle(self.id, options.camera, end_after_s=settings.event_end_after_s),
+            events=EventLifecycle(
+                self.id,
+                options.camera,
+                end_after_s=settings.event_end_after_s,
+                track_hz=settings.event_track_hz,
+                track_max_points=settings.event_track_max_points,
+            ),
             sinks=self._sinks,
             alerts=AlertEngine(options.alert_rule) if options.alert_rule else None,
             classes=options.classes,

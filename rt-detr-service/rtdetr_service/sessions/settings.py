@@ -34,6 +34,18 @@ class SessionSettings(StreamSettings):
     event_end_after_s: float = Field(
         5.0, ge=0.5, le=600.0, description="An object unseen this long has left: its event ends."
     )
+    event_track_hz: float = Field(
+        5.0,
+        ge=0.0,
+        le=30.0,
+        description="Track points (box, confidence, zones) kept per second of an event's life; 0 = no track.",
+    )
+    event_track_max_points: int = Field(
+        3000,
+        ge=10,
+        le=100_000,
+        description="Track points kept per event; past it the track is thinned evenly and its rate halved.",
+    )
 
 
 _REPLICA_ID = re.compile(r"[A-Za-z0-9._-]{1,63}")

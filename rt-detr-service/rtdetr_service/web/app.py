@@ -108,6 +108,7 @@ def _open_event_store(settings: Settings) -> EventStore | None:
             # EVENT_END_AFTER_S after it was last seen: one unwritten ten times that long is a
             # stopped replica's, and another replica sharing the database may close it.
             stale_after_s=max(600.0, 10 * settings.event_end_after_s),
+            track_max_points=settings.event_track_max_points,
         )
     except (RuntimeError, ValueError, OSError) as exc:
         # Detection goes on without a history; /ready and the events routes say why.

@@ -310,6 +310,20 @@ class EventsAnswer(_Answer):
     next_cursor: str | None = Field(..., description="Pass as `cursor` for the next page; null on the last.")
 
 
+class TrackPointOut(_Answer):
+    t: float = Field(..., description="Frame timestamp (Unix seconds).")
+    bbox: tuple[float, float, float, float] = Field(..., description="x1, y1, x2, y2 in source pixels.")
+    confidence: float
+    zones: list[str] = Field(..., description="The zones the object was in at that frame.")
+
+
+class TrackAnswer(_Answer):
+    event_id: str
+    hz: float = Field(..., description="At most this many points per second (EVENT_TRACK_HZ, halved per thinning).")
+    truncated: bool = Field(..., description="True when the track was thinned to stay within EVENT_TRACK_MAX_POINTS.")
+    points: list[TrackPointOut] = Field(..., description="Oldest first; the first and last sightings included.")
+
+
 class EventDeletedAnswer(_Answer):
     event_id: str
     status: Literal["deleted"]

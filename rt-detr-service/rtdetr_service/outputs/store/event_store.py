@@ -7,6 +7,7 @@ Reads come from API threads through the engine's pool. `EventStore` puts the par
     schema.py     the tables; the engine (SQLite in WAL mode under DATA_DIR, or PostgreSQL by URL)
     migrate.py    the schema brought to this version's at open (Alembic; migrations/ holds the revisions)
     writer.py     the writer thread: batches of changes, snapshots, retries, the sweep when due
+    tracks.py     each event's track points: written with its row, thinned to the bound, read back
     snapshots.py  the JPEG files on disk and their total size
     retention.py  the sweep: age limit, snapshot size limit, open events of stopped replicas
     queries.py    lists with cursors, one event, its snapshot's path, delete
@@ -22,7 +23,7 @@ from typing import Callable, Sequence
 import sqlalchemy as sa
 
 from rtdetr_service.core.results import EventChange
-from rtdetr_service.outputs.store import migrate, queries
+from rtdetr_service.outputs.store import migrate, queries, tracks
 from rtdetr_service.outputs.store.queries import EventQuery, Tombstones
 from rtdetr_service.outputs.store.retention import Retention, RetentionPolicy, total_snapshot_bytes
 from rtdetr_service.outputs.store.schema import Database, words
@@ -48,6 +49,7 @@ class EventStore:
         stale_after_s: float = 600.0,
         jpeg_quality: int = 85,
         busy_timeout_s: float = 5.0,
+        track_max_points: int = 3000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if (
@@ -57,10 +59,11 @@ class EventStore:
             or max_snapshot_bytes < 0
             or sweep_interval_s <= 0
             or stale_after_s <= 0
+            or track_max_points < 3
         ):
             raise ValueError(
                 "queue_size and batch_max must be >= 1, retention_days, sweep_interval_s and stale_after_s > 0, "
-                "max_snapshot_bytes >= 0"
+                "max_snapshot_bytes >= 0, track_max_points >= 3"
             )
         if not 1 <= jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be 1..100, got {jpeg_quality}")
@@ -73,7 +76,7 @@ class EventStore:
         self._tombstones = Tombstones()
         policy = RetentionPolicy(retention_days * 86400.0, max_snapshot_bytes, stale_after_s)
         self._retention = Retention(self._db, self._files, policy, clock)
-        options = WriterOptions(queue_size, batch_max, sweep_interval_s, clock)
+        options = WriterOptions(queue_size, batch_max, sweep_interval_s, clock, track_max_points)
         self._writer = EventWriter(self._db, self._files, self._tombstones, self._retention, options)
         self._queue_size = queue_size
         self.closed_at_start = self._open()
@@ -155,12 +158,16 @@ class EventStore:
         """One event as a dict, or None."""
         return queries.get_event(self._db.engine, event_id)
 
+    def track(self, event_id: str) -> dict | None:
+        """The event's track ({event_id, hz, truncated, points}), or None if there is no such event."""
+        return tracks.read_track(self._db.engine, event_id)
+
     def snapshot_path(self, event_id: str) -> Path | None:
         """The snapshot file of an event; None if there is no such event or no file."""
         return queries.snapshot_path(self._db.engine, self._files, event_id)
 
     def delete(self, event_id: str) -> bool:
-        """Delete an event, its zones and its snapshot file; False if there was no such event."""
+        """Delete an event, its zones, its track and its snapshot file; False if there was no such event."""
         return queries.delete_event(self._db.engine, self._files, self._tombstones, event_id)
 
     def status(self) -> dict:

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from rtdetr_service.core.results import EventRecord
 from rtdetr_service.outputs.store.schema import event_zones_table, events_table
 from rtdetr_service.outputs.store.snapshots import SnapshotFiles
+from rtdetr_service.outputs.store.tracks import delete_points
 
 _TOMBSTONES = 4096  # deleted ids remembered so a late update does not bring an event back
 _ID_CHARS = events_table.c.id.type.length
@@ -156,7 +157,7 @@ class Tombstones:
 
 
 def delete_event(engine: sa.Engine, files: SnapshotFiles, tombstones: Tombstones, event_id: str) -> bool:
-    """Delete an event, its zones and its snapshot file; False if there was no such event."""
+    """Delete an event, its zones, its track and its snapshot file; False if there was no such event."""
     tombstones.add(event_id)
     t = events_table
     with engine.begin() as conn:
@@ -164,6 +165,7 @@ def delete_event(engine: sa.Engine, files: SnapshotFiles, tombstones: Tombstones
         if row is None:
             return False
         conn.execute(sa.delete(event_zones_table).where(event_zones_table.c.event_id == event_id))
+        delete_points(conn, [event_id])
         conn.execute(sa.delete(t).where(t.c.id == event_id))
     files.remove(row.snapshot_path)
     if row.snapshot_path is not None:
@@ -191,6 +193,7 @@ def event_dict(row) -> dict:
         zones=tuple(json.loads(row.zones)),
         rules=tuple(json.loads(row.rules)),
         has_snapshot=row.snapshot_path is not None,
+        track_hz=row.track_hz,
     )
     out = record.as_dict()
     out["snapshot_url"] = f"/api/v1/events/{row.id}/snapshot.jpg" if record.has_snapshot else None

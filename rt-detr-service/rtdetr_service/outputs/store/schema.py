@@ -43,6 +43,8 @@ events_table = sa.Table(
     sa.Column("snapshot_path", sa.String(), nullable=True),  # relative to data_dir
     sa.Column("snapshot_bytes", sa.Integer, nullable=False, server_default="0"),
     sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Column("track_hz", sa.Double, nullable=False, server_default="0"),  # the rate its newest points were kept at
+    sa.Column("track_truncated", sa.Boolean, nullable=False, server_default=sa.false()),  # points were thinned
     sa.Index("ix_events_start_time", "start_time"),
     sa.Index("ix_events_camera_start_time", "camera", "start_time"),
     sa.Index("ix_events_label_start_time", "label", "start_time"),
@@ -56,6 +58,22 @@ event_zones_table = sa.Table(
     sa.Column("event_id", sa.String(64), primary_key=True),
     sa.Column("zone", sa.String(), primary_key=True),
     sa.Index("ix_event_zones_zone", "zone", "event_id"),
+)
+
+# An event's track: one row per point kept (decimated and bounded, see tracks.py), keyed by time, so a
+# change sent again adds no point twice.
+event_points_table = sa.Table(
+    "event_points",
+    metadata,
+    sa.Column("event_id", sa.String(64), primary_key=True),
+    sa.Column("t", sa.Double, primary_key=True),  # frame timestamp, Unix seconds
+    sa.Column("seq", sa.BigInteger, nullable=False),  # on the track's grid (TrackPoint.seq); -1: last sighting
+    sa.Column("x1", sa.Double, nullable=False),  # the box in source pixels
+    sa.Column("y1", sa.Double, nullable=False),
+    sa.Column("x2", sa.Double, nullable=False),
+    sa.Column("y2", sa.Double, nullable=False),
+    sa.Column("confidence", sa.Double, nullable=False),
+    sa.Column("zones", sa.Text, nullable=False),  # JSON list: the zones the object was in
 )
 
 # One row per session: its desired state, shared by every replica, owned by one at a time through a
@@ -138,6 +156,9 @@ class Database:
         self.zone_insert = insert(event_zones_table).on_conflict_do_nothing(
             index_elements=[event_zones_table.c.event_id, event_zones_table.c.zone]
         )
+        self.point_insert = insert(event_points_table).on_conflict_do_nothing(
+            index_elements=[event_points_table.c.event_id, event_points_table.c.t]
+        )
 
     def _make_engine(self, busy_timeout_s: float) -> sa.Engine:
         if self._url.get_backend_name() == "sqlite":
@@ -205,7 +226,7 @@ def shipped_driver(url: sa.URL) -> sa.URL:
 
 def _event_upsert(insert):
     ins = insert(events_table)
-    keep = {"id", "snapshot_path", "snapshot_bytes"}
+    keep = {"id", "snapshot_path", "snapshot_bytes", "track_truncated"}  # truncated: set by thinning only
     set_ = {c.name: ins.excluded[c.name] for c in events_table.c if c.name not in keep}
     # A change without a new snapshot keeps the one already on record.
     set_["snapshot_path"] = sa.func.coalesce(ins.excluded.snapshot_path, events_table.c.snapshot_path)
@@ -238,4 +259,5 @@ def event_row(record: EventRecord, snapshot: tuple[str, int] | None, now: float)
         "snapshot_path": snapshot[0] if snapshot else None,
         "snapshot_bytes": snapshot[1] if snapshot else 0,
         "updated_at": now,
+        "track_hz": record.track_hz,
     }

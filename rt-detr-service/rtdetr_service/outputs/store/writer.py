@@ -2,18 +2,19 @@
 
 It is a `QueuedSink` (outputs/base.py): `submit()` never blocks, and the queue is fair between
 sessions, so a session that floods it loses its own oldest changes. Each batch becomes one
-transaction holding the newest record of each event in it, its newest snapshot written first. A
-snapshot that cannot be written costs that snapshot only: the row is written without it, and the
-store reads `failing` in words until a snapshot is written again. A transaction that fails is
-tried once more a second later; if that fails too, its rows are tried one by one, so a row the
-database refuses costs only its own changes.
+transaction holding the newest record of each event in it, its newest snapshot written first, and
+the track points every change of it carried (tracks.py: kept within the bound). A snapshot that
+cannot be written costs that snapshot only: the row is written without it, and the store reads
+`failing` in words until a snapshot is written again. A transaction that fails is tried once more
+a second later; if that fails too, its rows are tried one by one, so a row the database refuses
+costs only its own changes.
 
 A database that cannot be reached (down, restarting, failing over, locked) loses nothing: the rows
-are held, the newest record of each event, and tried again with a growing delay (at most
-`_HOLD_RETRY_S[-1]`) and with every later batch, until it answers. At most `queue_size` events are
-held; beyond that the oldest held are dropped, counted. The retention sweep runs on this thread
-too, at start and every `sweep_interval_s`. The loop itself is supervised (outputs/base.py): a bug
-restarts it.
+are held, the newest record of each event with its points (thinned to the same bound), and tried
+again with a growing delay (at most `_HOLD_RETRY_S[-1]`) and with every later batch, until it
+answers. At most `queue_size` events are held; beyond that the oldest held are dropped, counted.
+The retention sweep runs on this thread too, at start and every `sweep_interval_s`. The loop
+itself is supervised (outputs/base.py): a bug restarts it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from rtdetr_service.outputs.store.queries import Tombstones
 from rtdetr_service.outputs.store.retention import Retention
 from rtdetr_service.outputs.store.schema import Database, event_row, words
 from rtdetr_service.outputs.store.snapshots import SnapshotFiles
+from rtdetr_service.outputs.store.tracks import point_rows, within, write_points
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class WriterOptions:
     batch_max: int
     sweep_interval_s: float
     clock: Callable[[], float]
+    track_max_points: int = 3000
 
 
 @dataclass(frozen=True)
@@ -71,11 +74,12 @@ class WriterReport:
 
 @dataclass
 class _HeldRow:
-    """A row the database could not take yet, the newest of its event, and the changes it carries."""
+    """A row the database could not take yet, the newest of its event, and the changes and points it carries."""
 
     row: dict
     record: EventRecord
     changes: int
+    points: list[dict]
 
 
 def unreachable(exc: BaseException) -> bool:
@@ -101,6 +105,7 @@ class EventWriter(QueuedSink):
         self._retention = retention
         self._sweep_interval = options.sweep_interval_s
         self._clock = options.clock
+        self._track_max = options.track_max_points
         self._next_sweep = -math.inf  # the first is due at start
         self.errors = 0
         self.snapshots_written = 0
@@ -166,7 +171,7 @@ class EventWriter(QueuedSink):
         then every interval while not stopping."""
         if self._held and (self._stop.is_set() or time.monotonic() >= self._held_retry_at):
             held_before = {event_id: h.changes for event_id, h in self._held.items()}
-            written = self._changes_in(self._store_rows([], {}, {}), {}, held_before)
+            written = self._changes_in(self._store_rows([], {}, {}, {}), {}, held_before)
             with self._lock:
                 self.sent += written
             if self._held and self._stop.is_set():
@@ -193,10 +198,13 @@ class EventWriter(QueuedSink):
         now = self._clock()
         rows = [event_row(record, files.get(event_id), now) for event_id, record in latest.items()]
         changes_of: dict[str, int] = {}
+        points: dict[str, list[dict]] = {}
         for change in batch:
             changes_of[change.event.id] = changes_of.get(change.event.id, 0) + 1
+            if change.points and change.event.id in latest:
+                points.setdefault(change.event.id, []).extend(point_rows(change.event.id, change.points))
         held_before = {event_id: h.changes for event_id, h in self._held.items()}
-        written = self._store_rows(rows, latest, changes_of)
+        written = self._store_rows(rows, latest, changes_of, points)
         written_changes = self._changes_in(written, changes_of, held_before)
         with self._lock:
             self.sent += written_changes
@@ -252,27 +260,29 @@ class EventWriter(QueuedSink):
         held_before = held_before if held_before is not None else {}
         return sum(changes_of.get(event_id, 0) + held_before.get(event_id, 0) for event_id in written)
 
-    def _store_rows(self, rows: list[dict], records: dict[str, EventRecord], changes_of: dict[str, int]) -> set[str]:
-        """Upsert the rows, and those held, with their zones; the ids of the events written. See the
-        module docstring. While rows are held (the database was unreachable) a batch is tried once."""
+    def _store_rows(
+        self, rows: list[dict], records: dict[str, EventRecord], changes_of: dict[str, int], points: dict[str, list]
+    ) -> set[str]:
+        """Upsert the rows, and those held, with their zones and points (by event id); the ids of the events
+        written. See the module docstring. While rows are held (the database was unreachable) a batch is tried once."""
         holding = bool(self._held)
-        rows, records, changes = self._with_held(rows, records, changes_of)
+        rows, records, changes, points = self._with_held(rows, records, changes_of, points)
         if not rows:
             return set()
         failure = None
         for attempt in (1,) if holding else (1, 2):
-            failure = self._transaction(rows, records)
+            failure = self._transaction(rows, records, points)
             if failure is None:
                 self._held_written()
                 return {row["id"] for row in rows}
             if attempt == 1 and not holding:
                 self._stop.wait(_RETRY_DELAY_S)
         if unreachable(failure):
-            self._hold(rows, records, changes)
+            self._hold(rows, records, changes, points)
             return set()
         written: set[str] = set()
         for row in rows if len(rows) > 1 else ():
-            if self._transaction([row], records) is None:
+            if self._transaction([row], records, points) is None:
                 written.add(row["id"])
         self._held.clear()
         self.held_count = 0
@@ -284,15 +294,17 @@ class EventWriter(QueuedSink):
         return written
 
     def _with_held(
-        self, rows: list[dict], records: dict[str, EventRecord], changes_of: dict[str, int]
-    ) -> tuple[list[dict], dict[str, EventRecord], dict[str, int]]:
+        self, rows: list[dict], records: dict[str, EventRecord], changes_of: dict[str, int], points: dict[str, list]
+    ) -> tuple[list[dict], dict[str, EventRecord], dict[str, int], dict[str, list]]:
         """The held rows and these, one per event, the newest record winning (a snapshot held and not
-        replaced is kept); and the changes each event's row carries."""
+        replaced is kept); the changes each event's row carries, and its points, held ones first."""
         if not self._held:
-            return rows, records, dict(changes_of)
+            return rows, records, dict(changes_of), points
         merged = {event_id: h.row for event_id, h in self._held.items()}
         all_records = {event_id: h.record for event_id, h in self._held.items()}
         changes = {event_id: h.changes for event_id, h in self._held.items()}
+        all_points = {event_id: h.points + points.get(event_id, []) for event_id, h in self._held.items()}
+        all_points.update((event_id, new) for event_id, new in points.items() if event_id not in self._held)
         for row in rows:
             event_id = row["id"]
             before = merged.pop(event_id, None)
@@ -301,13 +313,24 @@ class EventWriter(QueuedSink):
             merged[event_id] = row
             changes[event_id] = changes.get(event_id, 0) + changes_of.get(event_id, 0)
         all_records.update(records)
-        return list(merged.values()), all_records, changes
+        return list(merged.values()), all_records, changes, all_points
 
-    def _hold(self, rows: list[dict], records: dict[str, EventRecord], changes: dict[str, int]) -> None:
-        """Keep rows the unreachable database could not take, for the next try (bounded)."""
+    def _hold(
+        self, rows: list[dict], records: dict[str, EventRecord], changes: dict[str, int], points: dict[str, list]
+    ) -> None:
+        """Keep rows the unreachable database could not take, for the next try (bounded, points too)."""
         first = not self._held
         self._held = OrderedDict(
-            (row["id"], _HeldRow(row, records[row["id"]], changes.get(row["id"], 0))) for row in rows
+            (
+                row["id"],
+                _HeldRow(
+                    row,
+                    records[row["id"]],
+                    changes.get(row["id"], 0),
+                    self._held_points(points.get(row["id"], [])),
+                ),
+            )
+            for row in rows
         )
         self._drop_held(len(self._held) - self._hold_max)
         self.held_count = len(self._held)
@@ -316,6 +339,11 @@ class EventWriter(QueuedSink):
         self._held_retry_at = time.monotonic() + delay
         if first:
             log.warning("event store: the database cannot be reached; holding %d event(s) until it can", len(rows))
+
+    def _held_points(self, points: list[dict]) -> list[dict]:
+        """An event's points while held: by time, once each, within the bound."""
+        points = sorted({p["t"]: p for p in points}.values(), key=lambda p: p["t"])
+        return within(points, self._track_max)
 
     def _drop_held(self, n: int) -> None:
         """Give up the `n` oldest held events (counted as dropped)."""
@@ -334,8 +362,10 @@ class EventWriter(QueuedSink):
         self.held_count = 0
         self._held_tries = 0
 
-    def _transaction(self, rows: list[dict], records: dict[str, EventRecord]) -> BaseException | None:
-        """One transaction of these rows and their zones; the failure (counted, in words), or None.
+    def _transaction(
+        self, rows: list[dict], records: dict[str, EventRecord], points: dict[str, list]
+    ) -> BaseException | None:
+        """One transaction of these rows, their zones and points; the failure (counted, in words), or None.
         With a fence, the rows of sessions another replica has taken since are left out, counted."""
         try:
             if rows:
@@ -351,6 +381,8 @@ class EventWriter(QueuedSink):
                         conn.execute(self._db.upsert, rows)
                     if zone_rows:
                         conn.execute(self._db.zone_insert, zone_rows)
+                    track_rows = [p for row in rows for p in points.get(row["id"], ())]
+                    write_points(conn, self._db, track_rows, self._track_max)
         except Exception as exc:  # noqa: BLE001 - database down, locked or full, or a row it refuses: count, go on
             self.record_failure(exc, "cannot write")
             return exc

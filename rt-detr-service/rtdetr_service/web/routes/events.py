@@ -1,4 +1,4 @@
-"""Event history: list with filters and a cursor, one event, its snapshot, delete; the outputs."""
+"""Event history: list with filters and a cursor, one event, its snapshot and track, delete; the outputs."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from rtdetr_service.web.schemas import (
     EventsAnswer,
     Name,
     OutputsAnswer,
+    TrackAnswer,
     errors,
 )
 
@@ -165,9 +166,21 @@ async def snapshot(event_id: str, store: StoreDep, settings: SettingsDep) -> Fil
     return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})
 
 
+@router.get(
+    "/events/{event_id}/track",
+    summary="The object's boxes over its life (time, box, confidence, zones), to draw over its clip",
+    response_model=None,
+    responses={200: {"model": TrackAnswer}, **errors("invalid_request", "event_not_found", "events_unavailable")},
+)
+async def track(event_id: str, store: StoreDep, settings: SettingsDep) -> dict:
+    store = _available(store, settings.events_enabled)
+    _ours(event_id)
+    return _found(event_id, await asyncio.to_thread(store.track, event_id))
+
+
 @router.delete(
     "/events/{event_id}",
-    summary="Delete an event and its snapshot",
+    summary="Delete an event, its track and its snapshot",
     response_model=None,
     responses={
         200: {"model": EventDeletedAnswer},
