@@ -36,7 +36,7 @@ from rtdetr_service.sessions.records import SessionRecords
 from rtdetr_service.web.auth import install_api_key_check
 from rtdetr_service.web.errors import error_response, install_error_handlers
 from rtdetr_service.web.middleware import install_body_limit, install_cancel_on_disconnect
-from rtdetr_service.web.routes import events, health, video, ws
+from rtdetr_service.web.routes import events, health, recordings, video, ws
 from rtdetr_service.web.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -303,6 +303,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(video.router)
     app.include_router(events.router)
+    app.include_router(recordings.router)
     app.include_router(ws.router)
 
     @app.middleware("http")

@@ -19,6 +19,7 @@ from rtdetr_service.outputs.bus.relay import BusRelay
 from rtdetr_service.outputs.encode import JpegEncoder
 from rtdetr_service.outputs.hub import Hub
 from rtdetr_service.outputs.prometheus import Metrics
+from rtdetr_service.outputs.recordings.recordings import Recordings
 from rtdetr_service.outputs.store.event_store import EventStore
 from rtdetr_service.sessions.manager import SessionManager
 from rtdetr_service.web.settings import Settings
@@ -42,6 +43,11 @@ async def get_hub(connection: HTTPConnection) -> Hub:
 async def get_event_store(connection: HTTPConnection) -> EventStore | None:
     """The event store; None when events are off or the store could not be opened."""
     return connection.app.state.event_store
+
+
+async def get_recordings(connection: HTTPConnection) -> Recordings | None:
+    """The recordings (index, clips); None without an event store, whose database indexes them."""
+    return connection.app.state.recordings
 
 
 async def get_metrics(connection: HTTPConnection) -> Metrics:
@@ -73,6 +79,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 ManagerDep = Annotated[SessionManager, Depends(get_manager)]
 HubDep = Annotated[Hub, Depends(get_hub)]
 StoreDep = Annotated[EventStore | None, Depends(get_event_store)]
+RecordingsDep = Annotated[Recordings | None, Depends(get_recordings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 EncoderDep = Annotated[JpegEncoder, Depends(get_encoder)]
 ModelErrorDep = Annotated[str | None, Depends(get_model_error)]

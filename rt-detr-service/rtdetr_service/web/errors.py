@@ -38,6 +38,9 @@ ERRORS: dict[str, ErrorCode] = {
     "session_not_found": ErrorCode(404, "No such session (or it was stopped)."),
     "event_not_found": ErrorCode(404, "No such event (or it was deleted)."),
     "snapshot_not_found": ErrorCode(404, "The event has no snapshot (yet, or any more)."),
+    "recording_not_found": ErrorCode(
+        404, "Nothing was recorded for that event or range (recording off, not written yet, or deleted)."
+    ),
     "not_found": ErrorCode(404, "No such route."),
     "method_not_allowed": ErrorCode(405, "The route exists, not with this method."),
     "session_not_ready": ErrorCode(409, "The session is still opening its stream."),
@@ -53,6 +56,7 @@ ERRORS: dict[str, ErrorCode] = {
     "no_video_stream": ErrorCode(422, "The stream has no video track."),
     "too_many_sessions": ErrorCode(429, "MAX_SESSIONS sessions run already."),
     "too_many_opens": ErrorCode(429, "MAX_OPENS streams are being opened right now."),
+    "too_many_clips": ErrorCode(429, "RECORD_CLIPS_MAX clips and exports are being streamed right now."),
     "internal_error": ErrorCode(500, "A bug; the service log has the details."),
     "stream_unavailable": ErrorCode(
         502, "The stream could not be opened: refused, not found, bad data (words in `detail`)."
@@ -61,6 +65,7 @@ ERRORS: dict[str, ErrorCode] = {
     "shutting_down": ErrorCode(503, "The replica is stopping; start the session elsewhere."),
     "store_unavailable": ErrorCode(503, "The session store (DATABASE_URL) cannot be reached (words in `detail`)."),
     "events_unavailable": ErrorCode(503, "Events are off (EVENTS_ENABLED=false) or the store could not be opened."),
+    "recordings_unavailable": ErrorCode(503, "Recordings need the event store, which is off or could not be opened."),
     "stream_timeout": ErrorCode(504, "The stream did not open (or send a picture) within OPEN_TIMEOUT_S."),
 }
 

@@ -324,6 +324,23 @@ class TrackAnswer(_Answer):
     points: list[TrackPointOut] = Field(..., description="Oldest first; the first and last sightings included.")
 
 
+class SegmentOut(BaseModel):
+    id: str
+    session_id: str
+    camera: str | None
+    start_time: float = Field(..., description="Wall clock (Unix s) of its first packet.")
+    end_time: float = Field(..., description="Wall clock (Unix s) of its last packet.")
+    bytes: int
+    codec: str = Field(..., description="As the camera sent it: h264 or hevc (never re-encoded).")
+    width: int
+    height: int
+    mode: Literal["events", "continuous"] = Field(..., description="The session's `record` mode when it was written.")
+
+
+class RecordingsAnswer(_Answer):
+    segments: list[SegmentOut] = Field(..., description="Oldest first.")
+
+
 class EventDeletedAnswer(_Answer):
     event_id: str
     status: Literal["deleted"]

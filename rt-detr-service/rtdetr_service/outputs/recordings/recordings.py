@@ -48,6 +48,15 @@ class Recordings:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sweep_loop, name="recordings-sweep", daemon=True)
         self.sweep_error: str | None = None
+        self._clip_slots = threading.BoundedSemaphore(settings.record_clips_max)
+
+    def clip_slot(self) -> bool:
+        """Take one of the RECORD_CLIPS_MAX places for a clip or export being streamed; False when none
+        is free. The caller gives it back with `clip_done()` when its stream ends, however it ends."""
+        return self._clip_slots.acquire(blocking=False)
+
+    def clip_done(self) -> None:
+        self._clip_slots.release()
 
     @property
     def stale_part_s(self) -> float:

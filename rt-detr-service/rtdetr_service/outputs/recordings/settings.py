@@ -48,6 +48,19 @@ class RecordingSettings(SettingsModel):
     record_max_gb: float = Field(
         100.0, gt=0, le=1_000_000, description="Recordings beyond this total (GB) are deleted, oldest first."
     )
+    record_export_max_s: float = Field(
+        3600.0,
+        ge=1,
+        le=86400,
+        description="The longest time range one export (GET /api/v1/recordings/export.mp4) may ask for.",
+    )
+    record_clips_max: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Clips and exports being streamed at once (each reads files and muxes on a thread); "
+        "one more is refused with 429 too_many_clips.",
+    )
     record_sweep_s: float = Field(
         10.0, ge=0.1, le=3600, description="How often unneeded and expired segments are looked for and deleted."
     )

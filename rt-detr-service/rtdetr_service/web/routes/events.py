@@ -57,7 +57,7 @@ def _printable(value: str | None) -> str | None:
     return value
 
 
-def _available(store: EventStore | None, events_enabled: bool) -> EventStore:
+def available_store(store: EventStore | None, events_enabled: bool) -> EventStore:
     """The store, or events_unavailable saying why. Called in the route body: a dependency that
     raised would be heard before a wrong parameter, which must be named first."""
     if store is None:
@@ -99,7 +99,7 @@ async def list_events(
         raise ApiError("invalid_request", "after must not be later than before")
     read = functools.partial(
         _events_answer,
-        _available(store, settings.events_enabled),
+        available_store(store, settings.events_enabled),
         session_id=session_id,
         camera=camera,
         label=label,
@@ -123,13 +123,13 @@ def _events_answer(store: EventStore, **filters) -> JSONResponse:
     return JSONResponse({"events": events, "next_cursor": next_cursor})
 
 
-def _ours(event_id: str) -> None:
+def check_event_id(event_id: str) -> None:
     """event_not_found, without a query, for an id that no event of ours can have."""
     if not _EVENT_ID.fullmatch(event_id):
         raise ApiError("event_not_found", f"No event with id {event_id[:64]!r}: event ids are 32 hex digits")
 
 
-def _found(event_id: str, event):
+def found_event(event_id: str, event):
     if event is None:
         raise ApiError("event_not_found", f"No event with id {event_id!r}")
     return event
@@ -142,9 +142,9 @@ def _found(event_id: str, event):
     responses={200: {"model": EventOut}, **errors("invalid_request", "event_not_found", "events_unavailable")},
 )
 async def get_event(event_id: str, store: StoreDep, settings: SettingsDep) -> dict:
-    store = _available(store, settings.events_enabled)
-    _ours(event_id)
-    return _found(event_id, await asyncio.to_thread(store.get, event_id))
+    store = available_store(store, settings.events_enabled)
+    check_event_id(event_id)
+    return found_event(event_id, await asyncio.to_thread(store.get, event_id))
 
 
 @router.get(
@@ -157,9 +157,9 @@ async def get_event(event_id: str, store: StoreDep, settings: SettingsDep) -> di
     },
 )
 async def snapshot(event_id: str, store: StoreDep, settings: SettingsDep) -> FileResponse:
-    store = _available(store, settings.events_enabled)
-    _ours(event_id)
-    _found(event_id, await asyncio.to_thread(store.get, event_id))
+    store = available_store(store, settings.events_enabled)
+    check_event_id(event_id)
+    found_event(event_id, await asyncio.to_thread(store.get, event_id))
     path = await asyncio.to_thread(store.snapshot_path, event_id)
     if path is None:
         raise ApiError("snapshot_not_found", f"Event {event_id!r} has no snapshot (yet, or any more)")
@@ -173,9 +173,9 @@ async def snapshot(event_id: str, store: StoreDep, settings: SettingsDep) -> Fil
     responses={200: {"model": TrackAnswer}, **errors("invalid_request", "event_not_found", "events_unavailable")},
 )
 async def track(event_id: str, store: StoreDep, settings: SettingsDep) -> dict:
-    store = _available(store, settings.events_enabled)
-    _ours(event_id)
-    return _found(event_id, await asyncio.to_thread(store.track, event_id))
+    store = available_store(store, settings.events_enabled)
+    check_event_id(event_id)
+    return found_event(event_id, await asyncio.to_thread(store.track, event_id))
 
 
 @router.delete(
@@ -188,8 +188,8 @@ async def track(event_id: str, store: StoreDep, settings: SettingsDep) -> dict:
     },
 )
 async def delete_event(event_id: str, store: StoreDep, settings: SettingsDep) -> dict:
-    store = _available(store, settings.events_enabled)
-    _ours(event_id)
+    store = available_store(store, settings.events_enabled)
+    check_event_id(event_id)
     if not await asyncio.to_thread(store.delete, event_id):
         raise ApiError("event_not_found", f"No event with id {event_id!r}")
     return {"event_id": event_id, "status": "deleted"}
