@@ -9,7 +9,7 @@ DEPS := $(VENV)/.deps-installed
 SERVICE_ENV := PYTHONPATH=rt-detr-service
 MODEL_VARIANT ?= r18vd
 
-.PHONY: help run serve test models export deps constraints system system-test up down logs push soak soak-hour bench bench-cpu bench-cluster lint settings-doc clean
+.PHONY: help run serve test models export deps constraints system system-test up down logs push soak soak-hour bench bench-cpu bench-cluster bench-record lint settings-doc clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
@@ -90,6 +90,10 @@ bench-cluster: deps ## two replicas: failover, drain, relay latency and CPU; lea
 	bash scripts/setup-system.sh cluster
 	$(SERVICE_ENV) $(PY) bench/failover.py
 	$(SERVICE_ENV) $(PY) bench/lease_load.py --sessions 100,1000
+
+bench-record: system deps ## recordings: clip and export speed; CPU, disk and memory per recorded 1080p30 stream (~10 min, more the first time)
+	$(SERVICE_ENV) $(PY) bench/clip_speed.py --dir /var/tmp/clip-bench --out test-artifacts/clip_speed.json
+	$(SERVICE_ENV) $(PY) bench/record_cost.py --dir /var/tmp --out test-artifacts/record_cost.json
 
 lint: deps ## ruff on Python, shellcheck on shell scripts
 	bash scripts/setup-system.sh lint

@@ -33,14 +33,14 @@ RELAY_CAPS = "video/x-h264,stream-format=byte-stream,alignment=au"
 STALE_PUBLISHER_S = 1.0
 
 
-def pipeline(width: int, height: int, fps: int, pattern: str) -> str:
+def pipeline(width: int, height: int, fps: int, pattern: str, bitrate: int = 2000) -> str:
     # A moving ball and a running clock make every frame different; zerolatency keeps x264 from
     # holding frames back, and a keyframe every second lets a reconnecting client start quickly.
     return (
         f"( videotestsrc is-live=true pattern={pattern} ! "
         f"video/x-raw,width={width},height={height},framerate={fps}/1 ! "
         'timeoverlay font-desc="Sans 24" ! videoconvert ! '
-        f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={fps} bitrate=2000 ! "
+        f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={fps} bitrate={bitrate} ! "
         "rtph264pay name=pay0 pt=96 config-interval=1 )"
     )
 
@@ -209,6 +209,9 @@ def main() -> int:
     parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--pattern", default="ball")
+    parser.add_argument(
+        "--bitrate", type=int, default=2000, help="x264's target in kbit/s (a plain scene may use less)"
+    )
     parser.add_argument("--audio-only", action="store_true", help="serve a stream with no video track")
     parser.add_argument(
         "--relay",
@@ -248,7 +251,7 @@ def main() -> int:
         if args.audio_only:
             launch = "( audiotestsrc is-live=true ! alawenc ! rtppcmapay name=pay0 pt=8 )"
         else:
-            launch = pipeline(args.width, args.height, args.fps, args.pattern)
+            launch = pipeline(args.width, args.height, args.fps, args.pattern, args.bitrate)
         # gst-rtsp-server builds the pipeline only when a client asks (DESCRIBE answers 503 if an
         # element is missing): build it once now so a missing plugin fails here, by name.
         try:
