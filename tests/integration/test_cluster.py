@@ -248,6 +248,8 @@ def test_a_drained_replicas_sessions_move_at_once_and_all_resume_when_every_repl
         assert deployment.replicas.wait("r2", 30) in (0, -signal.SIGTERM)
         # every replica starts again (an upgrade): every session runs again, same id, same viewer token
         deployment.replicas.start("r1", "r2")
+        # back in the balancer's rotation at its next check of each (every second)
+        assert wait_until(lambda: deployment.in_rotation("r1", "r2"), timeout=10)
         for body in ids.values():
             assert wait_until(lambda b=body: _running_on(deployment, b["session_id"]), timeout=15), body
             with deployment.viewer(body["websocket_path"], "r1") as ws:
