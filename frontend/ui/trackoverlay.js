@@ -66,7 +66,9 @@ export class TrackOverlay {
     if (!this.byFrame || this.frameRequest || !this.points.length) return;
     this.frameRequest = this.video.requestVideoFrameCallback((_now, frame) => {
       this.frameRequest = 0;
-      this.draw(frame.mediaTime);
+      // The presented frame's own time while playing; once paused or seeking, the time asked for.
+      const { paused, seeking } = this.video;
+      this.draw(paused || seeking ? this.video.currentTime : frame.mediaTime);
       this.follow();
     });
   }
