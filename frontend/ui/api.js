@@ -82,6 +82,14 @@ export async function requestImage(path, { key, signal } = {}) {
   return response.blob();
 }
 
+/** GET a video route (it needs the key header, so no <video src>); resolve with the Response once it
+ * answered 2xx (its body still to read), or throw an ApiError with the service's words. */
+export async function requestVideo(path, { key, signal } = {}) {
+  const response = await send("GET", path, { key, signal, accept: "video/mp4" });
+  if (!response.ok) throw await failure(response);
+  return response;
+}
+
 const sessionPath = (sessionId) => `/api/v1/video/sessions/${encodeURIComponent(sessionId)}`;
 
 export const api = {
@@ -99,4 +107,13 @@ export const api = {
     return request("GET", `/api/v1/events?${query}`, { key, signal });
   },
   snapshot: (key, snapshotUrl, signal) => requestImage(snapshotUrl, { key, signal }),
+  track: (key, eventId, signal) => request("GET", `/api/v1/events/${encodeURIComponent(eventId)}/track`, { key, signal }),
+  /** An event's clip: clip_url as the event names it, else the route every event has. */
+  clip: (key, event, signal) =>
+    requestVideo(event.clip_url || `/api/v1/events/${encodeURIComponent(event.id)}/clip.mp4`, { key, signal }),
+  /** One MP4 of a camera's recordings between after and before (Unix seconds). */
+  export: (key, { camera, after, before }, signal) => {
+    const query = new URLSearchParams({ camera, after: after.toFixed(3), before: before.toFixed(3) });
+    return requestVideo(`/api/v1/recordings/export.mp4?${query}`, { key, signal });
+  },
 };

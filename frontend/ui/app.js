@@ -1,5 +1,6 @@
 // Viewer page: start or attach to a session, show its live annotated video, numbers, alerts,
-// zones and lines with their counts, and the session's events. This file only builds the pieces
+// zones and lines with their counts, the session's events and their clips, and the last minutes of a
+// camera's recordings. This file only builds the pieces
 // and wires them; each piece is one class in its own module.
 
 import { FrameRenderer } from "./renderer.js";
@@ -12,6 +13,8 @@ import { Hud } from "./hud.js";
 import { SessionList } from "./sessions.js";
 import { SessionController } from "./session.js";
 import { StartForm } from "./startform.js";
+import { ClipPlayer } from "./player.js";
+import { RecentPanel } from "./recent.js";
 
 const HUD_INTERVAL_MS = 250;
 
@@ -38,11 +41,19 @@ const zones = new ZonesPanel(byId({
   hint: "zone-hint", name: "zone-name", alert: "zone-alert", alertLabel: "zone-alert-label", finish: "zone-finish",
   cancel: "zone-cancel", error: "zone-error", list: "zones-list",
 }), { getKey, describe });
+const player = new ClipPlayer(byId({
+  dialog: "clip-dialog", title: "clip-title", stage: "clip-stage", video: "clip-video", overlay: "clip-overlay",
+  status: "clip-status", download: "clip-download",
+}), { getKey, describe });
+const recent = new RecentPanel(byId({
+  form: "recent-form", camera: "recent-camera", cameras: "recent-cameras", minutes: "recent-minutes",
+  error: "recent-error",
+}), { player });
 const events = new EventsPanel(byId({
   list: "events-list", label: "events-label", status: "events-status", open: "events-open",
   dialog: "snapshot-dialog", dialogImage: "snapshot-image", dialogTitle: "snapshot-title",
   dialogCaption: "snapshot-caption",
-}), { getKey, describe });
+}), { getKey, describe, onPlay: (event, name) => player.playEvent(event, name) });
 const hud = new Hud(byId({
   badge: "state-badge", overlay: "overlay", state: "hud-state", backend: "hud-backend",
   sourceFps: "hud-source-fps", inferenceFps: "hud-inference-fps", shownFps: "hud-shown-fps",
@@ -53,6 +64,7 @@ const hud = new Hud(byId({
 const sessions = new SessionList(byId({ list: "sessions-list", refresh: "refresh-sessions" }), {
   store,
   getKey,
+  onList: (list) => recent.suggest(list),
   onWatch(session) {
     banners.clearError();
     banners.showNotice(null);

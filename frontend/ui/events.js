@@ -1,4 +1,5 @@
-// The watched session's events (one per tracked object), newest first, with snapshot thumbnails.
+// The watched session's events (one per tracked object), newest first, with snapshot thumbnails and
+// a button that plays the event's clip (unless the service says it has none).
 // Snapshots need the key header, so each is fetched and shown through a blob: URL; one URL per
 // listed event at most, revoked when the event leaves the list or the session is left.
 
@@ -44,11 +45,13 @@ function when(event) {
 }
 
 export class EventsPanel {
-  /** el: {list, label, status, open, dialog, dialogImage, dialogTitle, dialogCaption}. */
-  constructor(el, { getKey, describe }) {
+  /** el: {list, label, status, open, dialog, dialogImage, dialogTitle, dialogCaption}; onPlay(event, title)
+   * plays an event's clip. */
+  constructor(el, { getKey, describe, onPlay }) {
     this.el = el;
     this.getKey = getKey;
     this.describe = describe;
+    this.onPlay = onPlay;
     this.sessionId = null;
     this.generation = 0; // list requests: bumped when the filter changes or the session is left
     this.epoch = 0; // snapshot fetches: bumped only when the session is left
@@ -256,6 +259,16 @@ export class EventsPanel {
     if (event.camera) parts.push(event.camera);
     details.textContent = parts.join(" · ");
     text.append(head, time, details);
+    // Until the service says has_clip, every event offers its clip; a missing one says so in the player.
+    if (event.has_clip !== false) {
+      const play = document.createElement("button");
+      play.type = "button";
+      play.className = "play-btn";
+      play.textContent = "Play clip";
+      play.setAttribute("aria-label", `Play the clip of ${title(event)}`);
+      play.addEventListener("click", () => this.onPlay(event, title(event)));
+      text.append(play);
+    }
     li.append(text);
     return li;
   }

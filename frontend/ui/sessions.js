@@ -5,12 +5,14 @@ import { api } from "./api.js";
 import { describe } from "./banners.js";
 
 export class SessionList {
-  /** el: {list, refresh}; onWatch(session) joins a listed session; getKey() gives the API key. */
-  constructor({ list, refresh }, { store, getKey, onWatch }) {
+  /** el: {list, refresh}; onWatch(session) joins a listed session; onList(sessions) hears each listing;
+   * getKey() gives the API key. */
+  constructor({ list, refresh }, { store, getKey, onWatch, onList = () => {} }) {
     this.list = list;
     this.store = store;
     this.getKey = getKey;
     this.onWatch = onWatch;
+    this.onList = onList;
     refresh.addEventListener("click", () => this.refresh());
   }
 
@@ -23,6 +25,7 @@ export class SessionList {
     try {
       const answer = await api.sessions(key);
       this.render(answer.sessions || []);
+      this.onList(answer.sessions || []);
     } catch (err) {
       this.render(null, describe(err));
     }

@@ -263,11 +263,12 @@ DOCS_PAGE = """<!doctype html>
 
 
 # The viewer page takes an API key: it runs only its own scripts, talks only to its own origin,
-# cannot be framed, and is revalidated after an upgrade so old and new modules never mix.
+# cannot be framed, and is revalidated after an upgrade so old and new modules never mix. Snapshots
+# and clips need the key header, so the page fetches them and shows them through blob: URLs.
 PAGE_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; "
-        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; connect-src 'self'; "
+        "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
