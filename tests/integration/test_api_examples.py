@@ -156,11 +156,12 @@ def _real(records: dict, name: str):
 
 @pytest.fixture(scope="module")
 def records(tiny_model_dir, tmp_path_factory, rtsp_url):
-    settings = make_settings(tiny_model_dir, data_dir=tmp_path_factory.mktemp("api-examples"), event_end_after_s=1.0)
+    script = _load_script()
+    settings = make_settings(tiny_model_dir, data_dir=tmp_path_factory.mktemp("api-examples"), **script.SETTINGS)
     detector = WalkingPeople(rows=2)
     service = run_service(settings, detector_factory=lambda _settings: detector)
     try:
-        yield _load_script().tour(service, rtsp_url)
+        yield script.tour(service, rtsp_url)
     finally:
         service.stop()
 

@@ -176,7 +176,7 @@ class Session:
 
     def _build_publisher(self, zones: ZoneConfig) -> Publisher:
         options, settings = self.options, self._settings
-        view = SessionView(self.id, options.camera, options.enable_drawing, options.jpeg_quality)
+        view = self._view()
         return Publisher(
             view,
             tracker=Tracker(
@@ -201,6 +201,12 @@ class Session:
             on_crash=self._publisher_crashed,
             clock=self._clock,
         )
+
+    def _view(self) -> SessionView:
+        """What the sinks know of the session: its events have clips when it has a recorder."""
+        options = self.options
+        records = self.recorder is not None
+        return SessionView(self.id, options.camera, options.enable_drawing, options.jpeg_quality, records)
 
     def start(self) -> None:
         # RUNNING first: a reader that loses the stream at once reports `reconnecting`, which

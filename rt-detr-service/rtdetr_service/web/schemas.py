@@ -303,6 +303,11 @@ class EventOut(_Answer):
     has_snapshot: bool
     active: bool
     snapshot_url: str | None
+    has_clip: bool = Field(
+        ...,
+        description="A kept recording overlaps the event widened by RECORD_PRE_S / RECORD_POST_S: its clip plays.",
+    )
+    clip_url: str | None = Field(..., description="GET it for the event's MP4 clip; null without one.")
 
 
 class EventsAnswer(_Answer):
