@@ -281,6 +281,9 @@ def _tour(t: Tour, stream_url: str, watch_s: float) -> dict[str, dict]:
     t.http("error_after_before", "GET", "/api/v1/events", params={"after": 1763900100, "before": 1763900000})
     t.http("error_limit", "GET", "/api/v1/events", params={"limit": 0})
 
+    # -- recording, changed while the session runs ----------------------------------------------------------
+    t.http("record_put", "PUT", f"{base}/record", json={"record": "continuous"})
+
     # -- outputs, readiness, metrics --------------------------------------------------------------------
     t.http("outputs", "GET", "/api/v1/outputs")
     t.http("ready", "GET", "/ready", auth=False)

@@ -22,7 +22,7 @@ from rtdetr_service.core.coco import COCO_CLASSES
 from rtdetr_service.ingest.urls import StreamErrorKind
 from rtdetr_service.web.app import create_app
 from rtdetr_service.web.errors import ERRORS
-from rtdetr_service.web.routes.video import StartRequest, StopRequest, ZonesIn
+from rtdetr_service.web.routes.video import RecordIn, StartRequest, StopRequest, ZonesIn
 
 from scripted_detector import WalkingPeople
 from support import make_settings, run_service
@@ -219,8 +219,8 @@ def test_the_tour_captured_every_kind_of_answer_and_the_doc_shows_them(records):
 
 def test_every_request_example_is_accepted():
     requests = doc_blocks("request")
-    assert {"start", "stop", "zones_put"} <= set(requests)
-    models = {"start": StartRequest, "stop": StopRequest, "zones_put": ZonesIn}
+    assert {"start", "stop", "zones_put", "record_put"} <= set(requests)
+    models = {"start": StartRequest, "stop": StopRequest, "zones_put": ZonesIn, "record_put": RecordIn}
     for name, body in requests.items():
         parsed = models[name].model_validate(body)
         zones = parsed if isinstance(parsed, ZonesIn) else getattr(parsed, "zones", None)

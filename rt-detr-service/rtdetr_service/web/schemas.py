@@ -266,6 +266,15 @@ class ZoneConfigOut(_Answer):
     rules: list[RuleOut]
 
 
+class RecordAnswer(_Answer):
+    session_id: str
+    record: Literal["off", "events", "continuous"]
+    recording: RecordingOut | None = Field(
+        ..., description="Its recorder now (as in the status); null when off or when another replica runs it."
+    )
+    message: str
+
+
 class ZonesAnswer(_Answer):
     session_id: str
     zones: ZoneConfigOut
