@@ -60,6 +60,9 @@ ZONES_PIXELS = {
     ],
 }
 ALERT_KINDS = ("detection", "enter", "dwell", "cross", "occupancy")
+# What the tour's service runs with beyond the tests' defaults: events end a second after the walker
+# left, and segments are short, so an event's clip is on record (has_clip) by the time it ends.
+SETTINGS = {"event_end_after_s": 1.0, "record_segment_s": 1.0}
 
 
 def _shorten(message: dict) -> dict:
@@ -162,6 +165,7 @@ def _tour(t: Tour, stream_url: str, watch_s: float) -> dict[str, dict]:
         "jpeg_quality": 75,
         "zones": ZONES,
         "tracking": {"min_hits": 2, "keep_s": 0.5, "iou_threshold": 0.1},
+        "record": "events",
     }
     started = t.http("start", "POST", "/api/v1/video/start", json=start_body)
     started.raise_for_status()
@@ -229,7 +233,7 @@ def _tour(t: Tour, stream_url: str, watch_s: float) -> dict[str, dict]:
     # -- events -----------------------------------------------------------------------------------------
     def ended_with_snapshot():
         events = t.http(None, "GET", "/api/v1/events", params={"session_id": session_id, "limit": 500}).json()
-        done = [e for e in events["events"] if not e["active"] and e["has_snapshot"]]
+        done = [e for e in events["events"] if not e["active"] and e["has_snapshot"] and e["has_clip"]]
         return done[0] if done and len(events["events"]) >= 2 else None
 
     ended = _wait(ended_with_snapshot, 20)
@@ -276,6 +280,9 @@ def _tour(t: Tour, stream_url: str, watch_s: float) -> dict[str, dict]:
     t.http("error_invalid_cursor", "GET", "/api/v1/events", params={"cursor": "not-a-cursor"})
     t.http("error_after_before", "GET", "/api/v1/events", params={"after": 1763900100, "before": 1763900000})
     t.http("error_limit", "GET", "/api/v1/events", params={"limit": 0})
+
+    # -- recording, changed while the session runs ----------------------------------------------------------
+    t.http("record_put", "PUT", f"{base}/record", json={"record": "continuous"})
 
     # -- outputs, readiness, metrics --------------------------------------------------------------------
     t.http("outputs", "GET", "/api/v1/outputs")
@@ -356,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         camera = RtspCamera(free_port())
         camera.start()
         try:
-            settings = make_settings(model_dir, data_dir=Path(tmp) / "data", event_end_after_s=1.0)
+            settings = make_settings(model_dir, data_dir=Path(tmp) / "data", **SETTINGS)
             detector = WalkingPeople(rows=2)
             service = run_service(settings, detector_factory=lambda _settings: detector)
             try:

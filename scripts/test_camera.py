@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""A local RTSP test camera: GStreamer's gst-rtsp-server serving a live H.264 test pattern.
+"""A local RTSP test camera: GStreamer's gst-rtsp-server serving a live H.264 (or, with `--codec h265`,
+H.265) test pattern.
 
 Runs under Debian's /usr/bin/python3 (it needs python3-gi and gir1.2-gst-rtsp-server-1.0, which
 `scripts/setup-system.sh` installs). Prints `READY rtsp://...` once it accepts clients.
@@ -33,15 +34,24 @@ RELAY_CAPS = "video/x-h264,stream-format=byte-stream,alignment=au"
 STALE_PUBLISHER_S = 1.0
 
 
-def pipeline(width: int, height: int, fps: int, pattern: str, bitrate: int = 2000) -> str:
-    # A moving ball and a running clock make every frame different; zerolatency keeps x264 from
-    # holding frames back, and a keyframe every second lets a reconnecting client start quickly.
+# The encoder and payloader of each codec the camera can send: x264enc is in gstreamer1.0-plugins-ugly,
+# x265enc in -bad (Debian builds it), the RTP payloaders in -good. Both keep the same settings.
+ENCODERS = {
+    "h264": ("x264enc", "rtph264pay"),
+    "h265": ("x265enc", "rtph265pay"),
+}
+
+
+def pipeline(width: int, height: int, fps: int, pattern: str, bitrate: int = 2000, codec: str = "h264") -> str:
+    # A moving ball and a running clock make every frame different; zerolatency keeps the encoder
+    # from holding frames back, and a keyframe every second lets a reconnecting client start quickly.
+    encoder, payloader = ENCODERS[codec]
     return (
         f"( videotestsrc is-live=true pattern={pattern} ! "
         f"video/x-raw,width={width},height={height},framerate={fps}/1 ! "
         'timeoverlay font-desc="Sans 24" ! videoconvert ! '
-        f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={fps} bitrate={bitrate} ! "
-        "rtph264pay name=pay0 pt=96 config-interval=1 )"
+        f"{encoder} tune=zerolatency speed-preset=ultrafast key-int-max={fps} bitrate={bitrate} ! "
+        f"{payloader} name=pay0 pt=96 config-interval=1 )"
     )
 
 
@@ -210,7 +220,10 @@ def main() -> int:
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--pattern", default="ball")
     parser.add_argument(
-        "--bitrate", type=int, default=2000, help="x264's target in kbit/s (a plain scene may use less)"
+        "--bitrate", type=int, default=2000, help="the encoder's target in kbit/s (a plain scene may use less)"
+    )
+    parser.add_argument(
+        "--codec", choices=sorted(ENCODERS), default="h264", help="what the pattern is encoded as (not with --relay)"
     )
     parser.add_argument("--audio-only", action="store_true", help="serve a stream with no video track")
     parser.add_argument(
@@ -251,7 +264,7 @@ def main() -> int:
         if args.audio_only:
             launch = "( audiotestsrc is-live=true ! alawenc ! rtppcmapay name=pay0 pt=8 )"
         else:
-            launch = pipeline(args.width, args.height, args.fps, args.pattern, args.bitrate)
+            launch = pipeline(args.width, args.height, args.fps, args.pattern, args.bitrate, args.codec)
         # gst-rtsp-server builds the pipeline only when a client asks (DESCRIBE answers 503 if an
         # element is missing): build it once now so a missing plugin fails here, by name.
         try:

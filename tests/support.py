@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import httpx
 import uvicorn
 from websockets.sync.client import connect
@@ -82,7 +83,9 @@ def never_reading_viewer(url: str):
 class RtspCamera:
     """The GStreamer test camera as a subprocess that can be stopped and restarted on its port."""
 
-    def __init__(self, port: int, width: int = 320, height: int = 240, fps: int = 15, pattern: str = "ball") -> None:
+    def __init__(
+        self, port: int, width: int = 320, height: int = 240, fps: int = 15, pattern: str = "ball", codec: str = "h264"
+    ) -> None:
         self.port = port
         self.args = [
             "--port",
@@ -95,6 +98,8 @@ class RtspCamera:
             str(fps),
             "--pattern",
             pattern,
+            "--codec",
+            codec,
         ]
         self.url = f"rtsp://127.0.0.1:{port}/camera"
         self.proc: subprocess.Popen | None = None
@@ -209,3 +214,36 @@ def run_service(settings: Settings, detector_factory=None) -> LiveService:
         time.sleep(0.2)
     server.should_exit = True
     raise RuntimeError("service did not become ready")
+
+
+def nal_units(data: bytes) -> list[bytes]:
+    """The NAL units of an access unit, from Annex B (what RTSP gives) or 4-byte lengths (MP4's)."""
+    if data.startswith(b"\x00\x00\x01") or data.startswith(b"\x00\x00\x00\x01"):
+        units, i = [], 0
+        starts = []
+        while (i := data.find(b"\x00\x00\x01", i)) != -1:
+            starts.append(i + 3)
+            i += 3
+        for n, start in enumerate(starts):
+            end = starts[n + 1] - 3 if n + 1 < len(starts) else len(data)
+            units.append(data[start:end].rstrip(b"\x00") if n + 1 < len(starts) else data[start:end])
+        return units
+    units, i = [], 0
+    while i < len(data):
+        size = int.from_bytes(data[i : i + 4], "big")
+        units.append(data[i + 4 : i + 4 + size])
+        i += 4 + size
+    return units
+
+
+def read_segment(path: Path) -> tuple[av.video.stream.VideoStream, list[av.Packet], int]:
+    """The file's stream, its packets and how many pictures decode from them."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        info = (stream.codec_context.name, stream.codec_context.width, stream.codec_context.height)
+        packets, pictures = [], 0
+        for packet in container.demux(stream):
+            if packet.size:
+                packets.append((bytes(packet), packet.is_keyframe, packet.pts, packet.time_base))
+                pictures += len(packet.decode())
+    return info, packets, pictures

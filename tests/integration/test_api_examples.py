@@ -22,7 +22,7 @@ from rtdetr_service.core.coco import COCO_CLASSES
 from rtdetr_service.ingest.urls import StreamErrorKind
 from rtdetr_service.web.app import create_app
 from rtdetr_service.web.errors import ERRORS
-from rtdetr_service.web.routes.video import StartRequest, StopRequest, ZonesIn
+from rtdetr_service.web.routes.video import RecordIn, StartRequest, StopRequest, ZonesIn
 
 from scripted_detector import WalkingPeople
 from support import make_settings, run_service
@@ -156,11 +156,12 @@ def _real(records: dict, name: str):
 
 @pytest.fixture(scope="module")
 def records(tiny_model_dir, tmp_path_factory, rtsp_url):
-    settings = make_settings(tiny_model_dir, data_dir=tmp_path_factory.mktemp("api-examples"), event_end_after_s=1.0)
+    script = _load_script()
+    settings = make_settings(tiny_model_dir, data_dir=tmp_path_factory.mktemp("api-examples"), **script.SETTINGS)
     detector = WalkingPeople(rows=2)
     service = run_service(settings, detector_factory=lambda _settings: detector)
     try:
-        yield _load_script().tour(service, rtsp_url)
+        yield script.tour(service, rtsp_url)
     finally:
         service.stop()
 
@@ -218,8 +219,8 @@ def test_the_tour_captured_every_kind_of_answer_and_the_doc_shows_them(records):
 
 def test_every_request_example_is_accepted():
     requests = doc_blocks("request")
-    assert {"start", "stop", "zones_put"} <= set(requests)
-    models = {"start": StartRequest, "stop": StopRequest, "zones_put": ZonesIn}
+    assert {"start", "stop", "zones_put", "record_put"} <= set(requests)
+    models = {"start": StartRequest, "stop": StopRequest, "zones_put": ZonesIn, "record_put": RecordIn}
     for name, body in requests.items():
         parsed = models[name].model_validate(body)
         zones = parsed if isinstance(parsed, ZonesIn) else getattr(parsed, "zones", None)

@@ -163,6 +163,7 @@ def test_real_answers_of_every_route_match_their_schemas(api_schema, running, se
         ("GET", "/api/v1/video/sessions/{session_id}/zones", {"path_parameters": session}),
         ("PUT", "/api/v1/video/sessions/{session_id}/zones", {"path_parameters": session, "body": _pixels(ZONES)}),
         ("GET", "/api/v1/video/sessions/{session_id}/counts", {"path_parameters": session}),
+        ("PUT", "/api/v1/video/sessions/{session_id}/record", {"path_parameters": session, "body": {"record": "off"}}),
         ("GET", "/api/v1/events", {"query": {"session_id": running["session_id"]}}),
         ("GET", "/api/v1/events/{event_id}", {"path_parameters": event}),
         ("GET", "/api/v1/events/{event_id}/snapshot.jpg", {"path_parameters": event}),

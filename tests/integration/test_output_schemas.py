@@ -47,7 +47,7 @@ def steps() -> list[Published]:
     """A real life on a camera and one on a session without a name, alerts of every kind."""
     steps = []
     for view in (
-        SessionView("session-1", "gate", enable_drawing=False, jpeg_quality=75),
+        SessionView("session-1", "gate", enable_drawing=False, jpeg_quality=75, records=True),
         SessionView("session-2", None, enable_drawing=False, jpeg_quality=75),
     ):
         events = EventLifecycle(view.session_id, view.camera, end_after_s=1.0)
@@ -106,6 +106,20 @@ def test_the_wire_builders_match_the_schema_files():
         if step.result is not None:
             sent.append(messages.output_detections(step.session, step.result))
     assert check(sent) == set(NAMES)
+
+
+def test_event_messages_carry_a_relative_clip_url_when_the_session_records():
+    # given a session that records (session-1) and one that does not (session-2)
+    sent = [m for step in steps() for m in messages.output_messages(step) if m["schema"] == "rtdetr.event.v1"]
+    for message in sent:
+        records = message["session_id"] == "session-1"
+        for event in (message["before"], message["after"]):
+            if event is None:
+                continue
+            # then an event of the recording session has a clip at its relative URL, the other none
+            assert event["has_clip"] is records
+            assert event["clip_url"] == (f"/api/v1/events/{event['id']}/clip.mp4" if records else None)
+    assert {m["session_id"] for m in sent} == {"session-1", "session-2"}
 
 
 def test_the_examples_in_the_docs_match_the_schema_files():

@@ -7,9 +7,7 @@ import dataclasses
 import os
 import threading
 import time
-from pathlib import Path
 
-import av
 import pytest
 
 from rtdetr_service.core.types import VideoPacket, VideoTemplate
@@ -21,7 +19,7 @@ from rtdetr_service.outputs.recordings.settings import RecordingSettings
 from rtdetr_service.outputs.store import migrate
 from rtdetr_service.outputs.store.schema import Database
 
-from support import running_camera, wait_until
+from support import nal_units, read_segment, running_camera, wait_until
 
 FPS = 15  # the camera sends a keyframe every second (key-int-max = fps)
 
@@ -88,39 +86,6 @@ def feed(rec: Recorder, capture: Capture, packets=None, *, paced: bool = True) -
         if paced:
             wait_until(lambda: rec.stats().queued < 8 or not rec.alive)
         rec.on_packet(packet)
-
-
-def nal_units(data: bytes) -> list[bytes]:
-    """The NAL units of an access unit, from Annex B (what RTSP gives) or 4-byte lengths (MP4's)."""
-    if data.startswith(b"\x00\x00\x01") or data.startswith(b"\x00\x00\x00\x01"):
-        units, i = [], 0
-        starts = []
-        while (i := data.find(b"\x00\x00\x01", i)) != -1:
-            starts.append(i + 3)
-            i += 3
-        for n, start in enumerate(starts):
-            end = starts[n + 1] - 3 if n + 1 < len(starts) else len(data)
-            units.append(data[start:end].rstrip(b"\x00") if n + 1 < len(starts) else data[start:end])
-        return units
-    units, i = [], 0
-    while i < len(data):
-        size = int.from_bytes(data[i : i + 4], "big")
-        units.append(data[i + 4 : i + 4 + size])
-        i += 4 + size
-    return units
-
-
-def read_segment(path: Path) -> tuple[av.video.stream.VideoStream, list[av.Packet], int]:
-    """The file's stream, its packets and how many pictures decode from them."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        info = (stream.codec_context.name, stream.codec_context.width, stream.codec_context.height)
-        packets, pictures = [], 0
-        for packet in container.demux(stream):
-            if packet.size:
-                packets.append((bytes(packet), packet.is_keyframe, packet.pts, packet.time_base))
-                pictures += len(packet.decode())
-    return info, packets, pictures
 
 
 def test_the_reader_hands_on_its_packets_and_the_connection_template(camera_packets):

@@ -148,6 +148,7 @@ class SessionView:
     camera: str | None
     enable_drawing: bool
     jpeg_quality: int
+    records: bool = False  # its record mode is not off and recordings are available: its events get clips
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,6 +124,11 @@ class StreamReader:
         self._log_context = current_log_context()
         self._thread.start()
 
+    def hand_packets(self, on_packet: Callable[[VideoPacket], None] | None) -> None:
+        """Start (or, with None, stop) handing packets to `on_packet`, from the next one on: a recorder
+        attached or detached while the stream runs. Its template is the latest `on_connect` gave."""
+        self._on_packet = on_packet
+
     def stop(self, timeout: float = 1.0) -> bool:
         """Ask the thread to end; True if it ended within timeout. Safe to call in any state."""
         self._stop.set()

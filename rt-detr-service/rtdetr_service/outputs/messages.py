@@ -127,15 +127,22 @@ def recorded_stream_info(
 # -- the outputs (webhook, MQTT, Kafka) ---------------------------------------------------------
 
 
+def clip_fields(event_id: str, has_clip: bool) -> dict:
+    """`has_clip` and `clip_url` (relative to the API's base; null without a clip) of an event document."""
+    return {"has_clip": has_clip, "clip_url": f"/api/v1/events/{event_id}/clip.mp4" if has_clip else None}
+
+
 def output_event(view: SessionView, change: EventChange) -> dict:
-    """`rtdetr.event.v1`: one event change, with the record before it (null when new) and after."""
+    """`rtdetr.event.v1`: one event change, with the record before it (null when new) and after. An event
+    of a session that records has a clip (its segments around it are kept while it lasts)."""
+    before = change.before
     return {
         "schema": EVENT_SCHEMA,
         "type": change.kind,
         "session_id": view.session_id,
         "camera": view.camera,
-        "before": change.before.as_dict() if change.before is not None else None,
-        "after": change.event.as_dict(),
+        "before": before.as_dict() | clip_fields(before.id, view.records) if before is not None else None,
+        "after": change.event.as_dict() | clip_fields(change.event.id, view.records),
     }
 
 

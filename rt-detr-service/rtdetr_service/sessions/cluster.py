@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from rtdetr_service.ingest.urls import redact_url
 from rtdetr_service.outputs import messages
 from rtdetr_service.outputs.store.schema import words
-from rtdetr_service.sessions.desired import options_from_record, options_to_record
+from rtdetr_service.sessions.desired import options_from_record, options_to_record, record_mode
 from rtdetr_service.sessions.records import Claimed, SessionRecord, SessionRecords
 from rtdetr_service.sessions.session import Session, SessionError, SessionOptions, SessionState
 
@@ -179,19 +179,20 @@ class Cluster:
         except Exception as exc:  # noqa: BLE001 - the owner's copy is stopped; the row catches up on renewal
             log.warning("session %s stopped, but the store could not record it: %s", session_id, words(exc))
 
-    def zones_changed_here(self, session_id: str, spec: dict) -> None:
-        """A session of ours got new zones: recorded, so that wherever it runs next it keeps them
-        (and not applied a second time here at the next renewal)."""
+    def options_changed_here(self, session_id: str, changes: dict) -> None:
+        """A session of ours got new zones or a new record mode (`changes`, by option name): recorded, so
+        that wherever it runs next it keeps them (and not applied a second time here at the next renewal)."""
         record = self.records.get(session_id)
         if record is None:
             return
-        rev = self.records.update_options(session_id, dict(record.options, zones=spec))
+        rev = self.records.update_options(session_id, dict(record.options, **changes))
         with self._lock:
             if session_id in self._held:
                 self._held[session_id].rev = rev
 
     def update_options(self, session_id: str, options: dict) -> int:
-        """New options (zones) for a session another replica runs: it applies them at its next renewal."""
+        """New options (zones, record mode) for a session another replica runs: it applies them at its
+        next renewal."""
         try:
             return self.records.update_options(session_id, options)
         except Exception as exc:  # noqa: BLE001
@@ -315,6 +316,12 @@ class Cluster:
                 session.set_zones(zones)
         except (ValueError, SessionError) as exc:
             log.warning("session %s: new zones from the store refused: %s", session_id, exc)
+        mode = record.options.get("record", "off")
+        try:
+            if mode != session.options.record:
+                session.set_record(record_mode(mode))
+        except (ValueError, SessionError) as exc:
+            log.warning("session %s: new record mode from the store refused: %s", session_id, exc)
         with self._lock:
             if session_id in self._held:
                 self._held[session_id].rev = record.options_rev

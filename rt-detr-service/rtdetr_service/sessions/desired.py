@@ -50,7 +50,8 @@ def options_to_record(options: SessionOptions) -> dict[str, Any]:
     }
 
 
-def _record_mode(value: Any) -> str:
+def record_mode(value: Any) -> str:
+    """A record mode as the store keeps it; ValueError in words for any other value."""
     if value not in RECORD_MODES:
         raise ValueError(f"session record's record mode {value!r} is not one of {', '.join(RECORD_MODES)}")
     return value
@@ -87,7 +88,7 @@ def options_from_record(record: dict[str, Any]) -> SessionOptions:
             zones=record["zones"],
             tracking=TrackerOptions(**record["tracking"]),
             # Recorded before sessions could record: they did not, and go on so.
-            record=_record_mode(record.get("record", "off")),
+            record=record_mode(record.get("record", "off")),
         )
     except (KeyError, TypeError) as exc:
         raise ValueError(f"session record is missing or mistypes {exc}") from None

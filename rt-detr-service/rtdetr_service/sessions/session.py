@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import secrets
@@ -20,7 +21,7 @@ from rtdetr_service.core.logs import LogContext, log_context
 from rtdetr_service.core.results import SessionSnapshot, SessionView
 from rtdetr_service.core.slot import LatestSlot
 from rtdetr_service.core.stats import RateMeter, SessionStats
-from rtdetr_service.core.types import Detection, Frame, FrameResult, ModelInfo, StreamInfo
+from rtdetr_service.core.types import Detection, Frame, FrameResult, ModelInfo, StreamInfo, VideoPacket, VideoTemplate
 from rtdetr_service.ingest.reader import ReaderState, StreamReader
 from rtdetr_service.outputs import messages
 from rtdetr_service.outputs.base import Sink
@@ -121,13 +122,18 @@ class Session:
         self._frames = LatestSlot[Frame](on_put=worker.notify)
         self._stop = threading.Event()
         self._publisher: Publisher | None = None
-        # The recorder gets the reader's packets; it costs the reader a copy of each, nothing more.
+        # The recorder gets the reader's packets; it costs the reader a copy of each, nothing more. The
+        # record mode can change while the session runs (set_record): the reader hands packets to the
+        # session, which passes them to the recorder of the moment, and keeps each connection's
+        # template so that a recorder attached mid-stream knows what it records.
+        self._recordings = recordings
         self.recorder: Recorder | None = None
-        hooks = {}
+        self._template: VideoTemplate | None = None
+        self._recorder_lock = threading.Lock()  # the template and the recorder, as the reader sees them
+        self._record_change = threading.Lock()  # one change of record mode (or the stop) at a time
+        self._started = False
         if options.record != "off" and recordings is not None:
             self.recorder = recordings.recorder(self.id, options.camera, options.record)
-            hooks = {"on_packet": self.recorder.on_packet, "on_connect": self.recorder.on_connect}
-        self._record_unavailable = options.record != "off" and recordings is None
         self._reader = reader_factory(
             options.stream_url,
             on_frame=self._on_frame,
@@ -137,7 +143,8 @@ class Session:
             reconnect_min=settings.reconnect_min_s,
             reconnect_max=settings.reconnect_max_s,
             name=f"reader-{self.id[:8]}",
-            **hooks,
+            on_packet=self._on_packet if self.recorder is not None else None,
+            on_connect=self._on_connect,
         )
         self.frames_decoded = 0
         self.frames_inferred = 0
@@ -176,7 +183,7 @@ class Session:
 
     def _build_publisher(self, zones: ZoneConfig) -> Publisher:
         options, settings = self.options, self._settings
-        view = SessionView(self.id, options.camera, options.enable_drawing, options.jpeg_quality)
+        view = self._view()
         return Publisher(
             view,
             tracker=Tracker(
@@ -202,6 +209,12 @@ class Session:
             clock=self._clock,
         )
 
+    def _view(self) -> SessionView:
+        """What the sinks know of the session: its events have clips when it has a recorder."""
+        options = self.options
+        records = self.recorder is not None
+        return SessionView(self.id, options.camera, options.enable_drawing, options.jpeg_quality, records)
+
     def start(self) -> None:
         # RUNNING first: a reader that loses the stream at once reports `reconnecting`, which
         # must not be overwritten afterwards. The reader's thread logs under who started it.
@@ -209,8 +222,10 @@ class Session:
             self._set_state(SessionState.RUNNING)
             self._worker.register(self)
             self._publisher.start()
-            if self.recorder is not None:
-                self.recorder.start()
+            with self._record_change:
+                self._started = True
+                if self.recorder is not None:
+                    self.recorder.start()
             self._reader.start()
 
     def stop(self, reason: str = "stopped by request", timeout: float = 0.5, *, handover: bool = False) -> bool:
@@ -244,9 +259,11 @@ class Session:
             self._publisher.stop()
             self._publisher.join(max(0.0, deadline - time.monotonic()))
         self._reader.join(max(0.0, deadline - time.monotonic()))
-        if self.recorder is not None:
+        with self._record_change:  # a change of record mode under way ends first, and none starts after
+            recorder = self.recorder
+        if recorder is not None:
             # The segment being written is finished and indexed: the packets up to the stop are kept.
-            self.recorder.stop(max(0.5, deadline - time.monotonic()))
+            recorder.stop(max(0.5, deadline - time.monotonic()))
         if handover:
             self._hub.publish_event(self.id, messages.moving_message(self.id, reason))
             log.info("session %s stopped here, handed over: %s", self.id, reason)
@@ -270,6 +287,17 @@ class Session:
         return not self._alive()
 
     # -- reader side -----------------------------------------------------------------------
+
+    def _on_connect(self, template: VideoTemplate) -> None:
+        with self._recorder_lock:
+            self._template = template
+            if self.recorder is not None:
+                self.recorder.on_connect(template)
+
+    def _on_packet(self, packet: VideoPacket) -> None:
+        recorder = self.recorder
+        if recorder is not None:
+            recorder.on_packet(packet)
 
     def _on_frame(self, frame: Frame) -> None:
         self.frames_decoded += 1
@@ -325,6 +353,41 @@ class Session:
         if self._set_state(SessionState.FAILED, message):
             self._worker.unregister(self.id)
             self._reader.stop(0.0)  # a failed session must not keep the camera connection
+
+    # -- recording ---------------------------------------------------------------------------
+
+    def set_record(self, mode: RecordMode, timeout: float = 2.0) -> None:
+        """Record `off`, `events` or `continuous` from now on. A recorder is started (from the next
+        keyframe) or stopped (its segment finished and indexed, within `timeout`); from events to
+        continuous or back, the segment being written is kept as the new mode says. Without
+        recordings the mode is kept and the status says why nothing is recorded."""
+        with self._record_change:
+            if self._stop.is_set():
+                raise SessionError("session_not_found", f"Session {self.id} has stopped")
+            self.options = dataclasses.replace(self.options, record=mode)
+            current = self.recorder
+            if mode == "off" or self._recordings is None:
+                self._reader.hand_packets(None)
+                with self._recorder_lock:
+                    self.recorder = None
+                if current is not None:
+                    current.stop(timeout)
+            elif current is not None:
+                current.mode = mode
+            else:
+                self._attach(self._recordings.recorder(self.id, self.options.camera, mode))
+        if self._publisher is not None:
+            self._publisher.view = self._view()  # its events' messages say has_clip from now on
+        log.info("session %s records %s", self.id, mode)
+
+    def _attach(self, recorder: Recorder) -> None:
+        if self._started:
+            recorder.start()
+        with self._recorder_lock:
+            if self._template is not None:
+                recorder.on_connect(self._template)
+            self.recorder = recorder
+        self._reader.hand_packets(self._on_packet)
 
     # -- zones -------------------------------------------------------------------------------
 
@@ -392,7 +455,7 @@ class Session:
         """The recorder's figures and state; None when the session does not record."""
         if self.recorder is not None:
             return self.recorder.stats().as_dict()
-        if self._record_unavailable:
+        if self.options.record != "off" and self._recordings is None:
             words = "not recording: recordings need the event store (EVENTS_ENABLED), which is not open"
             return RecorderStats(self.options.record, 0, 0, 0, 0, 0, 0, True, words, False).as_dict() | {
                 "state": "unavailable"

@@ -29,6 +29,7 @@ from rtdetr_service.outputs.prometheus import Metrics
 from rtdetr_service.outputs.recordings.recordings import Recordings
 from rtdetr_service.outputs.registry import SinkContext, build_sinks
 from rtdetr_service.outputs.store.event_store import EventStore
+from rtdetr_service.outputs.store.queries import ClipWindow
 from rtdetr_service.outputs.websocket import FrameRenderer
 from rtdetr_service.sessions.cluster import Cluster
 from rtdetr_service.sessions.manager import SessionManager
@@ -109,6 +110,8 @@ def _open_event_store(settings: Settings) -> EventStore | None:
             # stopped replica's, and another replica sharing the database may close it.
             stale_after_s=max(600.0, 10 * settings.event_end_after_s),
             track_max_points=settings.event_track_max_points,
+            # has_clip: a kept segment overlaps what the event's clip would hold.
+            clips=ClipWindow(settings.record_pre_s, settings.record_post_s),
         )
     except (RuntimeError, ValueError, OSError) as exc:
         # Detection goes on without a history; /ready and the events routes say why.

@@ -266,6 +266,15 @@ class ZoneConfigOut(_Answer):
     rules: list[RuleOut]
 
 
+class RecordAnswer(_Answer):
+    session_id: str
+    record: Literal["off", "events", "continuous"]
+    recording: RecordingOut | None = Field(
+        ..., description="Its recorder now (as in the status); null when off or when another replica runs it."
+    )
+    message: str
+
+
 class ZonesAnswer(_Answer):
     session_id: str
     zones: ZoneConfigOut
@@ -303,6 +312,11 @@ class EventOut(_Answer):
     has_snapshot: bool
     active: bool
     snapshot_url: str | None
+    has_clip: bool = Field(
+        ...,
+        description="A kept recording overlaps the event widened by RECORD_PRE_S / RECORD_POST_S: its clip plays.",
+    )
+    clip_url: str | None = Field(..., description="GET it for the event's MP4 clip; null without one.")
 
 
 class EventsAnswer(_Answer):

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 from rtdetr_service.core.results import EventChange
 from rtdetr_service.outputs.store import migrate, queries, tracks
-from rtdetr_service.outputs.store.queries import EventQuery, Tombstones
+from rtdetr_service.outputs.store.queries import ClipWindow, EventQuery, Tombstones
 from rtdetr_service.outputs.store.retention import Retention, RetentionPolicy, total_snapshot_bytes
 from rtdetr_service.outputs.store.schema import Database, words
 from rtdetr_service.outputs.store.snapshots import SnapshotFiles
@@ -50,6 +50,7 @@ class EventStore:
         jpeg_quality: int = 85,
         busy_timeout_s: float = 5.0,
         track_max_points: int = 3000,
+        clips: ClipWindow | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if (
@@ -79,6 +80,7 @@ class EventStore:
         options = WriterOptions(queue_size, batch_max, sweep_interval_s, clock, track_max_points)
         self._writer = EventWriter(self._db, self._files, self._tombstones, self._retention, options)
         self._queue_size = queue_size
+        self._clips = clips or ClipWindow()  # has_clip: what an event's clip would hold
         self.closed_at_start = self._open()
 
     def _open(self) -> int:
@@ -152,11 +154,11 @@ class EventStore:
         """Events newest first, filtered; `after <= start_time < before`. Returns (events, next cursor
         or None on the last page)."""
         query = EventQuery(session_id, camera, label, zone, after, before, limit, cursor)
-        return queries.list_events(self._db.engine, query)
+        return queries.list_events(self._db, query, self._clips)
 
     def get(self, event_id: str) -> dict | None:
         """One event as a dict, or None."""
-        return queries.get_event(self._db.engine, event_id)
+        return queries.get_event(self._db, event_id, self._clips)
 
     def track(self, event_id: str) -> dict | None:
         """The event's track ({event_id, hz, truncated, points}), or None if there is no such event."""

@@ -18,7 +18,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from rtdetr_service.core.results import EventRecord
-from rtdetr_service.outputs.store.schema import event_zones_table, events_table
+from rtdetr_service.outputs.messages import clip_fields
+from rtdetr_service.outputs.store.schema import Database, event_zones_table, events_table, recordings_table
 from rtdetr_service.outputs.store.snapshots import SnapshotFiles
 from rtdetr_service.outputs.store.tracks import delete_points
 
@@ -77,13 +78,33 @@ class EventQuery:
     cursor: str | None = None
 
 
-def list_events(engine: sa.Engine, query: EventQuery) -> tuple[list[dict], str | None]:
+@dataclass(frozen=True)
+class ClipWindow:
+    """The video an event's clip holds: from `pre_s` before its start to `post_s` after its end (or now)."""
+
+    pre_s: float = 5.0
+    post_s: float = 5.0
+
+    def has_clip(self, db: Database) -> sa.Label:
+        """Whether a kept segment of the event's session overlaps its window, as a column of the events
+        query: a correlated EXISTS on the recordings' (session_id, start_time) index, no round trip a row."""
+        r, e = recordings_table, events_table
+        last = sa.func.coalesce(e.c.end_time, db.now())
+        overlaps = sa.exists().where(
+            r.c.session_id == e.c.session_id,
+            r.c.start_time < last + self.post_s,
+            r.c.end_time > e.c.start_time - self.pre_s,
+        )
+        return overlaps.label("has_clip")
+
+
+def list_events(db: Database, query: EventQuery, clips: ClipWindow) -> tuple[list[dict], str | None]:
     """One page of events; returns (events, next cursor or None on the last page)."""
     if not 1 <= query.limit <= 500:
         raise ValueError(f"limit must be 1..500, got {query.limit}")
     t = events_table
-    stmt = sa.select(t).where(*_conditions(query)).order_by(t.c.start_time.desc(), t.c.id.desc())
-    with engine.connect() as conn:
+    stmt = sa.select(t, clips.has_clip(db)).where(*_conditions(query)).order_by(t.c.start_time.desc(), t.c.id.desc())
+    with db.engine.connect() as conn:
         rows = conn.execute(stmt.limit(query.limit + 1)).all()
     page = [event_dict(row) for row in rows[: query.limit]]
     if len(rows) <= query.limit:
@@ -114,10 +135,11 @@ def _conditions(query: EventQuery) -> list:
     return where
 
 
-def get_event(engine: sa.Engine, event_id: str) -> dict | None:
+def get_event(db: Database, event_id: str, clips: ClipWindow) -> dict | None:
     """One event as a dict, or None."""
-    with engine.connect() as conn:
-        row = conn.execute(sa.select(events_table).where(events_table.c.id == event_id)).first()
+    query = sa.select(events_table, clips.has_clip(db)).where(events_table.c.id == event_id)
+    with db.engine.connect() as conn:
+        row = conn.execute(query).first()
     return None if row is None else event_dict(row)
 
 
@@ -197,4 +219,4 @@ def event_dict(row) -> dict:
     )
     out = record.as_dict()
     out["snapshot_url"] = f"/api/v1/events/{row.id}/snapshot.jpg" if record.has_snapshot else None
-    return out
+    return out | clip_fields(row.id, bool(row.has_clip))

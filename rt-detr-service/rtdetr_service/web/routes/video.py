@@ -33,6 +33,7 @@ from rtdetr_service.web.schemas import (
     CountsAnswer,
     Name,
     PendingAnswer,
+    RecordAnswer,
     SessionsAnswer,
     StartAnswer,
     StatusAnswer,
@@ -464,10 +465,47 @@ async def put_zones(session_id: str, body: ZonesIn, manager: ManagerDep) -> dict
         raise ApiError("invalid_zones", str(exc)) from exc
     if manager.cluster is not None:
         try:
-            await asyncio.to_thread(manager.cluster.zones_changed_here, session_id, spec)
+            await asyncio.to_thread(manager.cluster.options_changed_here, session_id, {"zones": spec})
         except Exception as exc:  # noqa: BLE001 - applied here; only a move or restart would lose them
             log.warning("session %s: new zones applied but not recorded in the store: %s", session_id, exc)
     return {"session_id": session_id, "zones": zones}
+
+
+class RecordIn(BaseModel):
+    """A session's new record mode."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    record: RecordMode = Field(
+        ..., description="What of the video is kept from now on: off, events (segments around events), continuous."
+    )
+
+
+@router.put(
+    "/sessions/{session_id}/record",
+    summary="Start, change or stop the session's recording",
+    response_model=None,
+    responses={200: {"model": RecordAnswer}, **errors(*BODY, "session_not_found", "store_unavailable")},
+)
+async def put_record(session_id: str, body: RecordIn, manager: ManagerDep) -> dict:
+    session = manager.find(session_id)
+    if session is None:  # another replica runs it: recorded, and its replica applies it at its next renewal
+        record = await asyncio.to_thread(_elsewhere, manager, session_id)
+        await asyncio.to_thread(manager.cluster.update_options, session_id, dict(record.options, record=body.record))
+        where = f"replica {record.owner} applies it" if record.owner else "the replica that runs it applies it"
+        message = f"Recorded; {where} within {manager.cluster.interval_s:g} s"
+        return {"session_id": session_id, "record": body.record, "recording": None, "message": message}
+    await asyncio.to_thread(session.set_record, body.record)
+    if manager.cluster is not None:
+        try:
+            await asyncio.to_thread(manager.cluster.options_changed_here, session_id, {"record": body.record})
+        except Exception as exc:  # noqa: BLE001 - applied here; only a move or restart would lose it
+            log.warning("session %s: new record mode applied but not recorded in the store: %s", session_id, exc)
+    recording = session.snapshot().recording
+    message = f"Recording {body.record}" if body.record != "off" else "Not recording"
+    if recording is not None and recording["state"] == "unavailable":
+        message = recording["last_error"]
+    return {"session_id": session_id, "record": body.record, "recording": recording, "message": message}
 
 
 @router.get(
