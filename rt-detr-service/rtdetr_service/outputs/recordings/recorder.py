@@ -20,6 +20,7 @@ What can go wrong costs whole segments, counted, never the reader's time:
 from __future__ import annotations
 
 import collections
+import io
 import logging
 import math
 import os
@@ -96,6 +97,28 @@ class RecorderStats:
         }
 
 
+def _copy_stream(container: av.container.OutputContainer, template: VideoTemplate) -> av.video.stream.VideoStream:
+    """A stream in `container` for the template's packets, copied as they are.
+
+    Made from a template stream, so the codec context is marked as initialised and never opened:
+    `add_stream(codec)` alone gets an encoder (libx264, libx265) that PyAV opens when muxing
+    starts, which cost every segment tens of MB of encoder buffers and their CPU for nothing; freed
+    on another thread each time, those buffers grew the resident set by megabytes a segment
+    (glibc's heaps kept the pages: bench/recorder_memory.py)."""
+    scratch = av.open(io.BytesIO(), "w", format="mp4")  # never started: nothing is written or opened
+    try:
+        model = scratch.add_stream(template.codec)
+        stream = container.add_stream_from_template(model)
+    finally:
+        scratch.close()
+    context = stream.codec_context
+    context.width, context.height = template.width, template.height
+    context.time_base = stream.time_base = template.time_base
+    if template.extradata:
+        context.extradata = template.extradata
+    return stream
+
+
 class _SegmentFile:
     """One segment being muxed into its `.part` file."""
 
@@ -114,12 +137,7 @@ class _SegmentFile:
         self.final.parent.mkdir(parents=True, exist_ok=True)
         self._container = av.open(str(self.part), "w", format="mp4")
         try:
-            stream = self._container.add_stream(template.codec)
-            stream.width, stream.height = template.width, template.height
-            stream.time_base = template.time_base
-            if template.extradata:
-                stream.codec_context.extradata = template.extradata
-            self._stream = stream
+            self._stream = _copy_stream(self._container, template)
         except BaseException:
             self.abandon()
             raise
