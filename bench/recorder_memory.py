@@ -5,10 +5,12 @@ written, every 15 s.
 
     PYTHONPATH=rt-detr-service .venv/bin/python bench/recorder_memory.py --recorders 4 --seconds 120
 
-2026-12-04, 2 cores: RSS grows about 60-75 MB a minute with 4 recorders (about 3 MB per segment
-written), with or without MALLOC_ARENA_MAX=2, whether each packet is a new allocation or not;
-muxing the same packets into segments with `_SegmentFile` on one thread does not grow. The cause is
-not found yet (issue 18's note): this script is how to see it, and how to see it gone.
+2026-12-04, 2 cores, 4 recorders: before the fix the resident set grew 62 MB in 2 minutes (about
+3 MB per segment written), with or without MALLOC_ARENA_MAX=2. The cause: each segment's stream was
+made with `add_stream(codec)`, which gave it a libx264 encoder that PyAV opened when muxing started
+(tens of MB of encoder buffers a segment, for packets that are only copied), freed on the recorder's
+thread; glibc's heaps kept the pages. Streams are now copied from a template and never opened: the
+same run stays within +2 MB for 4 minutes. A growth here again is a regression.
 """
 
 from __future__ import annotations

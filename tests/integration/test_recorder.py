@@ -13,7 +13,7 @@ import pytest
 from rtdetr_service.core.types import VideoPacket, VideoTemplate
 from rtdetr_service.ingest.reader import StreamReader
 from rtdetr_service.outputs.recordings.index import RecordingIndex
-from rtdetr_service.outputs.recordings.recorder import Recorder
+from rtdetr_service.outputs.recordings.recorder import Recorder, _SegmentFile
 from rtdetr_service.outputs.recordings.recordings import Recordings
 from rtdetr_service.outputs.recordings.settings import RecordingSettings
 from rtdetr_service.outputs.store import migrate
@@ -130,6 +130,22 @@ def test_segments_are_keyframe_aligned_play_and_hold_the_cameras_own_bytes(camer
     # every packet from the first keyframe on is in a segment
     assert decoded == len(camera_packets.packets) - camera_packets.packets.index(first_key)
     assert rec.stats().dropped_packets == rec.stats().dropped_segments == 0
+
+
+def test_a_segment_stream_copies_packets_without_opening_an_encoder(camera_packets, tmp_path):
+    # Given the camera's packets muxed into a segment file
+    first_key = next(p for p in camera_packets.packets if p.is_keyframe)
+    segment = _SegmentFile(tmp_path, "recordings/c/s.mp4", camera_packets.template, first_key)
+    try:
+        for packet in camera_packets.packets[camera_packets.packets.index(first_key) :][:20]:
+            segment.write(packet)
+        # Then its stream's codec context was never opened: an opened one is an x264 encoder per
+        # segment, whose buffers (tens of MB, freed each segment) grew the resident set for ever
+        assert segment.packets == 20 and not segment._stream.codec_context.is_open
+        assert segment.finish() > 0
+    except BaseException:
+        segment.abandon()
+        raise
 
 
 def test_a_reconnect_starts_a_new_segment(camera_packets, index):
