@@ -141,7 +141,7 @@ def test_a_red_square_finds_red_crops_before_blue_ones(embedders, backend):
     gallery = {name: square(colour, (120, 50)) for name, colour in COLOURS.items()}  # other size than the query
     gallery["red again"] = square(COLOURS["red"], (96, 72))
     query = embedder.embed_images([square(COLOURS["red"])])[0]
-    scores = dict(zip(gallery, embedder.embed_images(list(gallery.values())) @ query))
+    scores = dict(zip(gallery, embedder.embed_images(list(gallery.values())) @ query, strict=True))
     ranked = sorted(scores, key=scores.get, reverse=True)
     assert ranked[0] == "red again" and scores["red again"] == pytest.approx(1.0, abs=1e-5)
     assert set(ranked[1:3]) == {"red", "dark red"}, scores

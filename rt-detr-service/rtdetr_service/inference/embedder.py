@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from rtdetr_service.inference import backends
-from rtdetr_service.inference.backends.towers import Inputs, Tower, TorchTower, TowerRunner, exported_tower
+from rtdetr_service.inference.backends.towers import Inputs, TorchTower, Tower, TowerRunner, exported_tower
 from rtdetr_service.inference.detector import ModelLoadError
 from rtdetr_service.inference.loading import HUB_ID
 from rtdetr_service.inference.random_weights import UNTRAINED_MARKER, random_embedder, siglip_config

@@ -34,7 +34,7 @@ class Tower(torch.nn.Module):
         self.config = model.config  # the export cache's key reads it
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        named = dict(zip(self.input_names, inputs))
+        named = dict(zip(self.input_names, inputs, strict=True))
         features = self.model.get_image_features if self.kind == "image" else self.model.get_text_features
         return features(**named).pooler_output
 
