@@ -2,6 +2,7 @@
 
 python scripts/download_models.py r18vd       # -> models/rtdetr_v2_r18vd (the default MODEL)
 python scripts/download_models.py d-fine-s    # -> models/dfine-small-coco; run with MODEL=models/dfine-small-coco
+python scripts/download_models.py siglip2-base  # -> models/siglip2-base-patch16-224 (the default EMBED_MODEL)
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ HUB_IDS = {
     "lw-detr-s": "AnnaZhang/lwdetr_small_60e_coco",
     "deimv2-n": "harshaljanjani/DEIMv2_HGNetv2_N_COCO_Transformers",
 }
+# The image–text encoders events are embedded with (EMBED_MODEL): SigLIP 2 ViT-B/16 at 224 px,
+# Apache-2.0, 375 M parameters (86 M in the image tower; the rest is mostly the text tower's
+# 256k-token vocabulary). Saved with its processor (image preprocessing and Gemma tokenizer).
+EMBED_HUB_IDS = {"siglip2-base": "google/siglip2-base-patch16-224"}
+HUB_IDS.update(EMBED_HUB_IDS)
 VARIANTS = tuple(HUB_IDS)
 
 OFFLINE_HELP = """Without internet, supply the weights yourself:
@@ -45,6 +51,8 @@ The service still runs without weights, on random weights, and says so."""
 def folder_name(variant: str) -> str:
     """The folder under models/ a variant is saved in (the default MODEL for r18vd)."""
     hub_id = HUB_IDS[variant]
+    if variant in EMBED_HUB_IDS:
+        return hub_id.split("/", 1)[1]
     return f"rtdetr_v2_{variant}" if hub_id.startswith("PekingU/") else hub_id.split("/", 1)[1]
 
 
@@ -54,14 +62,16 @@ def main() -> int:
     parser.add_argument("--dest", type=Path, default=ROOT / "models")
     args = parser.parse_args()
 
-    from transformers import AutoConfig, AutoModelForObjectDetection
-
-    from rtdetr_service.inference.loading import REALTIME_DETRS
-
     hub_id = HUB_IDS[args.variant]
     target = args.dest / folder_name(args.variant)
     shown = target.relative_to(ROOT) if target.is_relative_to(ROOT) else target
     print(f"downloading {hub_id} ...", flush=True)
+    if args.variant in EMBED_HUB_IDS:
+        return download_encoder(hub_id, target, shown)
+    from transformers import AutoConfig, AutoModelForObjectDetection
+
+    from rtdetr_service.inference.loading import REALTIME_DETRS
+
     try:
         # The config first (a few kB): a checkpoint the service cannot load is refused before the weights come.
         config = AutoConfig.from_pretrained(hub_id)
@@ -80,6 +90,30 @@ def main() -> int:
     target.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(target)
     print(f"saved to {target}; run with MODEL={shown}")
+    return 0
+
+
+def download_encoder(hub_id: str, target: Path, shown: Path) -> int:
+    """An image–text encoder and its processor into `target` (EMBED_MODEL's folder)."""
+    from transformers import AutoModel, AutoProcessor
+
+    try:
+        model = AutoModel.from_pretrained(hub_id)
+        processor = AutoProcessor.from_pretrained(hub_id)
+    except (OSError, ValueError) as exc:
+        print(f"cannot download {hub_id}: {exc}", file=sys.stderr)
+        print(
+            OFFLINE_HELP.replace("AutoModelForObjectDetection", "AutoModel")
+            .replace("set MODEL", "set EMBED_MODEL")
+            .format(hub_id=hub_id, folder=target.name, target=shown)
+            + "\n  (save AutoProcessor.from_pretrained(hub_id) into the same folder)",
+            file=sys.stderr,
+        )
+        return 1
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target)
+    processor.save_pretrained(target)
+    print(f"saved to {target}; the default EMBED_MODEL={shown} finds it")
     return 0
 
 

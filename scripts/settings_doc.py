@@ -112,6 +112,17 @@ GROUPS = (
         ),
     ),
     Group(
+        "embed",
+        "Image–text embeddings (search)",
+        "The encoder events are embedded with for search by words or by example, and for linking the same "
+        "object across cameras. `EMBED_MODEL` is a folder saved with `save_pretrained` or a hub id already in "
+        "the local cache (a start never downloads; `make models MODEL_VARIANT=siglip2-base` fetches the "
+        "default). Without its weights the default runs on random weights, marked untrained and said loudly "
+        "in the log; `EMBED_ENABLED=auto` then embeds nothing. `EMBED_DEVICE` unset follows `DEVICE`; "
+        "`HALF`, `CPU_PRECISION` and `MODEL_CACHE_DIR` apply as for the detector. `EMBED_THREADS=0` gives "
+        "OpenVINO and ONNX Runtime every core, torch one less. See [backends.md](backends.md#image-text-encoder).",
+    ),
+    Group(
         "streams",
         "Streams",
         "The start call waits for the stream to open, at most `OPEN_TIMEOUT_S`. Opens run on at most "

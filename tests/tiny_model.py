@@ -116,5 +116,26 @@ def build(path: Path, architecture: str = "rt_detr_v2", *, conditioned: bool = F
     return path
 
 
+# -- the image–text encoder ------------------------------------------------------------------------------
+
+_TINY_TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+
+
+def save_tiny_siglip(path: Path, *, seed: int = 0, text_length: int = 16) -> Path:
+    """A SigLIP at a sliver of the default's size (64-px crops, 16-token texts, 32-d vectors),
+    random weights conditioned as the service's own fallback (`condition_embedder_weights`), with
+    the offline byte tokenizer and SigLIP 2's image processor, saved with save_pretrained."""
+    from rtdetr_service.inference.random_weights import random_embedder, siglip_config
+
+    config = siglip_config(
+        vision=dict(_TINY_TOWER, image_size=64, patch_size=16),
+        text=dict(_TINY_TOWER, max_position_embeddings=text_length),
+    )
+    model, processor = random_embedder(config, seed=seed)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
 if __name__ == "__main__":
     print(build(Path(sys.argv[1]), *sys.argv[2:3]))

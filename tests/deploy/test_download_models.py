@@ -20,12 +20,13 @@ def run_download(repo, variant: str, dest) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("variant", ["r18vd", "rf-detr-base"])
+@pytest.mark.parametrize("variant", ["r18vd", "rf-detr-base", "siglip2-base"])
 def test_offline_download_fails_with_the_way_to_supply_weights(repo, tmp_path, variant):
     result = run_download(repo, variant, tmp_path / "models")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "cannot download" in result.stderr
-    assert "save_pretrained" in result.stderr and "set MODEL" in result.stderr
+    setting = "EMBED_MODEL" if variant == "siglip2-base" else "MODEL"
+    assert "save_pretrained" in result.stderr and f"set {setting}" in result.stderr
     assert not (tmp_path / "models").exists(), "nothing may be saved when nothing was downloaded"
 
 
@@ -39,4 +40,6 @@ def test_every_variant_has_its_own_folder_and_a_hub_id(repo):
     assert len(set(folders)) == len(folders)
     assert download_models.folder_name("r18vd") == "rtdetr_v2_r18vd"  # the default MODEL's folder
     assert all(hub_id.count("/") == 1 for hub_id in download_models.HUB_IDS.values())
-    assert {"rf-detr-base", "lw-detr-s", "deimv2-n", "d-fine-s"} <= set(download_models.VARIANTS)
+    assert {"rf-detr-base", "lw-detr-s", "deimv2-n", "d-fine-s", "siglip2-base"} <= set(download_models.VARIANTS)
+    # The default EMBED_MODEL's folder.
+    assert f"models/{download_models.folder_name('siglip2-base')}" == "models/siglip2-base-patch16-224"

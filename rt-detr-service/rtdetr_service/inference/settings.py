@@ -1,7 +1,9 @@
-"""What loading the model and the inference worker read: MODEL, its device, backend and batching."""
+"""What loading the models and the inference worker read: MODEL, its device, backend and batching;
+EMBED_MODEL, the image–text encoder events are embedded with, and how it runs."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -10,6 +12,7 @@ from pydantic import Field
 from rtdetr_service.core.config import REPO_ROOT, SettingsModel
 
 DEFAULT_MODEL = "models/rtdetr_v2_r18vd"
+DEFAULT_EMBED_MODEL = "models/siglip2-base-patch16-224"
 MODEL_CACHE_DIR = REPO_ROOT / "models" / ".cache"
 
 
@@ -50,9 +53,57 @@ class InferenceSettings(SettingsModel):
     def resolved_model(self) -> str:
         """MODEL as a local path when it names one (relative to the working directory, then to
         the repository), else as given (a hub id, or a path that does not exist yet)."""
-        path = Path(self.model)
-        if path.is_absolute() or path.exists():
-            return str(path)
-        if (REPO_ROOT / path).exists():
-            return str(REPO_ROOT / path)
-        return self.model
+        return _resolved(self.model)
+
+
+class EmbedSettings(SettingsModel):
+    """The image–text encoder (CLIP/SigLIP family) events are embedded with, for search and Re-ID."""
+
+    embed_enabled: Literal["auto", "true", "false"] = Field(
+        "auto",
+        description="Embed events for search: auto = only when EMBED_MODEL's trained weights are here "
+        "(random weights would cost CPU for meaningless vectors).",
+    )
+    embed_model: str = Field(
+        DEFAULT_EMBED_MODEL,
+        description="Weights directory, or a hub id already in the local cache (never downloaded at start).",
+    )
+    embed_backend: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
+        "auto", description="Where the encoder runs; auto = torch (fp16 with HALF) on NVIDIA, OpenVINO on a CPU."
+    )
+    embed_device: Literal["auto", "cpu", "cuda"] | None = Field(
+        None, description="The encoder's device; unset = DEVICE, the detector's."
+    )
+    embed_batch: int = Field(32, ge=1, le=256, description="Most crops (or texts) in one forward pass.")
+    embed_threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="CPU threads of the encoder (0 = as CPU_THREADS=0 does for the detector's backend).",
+    )
+
+    def resolved_embed_model(self) -> str:
+        """EMBED_MODEL as a local path when it names one, else as given (a hub id)."""
+        return _resolved(self.embed_model)
+
+    def embeds(self) -> bool:
+        """Whether events get embedded: EMBED_ENABLED, with auto = trained weights are at hand."""
+        if self.embed_enabled != "auto":
+            return self.embed_enabled == "true"
+        spec = self.resolved_embed_model()
+        if Path(spec).exists() or not re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
+            return (Path(spec) / "config.json").is_file()
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(spec, "config.json"), str)
+
+
+def _resolved(spec: str) -> str:
+    """A model spec as a local path when it names one (relative to the working directory, then to
+    the repository), else as given (a hub id, or a path that does not exist yet)."""
+    path = Path(spec)
+    if path.is_absolute() or path.exists():
+        return str(path)
+    if (REPO_ROOT / path).exists():
+        return str(REPO_ROOT / path)
+    return spec

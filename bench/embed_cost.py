@@ -1,0 +1,101 @@
+"""What embedding costs on this CPU: ms per crop at batch 1, 8 and 32, and per text, for each CPU
+backend (torch eager, OpenVINO, ONNX Runtime), with the tiny test SigLIP and with a random-weight
+model of the default EMBED_MODEL's architecture (SigLIP 2 ViT-B/16 at 224 px: the figure that
+matters; random weights compute exactly what trained ones do). Also the preprocessing alone.
+
+    PYTHONPATH=rt-detr-service .venv/bin/python bench/embed_cost.py --threads 2 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "rt-detr-service"), str(ROOT / "tests")]
+
+from rtdetr_service.inference.embedder import EmbedOptions, build_embedder  # noqa: E402
+from rtdetr_service.inference.random_weights import random_embedder, siglip_config  # noqa: E402
+
+BATCHES = (1, 8, 32)
+TEXTS = ["a person in a red jacket", "white van", "a dog on the lawn next to a parked bicycle", "car"]
+
+
+def crops(count: int, seed: int = 0) -> list[np.ndarray]:
+    """Crops of the sizes a 1080p camera's objects give (40-400 px a side)."""
+    rng = np.random.default_rng(seed)
+    return [
+        (rng.random((int(rng.integers(40, 400)), int(rng.integers(40, 300)), 3)) * 255).astype(np.uint8)
+        for _ in range(count)
+    ]
+
+
+def timed(call, rounds: int) -> float:
+    """Median seconds of `rounds` calls after one warm-up."""
+    call()
+    samples = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def measure(label: str, folder: Path, backend: str, threads: int, rounds: int, cache: Path) -> None:
+    started = time.perf_counter()
+    options = EmbedOptions(backend=backend, device="cpu", cpu_precision="fp32", threads=threads, cache_dir=cache)
+    embedder = build_embedder(str(folder), options)
+    load_s = time.perf_counter() - started
+    cells = []
+    for batch in BATCHES:
+        images = crops(batch)
+        seconds = timed(lambda images=images: embedder.embed_images(images), rounds)
+        cells.append(f"{seconds * 1000 / batch:.1f}")
+    text_s = timed(lambda: embedder.embed_texts(TEXTS), rounds)
+    prep_s = timed(lambda: embedder.pixels(crops(32)), rounds)
+    print(
+        f"| {label} | {backend} | {' | '.join(cells)} | {text_s * 1000 / len(TEXTS):.1f} | "
+        f"{prep_s * 1000 / 32:.2f} | {load_s:.1f} |",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--backends", default="torch,openvino,onnxruntime")
+    parser.add_argument("--skip-base", action="store_true", help="only the tiny model")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from tiny_model import save_tiny_siglip
+
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        models = {"tiny SigLIP (64 px, 32-d)": save_tiny_siglip(scratch / "tiny")}
+        if not args.skip_base:
+            model, processor = random_embedder(siglip_config())
+            model.save_pretrained(scratch / "base")
+            processor.save_pretrained(scratch / "base")
+            models["SigLIP 2 base arch. (224 px, 768-d)"] = scratch / "base"
+        print(f"threads {args.threads}, rounds {args.rounds}; ms per crop at batch {', '.join(map(str, BATCHES))}")
+        print(
+            "| model | backend | " + " | ".join(f"batch {b}" for b in BATCHES) + " | ms/text | prep ms/crop | load s |"
+        )
+        print("| --- | --- |" + " ---: |" * (len(BATCHES) + 3))
+        for label, folder in models.items():
+            for backend in args.backends.split(","):
+                measure(label, folder, backend, args.threads, args.rounds, scratch / "cache")
+
+
+if __name__ == "__main__":
+    main()
