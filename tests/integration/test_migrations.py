@@ -58,7 +58,7 @@ CREATE INDEX ix_events_camera_start_time ON events (camera, start_time);
 CREATE INDEX ix_events_session_id ON events (session_id);
 """
 T0 = 1_780_000_000.0
-HEAD = "0004"  # the newest revision: event tracks
+HEAD = "0005"  # the newest revision: event embeddings
 
 
 def old_event(n: int) -> dict:

@@ -9,7 +9,10 @@ definitions are what the queries read, and a test checks they match what the mig
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import logging
+import sqlite3
 from pathlib import Path
 from typing import Iterator
 
@@ -18,6 +21,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from rtdetr_service.core.logs import redact
 from rtdetr_service.core.results import EventRecord
+
+log = logging.getLogger(__name__)
 
 metadata = sa.MetaData()
 
@@ -45,10 +50,12 @@ events_table = sa.Table(
     sa.Column("updated_at", sa.Double, nullable=False),
     sa.Column("track_hz", sa.Double, nullable=False, server_default="0"),  # the rate its newest points were kept at
     sa.Column("track_truncated", sa.Boolean, nullable=False, server_default=sa.false()),  # points were thinned
+    sa.Column("global_id", sa.String(64), nullable=True),  # the cross-camera identity, set by Re-ID only
     sa.Index("ix_events_start_time", "start_time"),
     sa.Index("ix_events_camera_start_time", "camera", "start_time"),
     sa.Index("ix_events_label_start_time", "label", "start_time"),
     sa.Index("ix_events_session_id", "session_id"),
+    sa.Index("ix_events_global_id", "global_id"),
 )
 
 # One row per zone an event entered: a zone filter is an indexed lookup, not a scan of JSON text.
@@ -74,6 +81,20 @@ event_points_table = sa.Table(
     sa.Column("y2", sa.Double, nullable=False),
     sa.Column("confidence", sa.Double, nullable=False),
     sa.Column("zones", sa.Text, nullable=False),  # JSON list: the zones the object was in
+)
+
+# One appearance vector per event (vectors.py): float32, L2-normalised, with the model that made it. The
+# column is untyped so models of any length live side by side: raw float32 bytes on SQLite (sqlite-vec's
+# format), real[] on PostgreSQL (cast to pgvector's vector(dim) in a per-model HNSW index).
+event_embeddings_table = sa.Table(
+    "event_embeddings",
+    metadata,
+    sa.Column("event_id", sa.String(64), primary_key=True),
+    sa.Column("model_id", sa.String(200), nullable=False),
+    sa.Column("dim", sa.Integer, nullable=False),
+    sa.Column("embedding", sa.LargeBinary().with_variant(postgresql.ARRAY(sa.REAL), "postgresql"), nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Index("ix_event_embeddings_model_id", "model_id", "event_id"),
 )
 
 # One row per session: its desired state, shared by every replica, owned by one at a time through a
@@ -152,6 +173,7 @@ class Database:
             ) from None
         self.backend = self.engine.dialect.name
         insert = _INSERTS[self.backend]
+        self.insert = insert  # the dialect's INSERT, which has ON CONFLICT
         self.upsert = _event_upsert(insert)
         self.zone_insert = insert(event_zones_table).on_conflict_do_nothing(
             index_elements=[event_zones_table.c.event_id, event_zones_table.c.zone]
@@ -162,8 +184,10 @@ class Database:
 
     def _make_engine(self, busy_timeout_s: float) -> sa.Engine:
         if self._url.get_backend_name() == "sqlite":
-            engine = sa.create_engine(self._url)
+            module, self.vector_problem = sqlite_module()
+            engine = sa.create_engine(self._url, module=module)
             busy_ms = int(busy_timeout_s * 1000)
+            load_vec = self.vector_problem is None
 
             @sa.event.listens_for(engine, "connect")
             def _pragmas(dbapi_connection, _record) -> None:
@@ -174,8 +198,11 @@ class Database:
                 cursor.execute("PRAGMA synchronous=NORMAL")
                 cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
                 cursor.close()
+                if load_vec:  # sqlite-vec's distance functions, for the vector index (vectors.py)
+                    load_sqlite_vec(dbapi_connection)
 
             return engine
+        self.vector_problem = None  # pgvector is looked for by the vector index, in the database
         connect_args = {}
         if self._url.get_backend_name() == "postgresql" and "connect_timeout" not in self._url.query:
             connect_args["connect_timeout"] = 10  # a database that is down fails a write, it does not hang it
@@ -203,6 +230,36 @@ class Database:
         self.engine.dispose()
 
 
+@functools.cache
+def sqlite_module():
+    """(the sqlite3 module the store uses, why vectors cannot be searched or None). Python's own when it
+    can load extensions (sqlite-vec is one); else pysqlite3, which some Python builds (pyenv's default)
+    need; else Python's own, with the vector search off and the reason in words."""
+    if hasattr(sqlite3.Connection, "enable_load_extension"):
+        return sqlite3, None
+    try:
+        from pysqlite3 import dbapi2
+    except ImportError:
+        problem = (
+            "this Python's sqlite3 cannot load extensions (sqlite-vec), and pysqlite3-binary is not installed: "
+            "install it, or use a Python built with --enable-loadable-sqlite-extensions"
+        )
+        log.warning("event store: vector search is off: %s", problem)
+        return sqlite3, problem
+    return dbapi2, None
+
+
+def load_sqlite_vec(dbapi_connection) -> None:
+    """Load sqlite-vec into one SQLite connection; extension loading is switched off again after."""
+    import sqlite_vec
+
+    dbapi_connection.enable_load_extension(True)
+    try:
+        sqlite_vec.load(dbapi_connection)
+    finally:
+        dbapi_connection.enable_load_extension(False)
+
+
 def shipped_driver(url: sa.URL) -> sa.URL:
     """`url` with the driver we ship for its backend (psycopg 3 for PostgreSQL, whatever the URL named
     it: `postgres://`, `postgresql://`); ValueError, without the password, for any other database or driver."""
@@ -226,7 +283,8 @@ def shipped_driver(url: sa.URL) -> sa.URL:
 
 def _event_upsert(insert):
     ins = insert(events_table)
-    keep = {"id", "snapshot_path", "snapshot_bytes", "track_truncated"}  # truncated: set by thinning only
+    # truncated: set by thinning only; global_id: by Re-ID only, so an event's later changes keep it
+    keep = {"id", "snapshot_path", "snapshot_bytes", "track_truncated", "global_id"}
     set_ = {c.name: ins.excluded[c.name] for c in events_table.c if c.name not in keep}
     # A change without a new snapshot keeps the one already on record.
     set_["snapshot_path"] = sa.func.coalesce(ins.excluded.snapshot_path, events_table.c.snapshot_path)
