@@ -9,10 +9,8 @@ definitions are what the queries read, and a test checks they match what the mig
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
-import sqlite3
 from pathlib import Path
 from typing import Iterator
 
@@ -21,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from rtdetr_service.core.logs import redact
 from rtdetr_service.core.results import EventRecord
+from rtdetr_service.outputs.store import vec_extension
 
 log = logging.getLogger(__name__)
 
@@ -183,11 +182,10 @@ class Database:
         )
 
     def _make_engine(self, busy_timeout_s: float) -> sa.Engine:
+        self.vector_problem: str | None = None  # why vectors cannot be searched; pgvector is asked later
         if self._url.get_backend_name() == "sqlite":
-            module, self.vector_problem = sqlite_module()
-            engine = sa.create_engine(self._url, module=module)
+            engine = sa.create_engine(self._url)
             busy_ms = int(busy_timeout_s * 1000)
-            load_vec = self.vector_problem is None
 
             @sa.event.listens_for(engine, "connect")
             def _pragmas(dbapi_connection, _record) -> None:
@@ -198,15 +196,24 @@ class Database:
                 cursor.execute("PRAGMA synchronous=NORMAL")
                 cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
                 cursor.close()
-                if load_vec:  # sqlite-vec's distance functions, for the vector index (vectors.py)
-                    load_sqlite_vec(dbapi_connection)
+                self._load_vec(dbapi_connection)
 
             return engine
-        self.vector_problem = None  # pgvector is looked for by the vector index, in the database
         connect_args = {}
         if self._url.get_backend_name() == "postgresql" and "connect_timeout" not in self._url.query:
             connect_args["connect_timeout"] = 10  # a database that is down fails a write, it does not hang it
         return sa.create_engine(self._url, pool_pre_ping=True, connect_args=connect_args)
+
+    def _load_vec(self, dbapi_connection) -> None:
+        """sqlite-vec's distance functions, for the vector index (vectors.py); without them events are
+        stored all the same and vector searches say why they cannot run."""
+        if self.vector_problem is not None:
+            return
+        try:
+            vec_extension.load(dbapi_connection)
+        except vec_extension.ExtensionError as exc:
+            self.vector_problem = str(exc)
+            log.warning("event store: vector search is off: %s", exc)
 
     @contextlib.contextmanager
     def write_transaction(self) -> Iterator[sa.Connection]:
@@ -228,36 +235,6 @@ class Database:
     def dispose(self) -> None:
         """Close the pool's connections."""
         self.engine.dispose()
-
-
-@functools.cache
-def sqlite_module():
-    """(the sqlite3 module the store uses, why vectors cannot be searched or None). Python's own when it
-    can load extensions (sqlite-vec is one); else pysqlite3, which some Python builds (pyenv's default)
-    need; else Python's own, with the vector search off and the reason in words."""
-    if hasattr(sqlite3.Connection, "enable_load_extension"):
-        return sqlite3, None
-    try:
-        from pysqlite3 import dbapi2
-    except ImportError:
-        problem = (
-            "this Python's sqlite3 cannot load extensions (sqlite-vec), and pysqlite3-binary is not installed: "
-            "install it, or use a Python built with --enable-loadable-sqlite-extensions"
-        )
-        log.warning("event store: vector search is off: %s", problem)
-        return sqlite3, problem
-    return dbapi2, None
-
-
-def load_sqlite_vec(dbapi_connection) -> None:
-    """Load sqlite-vec into one SQLite connection; extension loading is switched off again after."""
-    import sqlite_vec
-
-    dbapi_connection.enable_load_extension(True)
-    try:
-        sqlite_vec.load(dbapi_connection)
-    finally:
-        dbapi_connection.enable_load_extension(False)
 
 
 def shipped_driver(url: sa.URL) -> sa.URL:
