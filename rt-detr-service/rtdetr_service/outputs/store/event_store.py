@@ -11,6 +11,7 @@ Reads come from API threads through the engine's pool. `EventStore` puts the par
     snapshots.py  the JPEG files on disk and their total size
     retention.py  the sweep: age limit, snapshot size limit, open events of stopped replicas
     queries.py    lists with cursors, one event, its snapshot's path, delete
+    vectors.py    each event's appearance vector, and the search over them (sqlite-vec | pgvector)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from rtdetr_service.outputs.store.queries import ClipWindow, EventQuery, Tombsto
 from rtdetr_service.outputs.store.retention import Retention, RetentionPolicy, total_snapshot_bytes
 from rtdetr_service.outputs.store.schema import Database, words
 from rtdetr_service.outputs.store.snapshots import SnapshotFiles
+from rtdetr_service.outputs.store.vectors import VectorIndex, open_index
 from rtdetr_service.outputs.store.writer import EventWriter, WriterOptions, WriterReport
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,7 @@ class EventStore:
         self._queue_size = queue_size
         self._clips = clips or ClipWindow()  # has_clip: what an event's clip would hold
         self.closed_at_start = self._open()
+        self.vectors: VectorIndex = open_index(self._db)  # the events' appearance vectors and their search
 
     def _open(self) -> int:
         """Schema upgraded, events left open closed, snapshot bytes counted; returns how many were closed."""
@@ -169,7 +172,7 @@ class EventStore:
         return queries.snapshot_path(self._db.engine, self._files, event_id)
 
     def delete(self, event_id: str) -> bool:
-        """Delete an event, its zones, its track and its snapshot file; False if there was no such event."""
+        """Delete an event, its zones, its track, its vector and its snapshot file; False if there was no such event."""
         return queries.delete_event(self._db.engine, self._files, self._tombstones, event_id)
 
     def status(self) -> dict:

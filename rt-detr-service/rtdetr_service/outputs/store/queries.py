@@ -22,6 +22,7 @@ from rtdetr_service.outputs.messages import clip_fields
 from rtdetr_service.outputs.store.schema import Database, event_zones_table, events_table, recordings_table
 from rtdetr_service.outputs.store.snapshots import SnapshotFiles
 from rtdetr_service.outputs.store.tracks import delete_points
+from rtdetr_service.outputs.store.vectors import delete_vectors
 
 _TOMBSTONES = 4096  # deleted ids remembered so a late update does not bring an event back
 _ID_CHARS = events_table.c.id.type.length
@@ -179,7 +180,7 @@ class Tombstones:
 
 
 def delete_event(engine: sa.Engine, files: SnapshotFiles, tombstones: Tombstones, event_id: str) -> bool:
-    """Delete an event, its zones, its track and its snapshot file; False if there was no such event."""
+    """Delete an event, its zones, its track, its vector and its snapshot file; False if there was no such event."""
     tombstones.add(event_id)
     t = events_table
     with engine.begin() as conn:
@@ -189,6 +190,7 @@ def delete_event(engine: sa.Engine, files: SnapshotFiles, tombstones: Tombstones
         conn.execute(sa.delete(event_zones_table).where(event_zones_table.c.event_id == event_id))
         delete_points(conn, [event_id])
         conn.execute(sa.delete(t).where(t.c.id == event_id))
+        delete_vectors(conn, [event_id])
     files.remove(row.snapshot_path)
     if row.snapshot_path is not None:
         files.forget_bytes(row.snapshot_bytes)

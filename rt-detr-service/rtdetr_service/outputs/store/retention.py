@@ -1,8 +1,8 @@
 """What the event store lets go of: the sweep, run on the writer thread at start and every interval.
 
 In order: a stopped replica's open events that no one has written for `stale_after_s` are closed
-(shared databases only); events older than the retention period go, with their zones, tracks and
-snapshots; then the oldest snapshots go while their total is over the size limit.
+(shared databases only); events older than the retention period go, with their zones, tracks, vectors
+and snapshots; then the oldest snapshots go while their total is over the size limit.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from rtdetr_service.outputs.store.schema import Database, event_zones_table, events_table
 from rtdetr_service.outputs.store.snapshots import SnapshotFiles
 from rtdetr_service.outputs.store.tracks import delete_points
+from rtdetr_service.outputs.store.vectors import delete_vectors
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class Retention:
             log.warning("event store: closed %d open event(s) no one has written for %.0f s", closed, stale_after)
 
     def _delete_expired(self, cutoff: float) -> int:
-        """Delete events (zones, tracks, snapshots) that started and were last seen before `cutoff`."""
+        """Delete events (zones, tracks, vectors, snapshots) that started and were last seen before `cutoff`."""
         t = events_table
         deleted = 0
         while True:
@@ -132,6 +133,7 @@ class Retention:
                 conn.execute(sa.delete(event_zones_table).where(event_zones_table.c.event_id.in_(ids)))
                 delete_points(conn, ids)
                 conn.execute(sa.delete(t).where(t.c.id.in_(ids)))
+                delete_vectors(conn, ids)
             for row in old:
                 self._files.remove(row.snapshot_path)
             deleted += len(old)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from pathlib import Path
 from typing import Iterator
 
@@ -18,6 +19,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from rtdetr_service.core.logs import redact
 from rtdetr_service.core.results import EventRecord
+from rtdetr_service.outputs.store import vec_extension
+
+log = logging.getLogger(__name__)
 
 metadata = sa.MetaData()
 
@@ -45,10 +49,12 @@ events_table = sa.Table(
     sa.Column("updated_at", sa.Double, nullable=False),
     sa.Column("track_hz", sa.Double, nullable=False, server_default="0"),  # the rate its newest points were kept at
     sa.Column("track_truncated", sa.Boolean, nullable=False, server_default=sa.false()),  # points were thinned
+    sa.Column("global_id", sa.String(64), nullable=True),  # the cross-camera identity, set by Re-ID only
     sa.Index("ix_events_start_time", "start_time"),
     sa.Index("ix_events_camera_start_time", "camera", "start_time"),
     sa.Index("ix_events_label_start_time", "label", "start_time"),
     sa.Index("ix_events_session_id", "session_id"),
+    sa.Index("ix_events_global_id", "global_id"),
 )
 
 # One row per zone an event entered: a zone filter is an indexed lookup, not a scan of JSON text.
@@ -74,6 +80,20 @@ event_points_table = sa.Table(
     sa.Column("y2", sa.Double, nullable=False),
     sa.Column("confidence", sa.Double, nullable=False),
     sa.Column("zones", sa.Text, nullable=False),  # JSON list: the zones the object was in
+)
+
+# One appearance vector per event (vectors.py): float32, L2-normalised, with the model that made it. The
+# column is untyped so models of any length live side by side: raw float32 bytes on SQLite (sqlite-vec's
+# format), real[] on PostgreSQL (cast to pgvector's vector(dim) in a per-model HNSW index).
+event_embeddings_table = sa.Table(
+    "event_embeddings",
+    metadata,
+    sa.Column("event_id", sa.String(64), primary_key=True),
+    sa.Column("model_id", sa.String(200), nullable=False),
+    sa.Column("dim", sa.Integer, nullable=False),
+    sa.Column("embedding", sa.LargeBinary().with_variant(postgresql.ARRAY(sa.REAL), "postgresql"), nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Index("ix_event_embeddings_model_id", "model_id", "event_id"),
 )
 
 # One row per session: its desired state, shared by every replica, owned by one at a time through a
@@ -152,6 +172,7 @@ class Database:
             ) from None
         self.backend = self.engine.dialect.name
         insert = _INSERTS[self.backend]
+        self.insert = insert  # the dialect's INSERT, which has ON CONFLICT
         self.upsert = _event_upsert(insert)
         self.zone_insert = insert(event_zones_table).on_conflict_do_nothing(
             index_elements=[event_zones_table.c.event_id, event_zones_table.c.zone]
@@ -161,6 +182,7 @@ class Database:
         )
 
     def _make_engine(self, busy_timeout_s: float) -> sa.Engine:
+        self.vector_problem: str | None = None  # why vectors cannot be searched; pgvector is asked later
         if self._url.get_backend_name() == "sqlite":
             engine = sa.create_engine(self._url)
             busy_ms = int(busy_timeout_s * 1000)
@@ -174,12 +196,24 @@ class Database:
                 cursor.execute("PRAGMA synchronous=NORMAL")
                 cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
                 cursor.close()
+                self._load_vec(dbapi_connection)
 
             return engine
         connect_args = {}
         if self._url.get_backend_name() == "postgresql" and "connect_timeout" not in self._url.query:
             connect_args["connect_timeout"] = 10  # a database that is down fails a write, it does not hang it
         return sa.create_engine(self._url, pool_pre_ping=True, connect_args=connect_args)
+
+    def _load_vec(self, dbapi_connection) -> None:
+        """sqlite-vec's distance functions, for the vector index (vectors.py); without them events are
+        stored all the same and vector searches say why they cannot run."""
+        if self.vector_problem is not None:
+            return
+        try:
+            vec_extension.load(dbapi_connection)
+        except vec_extension.ExtensionError as exc:
+            self.vector_problem = str(exc)
+            log.warning("event store: vector search is off: %s", exc)
 
     @contextlib.contextmanager
     def write_transaction(self) -> Iterator[sa.Connection]:
@@ -226,7 +260,8 @@ def shipped_driver(url: sa.URL) -> sa.URL:
 
 def _event_upsert(insert):
     ins = insert(events_table)
-    keep = {"id", "snapshot_path", "snapshot_bytes", "track_truncated"}  # truncated: set by thinning only
+    # truncated: set by thinning only; global_id: by Re-ID only, so an event's later changes keep it
+    keep = {"id", "snapshot_path", "snapshot_bytes", "track_truncated", "global_id"}
     set_ = {c.name: ins.excluded[c.name] for c in events_table.c if c.name not in keep}
     # A change without a new snapshot keeps the one already on record.
     set_["snapshot_path"] = sa.func.coalesce(ins.excluded.snapshot_path, events_table.c.snapshot_path)
