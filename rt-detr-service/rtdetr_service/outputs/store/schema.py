@@ -121,6 +121,9 @@ recordings_table = sa.Table(
     sa.Index("ix_recordings_session_id_start_time", "session_id", "start_time"),
 )
 
+# events.global_id (the Re-ID identity) comes with revision 0005; rows carry it once the table has it.
+HAS_GLOBAL_ID = "global_id" in events_table.c
+
 _INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 # The drivers we ship, per backend; a URL that names none gets this one, as other tools write them.
 _DRIVERS = {"sqlite": "pysqlite", "postgresql": "psycopg"}
@@ -234,6 +237,9 @@ def _event_upsert(insert):
         (ins.excluded.snapshot_path.is_not(None), ins.excluded.snapshot_bytes),
         else_=events_table.c.snapshot_bytes,
     )
+    if HAS_GLOBAL_ID:
+        # Re-ID decides an identity once, after the end: a change that does not carry one keeps it.
+        set_["global_id"] = sa.func.coalesce(ins.excluded.global_id, events_table.c.global_id)
     return ins.on_conflict_do_update(index_elements=[events_table.c.id], set_=set_)
 
 
@@ -260,4 +266,4 @@ def event_row(record: EventRecord, snapshot: tuple[str, int] | None, now: float)
         "snapshot_bytes": snapshot[1] if snapshot else 0,
         "updated_at": now,
         "track_hz": record.track_hz,
-    }
+    } | ({"global_id": record.global_id} if HAS_GLOBAL_ID else {})
