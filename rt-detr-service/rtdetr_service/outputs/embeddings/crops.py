@@ -34,7 +34,10 @@ def cut(image_bgr: np.ndarray, bbox: tuple[float, float, float, float], max_px: 
     if longest > max_px:
         scale = max_px / longest
         size = (max(1, round(region.shape[1] * scale)), max(1, round(region.shape[0] * scale)))
-        region = cv2.resize(region, size, interpolation=cv2.INTER_AREA)
+        # Area averaging only where linear would alias (a shrink past 2x): it costs ~6x linear's time
+        # on this thread (about 1 ms against 0.17 ms for a 144x360 box on the 2-core development box).
+        interpolation = cv2.INTER_AREA if scale < 0.5 else cv2.INTER_LINEAR
+        region = cv2.resize(region, size, interpolation=interpolation)
     return cv2.cvtColor(region, cv2.COLOR_BGR2RGB)  # a new array: the frame can go
 
 
