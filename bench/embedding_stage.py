@@ -3,8 +3,9 @@ each snapshot, and up to EMBED_CROPS_PER_EVENT more over each life) and queuing 
 
 The real `EmbeddingStage.handle` on synthetic 1920x1080 frames with N people walking across the picture
 (confidences rising, so snapshots come at the lifecycle's rate), each leaving after a few seconds and a
-new one arriving, on phases of their own (not all in one frame), so events end and requests are queued. The encoder is never loaded: this measures
-the publisher side only (the encoder's cost is its own thread's, per crop).
+new one arriving, on phases of their own (not all in one frame), so events end and requests are
+queued. The encoder is never loaded: this measures the publisher side only (the encoder's cost is its
+own thread's, per crop).
 
     PYTHONPATH=rt-detr-service .venv/bin/python bench/embedding_stage.py [--frames 900] [--json out.json]
 """

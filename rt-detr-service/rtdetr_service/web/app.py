@@ -104,7 +104,7 @@ def _embedding_parts(app: FastAPI, settings: Settings) -> EmbeddingParts | None:
     """What the embedding stage needs, when there is a vector index to fill and an encoder to load; the
     encoder loads on a thread of its own, and the stage's requests wait for it meanwhile."""
     state = app.state
-    if state.vector_index is None or state.embedder_factory is None:
+    if state.vector_index is None or state.embedder_factory is None or state.event_store is None:
         return None
     factory = state.embedder_factory
     loader = threading.Thread(
