@@ -207,6 +207,20 @@ GROUPS = (
         (),
     ),
     Group(
+        "reid",
+        "Embedding events and Re-ID",
+        "With a vector index in the event store and an image encoder, every event is embedded on a thread of "
+        "its own (`sink-embeddings`), never on the inference worker's: its best view and up to "
+        "`EMBED_CROPS_PER_EVENT` more crops over its life, once early (after `EMBED_EARLY_S`, so live objects "
+        "can be found) and again at its end (the crops averaged and normalised). Requests wait in a bounded "
+        "queue, fair between sessions, while the encoder loads; past `EMBED_QUEUE_SIZE` the oldest of the "
+        "busiest session is dropped, counted in `/metrics` (`sink` `embeddings`). At an end, Re-ID links the "
+        "event to an earlier look of the same label (another camera, or the same one after a gap) started "
+        "within `REID_WINDOW_S` before it, when the cosine similarity reaches `REID_THRESHOLD`; the event's "
+        "`global_id` then follows its end as one more `update`. See [outputs.md](outputs.md#re-id-and-global_id).",
+        ("embed_crops_per_event", "embed_early_s", "embed_crop_px", "embed_queue_size", "output_embeddings"),
+    ),
+    Group(
         "webhook",
         "Webhook output",
         "Every event change (`rtdetr.event.v1`: `type` new/update/end, `before`, `after`) and alert "
@@ -263,8 +277,12 @@ def _model_of(info: FieldInfo) -> type[BaseModel] | None:
 
 
 def _group_of(name: str) -> Group:
+    """The group that names the setting, else the first whose key is its prefix."""
     for group in GROUPS:
-        if name == group.key or name in group.names or name.startswith(f"{group.key}_"):
+        if name == group.key or name in group.names:
+            return group
+    for group in GROUPS:
+        if name.startswith(f"{group.key}_"):
             return group
     raise ValueError(f"setting {name!r} is in no group: add it to GROUPS in scripts/settings_doc.py")
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
 import pytest
 
 from rtdetr_service.analytics.events import EventLifecycle
-from rtdetr_service.core.results import Alert, Published, SessionView
+from rtdetr_service.core.results import Alert, Embedding, EventChange, Published, SessionView
 from rtdetr_service.core.types import Detection, FrameResult
 from rtdetr_service.outputs import messages
 from rtdetr_service.outputs.settings import KafkaSettings, MqttSettings, WebhookSettings
@@ -93,7 +94,13 @@ def steps() -> list[Published]:
                 else ()
             )
             steps.append(Published(view, FrameResult(view.session_id, f, seen, 0.01), alerts, tuple(changes)))
-        steps.append(Published(view, None, (), tuple(events.tick(T0 + 5.0))))
+        ended = events.tick(T0 + 5.0)
+        steps.append(Published(view, None, (), tuple(ended)))
+        # Re-ID's update after the end: the global_id, and the vector as OUTPUT_EMBEDDINGS=true sends it
+        for end in ended:
+            linked = replace(end.event, global_id=f"identity-{end.event.track_id}")
+            embedding = Embedding("google/siglip2-base-patch16-224", (0.6, 0.0, 0.8))
+            steps.append(Published(view, None, (), (EventChange("update", linked, end.event, embedding=embedding),)))
     kinds = [c.kind for s in steps for c in s.events]
     assert {"new", "update", "end"} <= set(kinds), kinds
     return steps

@@ -70,6 +70,9 @@ class EventRecord:
     # Its track points are kept at most this many per second now: EVENT_TRACK_HZ, halved each time
     # the points reach EVENT_TRACK_MAX_POINTS (0: no track kept). Not part of the event document.
     track_hz: float = 0.0
+    # The object's identity across cameras (Re-ID): set once its life has ended and been linked to an
+    # earlier look of the same object, or given a new one; None before that (outputs/embeddings/).
+    global_id: str | None = None
 
     @property
     def active(self) -> bool:
@@ -94,6 +97,7 @@ class EventRecord:
             "rules": list(self.rules),
             "has_snapshot": self.has_snapshot,
             "active": self.active,
+            "global_id": self.global_id,
         }
 
 
@@ -128,16 +132,27 @@ class SnapshotRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class Embedding:
+    """An event's appearance vector (L2-normalised) and the model that made it; outputs send it only
+    when OUTPUT_EMBEDDINGS is on (768 floats a message for a base model)."""
+
+    model_id: str
+    vector: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class EventChange:
     """One step of a life. `before` is the record as it was (None for "new"); an "end" carries
     `event.track_id`, which is how the zone engine and tracker learn to forget a track. `points`
-    are the track points kept since the event's previous change, oldest first."""
+    are the track points kept since the event's previous change, oldest first. An "update" may
+    follow the "end": the ended record with the global_id Re-ID gave it (outputs/embeddings/)."""
 
     kind: Literal["new", "update", "end"]
     event: EventRecord
     before: EventRecord | None
     snapshot: SnapshotRequest | None = None
     points: tuple[TrackPoint, ...] = ()
+    embedding: Embedding | None = None  # on the update that brings an ended event's global_id
 
 
 @dataclass(frozen=True, slots=True)

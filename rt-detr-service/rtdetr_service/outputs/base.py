@@ -86,8 +86,9 @@ class QueuedSink:
     its supervisor, said in words (`failing`, `last_error`, `restarts`), and the loop restarts
     after a backoff; a thread that ended anyway while not stopping reads as `failing`. Hooks a
     sink may override, all on the writer thread: `idle()` before every wait for entries (the
-    first at start), `after_write(batch)` after a write that returned, and `given_up(count)` for
-    what `drain()` had no time to write.
+    first at start), `after_write(batch)` after a write that returned, `given_up(count)` for
+    what `drain()` had no time to write, and `ready()`, asked before each take: while it says no,
+    entries wait in the queue (a sink whose resource is still loading).
     """
 
     name = "queued"
@@ -156,6 +157,10 @@ class QueuedSink:
     def idle(self) -> None:
         """Called before every wait for entries, the first time at start: periodic work goes here."""
 
+    def ready(self) -> bool:
+        """Whether the writer may take entries now; it may wait up to `wait_s` to say so."""
+        return True
+
     def after_write(self, batch: list) -> None:
         """After a write that returned: its entries count as sent, and a failing burst ends."""
         with self._lock:
@@ -200,6 +205,10 @@ class QueuedSink:
             stopping = self._stop.is_set()
             if stopping and time.monotonic() >= self._deadline:
                 return  # what is left is drain()'s to give up
+            if not self.ready():
+                if stopping:
+                    return  # it will not be ready in time: what is left is drain()'s to give up
+                continue
             batch = self._take(wait=not stopping)
             if batch:
                 self._write_counted(batch)

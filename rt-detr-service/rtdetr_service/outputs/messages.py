@@ -134,9 +134,10 @@ def clip_fields(event_id: str, has_clip: bool) -> dict:
 
 def output_event(view: SessionView, change: EventChange) -> dict:
     """`rtdetr.event.v1`: one event change, with the record before it (null when new) and after. An event
-    of a session that records has a clip (its segments around it are kept while it lasts)."""
+    of a session that records has a clip (its segments around it are kept while it lasts). The update
+    that brings an ended event's `global_id` carries its appearance vector when OUTPUT_EMBEDDINGS is on."""
     before = change.before
-    return {
+    message = {
         "schema": EVENT_SCHEMA,
         "type": change.kind,
         "session_id": view.session_id,
@@ -144,6 +145,9 @@ def output_event(view: SessionView, change: EventChange) -> dict:
         "before": before.as_dict() | clip_fields(before.id, view.records) if before is not None else None,
         "after": change.event.as_dict() | clip_fields(change.event.id, view.records),
     }
+    if change.embedding is not None:
+        message["embedding"] = {"model_id": change.embedding.model_id, "vector": list(change.embedding.vector)}
+    return message
 
 
 def output_alert(view: SessionView, alert: Alert) -> dict:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from rtdetr_service.outputs.base import Sink
 
 if TYPE_CHECKING:
+    from rtdetr_service.outputs.embeddings.stage import EmbeddingParts
     from rtdetr_service.outputs.hub import Hub
     from rtdetr_service.outputs.prometheus import Metrics
     from rtdetr_service.outputs.settings import OutputSettings
@@ -29,6 +30,7 @@ class SinkContext:
     encoder: object
     event_store: EventStore | None
     renderer: FrameRenderer | None = None  # shared with the bus, so a frame is drawn and encoded once
+    embeddings: EmbeddingParts | None = None  # the encoder and the vector index, when search is on
 
 
 def _websocket(ctx: SinkContext) -> Sink:
@@ -91,6 +93,16 @@ def _kafka(ctx: SinkContext) -> Sink | None:
     return sink
 
 
+def _embeddings(ctx: SinkContext) -> Sink | None:
+    if ctx.embeddings is None:
+        return None
+    from rtdetr_service.outputs.embeddings.stage import EmbeddingStage
+
+    sink = EmbeddingStage(ctx.embeddings)
+    sink.start()
+    return sink
+
+
 SINKS: list[Callable[[SinkContext], Sink | None]] = [
     _websocket,
     _metrics,
@@ -99,6 +111,7 @@ SINKS: list[Callable[[SinkContext], Sink | None]] = [
     _webhook,
     _mqtt,
     _kafka,
+    _embeddings,
 ]
 
 
@@ -114,3 +127,12 @@ def output_warnings(sinks: Sequence[Sink]) -> list[str]:
 
 def build_sinks(ctx: SinkContext) -> list[Sink]:
     return [sink for build in SINKS if (sink := build(ctx)) is not None]
+
+
+def connect_republishers(sinks: Sequence[Sink]) -> None:
+    """A sink that sends changes of its own (the embedding stage's global_id updates) sends them to
+    every other sink; called once the app's list of sinks is whole."""
+    for sink in sinks:
+        republish_to = getattr(sink, "republish_to", None)
+        if republish_to is not None:
+            republish_to(sinks)

@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from rtdetr_service import __version__
+from rtdetr_service.core.search import Embedder
 from rtdetr_service.inference.detector import Detector
 from rtdetr_service.inference.loading import detector_from_settings
 from rtdetr_service.inference.worker import InferenceWorker
@@ -23,11 +24,12 @@ from rtdetr_service.outputs import messages
 from rtdetr_service.outputs.bus.link import BusLink
 from rtdetr_service.outputs.bus.owner import BusSink, OwnerHub
 from rtdetr_service.outputs.bus.relay import BusRelay
+from rtdetr_service.outputs.embeddings.stage import EmbedderSlot, EmbeddingParts
 from rtdetr_service.outputs.encode import JpegEncoder
 from rtdetr_service.outputs.hub import Hub
 from rtdetr_service.outputs.prometheus import Metrics
 from rtdetr_service.outputs.recordings.recordings import Recordings
-from rtdetr_service.outputs.registry import SinkContext, build_sinks
+from rtdetr_service.outputs.registry import SinkContext, build_sinks, connect_republishers
 from rtdetr_service.outputs.store.event_store import EventStore
 from rtdetr_service.outputs.store.queries import ClipWindow
 from rtdetr_service.outputs.websocket import FrameRenderer
@@ -50,7 +52,9 @@ def _load_model(app: FastAPI, settings: Settings, ready: threading.Event) -> Non
         detector = state.detector_factory(settings)
         state.encoder = JpegEncoder(detector.info.device)
         renderer = FrameRenderer(state.encoder)
-        sinks = build_sinks(SinkContext(settings, state.hub, state.metrics, state.encoder, state.event_store, renderer))
+        parts = _embedding_parts(app, settings)
+        context = SinkContext(settings, state.hub, state.metrics, state.encoder, state.event_store, renderer, parts)
+        sinks = build_sinks(context)
         session_hub = None
         if state.bus is not None:
             manager = state.manager
@@ -64,6 +68,7 @@ def _load_model(app: FastAPI, settings: Settings, ready: threading.Event) -> Non
             bus_sink.start()
             sinks.append(bus_sink)
             session_hub = OwnerHub(state.hub, bus_sink)
+        connect_republishers(sinks)  # the embedding stage's global_id updates go to every other output
         worker = InferenceWorker(
             detector,
             max_batch=settings.max_batch,
@@ -93,6 +98,34 @@ def _load_model(app: FastAPI, settings: Settings, ready: threading.Event) -> Non
         log.error("%s", state.model_error, exc_info=not isinstance(exc, RuntimeError))
     finally:
         ready.set()
+
+
+def _embedding_parts(app: FastAPI, settings: Settings) -> EmbeddingParts | None:
+    """What the embedding stage needs, when there is a vector index to fill and an encoder to load; the
+    encoder loads on a thread of its own, and the stage's requests wait for it meanwhile."""
+    state = app.state
+    if state.vector_index is None or state.embedder_factory is None or state.event_store is None:
+        return None
+    factory = state.embedder_factory
+    loader = threading.Thread(
+        target=_load_embedder, args=(state.embedder, factory, settings), name="embedder-loader", daemon=True
+    )
+    loader.start()
+    return EmbeddingParts(
+        settings, state.embedder, state.vector_index, state.event_store.records, batch=settings.embed_batch
+    )
+
+
+def _load_embedder(slot: EmbedderSlot, factory: Callable[[Settings], Embedder], settings: Settings) -> None:
+    try:
+        embedder = factory(settings)
+    except Exception as exc:  # noqa: BLE001 - said by the stage's state and the log; detection goes on
+        slot.fail(str(exc) or type(exc).__name__)
+        log.error("the image encoder failed to load: %s", exc, exc_info=not isinstance(exc, RuntimeError))
+        return
+    slot.set(embedder)
+    if not embedder.trained:
+        log.warning("!!! the image encoder %s has random weights: similarities mean nothing !!!", embedder.model_id)
 
 
 def _open_event_store(settings: Settings) -> EventStore | None:
@@ -139,6 +172,8 @@ async def lifespan(app: FastAPI):
     app.state.model_error = None
     app.state.encoder = JpegEncoder("cpu")
     app.state.event_store = _open_event_store(settings)
+    app.state.embedder = EmbedderSlot()
+    app.state.vector_index = None  # the event store's vector index (sqlite-vec / pgvector), issue 19 part 2
     app.state.history_reads = events.history_reads_pool()
     app.state.manager = manager = SessionManager(settings, app.state.hub)
     app.state.recordings = manager.recordings = _open_recordings(settings, app.state.event_store)
@@ -280,10 +315,13 @@ PAGE_HEADERS = {
 
 
 def create_app(
-    settings: Settings | None = None, detector_factory: Callable[[Settings], Detector] = detector_from_settings
+    settings: Settings | None = None,
+    detector_factory: Callable[[Settings], Detector] = detector_from_settings,
+    embedder_factory: Callable[[Settings], Embedder] | None = None,
 ) -> FastAPI:
     """The service. `detector_factory` builds the model in the lifespan (another Detector can be
-    given: the same pipeline then runs on it)."""
+    given: the same pipeline then runs on it); `embedder_factory` the image encoder events are embedded
+    with (None: events are not embedded)."""
     settings = settings or Settings()
     app = FastAPI(
         title="rt-detr-service",
@@ -300,6 +338,7 @@ def create_app(
     app.docs_url = "/docs"  # served below, with local assets
     app.state.settings = settings
     app.state.detector_factory = detector_factory
+    app.state.embedder_factory = embedder_factory
     install_error_handlers(app)
     install_body_limit(app, settings.max_body_kb * 1024)
     install_api_key_check(app)

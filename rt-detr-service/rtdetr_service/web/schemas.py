@@ -317,6 +317,11 @@ class EventOut(_Answer):
         description="A kept recording overlaps the event widened by RECORD_PRE_S / RECORD_POST_S: its clip plays.",
     )
     clip_url: str | None = Field(..., description="GET it for the event's MP4 clip; null without one.")
+    global_id: str | None = Field(
+        ...,
+        description="The object's identity across cameras (Re-ID): the same on every event of the same object; "
+        "null until the event has ended and been linked.",
+    )
 
 
 class EventsAnswer(_Answer):

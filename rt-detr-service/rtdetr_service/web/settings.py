@@ -17,13 +17,21 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from rtdetr_service.core.config import READ_ENV, REPO_ROOT, CommaList
 from rtdetr_service.inference.settings import EmbedSettings, InferenceSettings
+from rtdetr_service.outputs.embeddings.settings import EmbeddingSettings
 from rtdetr_service.outputs.recordings.settings import RecordingSettings
 from rtdetr_service.outputs.settings import OutputSettings
 from rtdetr_service.sessions.settings import ClusterSettings, SessionSettings
 
 
 class Settings(
-    BaseSettings, SessionSettings, ClusterSettings, InferenceSettings, EmbedSettings, OutputSettings, RecordingSettings
+    BaseSettings,
+    SessionSettings,
+    ClusterSettings,
+    InferenceSettings,
+    EmbedSettings,
+    OutputSettings,
+    RecordingSettings,
+    EmbeddingSettings,
 ):
     """Every knob of the service; environment variables use the upper-case field names."""
 

@@ -163,6 +163,10 @@ class EventStore:
         """One event as a dict, or None."""
         return queries.get_event(self._db, event_id, self._clips)
 
+    def records(self, event_ids: Sequence[str]) -> dict:
+        """The stored records (`EventRecord`) of these events by id; those not stored are left out."""
+        return queries.get_records(self._db, event_ids)
+
     def track(self, event_id: str) -> dict | None:
         """The event's track ({event_id, hz, truncated, points}), or None if there is no such event."""
         return tracks.read_track(self._db.engine, event_id)

@@ -14,6 +14,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import sqlalchemy as sa
 
@@ -197,9 +198,22 @@ def delete_event(engine: sa.Engine, files: SnapshotFiles, tombstones: Tombstones
     return True
 
 
-def event_dict(row) -> dict:
-    """An events row as the API shows it."""
-    record = EventRecord(
+def get_records(db: Database, event_ids: Sequence[str]) -> dict[str, EventRecord]:
+    """The stored records of these events, by id (those not stored are left out): what Re-ID weighs
+    of an earlier look of an object, its camera, times and global_id."""
+    t = events_table
+    found: dict[str, EventRecord] = {}
+    ids = list(dict.fromkeys(event_ids))
+    with db.engine.connect() as conn:
+        for start in range(0, len(ids), 500):  # SQLite's bound on variables is far above; one page each
+            for row in conn.execute(sa.select(t).where(t.c.id.in_(ids[start : start + 500]))):
+                found[row.id] = event_record(row)
+    return found
+
+
+def event_record(row) -> EventRecord:
+    """An events row as a record."""
+    return EventRecord(
         id=row.id,
         session_id=row.session_id,
         camera=row.camera,
@@ -218,7 +232,13 @@ def event_dict(row) -> dict:
         rules=tuple(json.loads(row.rules)),
         has_snapshot=row.snapshot_path is not None,
         track_hz=row.track_hz,
+        global_id=row.global_id,
     )
+
+
+def event_dict(row) -> dict:
+    """An events row as the API shows it."""
+    record = event_record(row)
     out = record.as_dict()
     out["snapshot_url"] = f"/api/v1/events/{row.id}/snapshot.jpg" if record.has_snapshot else None
     return out | clip_fields(row.id, bool(row.has_clip))

@@ -269,6 +269,8 @@ def _event_upsert(insert):
         (ins.excluded.snapshot_path.is_not(None), ins.excluded.snapshot_bytes),
         else_=events_table.c.snapshot_bytes,
     )
+    # Re-ID decides an identity once, after the end: a change that does not carry one keeps it.
+    set_["global_id"] = sa.func.coalesce(ins.excluded.global_id, events_table.c.global_id)
     return ins.on_conflict_do_update(index_elements=[events_table.c.id], set_=set_)
 
 
@@ -295,4 +297,5 @@ def event_row(record: EventRecord, snapshot: tuple[str, int] | None, now: float)
         "snapshot_bytes": snapshot[1] if snapshot else 0,
         "updated_at": now,
         "track_hz": record.track_hz,
+        "global_id": record.global_id,
     }

@@ -1,0 +1,355 @@
+"""The embedding stage: each event's appearance vector, into the index, and its global_id out.
+
+A sink like the others. On a session's publisher thread it does only cheap work (outputs/base.py):
+from the frames it is handed it cuts small crops of each live event (crops.py: the best view, and
+up to EMBED_CROPS_PER_EVENT more over the life), and it queues an embedding request twice per
+event: once early (the event has lived EMBED_EARLY_S, so live objects can be found) and once at its
+end (all its crops). The queue is bounded and fair between sessions; requests hold crops, never
+frames. Its own thread (`sink-embeddings`) takes requests, batches their crops across sessions
+(at most EMBED_BATCH a pass), runs the encoder, averages each event's crops into one normalised
+vector and upserts it with the model's id. At an end, Re-ID (reid.py) decides the global_id, and the
+ended record with it goes out as one more "update" to every other output of the session (the store
+keeps it, webhook/MQTT/Kafka send it), on this thread, bounded by what was queued.
+
+Until the encoder has loaded (or when it failed to), requests wait in the queue, the oldest of the
+busiest session dropped past its bound, counted; the stage says so in its state.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from rtdetr_service.core.results import Embedding, EventChange, EventRecord, Published, SessionView
+from rtdetr_service.core.search import Embedder, SearchFilters, SearchHit
+from rtdetr_service.core.types import FrameResult
+from rtdetr_service.outputs.base import QueuedSink, Sink, SinkStats
+from rtdetr_service.outputs.embeddings.crops import Crop, EventCrops, cut
+from rtdetr_service.outputs.embeddings.reid import Records, ReidOptions, link
+from rtdetr_service.outputs.embeddings.settings import EmbeddingSettings
+
+log = logging.getLogger(__name__)
+
+DECIDED_KEPT = 10_000  # identities decided here, remembered until the store surely has them
+
+
+class VectorIndex(Protocol):
+    """What the stage needs of the event store's vector index (sqlite-vec or pgvector)."""
+
+    def upsert(self, event_id: str, vector: np.ndarray, model_id: str) -> None: ...
+
+    def search(
+        self, vector: np.ndarray, model_id: str, filters: SearchFilters, limit: int, offset: int
+    ) -> list[SearchHit]: ...
+
+
+class EmbedderSlot:
+    """The image encoder, once whoever loads it (the app, on a thread of its own) has set it, or why it
+    could not; the stage waits for it without blocking anyone."""
+
+    def __init__(self) -> None:
+        self._loaded = threading.Event()
+        self._lock = threading.Lock()
+        self._embedder: Embedder | None = None
+        self._error: str | None = None
+
+    def set(self, embedder: Embedder) -> None:
+        with self._lock:
+            self._embedder, self._error = embedder, None
+        self._loaded.set()
+
+    def fail(self, words: str) -> None:
+        with self._lock:
+            self._error = words
+
+    @property
+    def failed(self) -> bool:
+        with self._lock:
+            return self._embedder is None and self._error is not None
+
+    def get(self) -> Embedder | None:
+        with self._lock:
+            return self._embedder
+
+    def wait(self, timeout: float) -> Embedder | None:
+        self._loaded.wait(timeout)
+        return self.get()
+
+    def waiting_for(self) -> str | None:
+        """Why nothing is embedded now, in words; None once the encoder is there."""
+        with self._lock:
+            if self._embedder is not None:
+                return None
+            if self._error is not None:
+                return f"the image encoder failed to load ({self._error}): requests wait, and the oldest are dropped"
+            return "the image encoder is loading: requests wait in the queue"
+
+
+@dataclass(frozen=True)
+class EmbeddingParts:
+    """What the app hands the stage: its settings, the encoder's slot, the index, the store's
+    records (what Re-ID knows of earlier looks), and the most crops one encoder pass takes
+    (EMBED_BATCH, the encoder's setting)."""
+
+    settings: EmbeddingSettings
+    embedder: EmbedderSlot
+    index: VectorIndex
+    records: Records
+    batch: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedRequest:
+    """One event's crops to embed: early (upsert only) or at its end (upsert, Re-ID, update)."""
+
+    view: SessionView
+    record: EventRecord
+    crops: tuple[np.ndarray, ...]
+    final: bool
+
+
+@dataclass(slots=True)
+class _Life:
+    """A live event as the publisher side keeps it."""
+
+    record: EventRecord
+    crops: EventCrops
+    early_sent: bool = False
+
+
+@dataclass(slots=True)
+class _SessionLives:
+    """One session's live events; touched by that session's publisher thread only."""
+
+    by_id: dict[str, _Life] = field(default_factory=dict)
+    by_track: dict[int, str] = field(default_factory=dict)
+
+
+class EmbeddingStage(QueuedSink):
+    """See the module docstring."""
+
+    name = "embeddings"
+
+    def __init__(self, parts: EmbeddingParts) -> None:
+        settings = parts.settings
+        super().__init__(queue_size=settings.embed_queue_size, batch_max=parts.batch)
+        self._batch = parts.batch
+        self._settings = settings
+        self._slot = parts.embedder
+        self._index = parts.index
+        self._records = parts.records
+        self._reid = ReidOptions(settings.reid_threshold, settings.reid_window_s)
+        self._sessions: dict[str, _SessionLives] = {}
+        self._sessions_lock = threading.Lock()
+        self._targets: tuple[Sink, ...] = ()
+        self._decided: OrderedDict[str, EventRecord] = OrderedDict()  # writer thread only
+        self.embedded = 0  # vectors upserted
+        self.crops_embedded = 0
+        self.linked = 0  # ended events given an earlier look's global_id
+        self.new_identities = 0
+        self.superseded = 0  # early requests whose event's end came in the same batch
+        self.republish_errors = 0
+        self.model_id: str | None = None
+
+    def republish_to(self, sinks: Sequence[Sink]) -> None:
+        """The outputs an ended event's update goes to: every sink of the app but this one (so an
+        update never comes back here)."""
+        self._targets = tuple(s for s in sinks if s is not self)
+
+    # -- publisher side ----------------------------------------------------------------------
+
+    def handle(self, item: Published) -> None:
+        if not item.events and item.result is None:
+            return
+        lives = self._lives(item.session.session_id)
+        for change in item.events:
+            self._on_change(item.session, lives, change)
+        if item.result is not None and lives.by_track:
+            self._sample(item.session, lives, item.result)
+
+    def _lives(self, session_id: str) -> _SessionLives:
+        with self._sessions_lock:
+            return self._sessions.setdefault(session_id, _SessionLives())
+
+    def _on_change(self, view: SessionView, lives: _SessionLives, change: EventChange) -> None:
+        record = change.event
+        if change.kind == "update" and record.end_time is not None:
+            return  # an ended event's update (ours, Re-ID): nothing new to see
+        life = lives.by_id.get(record.id)
+        if life is None:
+            if change.kind == "end":
+                return  # its life began before this stage saw it (or was dropped): no crop of it
+            life = lives.by_id[record.id] = _Life(record, EventCrops(self._settings.embed_crops_per_event))
+            lives.by_track[record.track_id] = record.id
+        life.record = record
+        if change.snapshot is not None:
+            snap, det = change.snapshot, change.snapshot.detection
+            self._add(life, snap.frame.image, det.bbox, snap.frame.timestamp, det.confidence, best=True)
+        if change.kind == "end":
+            del lives.by_id[record.id]
+            if lives.by_track.get(record.track_id) == record.id:
+                del lives.by_track[record.track_id]
+            self._request(view, life, final=True)
+        else:
+            self._maybe_early(view, life, record.last_seen)
+
+    def _sample(self, view: SessionView, lives: _SessionLives, result: FrameResult) -> None:
+        """Another crop of each live event in this frame whose next crop is due, and early requests."""
+        t = result.timestamp
+        for det in result.detections:
+            event_id = lives.by_track.get(det.track_id) if det.track_id is not None else None
+            if event_id is None:
+                continue
+            life = lives.by_id[event_id]
+            if life.crops.due(t):
+                self._add(life, result.frame.image, det.bbox, t, det.confidence, best=False)
+            self._maybe_early(view, life, t)
+
+    def _add(self, life: _Life, image: np.ndarray, bbox, t: float, confidence: float, *, best: bool) -> None:
+        pixels = cut(image, bbox, self._settings.embed_crop_px)
+        if pixels is None:
+            return
+        crop = Crop(pixels, t, confidence)
+        life.crops.offer_best(crop) if best else life.crops.offer(crop)
+
+    def _maybe_early(self, view: SessionView, life: _Life, t: float) -> None:
+        if not life.early_sent and t - life.record.start_time >= self._settings.embed_early_s and len(life.crops):
+            life.early_sent = True
+            self._request(view, life, final=False)
+
+    def _request(self, view: SessionView, life: _Life, *, final: bool) -> None:
+        crops = tuple(life.crops.crops())
+        if crops:
+            self.offer(EmbedRequest(view, life.record, crops, final), view.session_id)
+
+    def session_ended(self, session_id: str) -> None:
+        """Its publisher closed every event (their ends are queued); what it kept goes."""
+        with self._sessions_lock:
+            self._sessions.pop(session_id, None)
+
+    # -- the writer thread --------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """Requests wait in the queue until the encoder is there (bounded: the oldest are dropped)."""
+        return self._slot.wait(self.wait_s) is not None
+
+    def write(self, batch: list[EmbedRequest]) -> None:
+        """Embed every request's crops in passes of at most EMBED_BATCH, then each event's vector."""
+        embedder = self._slot.get()
+        if embedder is None:  # ready() said it was there; it is never taken back
+            raise RuntimeError("the image encoder is not loaded")
+        finals = {r.record.id for r in batch if r.final}
+        todo = [r for r in batch if r.final or r.record.id not in finals]
+        with self._lock:
+            self.superseded += len(batch) - len(todo)
+        crops = [crop for request in todo for crop in request.crops]
+        vectors = self._embed(embedder, crops)
+        self.model_id = embedder.model_id
+        failed: list[str] = []
+        start = 0
+        for request in todo:
+            rows = vectors[start : start + len(request.crops)]
+            start += len(request.crops)
+            try:
+                self._store(request, _mean_direction(rows), embedder.model_id)
+            except Exception as exc:  # noqa: BLE001 - one event's index write or Re-ID costs that event only
+                failed.append(f"{type(exc).__name__}: {exc}")
+        with self._lock:
+            self.crops_embedded += len(crops)
+            self.sent += len(batch) - len(failed)
+            self.failed += len(failed)
+            if failed:
+                self.last_error = f"{len(failed)} event(s) not indexed: {failed[-1]}"[:500]
+        if failed:
+            if not self._failing:
+                log.warning("sink %s: %s", self.name, self.last_error)
+            self._failing = True
+        elif self._failing:
+            log.info("sink %s: indexing again", self.name)
+            self._failing = False
+
+    def after_write(self, batch: list) -> None:
+        pass  # write() counts what it indexed and what failed, request by request
+
+    def _embed(self, embedder: Embedder, crops: list[np.ndarray]) -> np.ndarray:
+        size = self._batch
+        parts = [np.asarray(embedder.embed_images(crops[i : i + size]), np.float32) for i in range(0, len(crops), size)]
+        vectors = np.concatenate(parts) if parts else np.zeros((0, embedder.dim), np.float32)
+        if vectors.shape != (len(crops), embedder.dim):
+            raise ValueError(f"the encoder gave {vectors.shape} for {len(crops)} crop(s) of dim {embedder.dim}")
+        return vectors
+
+    def _store(self, request: EmbedRequest, vector: np.ndarray, model_id: str) -> None:
+        record = request.record
+        self._index.upsert(record.id, vector, model_id)
+        with self._lock:
+            self.embedded += 1
+        if not request.final:
+            return
+        decision = link(record, vector, model_id, search=self._index.search, records=self._known, options=self._reid)
+        with self._lock:
+            if decision.matched is None:
+                self.new_identities += 1
+            else:
+                self.linked += 1
+        linked = replace(record, global_id=decision.global_id)
+        self._remember(linked)
+        embedding = Embedding(model_id, tuple(float(v) for v in vector)) if self._settings.output_embeddings else None
+        change = EventChange("update", linked, record, embedding=embedding)
+        self._republish(Published(request.view, None, (), (change,)))
+
+    def _known(self, event_ids: Sequence[str]) -> dict[str, EventRecord]:
+        """Stored records, with what was decided here a moment ago and may not be written yet."""
+        known = dict(self._records([i for i in event_ids if i not in self._decided]))
+        known.update((i, self._decided[i]) for i in event_ids if i in self._decided)
+        return known
+
+    def _remember(self, record: EventRecord) -> None:
+        self._decided[record.id] = record
+        self._decided.move_to_end(record.id)
+        while len(self._decided) > DECIDED_KEPT:
+            self._decided.popitem(last=False)
+
+    def _republish(self, item: Published) -> None:
+        """The update to every other output; each takes it without blocking, and one's failure is its own."""
+        for sink in self._targets:
+            try:
+                sink.handle(item)
+            except Exception:  # noqa: BLE001 - one output's failure must not keep the others from it
+                with self._lock:
+                    self.republish_errors += 1
+                log.exception("sink %s: taking an event's global_id failed", sink.name)
+
+    # -- state --------------------------------------------------------------------------------
+
+    def stats(self) -> SinkStats:
+        base = super().stats()
+        waiting = self._slot.waiting_for()
+        with self._lock:
+            detail = {
+                "model_id": self.model_id,
+                "embedded": self.embedded,
+                "crops_embedded": self.crops_embedded,
+                "linked": self.linked,
+                "new_identities": self.new_identities,
+                "superseded": self.superseded,
+                "republish_errors": self.republish_errors,
+            }
+        if waiting is not None and base.state != "failing":
+            state = "failing" if self._slot.failed else "degraded"
+            return replace(base, state=state, detail={**detail, "detail": waiting})
+        return replace(base, detail=detail)
+
+
+def _mean_direction(rows: np.ndarray) -> np.ndarray:
+    """The normalised mean of unit vectors: the direction they share (one crop: itself)."""
+    mean = rows.mean(axis=0, dtype=np.float64)
+    norm = np.linalg.norm(mean)
+    if not np.isfinite(norm) or norm == 0:
+        raise ValueError("the crops' vectors cancel out or are not finite: no direction to store")
+    return (mean / norm).astype(np.float32)

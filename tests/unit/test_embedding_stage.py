@@ -1,0 +1,291 @@
+"""The embedding stage as a sink, fed by the real event lifecycle on drawn frames, with an encoder whose
+answer is known (the crop's mean colour) and an exact index: early and end requests, crops per event,
+batching across sessions, the bounded fair queue while the encoder loads, failures counted, and Re-ID's
+global_id going out as one more update to every other output, never back to the stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+from rtdetr_service.analytics.events import EventLifecycle
+from rtdetr_service.core.results import EventChange, Published, SessionView
+from rtdetr_service.core.types import Detection, Frame, FrameResult
+from rtdetr_service.outputs import messages
+from rtdetr_service.outputs.base import SinkStats
+from rtdetr_service.outputs.embeddings.settings import EmbeddingSettings
+from rtdetr_service.outputs.embeddings.stage import EmbedderSlot, EmbeddingParts, EmbeddingStage
+from rtdetr_service.outputs.registry import connect_republishers
+
+from exact_index import ExactIndex, MeanColour
+from support import wait_until
+
+T0 = 1_700_000_000.0
+RED, BLUE, GREEN = (0, 0, 255), (255, 0, 0), (0, 255, 0)  # BGR
+SCHEMA = Path(__file__).resolve().parents[2] / "docs" / "schemas" / "rtdetr.event.v1.json"
+
+
+class Scene:
+    """One session's camera: grey frames with coloured boxes, through a real event lifecycle."""
+
+    def __init__(self, session_id: str, camera: str | None = None) -> None:
+        self.view = SessionView(session_id, camera, enable_drawing=False, jpeg_quality=75)
+        self.events = EventLifecycle(session_id, camera, end_after_s=1.0, snapshot_interval_s=0.5)
+        self.index = 0
+
+    def step(self, t: float, *objects: tuple[int, tuple[int, int, int], float]) -> Published:
+        """The frame at `t` s with each (track id, BGR colour, x) as a 20x30 box, and what it changed."""
+        image = np.full((120, 160, 3), 128, np.uint8)
+        detections = []
+        for track, colour, x in objects:
+            x1 = int(x)
+            image[40:70, x1 : x1 + 20] = colour
+            detections.append(Detection(0, "person", (float(x1), 40.0, float(x1 + 20), 70.0), 0.8, track))
+        frame = Frame(image, self.index, T0 + t, t)
+        self.index += 1
+        changes = self.events.update(frame, detections)
+        return Published(
+            self.view, FrameResult(self.view.session_id, frame, tuple(detections), 0.01), (), tuple(changes)
+        )
+
+    def walk(self, start: float, seconds: float, *objects: tuple[int, tuple[int, int, int]], fps: float = 10.0):
+        """Steps of the objects walking right for `seconds`, then the step that ends them."""
+        steps, n = [], int(seconds * fps)
+        for i in range(n):
+            t = start + i / fps
+            steps.append(self.step(t, *((track, colour, 5 + i * 100 / n) for track, colour in objects)))
+        steps.append(Published(self.view, None, (), tuple(self.events.tick(T0 + start + seconds + 2.0))))
+        return steps
+
+
+class Keeper:
+    """Stands for the event store and the other outputs: keeps every record it is handed (the index's
+    filters read them, as the real index reads the events table) and every change."""
+
+    name = "keeper"
+
+    def __init__(self, index: ExactIndex) -> None:
+        self.index = index
+        self.changes: list[tuple[SessionView, EventChange]] = []
+
+    def handle(self, item: Published) -> None:
+        for change in item.events:
+            self.index.add_record(change.event)
+            self.changes.append((item.session, change))
+
+    def session_ended(self, session_id: str) -> None:
+        pass
+
+    def close(self, timeout: float = 0.0) -> None:
+        pass
+
+    def stats(self) -> SinkStats:
+        return SinkStats(self.name)
+
+    def identities(self) -> dict[str, str]:
+        """event id -> global_id, from the updates after an end."""
+        return {c.event.id: c.event.global_id for _, c in self.changes if c.event.global_id is not None}
+
+
+def build(encoder: MeanColour | None = None, **settings) -> tuple[EmbeddingStage, Keeper, ExactIndex, EmbedderSlot]:
+    index = ExactIndex()
+    slot = EmbedderSlot()
+    if encoder is not None:
+        slot.set(encoder)
+    batch = settings.pop("embed_batch", 16)
+    stage = EmbeddingStage(EmbeddingParts(EmbeddingSettings(**settings), slot, index, index.lookup, batch=batch))
+    keeper = Keeper(index)
+    connect_republishers([keeper, stage])
+    stage.start()
+    return stage, keeper, index, slot
+
+
+def publish(sinks, steps) -> None:
+    """As the publisher does: every step to every sink, in order."""
+    for step in steps:
+        for sink in sinks:
+            sink.handle(step)
+
+
+@pytest.fixture
+def stages():
+    made = []
+    yield made
+    for stage in made:
+        stage.close(2.0)
+
+
+def test_an_event_is_embedded_once_early_and_again_at_its_end_then_gets_a_global_id(stages):
+    stage, keeper, index, _ = build(MeanColour(), embed_early_s=1.0)
+    stages.append(stage)
+    scene = Scene("s1")
+    steps = scene.walk(0.0, 3.0, (1, RED))
+    event_id = next(c.event.id for s in steps for c in s.events if c.kind == "new")
+    # when it has lived 1.5 s, it is findable while still live
+    publish([keeper, stage], steps[:15])
+    assert wait_until(lambda: event_id in index.upserts, timeout=10)
+    assert not keeper.identities()
+    # and at its end it is embedded again, and gets its global_id
+    publish([keeper, stage], steps[15:])
+    assert wait_until(lambda: event_id in keeper.identities(), timeout=10)
+    assert index.upserts.count(event_id) == 2
+    vector, model = index.get(event_id)
+    assert model == MeanColour.model_id
+    assert np.dot(vector, MeanColour().embed_images([np.full((4, 4, 3), (255, 0, 0), np.uint8)])[0]) > 0.95
+    # and the update after the end carries the ended record with its global_id, the ended one as before
+    view, update = [(v, c) for v, c in keeper.changes if c.event.global_id is not None][-1]
+    assert (update.kind, update.event.end_time is not None, update.before.global_id) == ("update", True, None)
+    assert update.embedding is None  # OUTPUT_EMBEDDINGS is off
+    assert view.session_id == "s1"
+
+
+def test_a_life_shorter_than_embed_early_s_is_embedded_only_at_its_end(stages):
+    stage, keeper, index, _ = build(MeanColour(), embed_early_s=1.0)
+    stages.append(stage)
+    steps = Scene("s1").walk(0.0, 0.5, (1, RED))
+    publish([keeper, stage], steps)
+    assert wait_until(lambda: keeper.identities(), timeout=10)
+    assert len(index.upserts) == 1
+    assert stage.stats().detail["superseded"] == 0
+
+
+def test_an_end_request_holds_the_best_view_and_at_most_k_more(stages):
+    encoder = MeanColour()
+    stage, keeper, _, _ = build(encoder, embed_crops_per_event=2, embed_early_s=1000.0)
+    stages.append(stage)
+    publish([keeper, stage], Scene("s1").walk(0.0, 30.0, (1, RED)))
+    assert wait_until(lambda: keeper.identities(), timeout=10)
+    assert encoder.calls == [3]
+
+
+def test_two_sessions_seeing_the_same_object_give_it_one_global_id_and_another_object_another(stages):
+    stage, keeper, _, _ = build(MeanColour())
+    stages.append(stage)
+    first, second = Scene("cam-a"), Scene("cam-b")
+    # given the same red person walking past two unnamed sessions at the same time, and a blue one later
+    publish([keeper, stage], first.walk(0.0, 3.0, (1, RED)))
+    publish([keeper, stage], second.walk(0.2, 3.0, (1, RED)))
+    publish([keeper, stage], second.walk(10.0, 3.0, (2, BLUE)))
+    assert wait_until(lambda: len(keeper.identities()) == 3, timeout=10)
+    by_session = {}
+    for _, change in keeper.changes:
+        if change.event.global_id is not None:
+            by_session.setdefault(
+                (change.event.session_id, change.event.label, change.event.track_id), change.event.global_id
+            )
+    assert by_session[("cam-a", "person", 1)] == by_session[("cam-b", "person", 1)]
+    assert by_session[("cam-b", "person", 2)] != by_session[("cam-a", "person", 1)]
+    assert stage.stats().detail["linked"] == 1 and stage.stats().detail["new_identities"] == 2
+
+
+def test_while_the_encoder_loads_requests_wait_within_the_bound_and_the_stage_says_so(stages):
+    stage, keeper, index, slot = build(None, embed_queue_size=4, embed_early_s=1000.0)
+    stages.append(stage)
+    scene = Scene("s1")
+    for i in range(10):
+        publish([keeper, stage], scene.walk(i * 10.0, 0.5, (i + 1, RED)))
+    stats = stage.stats()
+    assert (stats.queued, stats.dropped, stats.state) == (4, 6, "degraded")
+    assert "loading" in stats.detail["detail"]
+    assert not index.upserts
+    slot.set(MeanColour())
+    assert wait_until(lambda: len(keeper.identities()) == 4, timeout=10)
+    assert stage.stats().state == "degraded"  # the drops are recent
+    assert "detail" not in stage.stats().detail
+
+
+def test_an_encoder_that_failed_to_load_is_said_in_words(stages):
+    stage, *_, slot = build(None)
+    stages.append(stage)
+    slot.fail("no such checkpoint: google/nothing")
+    stats = stage.stats()
+    assert stats.state == "failing" and "no such checkpoint" in stats.detail["detail"]
+
+
+def test_a_flooding_session_drops_its_own_requests_not_anothers(stages):
+    stage, keeper, _, slot = build(None, embed_queue_size=4, embed_early_s=1000.0)
+    stages.append(stage)
+    busy, quiet = Scene("busy"), Scene("quiet")
+    publish([keeper, stage], quiet.walk(0.0, 0.5, (1, BLUE)))
+    for i in range(10):
+        publish([keeper, stage], busy.walk(i * 10.0, 0.5, (i + 1, RED)))
+    assert stage.stats().dropped == 7
+    slot.set(MeanColour())
+    assert wait_until(lambda: len(keeper.identities()) == 4, timeout=10)
+    quiet_ids = {c.event.id for _, c in keeper.changes if c.event.session_id == "quiet"}
+    assert quiet_ids & set(keeper.identities())
+
+
+def test_crops_are_batched_across_sessions_within_embed_batch(stages):
+    encoder = MeanColour()
+    stage, keeper, _, slot = build(None, embed_batch=2, embed_crops_per_event=0, embed_early_s=1000.0)
+    stages.append(stage)
+    for name, colour in (("red", RED), ("blue", BLUE), ("green", GREEN)):
+        for i in range(2):
+            publish([keeper, stage], Scene(name).walk(i * 10.0, 0.5, (i + 1, colour)))
+    slot.set(encoder)
+    assert wait_until(lambda: len(keeper.identities()) == 6, timeout=10)
+    assert max(encoder.calls) <= 2 and sum(encoder.calls) == 6
+
+
+def test_an_encoder_failure_costs_its_batch_counted_and_said(stages):
+    encoder = MeanColour()
+    encoder.fail = True
+    stage, keeper, index, _ = build(encoder)
+    stages.append(stage)
+    publish([keeper, stage], Scene("s1").walk(0.0, 0.5, (1, RED)))
+    assert wait_until(lambda: stage.stats().failed == 1, timeout=10)
+    stats = stage.stats()
+    assert stats.state == "failing" and "the encoder broke" in stats.last_error
+    assert not index.upserts and not keeper.identities()
+    # and once it works again, so does the stage
+    encoder.fail = False
+    publish([keeper, stage], Scene("s1").walk(10.0, 0.5, (2, RED)))
+    assert wait_until(lambda: keeper.identities(), timeout=10)
+    assert stage.stats().state == "ok"
+
+
+def test_output_embeddings_puts_the_vector_in_the_update_and_the_message_fits_the_schema(stages):
+    stage, keeper, _, _ = build(MeanColour(), output_embeddings=True)
+    stages.append(stage)
+    publish([keeper, stage], Scene("s1", camera="gate").walk(0.0, 0.5, (1, RED)))
+    assert wait_until(lambda: keeper.identities(), timeout=10)
+    view, update = [(v, c) for v, c in keeper.changes if c.event.global_id is not None][-1]
+    message = messages.output_event(view, update)
+    assert message["embedding"]["model_id"] == MeanColour.model_id
+    assert len(message["embedding"]["vector"]) == MeanColour.dim
+    assert message["after"]["global_id"] == update.event.global_id
+    errors = list(jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text())).iter_errors(message))
+    assert not errors, [e.message for e in errors]
+
+
+def test_the_update_never_comes_back_to_the_stage(stages):
+    stage, keeper, _, _ = build(MeanColour())
+    stages.append(stage)
+    # given the stage is handed the whole list of sinks, itself included
+    connect_republishers([keeper, stage])
+    publish([keeper, stage], Scene("s1").walk(0.0, 0.5, (1, RED)))
+    assert wait_until(lambda: keeper.identities(), timeout=10)
+    handled = stage.stats().handled
+    # when an ended event's update reaches it anyway (another stage, a replay)
+    update = [c for _, c in keeper.changes if c.event.global_id is not None][-1]
+    stage.handle(Published(Scene("s1").view, None, (), (update,)))
+    # then it queues nothing: nothing to embed, nothing to decide again
+    assert stage.stats().handled == handled
+    assert len([c for _, c in keeper.changes if c.event.global_id is not None]) == 1
+
+
+def test_a_session_that_ended_leaves_nothing_behind(stages):
+    stage, keeper, _, _ = build(MeanColour())
+    stages.append(stage)
+    scene = Scene("s1")
+    publish([keeper, stage], [scene.step(0.0, (1, RED, 10)), scene.step(0.1, (1, RED, 12))])
+    assert stage._sessions["s1"].by_id
+    publish([keeper, stage], [Published(scene.view, None, (), tuple(scene.events.close_all()))])
+    stage.session_ended("s1")
+    assert "s1" not in stage._sessions
+    assert wait_until(lambda: keeper.identities(), timeout=10)
