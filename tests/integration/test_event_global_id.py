@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import pytest
 
 from rtdetr_service.analytics.events import EventLifecycle
 from rtdetr_service.core.results import EventChange

@@ -106,6 +106,13 @@ def _embedding_parts(app: FastAPI, settings: Settings) -> EmbeddingParts | None:
     state = app.state
     if state.vector_index is None or state.embedder_factory is None or state.event_store is None:
         return None
+    if not settings.embeds():
+        log.info(
+            "events are not embedded for search: EMBED_ENABLED=%s and %s (make models fetches the encoder)",
+            settings.embed_enabled,
+            "no trained weights at EMBED_MODEL" if settings.embed_enabled == "auto" else "switched off",
+        )
+        return None
     factory = state.embedder_factory
     loader = threading.Thread(
         target=_load_embedder, args=(state.embedder, factory, settings), name="embedder-loader", daemon=True
@@ -114,6 +121,13 @@ def _embedding_parts(app: FastAPI, settings: Settings) -> EmbeddingParts | None:
     return EmbeddingParts(
         settings, state.embedder, state.vector_index, state.event_store.records, batch=settings.embed_batch
     )
+
+
+def embedder_from_settings(settings: Settings) -> Embedder:
+    """The image encoder EMBED_MODEL names, on the device and backend the settings pick."""
+    from rtdetr_service.inference.embedder import load_embedder  # transformers' towers: only when embedding
+
+    return load_embedder(settings, settings)
 
 
 def _load_embedder(slot: EmbedderSlot, factory: Callable[[Settings], Embedder], settings: Settings) -> None:
@@ -173,7 +187,8 @@ async def lifespan(app: FastAPI):
     app.state.encoder = JpegEncoder("cpu")
     app.state.event_store = _open_event_store(settings)
     app.state.embedder = EmbedderSlot()
-    app.state.vector_index = None  # the event store's vector index (sqlite-vec / pgvector), issue 19 part 2
+    store = app.state.event_store
+    app.state.vector_index = store.vectors if store is not None else None  # sqlite-vec / pgvector
     app.state.history_reads = events.history_reads_pool()
     app.state.manager = manager = SessionManager(settings, app.state.hub)
     app.state.recordings = manager.recordings = _open_recordings(settings, app.state.event_store)
@@ -317,11 +332,11 @@ PAGE_HEADERS = {
 def create_app(
     settings: Settings | None = None,
     detector_factory: Callable[[Settings], Detector] = detector_from_settings,
-    embedder_factory: Callable[[Settings], Embedder] | None = None,
+    embedder_factory: Callable[[Settings], Embedder] | None = embedder_from_settings,
 ) -> FastAPI:
     """The service. `detector_factory` builds the model in the lifespan (another Detector can be
     given: the same pipeline then runs on it); `embedder_factory` the image encoder events are embedded
-    with (None: events are not embedded)."""
+    with, when EMBED_ENABLED says so (None: events are never embedded)."""
     settings = settings or Settings()
     app = FastAPI(
         title="rt-detr-service",
