@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from rtdetr_service.inference.backends.export import OPSET, cache_entry, cached, versions
+from rtdetr_service.inference.backends.ort import cpu_session
 
 OUTPUT = "embeddings"
 Inputs = dict[str, np.ndarray]
@@ -83,15 +84,7 @@ class OnnxRuntimeTower:
     """A tower in an ONNX Runtime CPU session."""
 
     def __init__(self, onnx_path: Path, threads: int) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(onnx_path, threads)
 
     def __call__(self, inputs: Inputs) -> np.ndarray:
         return self.session.run([OUTPUT], inputs)[0].astype(np.float32, copy=False)
