@@ -225,7 +225,8 @@ def test_the_service_scales_with_docker_compose(compose):
 
 def test_postgres_and_nats_are_pinned_internal_and_ready_before_the_service(compose):
     services = compose["services"]
-    assert re.fullmatch(r"postgres:\d+\.\d+", services["postgres"]["image"])
+    # PostgreSQL with pgvector (event search), both versions pinned
+    assert re.fullmatch(r"pgvector/pgvector:\d+\.\d+\.\d+-pg\d+", services["postgres"]["image"])
     assert re.fullmatch(r"nats:2\.\d+\.\d+", services["nats"]["image"])
     for name in ("postgres", "nats"):
         assert not services[name].get("ports"), f"{name} must stay inside the compose network"
