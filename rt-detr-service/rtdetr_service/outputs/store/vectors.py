@@ -42,6 +42,10 @@ from rtdetr_service.outputs.store.schema import Database, event_embeddings_table
 
 MAX_DIM = 2000  # pgvector indexes vectors of at most 2,000 dimensions; the same bound on both backends
 _MODEL_CHARS = event_embeddings_table.c.model_id.type.length
+# pgvector: filters that leave fewer events than this are scanned exactly. Measured at 100 k (docs/
+# benchmarks.md, Search): 10,000 matches cost 109 ms exactly (about 11 µs each) against 198 ms through
+# HNSW with an iterative scan that must skip the 9 in 10 others; the two meet near 20,000.
+EXACT_BELOW = 20_000
 _MAX_PAGE = 1000  # limit + offset: deeper pages are not searched (pgvector's ef_search tops out at 1,000 too)
 
 
@@ -56,7 +60,7 @@ class MissingEvent(NamedTuple):
     event_id: str
 
 
-def open_index(db: Database, *, ef_search: int = 100, exact_below: int = 10_000) -> VectorIndex:
+def open_index(db: Database, *, ef_search: int = 100, exact_below: int = EXACT_BELOW) -> VectorIndex:
     """The vector index of the store's database, for its backend."""
     if db.backend == "postgresql":
         return PgVectorIndex(db, ef_search=ef_search, exact_below=exact_below)
@@ -302,7 +306,7 @@ class PgVectorIndex(VectorIndex):
     HNSW_M = 16  # pgvector's defaults: the graph's degree, and the candidates kept while building it
     HNSW_EF_CONSTRUCTION = 64
 
-    def __init__(self, db: Database, *, ef_search: int = 100, exact_below: int = 10_000) -> None:
+    def __init__(self, db: Database, *, ef_search: int = 100, exact_below: int = EXACT_BELOW) -> None:
         super().__init__(db)
         if not 1 <= ef_search <= 1000 or exact_below < 0:
             raise ValueError("ef_search must be 1..1000 (pgvector's range), exact_below >= 0")
