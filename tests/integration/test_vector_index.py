@@ -279,3 +279,34 @@ def test_a_vector_that_is_not_one_is_refused(vector_url, open_store):
             store.vectors.upsert("ev-000000", bad, MODEL)
     with pytest.raises(ValueError, match="model_id"):
         store.vectors.upsert("ev-000000", np.ones(32), "")
+
+
+def test_sqlite_starts_a_filtered_search_from_the_events_indexes_and_an_unfiltered_one_from_the_vectors(
+    tmp_path, open_store
+):
+    # Given a SQLite store with no table statistics (ANALYZE never ran), as a fresh store has
+    store = open_store(f"sqlite:///{tmp_path / 'events.db'}")
+    filled(store, 200)
+    plans: list[str] = []
+
+    def explain(conn, cursor, statement, parameters, context, executemany):
+        if "vec_distance_cosine" in statement:
+            rows = cursor.connection.execute("EXPLAIN QUERY PLAN " + statement, parameters).fetchall()
+            plans.append(" | ".join(row[-1] for row in rows))
+
+    sa.event.listen(store.database.engine, "before_cursor_execute", explain)
+    query = unit_vectors(1, 32, seed=6)[0]
+    store.vectors.search(query, MODEL, SearchFilters(cameras=("cam-3",), after=T0), limit=5)
+    store.vectors.search(query, MODEL, SearchFilters(labels=("dog",)), limit=5)
+    store.vectors.search(query, MODEL, SearchFilters(exclude=("ev-000001",)), limit=5)
+    store.vectors.search(query, MODEL, limit=5)
+
+    # Then a camera or label filter finds its events through their index and each vector by its id,
+    camera, label, exclude, unfiltered = plans
+    assert camera.startswith("SEARCH events USING INDEX ix_events_camera_start_time"), camera
+    assert label.startswith("SEARCH events USING INDEX ix_events_label_start_time"), label
+    for plan in (camera, label):
+        assert "SEARCH event_embeddings USING INDEX sqlite_autoindex_event_embeddings_1 (event_id=?)" in plan
+    # and a search without an event filter reads the vectors alone, looking no event up
+    for plan in (exclude, unfiltered):
+        assert "events" not in plan.replace("event_embeddings", ""), plan

@@ -5,11 +5,18 @@ The embedding thread writes (`upsert`), API threads read; every call takes its o
 engine's pool. A vector whose event is gone is never kept: `upsert` inserts only while the event exists,
 and the store's deletes (queries.py, retention.py) delete vectors with their events (`delete_vectors`).
 
-SQLite (sqlite-vec): an exact scan, `vec_distance_cosine` over the model's rows joined to events with the
-filters as plain SQL. Measured at 100 k × 768 on this project's 2-core machine: 235 ms a query, against
-130 ms for a vec0 table's KNN; vec0 would need copies of each event's camera, label, time and confidence
-kept in step with every change of the event, and its KNN cannot test zones or leave ids out. Exact
-also means SQLite's answers are the reference the PostgreSQL index is checked against.
+SQLite (sqlite-vec): an exact scan, `vec_distance_cosine` over the model's rows with the filters as plain
+SQL. Without an event filter the vectors are scanned alone (no event is looked up per row: a vector
+never outlives its event); with one, the query starts from the events, whose indexes (camera, label,
+time, session) find the few that match, and only their vectors are read: a filter that leaves 3 events
+reads 3 vectors, without relying on table statistics the store may not have. The cost per vector is
+sqlite-vec's scalar cosine (about 1 µs for 768 numbers here) plus reading its 3 KB page, which the
+memory map (schema.py) keeps out of read() calls. Measured at 100 k × 768 on this project's 2-core
+machine: 235 ms a query, against 130 ms for a vec0 table's KNN; vec0 would need copies of each event's
+camera, label, time and confidence kept in step with every change of the event, and its KNN cannot
+test zones or leave ids out; sqlite-vec's int8 distance is slower than its float one, and its binary
+one is fast but not exact. Exact also means SQLite's answers are the reference the PostgreSQL index
+is checked against.
 
 PostgreSQL (pgvector): vectors are real[]; each model gets a partial HNSW index (cosine) on
 `CAST(embedding AS vector(dim))` where `model_id` is that model, so models of any length live side by
@@ -35,6 +42,10 @@ from rtdetr_service.outputs.store.schema import Database, event_embeddings_table
 
 MAX_DIM = 2000  # pgvector indexes vectors of at most 2,000 dimensions; the same bound on both backends
 _MODEL_CHARS = event_embeddings_table.c.model_id.type.length
+# pgvector: filters that leave fewer events than this are scanned exactly. Measured at 100 k (docs/
+# benchmarks.md, Search): 10,000 matches cost 109 ms exactly (about 11 µs each) against 198 ms through
+# HNSW with an iterative scan that must skip the 9 in 10 others; the two meet near 20,000.
+EXACT_BELOW = 20_000
 _MAX_PAGE = 1000  # limit + offset: deeper pages are not searched (pgvector's ef_search tops out at 1,000 too)
 
 
@@ -49,7 +60,7 @@ class MissingEvent(NamedTuple):
     event_id: str
 
 
-def open_index(db: Database, *, ef_search: int = 100, exact_below: int = 10_000) -> VectorIndex:
+def open_index(db: Database, *, ef_search: int = 100, exact_below: int = EXACT_BELOW) -> VectorIndex:
     """The vector index of the store's database, for its backend."""
     if db.backend == "postgresql":
         return PgVectorIndex(db, ef_search=ef_search, exact_below=exact_below)
@@ -194,11 +205,13 @@ class VectorIndex:
         if known != dim:
             raise ValueError(f"model {model_id!r} makes vectors of {known} dimensions, not {dim}")
 
-    def _matching(self, model_id: str, filters: SearchFilters) -> list:
-        """The WHERE terms of a search: this model's vectors, of events that pass every filter."""
+    def _matching(self, model_id: str, filters: SearchFilters, model_column: sa.ColumnElement | None = None) -> list:
+        """The WHERE terms of a search: this model's vectors, of events that pass every filter
+        (`model_column`: the model column as the backend should see it)."""
         t, e = events_table, event_embeddings_table
         # Inlined, not bound: PostgreSQL's partial index for the model matches only a literal model.
-        where = [e.c.model_id == sa.bindparam("model_id", model_id, literal_execute=True)]
+        model = e.c.model_id if model_column is None else model_column
+        where = [model == sa.bindparam("model_id", model_id, literal_execute=True)]
         if filters.cameras:
             where.append(t.c.camera.in_(filters.cameras))
         if filters.labels:
@@ -245,10 +258,22 @@ class SqliteVectorIndex(VectorIndex):
     def _search(
         self, vec: np.ndarray, model_id: str, filters: SearchFilters, limit: int, offset: int
     ) -> list[SearchHit]:
-        e = event_embeddings_table
+        t, e = events_table, event_embeddings_table
         query = sa.bindparam("query", self._stored(vec), type_=sa.LargeBinary)
         distance = sa.func.vec_distance_cosine(e.c.embedding, query)
-        stmt = self._ranked(distance, model_id, filters).where(e.c.dim == len(vec)).limit(limit).offset(offset)
+        if _filters_events(filters):
+            # From the events: "+model_id" keeps SQLite from driving the scan through the vectors' model
+            # index, so it starts from the events' own indexes and looks each match's vector up by id.
+            model = sa.literal_column(f"+{e.name}.{e.c.model_id.name}", type_=e.c.model_id.type)
+            stmt = (
+                sa.select(e.c.event_id, distance.label("distance"))
+                .select_from(t)
+                .join(e, e.c.event_id == t.c.id)
+                .where(*self._matching(model_id, filters, model))
+            )
+        else:  # the vectors alone: no event lookup per row
+            stmt = sa.select(e.c.event_id, distance.label("distance")).where(*self._matching(model_id, filters))
+        stmt = stmt.where(e.c.dim == len(vec)).order_by(distance, e.c.event_id).limit(limit).offset(offset)
         with self._db.engine.connect() as conn:
             return [SearchHit(row.event_id, 1.0 - float(row.distance)) for row in conn.execute(stmt)]
 
@@ -281,7 +306,7 @@ class PgVectorIndex(VectorIndex):
     HNSW_M = 16  # pgvector's defaults: the graph's degree, and the candidates kept while building it
     HNSW_EF_CONSTRUCTION = 64
 
-    def __init__(self, db: Database, *, ef_search: int = 100, exact_below: int = 10_000) -> None:
+    def __init__(self, db: Database, *, ef_search: int = 100, exact_below: int = EXACT_BELOW) -> None:
         super().__init__(db)
         if not 1 <= ef_search <= 1000 or exact_below < 0:
             raise ValueError("ef_search must be 1..1000 (pgvector's range), exact_below >= 0")
@@ -368,6 +393,19 @@ class PgVectorIndex(VectorIndex):
     def _hits(conn: sa.Connection, ranked: sa.Select, limit: int, offset: int) -> list[SearchHit]:
         rows = conn.execute(ranked.limit(limit).offset(offset)).all()
         return [SearchHit(row.event_id, 1.0 - float(row.distance)) for row in rows]
+
+
+def _filters_events(filters: SearchFilters) -> bool:
+    """Whether a search must read the events (any filter but `exclude`, which names vectors' own ids)."""
+    return bool(
+        filters.cameras
+        or filters.labels
+        or filters.zones
+        or filters.session_id is not None
+        or filters.after is not None
+        or filters.before is not None
+        or filters.min_confidence is not None
+    )
 
 
 def _vector(vector) -> np.ndarray:
