@@ -95,7 +95,8 @@ class ScheduledWalks:
                 box_w = width * 0.15
                 x1 = done * (width - box_w)
                 confidence = 0.6 + 0.35 * done
+                box = (x1, top * height, x1 + box_w, bottom * height)
                 if confidence >= threshold:
-                    people.append(Detection(PERSON, "person", (x1, top * height, x1 + box_w, bottom * height), confidence))
+                    people.append(Detection(PERSON, "person", box, confidence))
             out.append(people)
         return out

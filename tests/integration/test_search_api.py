@@ -11,6 +11,9 @@ all but the same picture, while another walk in another band shows other colours
 0.9 here: the twin events score 1.0 against each other (to four places: both sessions decode the same
 frames), the other band's about -0.1 under the conditioned random weights (measured over runs), so the
 threshold separates them with room on both sides; the default 0.8 is meant for trained weights.
+EMBED_CROPS_PER_EVENT=0: each vector is the best view alone, so a JPEG cut from an event's snapshot is
+that view (with the snapshot's drawn box: it scores about 0.75 against its event, the other band about
+-0.3); averaged with views from elsewhere on the walk, a random-weight vector is nearer no single crop.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ import time
 import cv2
 import numpy as np
 import pytest
+
+from rtdetr_service.outputs.embeddings.crops import cut
+from rtdetr_service.web.schemas import IdentityAnswer, SearchAnswer
 
 from scripted_detector import ScheduledWalks
 from support import make_settings, run_service, running_camera, start_session, wait_until
@@ -52,6 +58,7 @@ def search_settings(tiny_model_dir, tiny_siglip, data_dir, **overrides):
         embed_backend="torch",
         embed_early_s=1.0,
         reid_threshold=0.9,
+        embed_crops_per_event=0,
     )
     values.update(overrides)
     return make_settings(tiny_model_dir, **values)
@@ -108,3 +115,138 @@ def test_two_sessions_on_one_camera_url_get_one_global_id_and_similar_finds_the_
         assert a_top["id"] not in scores
         assert hits[0]["score"] > 0.9 > max(scores[a_bottom["id"]], scores[b_bottom["id"]]), scores
         assert answer.json()["trained"] is False and "random weights" in answer.json()["notice"]
+
+
+def test_text_search_answers_with_scores_and_keeps_to_its_filters(walked):
+    service, events = walked
+    a_ids = {e["id"] for e in events["a"]}
+    with service.client() as client:
+        # When the events are searched by words, then every event comes with a score, closest first
+        answer = client.get("/api/v1/events/search", params={"q": "a person walking"})
+        assert answer.status_code == 200, answer.text
+        body = SearchAnswer.model_validate(answer.json()).model_dump()
+        scores = [e["score"] for e in body["events"]]
+        assert len(scores) == 4 and scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
+        assert "tiny-siglip" in body["model_id"] and body["trained"] is False
+        # and the filters hold inside the search: one session, a class nobody is, a confidence nobody has
+        session_a = events["a"][0]["session_id"]
+        only_a = client.get("/api/v1/events/search", params={"q": "a person walking", "session_id": session_a})
+        assert {e["id"] for e in only_a.json()["events"]} == a_ids
+        assert client.get("/api/v1/events/search", params={"q": "x", "label": ["car", "dog"]}).json()["events"] == []
+        labelled = client.get("/api/v1/events/search", params={"q": "x", "label": ["car", "person"]}).json()
+        assert len(labelled["events"]) == 4
+        assert client.get("/api/v1/events/search", params={"q": "x", "min_confidence": 0.99}).json()["events"] == []
+        later = client.get("/api/v1/events/search", params={"q": "x", "after": events["a"][1]["start_time"] - 0.5})
+        assert {e["id"] for e in later.json()["events"]} == {events["a"][1]["id"], events["b"][1]["id"]}
+        # and a page of one hands a cursor to the next page of the same search, not to another search
+        first = client.get("/api/v1/events/search", params={"q": "x", "limit": 1}).json()
+        second = client.get("/api/v1/events/search", params={"q": "x", "limit": 1, "cursor": first["next_cursor"]})
+        assert second.status_code == 200 and second.json()["events"][0]["id"] != first["events"][0]["id"]
+        assert [first["events"][0]["id"], second.json()["events"][0]["id"]] == [e["id"] for e in body["events"][:2]]
+        other = client.get("/api/v1/events/search", params={"q": "y", "limit": 1, "cursor": first["next_cursor"]})
+        assert other.status_code == 422 and other.json()["error"] == "invalid_cursor", other.text
+        last = client.get("/api/v1/events/search", params={"q": "x", "limit": 4}).json()
+        assert last["next_cursor"] is not None  # a full page may have more: the next one says
+        after_last = client.get("/api/v1/events/search", params={"q": "x", "limit": 4, "cursor": last["next_cursor"]})
+        assert after_last.json()["events"] == [] and after_last.json()["next_cursor"] is None
+
+
+def crop_jpeg(client, event: dict) -> bytes:
+    """The event's best box cut from its snapshot as the embedding stage cuts it, as a JPEG."""
+    snapshot = client.get(event["snapshot_url"])
+    image = cv2.imdecode(np.frombuffer(snapshot.content, np.uint8), cv2.IMREAD_COLOR)
+    rgb = cut(image, tuple(event["best_bbox"]), 224)
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    return data.tobytes()
+
+
+def test_a_jpeg_of_an_events_crop_finds_that_event_first(walked):
+    service, events = walked
+    a_bottom = events["a"][1]
+    with service.client() as client:
+        picture = crop_jpeg(client, a_bottom)
+        headers = {"content-type": "image/jpeg"}
+        anywhere = client.post("/api/v1/events/search", content=picture, headers=headers)
+        assert anywhere.status_code == 200, anywhere.text
+        hits = SearchAnswer.model_validate(anywhere.json()).events
+        twins = {a_bottom["id"], events["b"][1]["id"]}
+        assert {hits[0].id, hits[1].id} == twins, [(h.id, h.score) for h in hits]
+        params = {"session_id": a_bottom["session_id"]}
+        in_a = client.post("/api/v1/events/search", content=picture, headers=headers, params=params).json()
+        assert in_a["events"][0]["id"] == a_bottom["id"]
+
+
+def test_an_identity_lists_its_appearances_across_sessions_oldest_first(walked):
+    service, events = walked
+    a_top, b_top = events["a"][0], events["b"][0]
+    with service.client() as client:
+        answer = client.get(f"/api/v1/identities/{a_top['global_id']}")
+        assert answer.status_code == 200, answer.text
+        body = IdentityAnswer.model_validate(answer.json()).model_dump()
+        ids = [e["id"] for e in body["events"]]
+        assert {a_top["id"], b_top["id"]} <= set(ids)
+        starts = [(e["start_time"], e["id"]) for e in body["events"]]
+        assert starts == sorted(starts)
+        assert all(e["global_id"] == a_top["global_id"] for e in body["events"])
+        # and pages of one walk through them in the same order
+        first = client.get(f"/api/v1/identities/{a_top['global_id']}", params={"limit": 1}).json()
+        rest = client.get(f"/api/v1/identities/{a_top['global_id']}", params={"cursor": first["next_cursor"]}).json()
+        assert [e["id"] for e in first["events"] + rest["events"]] == ids
+        missing = client.get("/api/v1/identities/no-such-identity")
+        assert missing.status_code == 404 and missing.json()["error"] == "identity_not_found"
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A real small JPEG whose frame header says it is width x height: a decompression bomb's shape."""
+    ok, data = cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))
+    data = bytearray(data.tobytes())
+    i = 2
+    while data[i + 1] not in (0xC0, 0xC2):
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    data[i + 5 : i + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "code", "words"),
+    [
+        ({}, 422, "invalid_request", "exactly one of q"),
+        ({"q": "red", "similar_to": "0" * 32}, 422, "invalid_request", "exactly one of q"),
+        ({"q": "   "}, 422, "invalid_request", "q:"),
+        ({"q": "x" * 257}, 422, "invalid_request", "q:"),
+        ({"q": "red\x00"}, 422, "invalid_request", "control characters"),
+        ({"similar_to": "0" * 32}, 404, "event_not_found", "No event"),
+        ({"similar_to": "../etc"}, 404, "event_not_found", "32 hex digits"),
+        ({"q": "red", "cursor": "not-a-cursor"}, 422, "invalid_cursor", "cursor"),
+        ({"q": "red", "limit": 101}, 422, "invalid_request", "limit"),
+        ({"q": "red", "min_confidence": 2}, 422, "invalid_request", "min_confidence"),
+        ({"q": "red", "after": 10, "before": 5}, 422, "invalid_request", "after"),
+        ({"q": "red", "label": ["bad\u200bname"]}, 422, "invalid_request", "label"),
+    ],
+)
+def test_bad_searches_are_refused_in_words(walked, params, status, code, words):
+    service, _ = walked
+    with service.client() as client:
+        answer = client.get("/api/v1/events/search", params=params)
+    assert (answer.status_code, answer.json()["error"]) == (status, code), answer.text
+    assert words in answer.json()["detail"]
+
+
+def test_bad_pictures_are_refused_in_words_before_they_are_decoded(walked):
+    service, _ = walked
+    headers = {"content-type": "image/jpeg"}
+    ok, png = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))
+    cases = [
+        (b"", 400, "invalid_image", "empty"),
+        (png.tobytes(), 400, "invalid_image", "not a JPEG"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF" + b"\x00" * 20, 400, "invalid_image", "not a JPEG"),
+        (jpeg_claiming(60000, 60000), 413, "image_too_large", "60000x60000"),
+        (jpeg_claiming(16, 16)[:-40], 400, "invalid_image", "could not be decoded"),
+        (b"\xff\xd8" + b"\x00" * (2048 * 1024 + 1), 413, "body_too_large", "SEARCH_IMAGE_MAX_KB"),
+    ]
+    with service.client() as client:
+        for body, status, code, words in cases:
+            answer = client.post("/api/v1/events/search", content=body, headers=headers)
+            assert (answer.status_code, answer.json()["error"]) == (status, code), (body[:20], answer.text)
+            assert words in answer.json()["detail"], answer.text
