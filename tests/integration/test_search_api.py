@@ -18,6 +18,7 @@ that view (with the snapshot's drawn box: it scores about 0.75 against its event
 
 from __future__ import annotations
 
+import threading
 import time
 
 import cv2
@@ -25,6 +26,7 @@ import numpy as np
 import pytest
 
 from rtdetr_service.outputs.embeddings.crops import cut
+from rtdetr_service.web.app import embedder_from_settings
 from rtdetr_service.web.schemas import IdentityAnswer, SearchAnswer
 
 from scripted_detector import ScheduledWalks
@@ -250,3 +252,81 @@ def test_bad_pictures_are_refused_in_words_before_they_are_decoded(walked):
             answer = client.post("/api/v1/events/search", content=body, headers=headers)
             assert (answer.status_code, answer.json()["error"]) == (status, code), (body[:20], answer.text)
             assert words in answer.json()["detail"], answer.text
+
+
+# -- while the encoder loads, when it failed, when search is off ------------------------------------
+
+
+def test_search_answers_503_in_words_while_the_encoder_loads_then_works(tiny_model_dir, tiny_siglip, tmp_path):
+    # Given an encoder whose loading the test holds back (the route under test, not the loader)
+    release = threading.Event()
+
+    def slow_encoder(settings):
+        release.wait(60)
+        return embedder_from_settings(settings)
+
+    settings = search_settings(tiny_model_dir, tiny_siglip, tmp_path / "data")
+    service = run_service(settings, detector_factory=lambda _s: ScheduledWalks(), embedder_factory=slow_encoder)
+    try:
+        with service.client() as client:
+            # When it searches meanwhile, then 503 says the encoder is loading, and so does /ready
+            for params in ({"q": "red"}, {"similar_to": "0" * 32}):
+                answer = client.get("/api/v1/events/search", params=params)
+                assert (answer.status_code, answer.json()["error"]) == (503, "encoder_loading"), answer.text
+                assert "loaded" in answer.json()["detail"]
+            assert client.get("/ready").json()["search"]["state"] == "loading"
+            # and a parameter that is wrong is named first
+            assert client.get("/api/v1/events/search", params={"q": ""}).status_code == 422
+            # When the encoder is there, then search answers (nothing stored yet) and says its weights are random
+            release.set()
+            assert wait_until(lambda: search_ready(client), timeout=60)
+            answer = client.get("/api/v1/events/search", params={"q": "red"})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["events"] == [] and answer.json()["next_cursor"] is None
+            status = client.get("/ready").json()["search"]
+            assert status["trained"] is False and "random weights" in status["detail"]
+    finally:
+        release.set()
+        service.stop()
+
+
+def test_search_says_why_when_the_encoder_failed_or_search_is_off(tiny_model_dir, tiny_siglip, tmp_path):
+    def broken_encoder(_settings):
+        raise RuntimeError("EMBED_MODEL holds no weights we can read")
+
+    settings = search_settings(tiny_model_dir, tiny_siglip, tmp_path / "failed")
+    service = run_service(settings, detector_factory=lambda _s: ScheduledWalks(), embedder_factory=broken_encoder)
+    try:
+        with service.client() as client:
+            assert wait_until(lambda: client.get("/ready").json()["search"]["state"] == "failed", timeout=30)
+            answer = client.get("/api/v1/events/search", params={"q": "red"})
+            assert (answer.status_code, answer.json()["error"]) == (503, "encoder_failed"), answer.text
+            assert "no weights we can read" in answer.json()["detail"]
+    finally:
+        service.stop()
+
+    settings = search_settings(tiny_model_dir, tiny_siglip, tmp_path / "off", embed_enabled="false")
+    service = run_service(settings, detector_factory=lambda _s: ScheduledWalks())
+    try:
+        with service.client() as client:
+            for answer in (
+                client.get("/api/v1/events/search", params={"q": "red"}),
+                client.post("/api/v1/events/search", content=crop_bytes(), headers={"content-type": "image/jpeg"}),
+                client.post("/api/v1/events/reindex"),
+                client.get("/api/v1/events/reindex"),
+            ):
+                assert (answer.status_code, answer.json()["error"]) == (503, "search_unavailable"), answer.text
+                assert "EMBED_ENABLED=false" in answer.json()["detail"]
+            assert client.get("/ready").json()["search"] == {
+                "enabled": False,
+                "state": "off",
+                "model_id": None,
+                "trained": None,
+                "detail": "Search is off: EMBED_ENABLED=false",
+            }
+    finally:
+        service.stop()
+
+
+def crop_bytes() -> bytes:
+    return cv2.imencode(".jpg", np.full((32, 32, 3), 128, np.uint8))[1].tobytes()

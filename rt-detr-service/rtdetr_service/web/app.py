@@ -241,6 +241,8 @@ async def lifespan(app: FastAPI):
     try:
         yield
     finally:
+        if app.state.reindexer is not None:
+            await asyncio.to_thread(app.state.reindexer.stop, 5.0)  # first: it is background work only
         drained = app.state.cluster is not None
         if drained:
             # Drain: the sessions go back to the store, still wanted; another replica takes them
@@ -262,8 +264,6 @@ async def lifespan(app: FastAPI):
         if app.state.relay is not None:
             app.state.relay.close()
             await asyncio.to_thread(app.state.bus.close, 2.0)
-        if app.state.reindexer is not None:
-            await asyncio.to_thread(app.state.reindexer.stop, 5.0)  # before the store it writes to
         app.state.history_reads.shutdown(wait=True, cancel_futures=True)
         app.state.search_embeds.shutdown(wait=True, cancel_futures=True)
         if app.state.recordings is not None:
