@@ -27,7 +27,7 @@ import pytest
 
 from rtdetr_service.outputs.embeddings.crops import cut
 from rtdetr_service.web.app import embedder_from_settings
-from rtdetr_service.web.schemas import IdentityAnswer, SearchAnswer
+from rtdetr_service.web.schemas import IdentityAnswer, ReadyAnswer, SearchAnswer
 
 from scripted_detector import ScheduledWalks
 from support import make_settings, run_service, running_camera, start_session, wait_until
@@ -283,7 +283,8 @@ def test_search_answers_503_in_words_while_the_encoder_loads_then_works(tiny_mod
             answer = client.get("/api/v1/events/search", params={"q": "red"})
             assert answer.status_code == 200, answer.text
             assert answer.json()["events"] == [] and answer.json()["next_cursor"] is None
-            status = client.get("/ready").json()["search"]
+            ready = ReadyAnswer.model_validate(client.get("/ready").json())
+            status = ready.search.model_dump()
             assert status["trained"] is False and "random weights" in status["detail"]
     finally:
         release.set()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pytest
 
+from rtdetr_service.web.schemas import ReindexAnswer
+
 from scripted_detector import WalkingPeople
 from support import make_settings, run_service, start_session, wait_until
 from tiny_model import save_tiny_siglip
@@ -93,7 +95,7 @@ def test_reindex_embeds_events_stored_without_vectors_and_resumes_after_a_restar
             assert len(still_missing) == len(events) - done_before
             assert client.post("/api/v1/events/reindex").status_code == 202
             assert wait_until(lambda: progress(client)["state"] == "done", timeout=60), progress(client)
-            final = progress(client)
+            final = ReindexAnswer.model_validate(progress(client)).model_dump()
             assert final["done"] == len(still_missing & with_snapshot)  # nothing embedded twice
             assert final["skipped"] == len(still_missing - with_snapshot) and final["failed"] == 0
             assert not {m.event_id for m in index.missing(model_id, 10_000)} & with_snapshot
