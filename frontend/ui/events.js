@@ -296,7 +296,7 @@ export class EventsPanel {
     if (this.onSimilar) {
       const similar = document.createElement("button");
       similar.type = "button";
-      similar.className = "play-btn";
+      similar.className = "action-btn";
       similar.textContent = "Similar";
       similar.setAttribute("aria-label", `Find events that look like ${title(event)}`);
       similar.addEventListener("click", () => this.onSimilar(event, title(event)));
@@ -305,7 +305,7 @@ export class EventsPanel {
     if (event.global_id && this.onIdentity) {
       const same = document.createElement("button");
       same.type = "button";
-      same.className = "play-btn";
+      same.className = "action-btn";
       same.textContent = "Same object";
       same.setAttribute("aria-label", `Show ${title(event)} on every camera`);
       same.addEventListener("click", () => this.onIdentity(event.global_id));
