@@ -72,13 +72,17 @@ GROUPS = (
         "`make run` generates one. `AUTH_DISABLED=true` is refused together with `API_KEYS`, and is only "
         "safe behind a gateway that authenticates (Kong). `/metrics` takes the key in the `apikey` / "
         "`X-API-Key` header, or as `Authorization: Bearer <key>` as Prometheus sends it. A body larger than "
-        "`MAX_BODY_KB` gets `413` before it is parsed. See [security.md](security.md).",
+        "`MAX_BODY_KB` gets `413` before it is parsed; a search picture (`POST /api/v1/events/search`) may be up "
+        "to `SEARCH_IMAGE_MAX_KB`, and its pixel count is read from its header and bounded before it is decoded. "
+        "See [security.md](security.md).",
         (
             "api_keys",
             "auth_disabled",
             "host",
             "port",
             "max_body_kb",
+            "search_image_max_kb",
+            "search_image_max_pixels",
             "metrics_require_key",
             "frontend_dir",
             "log_level",
@@ -217,8 +221,18 @@ GROUPS = (
         "busiest session is dropped, counted in `/metrics` (`sink` `embeddings`). At an end, Re-ID links the "
         "event to an earlier look of the same label (another camera, or the same one after a gap) started "
         "within `REID_WINDOW_S` before it, when the cosine similarity reaches `REID_THRESHOLD`; the event's "
-        "`global_id` then follows its end as one more `update`. See [outputs.md](outputs.md#re-id-and-global_id).",
-        ("embed_crops_per_event", "embed_early_s", "embed_crop_px", "embed_queue_size", "output_embeddings"),
+        "`global_id` then follows its end as one more `update`. See [outputs.md](outputs.md#re-id-and-global_id). "
+        "`POST /api/v1/events/reindex` embeds stored events that have no vector of the current encoder from "
+        "their snapshots, `REINDEX_BATCH` at a time, on one thread that works `REINDEX_DUTY` of its time.",
+        (
+            "embed_crops_per_event",
+            "embed_early_s",
+            "embed_crop_px",
+            "embed_queue_size",
+            "output_embeddings",
+            "reindex_batch",
+            "reindex_duty",
+        ),
     ),
     Group(
         "webhook",

@@ -63,3 +63,40 @@ class WalkingPeople:
                         people.append(Detection(PERSON, "person", box, confidence))
             out.append(people)
         return out
+
+
+class ScheduledWalks:
+    """People walking left to right at the wall-clock times a test sets (`add`), each in a band of
+    rows of its own, so that two walks show different parts of the picture; nobody otherwise. Two
+    sessions on one camera see the same walk at the same moment, as two viewers of one place would."""
+
+    def __init__(self, walk_s: float = 3.0, clock=time.time) -> None:
+        self.walk_s = walk_s
+        self._clock = clock
+        self._walks: list[tuple[float, float, float]] = []  # (start, top, bottom), fractions of the height
+        self.info = ModelInfo(
+            name="scripted-scheduled-walks", backend="scripted", device="cpu", trained=True, class_names=COCO_CLASSES
+        )
+
+    def add(self, start: float, top: float, bottom: float) -> None:
+        """A walk from `start` (wall clock) for walk_s, between these fractions of the picture's height."""
+        self._walks.append((start, top, bottom))
+
+    def detect(self, images, thresholds):
+        now = self._clock()
+        out = []
+        for image, threshold in zip(images, thresholds, strict=True):
+            height, width = image.shape[:2]
+            people = []
+            for start, top, bottom in list(self._walks):
+                done = (now - start) / self.walk_s
+                if not 0 <= done < 1:
+                    continue
+                box_w = width * 0.15
+                x1 = done * (width - box_w)
+                confidence = 0.6 + 0.35 * done
+                box = (x1, top * height, x1 + box_w, bottom * height)
+                if confidence >= threshold:
+                    people.append(Detection(PERSON, "person", box, confidence))
+            out.append(people)
+        return out

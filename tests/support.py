@@ -196,9 +196,15 @@ class LiveService:
         self.thread.join(30)
 
 
-def run_service(settings: Settings, detector_factory=None) -> LiveService:
-    """The real app under a real uvicorn on a free port, in a thread of the test process."""
-    app = create_app(settings) if detector_factory is None else create_app(settings, detector_factory)
+def run_service(settings: Settings, detector_factory=None, embedder_factory=None) -> LiveService:
+    """The real app under a real uvicorn on a free port, in a thread of the test process (the image
+    encoder from EMBED_* unless `embedder_factory` builds another)."""
+    factories = {}
+    if detector_factory is not None:
+        factories["detector_factory"] = detector_factory
+    if embedder_factory is not None:
+        factories["embedder_factory"] = embedder_factory
+    app = create_app(settings, **factories)
     config = server_config(app, settings, host="127.0.0.1", log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)

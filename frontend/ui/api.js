@@ -106,6 +106,19 @@ export const api = {
     }
     return request("GET", `/api/v1/events?${query}`, { key, signal });
   },
+  /** Events that look like words ({q}) or like an event ({similar_to}), closest first, with scores. */
+  search: (key, params, signal) => {
+    const query = new URLSearchParams();
+    for (const [name, value] of Object.entries(params)) {
+      if (value !== undefined && value !== null && value !== "") query.set(name, String(value));
+    }
+    return request("GET", `/api/v1/events/search?${query}`, { key, signal });
+  },
+  /** One object's appearances across cameras (its global_id), oldest first. */
+  identity: (key, globalId, signal) =>
+    request("GET", `/api/v1/identities/${encodeURIComponent(globalId)}?limit=100`, { key, signal }),
+  /** /ready (no key): whether search works now, in its `search` field. */
+  ready: () => request("GET", "/ready"),
   snapshot: (key, snapshotUrl, signal) => requestImage(snapshotUrl, { key, signal }),
   track: (key, eventId, signal) => request("GET", `/api/v1/events/${encodeURIComponent(eventId)}/track`, { key, signal }),
   /** An event's clip: clip_url as the event names it, else the route every event has. */

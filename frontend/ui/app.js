@@ -1,6 +1,7 @@
 // Viewer page: start or attach to a session, show its live annotated video, numbers, alerts,
-// zones and lines with their counts, the session's events and their clips, and the last minutes of a
-// camera's recordings. This file only builds the pieces
+// zones and lines with their counts, the session's events and their clips, search over every camera's
+// events (by words, or "similar" to one), an object's appearances across cameras, and the last minutes
+// of a camera's recordings. This file only builds the pieces
 // and wires them; each piece is one class in its own module.
 
 import { FrameRenderer } from "./renderer.js";
@@ -15,6 +16,8 @@ import { SessionController } from "./session.js";
 import { StartForm } from "./startform.js";
 import { ClipPlayer } from "./player.js";
 import { RecentPanel } from "./recent.js";
+import { SearchBox } from "./search.js";
+import { IdentityView } from "./identity.js";
 
 const HUD_INTERVAL_MS = 250;
 
@@ -49,11 +52,19 @@ const recent = new RecentPanel(byId({
   form: "recent-form", camera: "recent-camera", cameras: "recent-cameras", minutes: "recent-minutes",
   error: "recent-error",
 }), { player });
+const identity = new IdentityView(byId({
+  dialog: "identity-dialog", title: "identity-title", status: "identity-status", list: "identity-list",
+}), { getKey, describe, onPlay: (event, name) => player.playEvent(event, name) });
 const events = new EventsPanel(byId({
   list: "events-list", label: "events-label", status: "events-status", open: "events-open",
   dialog: "snapshot-dialog", dialogImage: "snapshot-image", dialogTitle: "snapshot-title",
   dialogCaption: "snapshot-caption",
-}), { getKey, describe, onPlay: (event, name) => player.playEvent(event, name) });
+}), {
+  getKey, describe, onPlay: (event, name) => player.playEvent(event, name), onIdentity: (id) => identity.open(id),
+});
+new SearchBox(byId({
+  form: "search-form", text: "search-text", submit: "search-btn", clear: "search-clear", notice: "search-notice",
+}), { getKey, describe, events });
 const hud = new Hud(byId({
   badge: "state-badge", overlay: "overlay", state: "hud-state", backend: "hud-backend",
   sourceFps: "hud-source-fps", inferenceFps: "hud-inference-fps", shownFps: "hud-shown-fps",

@@ -1,5 +1,7 @@
 // The watched session's events (one per tracked object), newest first, with snapshot thumbnails and
-// a button that plays the event's clip (unless the service says it has none).
+// a button that plays the event's clip (unless the service says it has none), one that searches for
+// events that look like it, and one that shows the same object on every camera (its global_id).
+// A search's results (search.js) take the list's place until the person goes back to the live list.
 // Snapshots need the key header, so each is fetched and shown through a blob: URL; one URL per
 // listed event at most, revoked when the event leaves the list or the session is left.
 
@@ -46,12 +48,16 @@ function when(event) {
 
 export class EventsPanel {
   /** el: {list, label, status, open, dialog, dialogImage, dialogTitle, dialogCaption}; onPlay(event, title)
-   * plays an event's clip. */
-  constructor(el, { getKey, describe, onPlay }) {
+   * plays an event's clip; onIdentity(globalId) shows the object's appearances; onSimilar(event, title)
+   * (set by the search box) searches for events that look like it. */
+  constructor(el, { getKey, describe, onPlay, onIdentity }) {
     this.el = el;
     this.getKey = getKey;
     this.describe = describe;
     this.onPlay = onPlay;
+    this.onIdentity = onIdentity;
+    this.onSimilar = null;
+    this.results = null; // the heading of the search results shown; null: the live list
     this.sessionId = null;
     this.generation = 0; // list requests: bumped when the filter changes or the session is left
     this.epoch = 0; // snapshot fetches: bumped only when the session is left
@@ -81,6 +87,7 @@ export class EventsPanel {
     this.stop();
     this.sessionId = sessionId;
     this.el.label.disabled = false;
+    if (this.results !== null) return; // search results stay until the person goes back to the list
     this.renderEmpty("Loading events…");
     this.refresh();
   }
@@ -106,8 +113,34 @@ export class EventsPanel {
     this.renderLabels();
     this.el.label.disabled = true;
     this.el.open.textContent = "0 open";
+    this.el.status.textContent = this.results ?? "";
+    if (this.results === null) this.renderEmpty("The events of the watched session appear here.");
+  }
+
+  /** Show a search's results in place of the live list (events null: still searching). */
+  showResults(events, heading) {
+    this.results = heading;
+    this.generation += 1; // a live list on its way is stale
+    clearTimeout(this.timer);
+    this.timer = 0;
+    this.cancelRequest();
+    this.loading = false;
+    this.el.status.textContent = heading;
+    if (events === null) this.renderEmpty("Searching…");
+    else this.show(events, "Nothing found.");
+  }
+
+  /** Back to the watched session's live list. */
+  showLive() {
+    this.results = null;
+    this.generation += 1;
     this.el.status.textContent = "";
-    this.renderEmpty("The events of the watched session appear here.");
+    if (this.sessionId) {
+      this.renderEmpty("Loading events…");
+      this.refresh();
+    } else {
+      this.renderEmpty("The events of the watched session appear here.");
+    }
   }
 
   /** Open events in the service's status message. */
@@ -130,7 +163,7 @@ export class EventsPanel {
   }
 
   async refresh() {
-    if (!this.sessionId) return;
+    if (!this.sessionId || this.results !== null) return;
     if (this.loading) {
       this.again = true; // one request at a time; the newest wish runs right after
       return;
@@ -166,7 +199,7 @@ export class EventsPanel {
     }
   }
 
-  show(events) {
+  show(events, emptyText = null) {
     for (const event of events) if (event.label) this.labels.add(event.label);
     this.renderLabels();
     const listed = new Set(events.map((e) => String(e.id)));
@@ -175,7 +208,7 @@ export class EventsPanel {
     }
     this.images.clear();
     if (!events.length) {
-      this.renderEmpty(this.el.label.value ? `No ${this.el.label.value} events yet.` : "No events yet.");
+      this.renderEmpty(emptyText ?? (this.el.label.value ? `No ${this.el.label.value} events yet.` : "No events yet."));
       return;
     }
     // The list is rebuilt every few seconds: a thumbnail that had the keyboard focus gets it back.
@@ -257,8 +290,27 @@ export class EventsPanel {
     if (event.zones && event.zones.length) parts.push(`zones: ${event.zones.join(", ")}`);
     if (event.rules && event.rules.length) parts.push(`rules: ${event.rules.join(", ")}`);
     if (event.camera) parts.push(event.camera);
+    if (typeof event.score === "number") parts.push(`score ${event.score.toFixed(2)}`);
     details.textContent = parts.join(" · ");
     text.append(head, time, details);
+    if (this.onSimilar) {
+      const similar = document.createElement("button");
+      similar.type = "button";
+      similar.className = "action-btn";
+      similar.textContent = "Similar";
+      similar.setAttribute("aria-label", `Find events that look like ${title(event)}`);
+      similar.addEventListener("click", () => this.onSimilar(event, title(event)));
+      text.append(similar);
+    }
+    if (event.global_id && this.onIdentity) {
+      const same = document.createElement("button");
+      same.type = "button";
+      same.className = "action-btn";
+      same.textContent = "Same object";
+      same.setAttribute("aria-label", `Show ${title(event)} on every camera`);
+      same.addEventListener("click", () => this.onIdentity(event.global_id));
+      text.append(same);
+    }
     // Until the service says has_clip, every event offers its clip; a missing one says so in the player.
     if (event.has_clip !== false) {
       const play = document.createElement("button");

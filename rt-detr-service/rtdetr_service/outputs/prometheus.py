@@ -186,6 +186,29 @@ class _ClusterCollector(Collector):
         yield from counters.values()
 
 
+class _ReindexCollector(Collector):
+    """The reindex of stored events: how far, how fast, whether it runs."""
+
+    def __init__(self, progress: Callable[[], dict]) -> None:
+        self._progress = progress
+
+    def collect(self):
+        p = self._progress()
+        running = GaugeMetricFamily("rtdetr_reindex_running", "1 while a reindex runs (or waits for the encoder)")
+        running.add_metric([], 1.0 if p["state"] in ("waiting", "running") else 0.0)
+        done = GaugeMetricFamily("rtdetr_reindex_done", "Events the current (or last) reindex embedded")
+        done.add_metric([], p["done"])
+        failed = GaugeMetricFamily("rtdetr_reindex_failed", "Events the current (or last) reindex failed to embed")
+        failed.add_metric([], p["failed"])
+        remaining = GaugeMetricFamily("rtdetr_reindex_remaining", "Events still missing a vector (estimate)")
+        if p["remaining"] is not None:
+            remaining.add_metric([], p["remaining"])
+        rate = GaugeMetricFamily("rtdetr_reindex_rate", "Events embedded per second by the current (or last) reindex")
+        if p["rate_per_s"] is not None:
+            rate.add_metric([], p["rate_per_s"])
+        yield from (running, done, failed, remaining, rate)
+
+
 class Metrics:
     """The service's metrics; tests and each app get their own registry."""
 
@@ -229,6 +252,10 @@ class Metrics:
     def watch_cluster(self, figures: Callable[[], dict]) -> None:
         """`figures()`: {"pending": int | None, "store_up": bool, "claims", "renewals", "lost": int}."""
         self.registry.register(_ClusterCollector(figures))
+
+    def watch_reindex(self, progress: Callable[[], dict]) -> None:
+        """`progress()`: the reindexer's progress dict (outputs/embeddings/reindex.py)."""
+        self.registry.register(_ReindexCollector(progress))
 
     def frame_latency(self, session_id: str, seconds: float) -> None:
         self.latency.labels(session_id).observe(seconds)

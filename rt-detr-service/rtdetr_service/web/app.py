@@ -24,6 +24,7 @@ from rtdetr_service.outputs import messages
 from rtdetr_service.outputs.bus.link import BusLink
 from rtdetr_service.outputs.bus.owner import BusSink, OwnerHub
 from rtdetr_service.outputs.bus.relay import BusRelay
+from rtdetr_service.outputs.embeddings.reindex import Reindexer, ReindexOptions
 from rtdetr_service.outputs.embeddings.stage import EmbedderSlot, EmbeddingParts
 from rtdetr_service.outputs.encode import JpegEncoder
 from rtdetr_service.outputs.hub import Hub
@@ -39,7 +40,7 @@ from rtdetr_service.sessions.records import SessionRecords
 from rtdetr_service.web.auth import install_api_key_check
 from rtdetr_service.web.errors import error_response, install_error_handlers
 from rtdetr_service.web.middleware import install_body_limit, install_cancel_on_disconnect
-from rtdetr_service.web.routes import events, health, recordings, video, ws
+from rtdetr_service.web.routes import events, health, recordings, search, video, ws
 from rtdetr_service.web.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,15 @@ def _load_embedder(slot: EmbedderSlot, factory: Callable[[Settings], Embedder], 
         log.warning("!!! the image encoder %s has random weights: similarities mean nothing !!!", embedder.model_id)
 
 
+def _reindexer(app: FastAPI, settings: Settings) -> Reindexer | None:
+    """The reindex runner, when events are embedded (the same conditions as the embedding stage's)."""
+    state = app.state
+    if state.event_store is None or state.embedder_factory is None or not settings.embeds():
+        return None
+    options = ReindexOptions(settings.reindex_batch, settings.reindex_duty, settings.embed_crop_px)
+    return Reindexer(state.vector_index, state.event_store, state.embedder, options)
+
+
 def _open_event_store(settings: Settings) -> EventStore | None:
     if not settings.events_enabled:
         return None
@@ -190,6 +200,10 @@ async def lifespan(app: FastAPI):
     store = app.state.event_store
     app.state.vector_index = store.vectors if store is not None else None  # sqlite-vec / pgvector
     app.state.history_reads = events.history_reads_pool()
+    app.state.search_embeds = search.search_embeds_pool()
+    app.state.reindexer = _reindexer(app, settings)
+    if app.state.reindexer is not None:
+        app.state.metrics.watch_reindex(app.state.reindexer.progress)
     app.state.manager = manager = SessionManager(settings, app.state.hub)
     app.state.recordings = manager.recordings = _open_recordings(settings, app.state.event_store)
     app.state.bus = app.state.relay = None
@@ -227,6 +241,8 @@ async def lifespan(app: FastAPI):
     try:
         yield
     finally:
+        if app.state.reindexer is not None:
+            await asyncio.to_thread(app.state.reindexer.stop, 5.0)  # first: it is background work only
         drained = app.state.cluster is not None
         if drained:
             # Drain: the sessions go back to the store, still wanted; another replica takes them
@@ -249,6 +265,7 @@ async def lifespan(app: FastAPI):
             app.state.relay.close()
             await asyncio.to_thread(app.state.bus.close, 2.0)
         app.state.history_reads.shutdown(wait=True, cancel_futures=True)
+        app.state.search_embeds.shutdown(wait=True, cancel_futures=True)
         if app.state.recordings is not None:
             app.state.recordings.stop()
         if app.state.event_store is not None:
@@ -355,11 +372,14 @@ def create_app(
     app.state.detector_factory = detector_factory
     app.state.embedder_factory = embedder_factory
     install_error_handlers(app)
-    install_body_limit(app, settings.max_body_kb * 1024)
+    # A "find this" picture is the one body allowed to be larger than MAX_BODY_KB.
+    larger = {("POST", "/api/v1/events/search"): settings.search_image_max_kb * 1024}
+    install_body_limit(app, settings.max_body_kb * 1024, larger)
     install_api_key_check(app)
     install_cancel_on_disconnect(app)
     app.include_router(health.router)
     app.include_router(video.router)
+    app.include_router(search.router)  # before events: /events/search is not an event id
     app.include_router(events.router)
     app.include_router(recordings.router)
     app.include_router(ws.router)

@@ -16,11 +16,14 @@ from fastapi import Depends
 from starlette.requests import HTTPConnection
 
 from rtdetr_service.outputs.bus.relay import BusRelay
+from rtdetr_service.outputs.embeddings.reindex import Reindexer
+from rtdetr_service.outputs.embeddings.stage import EmbedderSlot
 from rtdetr_service.outputs.encode import JpegEncoder
 from rtdetr_service.outputs.hub import Hub
 from rtdetr_service.outputs.prometheus import Metrics
 from rtdetr_service.outputs.recordings.recordings import Recordings
 from rtdetr_service.outputs.store.event_store import EventStore
+from rtdetr_service.outputs.store.vectors import VectorIndex
 from rtdetr_service.sessions.manager import SessionManager
 from rtdetr_service.web.settings import Settings
 
@@ -75,6 +78,26 @@ async def get_model_error(connection: HTTPConnection) -> str | None:
     return connection.app.state.model_error
 
 
+async def get_embedder(connection: HTTPConnection) -> EmbedderSlot:
+    """The image encoder's slot: the encoder once loaded, or why not (loading, failed)."""
+    return connection.app.state.embedder
+
+
+async def get_vector_index(connection: HTTPConnection) -> VectorIndex | None:
+    """The event store's vector index; None without a store."""
+    return connection.app.state.vector_index
+
+
+async def get_search_embeds(connection: HTTPConnection) -> ThreadPoolExecutor:
+    """The one thread a search's text or image is embedded on (a model call: one at a time)."""
+    return connection.app.state.search_embeds
+
+
+async def get_reindexer(connection: HTTPConnection) -> Reindexer | None:
+    """The reindex runner; None when events are not embedded (search off, or no store)."""
+    return connection.app.state.reindexer
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ManagerDep = Annotated[SessionManager, Depends(get_manager)]
 HubDep = Annotated[Hub, Depends(get_hub)]
@@ -85,3 +108,7 @@ EncoderDep = Annotated[JpegEncoder, Depends(get_encoder)]
 ModelErrorDep = Annotated[str | None, Depends(get_model_error)]
 HistoryReadsDep = Annotated[ThreadPoolExecutor, Depends(get_history_reads)]
 RelayDep = Annotated[BusRelay | None, Depends(get_relay)]
+EmbedderDep = Annotated[EmbedderSlot, Depends(get_embedder)]
+VectorIndexDep = Annotated[VectorIndex | None, Depends(get_vector_index)]
+SearchEmbedsDep = Annotated[ThreadPoolExecutor, Depends(get_search_embeds)]
+ReindexerDep = Annotated[Reindexer | None, Depends(get_reindexer)]

@@ -31,6 +31,7 @@ class ErrorCode:
 # Every code the service answers with; docs/api.md's error table says the same in its own words.
 ERRORS: dict[str, ErrorCode] = {
     "invalid_json": ErrorCode(400, "The body is not JSON (or not UTF-8, or nested too deeply)."),
+    "invalid_image": ErrorCode(400, "A search image that is not a JPEG, or that cannot be decoded."),
     "unauthorized": ErrorCode(
         401, "No or a wrong API key in `apikey` / `X-API-Key`.", headers={"WWW-Authenticate": "ApiKey"}
     ),
@@ -41,11 +42,17 @@ ERRORS: dict[str, ErrorCode] = {
     "recording_not_found": ErrorCode(
         404, "Nothing was recorded for that event or range (recording off, not written yet, or deleted)."
     ),
+    "identity_not_found": ErrorCode(404, "No event carries that global_id (none yet, or they were deleted)."),
     "not_found": ErrorCode(404, "No such route."),
     "method_not_allowed": ErrorCode(405, "The route exists, not with this method."),
     "session_not_ready": ErrorCode(409, "The session is still opening its stream."),
     "session_elsewhere": ErrorCode(409, "Another replica runs the session, and only it has this (words in `detail`)."),
-    "body_too_large": ErrorCode(413, "The body is larger than MAX_BODY_KB."),
+    "event_not_embedded": ErrorCode(
+        409, "The event has no vector of the current model (not embedded yet, or by another model: reindex)."
+    ),
+    "reindex_running": ErrorCode(409, "A reindex is running already; its progress is at GET /api/v1/events/reindex."),
+    "body_too_large": ErrorCode(413, "The body is larger than MAX_BODY_KB (a search image: SEARCH_IMAGE_MAX_KB)."),
+    "image_too_large": ErrorCode(413, "A search image of more pixels than SEARCH_IMAGE_MAX_PIXELS."),
     "invalid_request": ErrorCode(
         422,
         "A field or parameter is missing, of the wrong type, out of range or unknown; `detail` names it.",
@@ -65,6 +72,11 @@ ERRORS: dict[str, ErrorCode] = {
     "shutting_down": ErrorCode(503, "The replica is stopping; start the session elsewhere."),
     "store_unavailable": ErrorCode(503, "The session store (DATABASE_URL) cannot be reached (words in `detail`)."),
     "events_unavailable": ErrorCode(503, "Events are off (EVENTS_ENABLED=false) or the store could not be opened."),
+    "search_unavailable": ErrorCode(
+        503, "Search is off (EMBED_ENABLED), or the database cannot search vectors (words in `detail`)."
+    ),
+    "encoder_loading": ErrorCode(503, "The image–text encoder is still loading; search answers once it has."),
+    "encoder_failed": ErrorCode(503, "The image–text encoder failed to load (why in `detail`); see the service log."),
     "recordings_unavailable": ErrorCode(503, "Recordings need the event store, which is off or could not be opened."),
     "stream_timeout": ErrorCode(504, "The stream did not open (or send a picture) within OPEN_TIMEOUT_S."),
 }

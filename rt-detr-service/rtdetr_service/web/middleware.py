@@ -74,13 +74,15 @@ def install_cancel_on_disconnect(app: FastAPI, paths: frozenset[str] = CANCEL_ON
     app.add_middleware(CancelOnDisconnect)
 
 
-def install_body_limit(app: FastAPI, max_bytes: int) -> None:
+def install_body_limit(app: FastAPI, max_bytes: int, larger: dict[tuple[str, str], int] | None = None) -> None:
     """Refuse request bodies over `max_bytes` with 413 before they are read at length, so no
     caller can make the event loop parse megabytes of JSON (16 zones of 100k points stalled it
     for seconds). Declared lengths are refused at once; chunked bodies when they pass the limit:
-    the app is then told the client went away, and whatever it answers is discarded."""
+    the app is then told the client went away, and whatever it answers is discarded. `larger` gives
+    (method, path) routes a bound of their own (a search picture)."""
 
     words = f"The request body is larger than MAX_BODY_KB={max_bytes // 1024}"
+    larger = larger or {}
 
     class BodyLimit:
         def __init__(self, inner) -> None:
@@ -90,9 +92,13 @@ def install_body_limit(app: FastAPI, max_bytes: int) -> None:
             if scope["type"] != "http":
                 await self.inner(scope, receive, send)
                 return
+            limit, said = max_bytes, words
+            own = larger.get((scope.get("method"), scope.get("path")))
+            if own is not None:
+                limit, said = own, f"The request body is larger than SEARCH_IMAGE_MAX_KB={own // 1024}"
             declared = dict(scope.get("headers") or ()).get(b"content-length")
-            if declared is not None and (not declared.isdigit() or int(declared) > max_bytes):
-                await error_response("body_too_large", words)(scope, receive, send)
+            if declared is not None and (not declared.isdigit() or int(declared) > limit):
+                await error_response("body_too_large", said)(scope, receive, send)
                 return
             seen = 0
             refused = False
@@ -103,10 +109,10 @@ def install_body_limit(app: FastAPI, max_bytes: int) -> None:
                 message = await receive()
                 if message["type"] == "http.request":
                     seen += len(message.get("body", b""))
-                    if seen > max_bytes and not refused:
+                    if seen > limit and not refused:
                         refused = True
                         if not started:
-                            await error_response("body_too_large", words)(scope, receive, send)
+                            await error_response("body_too_large", said)(scope, receive, send)
                         return {"type": "http.disconnect"}
                 return message
 

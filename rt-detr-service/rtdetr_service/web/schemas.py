@@ -329,6 +329,54 @@ class EventsAnswer(_Answer):
     next_cursor: str | None = Field(..., description="Pass as `cursor` for the next page; null on the last.")
 
 
+class SearchHitOut(EventOut):
+    score: float = Field(..., description="Cosine similarity to the query, -1..1; higher is closer.")
+
+
+class SearchAnswer(_Answer):
+    events: list[SearchHitOut] = Field(..., description="Closest first (ties by event id).")
+    next_cursor: str | None = Field(
+        ..., description="Pass as `cursor` with the same query for the next page; null on the last (at most 1000 deep)."
+    )
+    model_id: str = Field(..., description="The encoder the query was embedded with; only its vectors are searched.")
+    trained: bool = Field(..., description="False: the encoder has random weights and the scores mean nothing.")
+    notice: str | None = Field(..., description="Words to show beside the results (random weights), or null.")
+
+
+class IdentityAnswer(_Answer):
+    global_id: str
+    events: list[EventOut] = Field(..., description="The object's appearances, oldest first, across cameras.")
+    next_cursor: str | None = Field(..., description="Pass as `cursor` for the next page; null on the last.")
+
+
+class ReindexAnswer(_Answer):
+    state: Literal["idle", "waiting", "running", "done", "stopped", "failed"]
+    detail: str = Field(..., description="The state in words.")
+    model_id: str | None = Field(..., description="The encoder whose vectors the run makes; null until it has loaded.")
+    done: int = Field(..., description="Events embedded by this run.")
+    skipped: int = Field(..., description="Events without a readable snapshot (or deleted meanwhile): left missing.")
+    failed: int = Field(..., description="Events whose batch failed (last_error says why).")
+    remaining: int | None = Field(..., description="Events still missing a vector: counted at the start, then down.")
+    total_estimate: int | None = Field(..., description="done + skipped + failed + remaining.")
+    estimate_capped: bool = Field(
+        ..., description="True: more than 10 000 were missing at the start; `remaining` is a floor."
+    )
+    rate_per_s: float | None = Field(..., description="Events embedded per second of the run (sleep included).")
+    duty: float = Field(..., description="REINDEX_DUTY: the share of its thread's time the run works.")
+    started_at: float | None
+    finished_at: float | None
+    runs: int = Field(..., description="Runs started since the service started.")
+    last_error: str | None
+
+
+class SearchStatusOut(_Answer):
+    enabled: bool = Field(..., description="Events are embedded and can be searched (EMBED_ENABLED, and a store).")
+    state: Literal["off", "loading", "failed", "ready"]
+    model_id: str | None
+    trained: bool | None = Field(..., description="False: random weights; similarities and Re-ID mean nothing.")
+    detail: str = Field(..., description="The state in words, to show a user.")
+
+
 class TrackPointOut(_Answer):
     t: float = Field(..., description="Frame timestamp (Unix seconds).")
     bbox: tuple[float, float, float, float] = Field(..., description="x1, y1, x2, y2 in source pixels.")
@@ -404,6 +452,7 @@ class ReadyAnswer(_Answer):
     inference_errors: int
     last_inference_error: str | None
     max_sessions: int
+    search: SearchStatusOut
 
 
 class NotReadyAnswer(_Answer):

@@ -62,6 +62,19 @@ class Settings(
         "text",
         description="Log lines as text, or as JSON objects (time, level, logger, replica, session, camera, message).",
     )
+    search_image_max_kb: int = Field(
+        2048,
+        ge=16,
+        le=16384,
+        description='Largest JPEG a "find this" search takes (KiB); the only body allowed past MAX_BODY_KB.',
+    )
+    search_image_max_pixels: int = Field(
+        40_000_000,
+        ge=64 * 64,
+        le=200_000_000,
+        description="Most pixels (width x height, read from the JPEG's header before decoding) of a search "
+        "image: a small file that would decode into gigabytes is refused unread.",
+    )
     metrics_require_key: bool = Field(
         True, description="/metrics needs an API key (it lists session ids); ignored with AUTH_DISABLED=true."
     )

@@ -1,6 +1,6 @@
-"""EMBED_*, REID_* and OUTPUT_EMBEDDINGS: what the embedding stage keeps of each event, how it queues and
-batches, and how Re-ID links one object's looks across cameras. The encoder itself (EMBED_MODEL) is the
-inference floor's; the vectors' index is the event store's."""
+"""EMBED_*, REID_*, REINDEX_* and OUTPUT_EMBEDDINGS: what the embedding stage keeps of each event, how it
+queues and batches, how Re-ID links one object's looks across cameras, and how a reindex embeds stored
+events. The encoder itself (EMBED_MODEL) is the inference floor's; the vectors' index is the event store's."""
 
 from __future__ import annotations
 
@@ -58,4 +58,17 @@ class EmbeddingSettings(SettingsModel):
         False,
         description="Webhook, MQTT and Kafka event messages carry the appearance vector (768 floats for a base "
         "model) on the update that brings an ended event's global_id.",
+    )
+    reindex_batch: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="Stored events a reindex embeds per encoder pass (read from their snapshots, oldest first).",
+    )
+    reindex_duty: float = Field(
+        0.5,
+        gt=0,
+        le=1.0,
+        description="The share of one reindex thread's time spent working: after each batch it sleeps in "
+        "proportion (0.5: as long as the batch took), so a reindex never takes the CPU from live cameras.",
     )

@@ -163,6 +163,14 @@ class EventStore:
         """One event as a dict, or None."""
         return queries.get_event(self._db, event_id, self._clips)
 
+    def documents(self, event_ids: Sequence[str]) -> dict[str, dict]:
+        """These events as dicts by id, in one query; those not stored are left out."""
+        return queries.get_events(self._db, event_ids, self._clips)
+
+    def identity(self, global_id: str, *, limit: int = 50, cursor: str | None = None) -> tuple[list[dict], str | None]:
+        """The events of one identity, oldest first; returns (events, next cursor or None on the last page)."""
+        return queries.identity_events(self._db, global_id, limit, cursor, self._clips)
+
     def records(self, event_ids: Sequence[str]) -> dict:
         """The stored records (`EventRecord`) of these events by id; those not stored are left out."""
         return queries.get_records(self._db, event_ids)

@@ -145,6 +145,40 @@ def get_event(db: Database, event_id: str, clips: ClipWindow) -> dict | None:
     return None if row is None else event_dict(row)
 
 
+def get_events(db: Database, event_ids: Sequence[str], clips: ClipWindow) -> dict[str, dict]:
+    """These events as the API shows them, by id (those not stored are left out): a search's hits."""
+    t = events_table
+    found: dict[str, dict] = {}
+    ids = list(dict.fromkeys(event_ids))
+    with db.engine.connect() as conn:
+        for start in range(0, len(ids), 500):
+            stmt = sa.select(t, clips.has_clip(db)).where(t.c.id.in_(ids[start : start + 500]))
+            found.update((row.id, event_dict(row)) for row in conn.execute(stmt))
+    return found
+
+
+def identity_events(
+    db: Database, global_id: str, limit: int, cursor: str | None, clips: ClipWindow
+) -> tuple[list[dict], str | None]:
+    """One page of the events of one identity (global_id), oldest first: the object's journey across
+    cameras. The cursor is the (start time, id) of the page's last event, as the lists' own."""
+    if not 1 <= limit <= 500:
+        raise ValueError(f"limit must be 1..500, got {limit}")
+    t = events_table
+    where = [t.c.global_id == global_id]
+    if cursor is not None:
+        start, event_id = decode_cursor(cursor)
+        where.append(sa.or_(t.c.start_time > start, sa.and_(t.c.start_time == start, t.c.id > event_id)))
+    stmt = sa.select(t, clips.has_clip(db)).where(*where).order_by(t.c.start_time, t.c.id).limit(limit + 1)
+    with db.engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+    page = [event_dict(row) for row in rows[:limit]]
+    if len(rows) <= limit:
+        return page, None
+    last = rows[limit - 1]
+    return page, encode_cursor(last.start_time, last.id)
+
+
 def snapshot_path(engine: sa.Engine, files: SnapshotFiles, event_id: str) -> Path | None:
     """The snapshot file of an event; None if there is no such event or no file."""
     with engine.connect() as conn:

@@ -7,7 +7,16 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from rtdetr_service.outputs.registry import output_warnings
-from rtdetr_service.web.deps import EncoderDep, ManagerDep, MetricsDep, ModelErrorDep, SettingsDep, StoreDep
+from rtdetr_service.web.deps import (
+    EmbedderDep,
+    EncoderDep,
+    ManagerDep,
+    MetricsDep,
+    ModelErrorDep,
+    SettingsDep,
+    StoreDep,
+)
+from rtdetr_service.web.routes.search import search_status
 
 router = APIRouter(tags=["health"])
 
@@ -19,7 +28,12 @@ async def health() -> dict:
 
 @router.get("/ready", summary="Readiness: model loaded and warmed up; says whether weights are trained")
 async def ready(
-    manager: ManagerDep, settings: SettingsDep, store: StoreDep, encoder: EncoderDep, model_error: ModelErrorDep
+    manager: ManagerDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    encoder: EncoderDep,
+    model_error: ModelErrorDep,
+    embedder: EmbedderDep,
 ) -> JSONResponse:
     worker = manager.worker
     if worker is None:
@@ -59,6 +73,7 @@ async def ready(
             "inference_errors": worker.errors,
             "last_inference_error": worker.last_error,
             "max_sessions": settings.max_sessions,
+            "search": search_status(settings, store, embedder),
         }
     )
 
