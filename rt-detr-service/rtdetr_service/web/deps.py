@@ -9,6 +9,7 @@ that FastAPI runs them on the event loop, not on a thread of its pool.
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
 
@@ -25,7 +26,38 @@ from rtdetr_service.outputs.recordings.recordings import Recordings
 from rtdetr_service.outputs.store.event_store import EventStore
 from rtdetr_service.outputs.store.vectors import VectorIndex
 from rtdetr_service.sessions.manager import SessionManager
+from rtdetr_service.web.errors import ApiError
 from rtdetr_service.web.settings import Settings
+
+SEARCH_EMBEDS_WAITING = 8  # search queries waiting for (or in) the one encoder call at a time
+
+
+class SearchEmbeds:
+    """The one thread search queries are embedded on (a model call: one at a time, off the loop), and
+    at most SEARCH_EMBEDS_WAITING queries waiting for it or in it: past that a search is answered 429
+    at once, rather than queued behind a model call each for as long as the burst lasts. Made and shut
+    down by the app's lifespan; `run` is called on the event loop only, so the count needs no lock."""
+
+    def __init__(self, waiting: int = SEARCH_EMBEDS_WAITING) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="search-embed")
+        self._waiting = waiting
+        self._in = 0
+
+    async def run(self, fn, *args):
+        if self._in >= self._waiting:
+            raise ApiError(
+                "too_many_searches", f"{self._waiting} searches are waiting for the encoder already; retry shortly"
+            )
+        self._in += 1
+        future = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        future.add_done_callback(self._done)  # also when the caller went away and the call was cancelled
+        return await future
+
+    def _done(self, _future) -> None:
+        self._in -= 1
+
+    def shutdown(self, **kwargs) -> None:
+        self._pool.shutdown(**kwargs)
 
 
 async def get_settings(connection: HTTPConnection) -> Settings:
@@ -88,7 +120,7 @@ async def get_vector_index(connection: HTTPConnection) -> VectorIndex | None:
     return connection.app.state.vector_index
 
 
-async def get_search_embeds(connection: HTTPConnection) -> ThreadPoolExecutor:
+async def get_search_embeds(connection: HTTPConnection) -> SearchEmbeds:
     """The one thread a search's text or image is embedded on (a model call: one at a time)."""
     return connection.app.state.search_embeds
 
@@ -110,5 +142,5 @@ HistoryReadsDep = Annotated[ThreadPoolExecutor, Depends(get_history_reads)]
 RelayDep = Annotated[BusRelay | None, Depends(get_relay)]
 EmbedderDep = Annotated[EmbedderSlot, Depends(get_embedder)]
 VectorIndexDep = Annotated[VectorIndex | None, Depends(get_vector_index)]
-SearchEmbedsDep = Annotated[ThreadPoolExecutor, Depends(get_search_embeds)]
+SearchEmbedsDep = Annotated[SearchEmbeds, Depends(get_search_embeds)]
 ReindexerDep = Annotated[Reindexer | None, Depends(get_reindexer)]

@@ -64,6 +64,7 @@ ERRORS: dict[str, ErrorCode] = {
     "too_many_sessions": ErrorCode(429, "MAX_SESSIONS sessions run already."),
     "too_many_opens": ErrorCode(429, "MAX_OPENS streams are being opened right now."),
     "too_many_clips": ErrorCode(429, "RECORD_CLIPS_MAX clips and exports are being streamed right now."),
+    "too_many_searches": ErrorCode(429, "Searches by words or by a picture are waiting for the encoder already."),
     "internal_error": ErrorCode(500, "A bug; the service log has the details."),
     "stream_unavailable": ErrorCode(
         502, "The stream could not be opened: refused, not found, bad data (words in `detail`)."

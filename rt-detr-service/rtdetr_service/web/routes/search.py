@@ -16,7 +16,6 @@ import base64
 import binascii
 import hashlib
 import json
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -37,6 +36,7 @@ from rtdetr_service.web.deps import (
     EmbedderDep,
     HistoryReadsDep,
     ReindexerDep,
+    SearchEmbeds,
     SearchEmbedsDep,
     SettingsDep,
     StoreDep,
@@ -61,16 +61,16 @@ MAX_TEXT = 256  # characters of a text query; the encoder cuts its tokens far so
 MAX_LIMIT = 100
 MAX_DEPTH = 1000  # limit + offset, the vector index's bound
 MAX_FILTER_VALUES = 20  # cameras or labels one search may name
-SEARCH_ERRORS = ("search_unavailable", "encoder_loading", "encoder_failed", "events_unavailable")
+SEARCH_ERRORS = ("search_unavailable", "encoder_loading", "encoder_failed", "events_unavailable", "too_many_searches")
 RANDOM_WEIGHTS = (
     "The image–text encoder has random weights (no trained weights at EMBED_MODEL; `make models` fetches "
     "them): scores and order mean nothing."
 )
 
 
-def search_embeds_pool() -> ThreadPoolExecutor:
-    """The one thread search queries are embedded on (made and shut down by the app's lifespan)."""
-    return ThreadPoolExecutor(1, thread_name_prefix="search-embed")
+def search_embeds_pool() -> SearchEmbeds:
+    """The search queries' encoder thread and its bound (made and shut down by the app's lifespan)."""
+    return SearchEmbeds()
 
 
 # -- state ------------------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ async def search(
         key = _query_key("q", text, filters)
         offset = _decode_cursor(cursor, key)
         ready = _ready(settings, store, index, slot)
-        vector = (await loop.run_in_executor(embeds, ready.embedder.embed_texts, [text]))[0]
+        vector = (await embeds.run(ready.embedder.embed_texts, [text]))[0]
     else:
         check_event_id(similar_to)
         filters = params.filters(exclude=(similar_to,))
@@ -338,8 +338,8 @@ async def search_by_image(
     offset = _decode_cursor(cursor, key)
     ready = _ready(settings, store, index, slot)
     loop = asyncio.get_running_loop()
-    crop = await loop.run_in_executor(embeds, _decoded, body, settings)
-    vector = (await loop.run_in_executor(embeds, ready.embedder.embed_images, [crop]))[0]
+    crop = await embeds.run(_decoded, body, settings)
+    vector = (await embeds.run(ready.embedder.embed_images, [crop]))[0]
     return await loop.run_in_executor(reads, _answer, ready, vector, filters, limit, offset, key)
 
 
