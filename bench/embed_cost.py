@@ -21,7 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "rt-detr-service"), str(ROOT / "tests")]
 
 from rtdetr_service.inference.embedder import EmbedOptions, build_embedder  # noqa: E402
-from rtdetr_service.inference.random_weights import random_embedder, siglip_config  # noqa: E402
 
 BATCHES = (1, 8, 32)
 TEXTS = ["a person in a red jacket", "white van", "a dog on the lawn next to a parked bicycle", "car"]
@@ -77,16 +76,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from tiny_model import save_tiny_siglip
+    from tiny_model import bench_encoders
 
-    with tempfile.TemporaryDirectory() as scratch:
-        scratch = Path(scratch)
-        models = {"tiny SigLIP (64 px, 32-d)": save_tiny_siglip(scratch / "tiny")}
-        if not args.skip_base:
-            model, processor = random_embedder(siglip_config())
-            model.save_pretrained(scratch / "base")
-            processor.save_pretrained(scratch / "base")
-            models["SigLIP 2 base arch. (224 px, 768-d)"] = scratch / "base"
+    with tempfile.TemporaryDirectory() as folder:
+        scratch = Path(folder)
+        models = bench_encoders(scratch, base=not args.skip_base)
         print(f"threads {args.threads}, rounds {args.rounds}; ms per crop at batch {', '.join(map(str, BATCHES))}")
         print(
             "| model | backend | " + " | ".join(f"batch {b}" for b in BATCHES) + " | ms/text | prep ms/crop | load s |"

@@ -24,7 +24,6 @@ sys.path[:0] = [str(ROOT / "rt-detr-service"), str(ROOT / "tests")]
 from rtdetr_service.analytics.events import EventLifecycle  # noqa: E402
 from rtdetr_service.core.types import Detection, Frame  # noqa: E402
 from rtdetr_service.inference.embedder import EmbedOptions, build_embedder  # noqa: E402
-from rtdetr_service.inference.random_weights import random_embedder, siglip_config  # noqa: E402
 from rtdetr_service.outputs.embeddings.reindex import Reindexer, ReindexOptions  # noqa: E402
 from rtdetr_service.outputs.embeddings.stage import EmbedderSlot  # noqa: E402
 from rtdetr_service.outputs.store.event_store import EventStore  # noqa: E402
@@ -88,16 +87,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from tiny_model import save_tiny_siglip
+    from tiny_model import bench_encoders
 
-    with tempfile.TemporaryDirectory() as scratch:
-        scratch = Path(scratch)
-        models = {"tiny SigLIP (64 px, 32-d)": save_tiny_siglip(scratch / "tiny")}
-        if not args.skip_base:
-            model, processor = random_embedder(siglip_config())
-            model.save_pretrained(scratch / "base")
-            processor.save_pretrained(scratch / "base")
-            models["SigLIP 2 base arch. (224 px, 768-d)"] = scratch / "base"
+    with tempfile.TemporaryDirectory() as folder:
+        scratch = Path(folder)
+        models = bench_encoders(scratch, base=not args.skip_base)
         print(f"batch {args.batch}, threads {args.threads}, {args.events} events with 720p snapshots")
         print("| model | backend | duty | events | events/s | ms/event | CPU cores used |")
         print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")

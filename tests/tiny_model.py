@@ -139,3 +139,18 @@ def save_tiny_siglip(path: Path, *, seed: int = 0, text_length: int = 16) -> Pat
 
 if __name__ == "__main__":
     print(build(Path(sys.argv[1]), *sys.argv[2:3]))
+
+
+def bench_encoders(scratch: Path, *, base: bool = True) -> dict[str, Path]:
+    """What the encoder benches measure, saved under `scratch`: the tiny SigLIP and, with `base`, a
+    random-weight model of the default EMBED_MODEL's architecture (it computes what the trained one
+    does, so its cost is the real one)."""
+    from rtdetr_service.inference.random_weights import random_embedder, siglip_config
+
+    models = {"tiny SigLIP (64 px, 32-d)": save_tiny_siglip(scratch / "tiny")}
+    if base:
+        model, processor = random_embedder(siglip_config())
+        model.save_pretrained(scratch / "base")
+        processor.save_pretrained(scratch / "base")
+        models["SigLIP 2 base arch. (224 px, 768-d)"] = scratch / "base"
+    return models
