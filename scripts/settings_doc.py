@@ -127,6 +127,18 @@ GROUPS = (
         "OpenVINO and ONNX Runtime every core, torch one less. See [backends.md](backends.md#image-text-encoder).",
     ),
     Group(
+        "vlm",
+        "Vision-language model",
+        "`VLM_PROVIDER=openai` speaks to any OpenAI-compatible chat-completions endpoint that takes images "
+        "(Ollama, vLLM, llama.cpp's server, LM Studio, hosted APIs), images sent as base64 JPEG; "
+        "`VLM_PROVIDER=transformers` runs `VLM_MODEL` on `VLM_DEVICE` (unset = `DEVICE`), a start never "
+        "downloads (`make models` fetches the default). The keys in `VLM_API_KEYS` are a pool: each has its "
+        "own QPS, RPM and in-flight limits, rests after a 429 (its `Retry-After`, else `VLM_COOLDOWN_S`), is "
+        "disabled after a 401/403 (said in words in the status, never the key). Only 5xx, broken connections "
+        "and timeouts are retried. A provider down at start stops nothing; the model's words are untrusted "
+        "text, cut to `VLM_ANSWER_MAX_CHARS`.",
+    ),
+    Group(
         "streams",
         "Streams",
         "The start call waits for the stream to open, at most `OPEN_TIMEOUT_S`. Opens run on at most "

@@ -47,6 +47,40 @@ class Alert:
 
 
 @dataclass(frozen=True, slots=True)
+class RuleAnswer:
+    """A vision-language model's answer to the question a rule asks when it fires (`ask:`), for the
+    alert and its event. `text` is the model's untrusted words; `answer`/`score` are set only when
+    they passed the schema check (core/vlm.parse_verdict); `error` says why there is no answer."""
+
+    rule: str
+    question: str
+    time: float  # the alert's frame timestamp
+    event_id: str | None
+    session_id: str
+    camera: str | None
+    text: str = ""
+    answer: Literal["yes", "no"] | None = None
+    score: float | None = None
+    model_id: str | None = None
+    error: str | None = None
+
+    def as_data(self) -> dict:
+        return {
+            "rule": self.rule,
+            "question": self.question,
+            "time": self.time,
+            "event_id": self.event_id,
+            "session_id": self.session_id,
+            "camera": self.camera,
+            "text": self.text,
+            "answer": self.answer,
+            "score": None if self.score is None else round(self.score, 4),
+            "model_id": self.model_id,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class EventRecord:
     """What is known about one object's life; times are frame timestamps (Unix seconds)."""
 
@@ -73,6 +107,12 @@ class EventRecord:
     # The object's identity across cameras (Re-ID): set once its life has ended and been linked to an
     # earlier look of the same object, or given a new one; None before that (outputs/embeddings/).
     global_id: str | None = None
+    # What a vision-language model said about it (outputs/vlm/): a description once its life ended
+    # (or after VLM_DESCRIBE_AFTER_S live), and the answers to the questions its rules asked.
+    # Untrusted words, bounded.
+    description: str | None = None
+    description_model: str | None = None
+    answers: tuple[RuleAnswer, ...] = ()
 
     @property
     def active(self) -> bool:

@@ -1,5 +1,6 @@
 """What loading the models and the inference worker read: MODEL, its device, backend and batching;
-EMBED_MODEL, the image–text encoder events are embedded with, and how it runs."""
+EMBED_MODEL, the image–text encoder events are embedded with, and how it runs; VLM_*, the
+vision-language model that describes events and answers questions, local or hosted."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
-from rtdetr_service.core.config import REPO_ROOT, SettingsModel
+from rtdetr_service.core.config import REPO_ROOT, CommaList, SettingsModel
 
 DEFAULT_MODEL = "models/rtdetr_v2_r18vd"
 DEFAULT_EMBED_MODEL = "models/siglip2-base-patch16-224"
+DEFAULT_VLM_MODEL = "models/SmolVLM-256M-Instruct"
 MODEL_CACHE_DIR = REPO_ROOT / "models" / ".cache"
 
 
@@ -96,6 +98,72 @@ class EmbedSettings(SettingsModel):
         from huggingface_hub import try_to_load_from_cache
 
         return isinstance(try_to_load_from_cache(spec, "config.json"), str)
+
+
+class VlmSettings(SettingsModel):
+    """The vision-language model (VLM_*): which provider, where it is, and the bounds on every call."""
+
+    vlm_provider: Literal["off", "openai", "transformers"] = Field(
+        "off",
+        description="off; openai = any OpenAI-compatible chat-completions endpoint with image input "
+        "(VLM_BASE_URL, VLM_API_KEYS); transformers = VLM_MODEL run locally on VLM_DEVICE.",
+    )
+    vlm_model: str = Field(
+        DEFAULT_VLM_MODEL,
+        description="transformers: weights directory, or a hub id already in the local cache (never "
+        "downloaded at start); openai: the model name the endpoint serves.",
+    )
+    vlm_base_url: SecretStr = Field(
+        SecretStr(""),
+        description="openai: the endpoint's base URL, up to /v1 (e.g. http://127.0.0.1:11434/v1 for Ollama).",
+    )
+    vlm_api_keys: CommaList[SecretStr] = Field(
+        default_factory=list,
+        description="openai: comma-separated API keys, the pool; in priority order for the priority "
+        "strategy. Empty = no Authorization header (a local server).",
+    )
+    vlm_key_strategy: Literal["round_robin", "least_loaded", "priority"] = Field(
+        "round_robin", description="Which usable key takes the next request."
+    )
+    vlm_key_qps: float = Field(0.0, ge=0, le=10_000, description="Most requests per second per key (0 = no limit).")
+    vlm_key_rpm: int = Field(0, ge=0, le=1_000_000, description="Most requests per minute per key (0 = no limit).")
+    vlm_key_concurrency: int = Field(4, ge=1, le=256, description="Most requests in flight per key.")
+    vlm_ask_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="The share of the provider's capacity POST /ask may hold at once, so rule questions "
+        "and descriptions always find room.",
+    )
+    vlm_cooldown_s: float = Field(
+        30.0, gt=0, le=3600, description="How long a key rests after a 429 that gives no Retry-After."
+    )
+    vlm_timeout_s: float = Field(
+        60.0, gt=0, le=600, description="Bound on one request in all: waiting for a key, retries and the answer."
+    )
+    vlm_retries: int = Field(
+        2, ge=0, le=10, description="Retries of a 5xx, a broken connection or a timeout (backoff); 4xx never."
+    )
+    vlm_max_tokens: int = Field(200, ge=1, le=4096, description="Most tokens the model may write per answer.")
+    vlm_answer_max_chars: int = Field(2000, ge=16, le=20_000, description="Answers are cut to this many characters.")
+    vlm_prompt_max_chars: int = Field(
+        4000, ge=16, le=100_000, description="Longest prompt (question and instructions) sent to the model."
+    )
+    vlm_image_max_px: int = Field(
+        768, ge=64, le=4096, description="Images sent to the model are shrunk to this long side (JPEG)."
+    )
+    vlm_images_max: int = Field(4, ge=1, le=16, description="Most images in one request.")
+    vlm_device: Literal["auto", "cpu", "cuda"] | None = Field(
+        None, description="transformers: the model's device; unset = DEVICE, the detector's."
+    )
+    vlm_batch: int = Field(4, ge=1, le=64, description="transformers: most requests in one generate call.")
+    vlm_threads: int = Field(
+        0, ge=0, le=256, description="transformers on the CPU: torch threads of the model (0 = as CPU_THREADS=0)."
+    )
+
+    def resolved_vlm_model(self) -> str:
+        """VLM_MODEL as a local path when it names one, else as given (a hub id or an endpoint's name)."""
+        return _resolved(self.vlm_model)
 
 
 def _resolved(spec: str) -> str:

@@ -16,7 +16,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from rtdetr_service.core.config import READ_ENV, REPO_ROOT, CommaList
-from rtdetr_service.inference.settings import EmbedSettings, InferenceSettings
+from rtdetr_service.inference.settings import EmbedSettings, InferenceSettings, VlmSettings
 from rtdetr_service.outputs.embeddings.settings import EmbeddingSettings
 from rtdetr_service.outputs.recordings.settings import RecordingSettings
 from rtdetr_service.outputs.settings import OutputSettings
@@ -29,6 +29,7 @@ class Settings(
     ClusterSettings,
     InferenceSettings,
     EmbedSettings,
+    VlmSettings,
     OutputSettings,
     RecordingSettings,
     EmbeddingSettings,
