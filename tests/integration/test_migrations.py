@@ -61,7 +61,7 @@ CREATE INDEX ix_events_camera_start_time ON events (camera, start_time);
 CREATE INDEX ix_events_session_id ON events (session_id);
 """
 T0 = 1_780_000_000.0
-HEAD = "0005"  # the newest revision: event embeddings
+HEAD = "0006"  # the newest revision: what a vision-language model says about events
 
 
 def old_event(n: int) -> dict:
@@ -259,10 +259,37 @@ def test_0005_adds_event_embeddings_and_global_id_to_a_0004_database_keeping_its
     # When this version opens it
     upgraded = migrate.upgrade(db)
 
-    # Then it is at 0005, the event is there without an identity, and its vector can be stored
-    assert (upgraded.before, upgraded.after) == ("0004", "0005")
+    # Then it is at the head, the event is there without an identity, and its vector can be stored
+    assert (upgraded.before, upgraded.after) == ("0004", HEAD)
     with db.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT id, global_id FROM events")).all() == [("old-0", None)]
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
     vectors = open_index(db)
     assert vectors.upsert("old-0", np.ones(8, dtype=np.float32), "m") and vectors.count("m") == 1
+
+
+def test_0006_adds_descriptions_answers_and_text_vectors_to_a_0005_database_keeping_its_vectors(database_url, opened):
+    # Given a database at 0005 holding an event with its appearance vector
+    db = opened(database_url)
+    with db.write_transaction() as conn:
+        command.upgrade(migrate.alembic_config(conn), "0005")
+        conn.execute(
+            sa.text(
+                f"INSERT INTO events ({', '.join(old_event(0))}) VALUES "
+                f"({', '.join(':' + name for name in old_event(0))})"
+            ),
+            old_event(0),
+        )
+    assert open_index(db).upsert("old-0", np.ones(8, dtype=np.float32), "m")
+
+    # When this version opens it
+    upgraded = migrate.upgrade(db)
+
+    # Then it is at 0006; the event says nothing yet, its vector is kept, and the schema is this version's
+    assert (upgraded.before, upgraded.after) == ("0005", "0006")
+    with db.engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT id, description, description_model, answers FROM events")).one()
+        assert tuple(row) == ("old-0", None, None, None)
+        assert conn.execute(sa.text("SELECT count(*) FROM event_text_embeddings")).scalar() == 0
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    assert open_index(db).count("m") == 1

@@ -52,6 +52,9 @@ events_table = sa.Table(
     sa.Column("track_hz", sa.Double, nullable=False, server_default="0"),  # the rate its newest points were kept at
     sa.Column("track_truncated", sa.Boolean, nullable=False, server_default=sa.false()),  # points were thinned
     sa.Column("global_id", sa.String(64), nullable=True),  # the cross-camera identity, set by Re-ID only
+    sa.Column("description", sa.Text, nullable=True),  # a vision-language model's words: untrusted, bounded
+    sa.Column("description_model", sa.String(200), nullable=True),
+    sa.Column("answers", sa.Text, nullable=True),  # JSON list of RuleAnswer.as_data(): its rules' questions answered
     sa.Index("ix_events_start_time", "start_time"),
     sa.Index("ix_events_camera_start_time", "camera", "start_time"),
     sa.Index("ix_events_label_start_time", "label", "start_time"),
@@ -96,6 +99,19 @@ event_embeddings_table = sa.Table(
     sa.Column("embedding", sa.LargeBinary().with_variant(postgresql.ARRAY(sa.REAL), "postgresql"), nullable=False),
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Index("ix_event_embeddings_model_id", "model_id", "event_id"),
+)
+
+# One text vector per described event: its description embedded with the search encoder's text tower,
+# shaped and stored as event_embeddings, so a search by words can rank by what was said as well.
+event_text_embeddings_table = sa.Table(
+    "event_text_embeddings",
+    metadata,
+    sa.Column("event_id", sa.String(64), primary_key=True),
+    sa.Column("model_id", sa.String(200), nullable=False),
+    sa.Column("dim", sa.Integer, nullable=False),
+    sa.Column("embedding", sa.LargeBinary().with_variant(postgresql.ARRAY(sa.REAL), "postgresql"), nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Index("ix_event_text_embeddings_model_id", "model_id", "event_id"),
 )
 
 # One row per session: its desired state, shared by every replica, owned by one at a time through a
