@@ -27,6 +27,7 @@ import numpy as np
 
 from rtdetr_service.core.results import Embedding, EventChange, EventRecord, Published, SessionView
 from rtdetr_service.core.search import Embedder, SearchFilters, SearchHit
+from rtdetr_service.core.slot import ModelSlot
 from rtdetr_service.core.types import FrameResult
 from rtdetr_service.outputs.base import QueuedSink, Sink, SinkStats
 from rtdetr_service.outputs.embeddings.crops import Crop, EventCrops, cut
@@ -48,46 +49,11 @@ class VectorIndex(Protocol):
     ) -> list[SearchHit]: ...
 
 
-class EmbedderSlot:
-    """The image encoder, once whoever loads it (the app, on a thread of its own) has set it, or why it
-    could not; the stage waits for it without blocking anyone."""
+class EmbedderSlot(ModelSlot[Embedder]):
+    """The image encoder, once the app's loader thread has set it (core/slot.py `ModelSlot`)."""
 
     def __init__(self) -> None:
-        self._loaded = threading.Event()
-        self._lock = threading.Lock()
-        self._embedder: Embedder | None = None
-        self._error: str | None = None
-
-    def set(self, embedder: Embedder) -> None:
-        with self._lock:
-            self._embedder, self._error = embedder, None
-        self._loaded.set()
-
-    def fail(self, words: str) -> None:
-        with self._lock:
-            self._error = words
-
-    @property
-    def failed(self) -> bool:
-        with self._lock:
-            return self._embedder is None and self._error is not None
-
-    def get(self) -> Embedder | None:
-        with self._lock:
-            return self._embedder
-
-    def wait(self, timeout: float) -> Embedder | None:
-        self._loaded.wait(timeout)
-        return self.get()
-
-    def waiting_for(self) -> str | None:
-        """Why nothing is embedded now, in words; None once the encoder is there."""
-        with self._lock:
-            if self._embedder is not None:
-                return None
-            if self._error is not None:
-                return f"the image encoder failed to load ({self._error}): requests wait, and the oldest are dropped"
-            return "the image encoder is loading: requests wait in the queue"
+        super().__init__("the image encoder", "requests wait, and the oldest are dropped")
 
 
 @dataclass(frozen=True)
