@@ -151,11 +151,28 @@ class _SinkCollector(Collector):
                 "rtdetr_sink_queue_depth", "Items waiting in an output's queue", labels=["sink"]
             ),
         }
+        vlm = {
+            key: CounterMetricFamily(f"rtdetr_vlm_{key}", words, labels=["purpose"])
+            for key, words in (
+                ("asked", "Requests the VLM stage queued, by purpose (describe, rule)"),
+                ("answered", "Requests the vision-language model answered, by purpose"),
+                ("failed", "Requests that got no answer (the model's error, in words in GET /api/v1/outputs)"),
+                ("dropped", "Requests dropped from the VLM stage's full queue, by purpose"),
+            )
+        }
+        in_flight = GaugeMetricFamily("rtdetr_vlm_in_flight", "Requests the VLM stage has with the model now")
         for sink in self._sinks():
             stats = sink.stats()
             for key, family in families.items():
                 family.add_metric([stats.name], getattr(stats, key))
+            for purpose, counts in stats.detail.get("purposes", {}).items():  # the VLM stage's
+                for key, family in vlm.items():
+                    family.add_metric([purpose], counts[key])
+            if "in_flight" in stats.detail:
+                in_flight.add_metric([], stats.detail["in_flight"])
         yield from families.values()
+        yield from vlm.values()
+        yield in_flight
 
 
 class _ClusterCollector(Collector):

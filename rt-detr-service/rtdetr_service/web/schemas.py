@@ -171,6 +171,12 @@ class RecordingOut(_Answer):
     last_error: str | None = Field(..., description="Why segments are not written now, in words.")
 
 
+class DescribeOut(_Answer):
+    labels: list[str] | None = Field(..., description="Only events of these classes; null = every event.")
+    prompt: str | None = Field(..., description="Its own prompt; null = VLM_DESCRIBE_DEFAULT_PROMPT.")
+    after_s: float | None = Field(..., description="Described once this long live; null = at its end.")
+
+
 class StatusAnswer(_Answer):
     session_id: str
     state: SessionState | Literal["pending", "opening", "moving"] = Field(
@@ -188,6 +194,7 @@ class StatusAnswer(_Answer):
     classes: list[str] | None = Field(..., description="The class filter (sorted); null for every class.")
     tracking: TrackingOut
     record: Literal["off", "events", "continuous"]
+    describe: DescribeOut | None = Field(..., description="Its events described by the VLM; null: never.")
     recording: RecordingOut | None = Field(
         ..., description="The recorder's figures; null when the session does not record here."
     )
@@ -257,6 +264,9 @@ class RuleOut(_Answer):
     dwell_s: float
     direction: Literal["in", "out", "any"]
     min_count: int
+    ask: str | None = Field(
+        ..., description="The question the vision-language model answers about the frame that fired it; null: none."
+    )
 
 
 class ZoneConfigOut(_Answer):
@@ -269,6 +279,7 @@ class ZoneConfigOut(_Answer):
 class RecordAnswer(_Answer):
     session_id: str
     record: Literal["off", "events", "continuous"]
+    describe: DescribeOut | None = Field(..., description="Its events described by the VLM; null: never.")
     recording: RecordingOut | None = Field(
         ..., description="Its recorder now (as in the status); null when off or when another replica runs it."
     )
@@ -291,6 +302,20 @@ class CountsAnswer(_Answer):
 class FrameSizeOut(_Answer):
     width: int
     height: int
+
+
+class RuleAnswerOut(_Answer):
+    rule: str
+    question: str
+    time: float = Field(..., description="Unix seconds of the frame that fired the rule.")
+    event_id: str | None
+    session_id: str
+    camera: str | None
+    text: str = Field(..., description="The model's words (untrusted, bounded).")
+    answer: Literal["yes", "no"] | None = Field(..., description="Only when the words held a valid verdict.")
+    score: float | None = Field(..., description="0..1, how sure the model is of yes; null without a verdict.")
+    model_id: str | None
+    error: str | None = Field(..., description="Why there is no answer, in words; null when answered.")
 
 
 class EventOut(_Answer):
@@ -322,6 +347,13 @@ class EventOut(_Answer):
         description="The object's identity across cameras (Re-ID): the same on every event of the same object; "
         "null until the event has ended and been linked.",
     )
+    description: str | None = Field(
+        ...,
+        description="What the vision-language model said it saw (untrusted words, at most VLM_ANSWER_MAX_CHARS); "
+        "null until its session's `describe` has had it described.",
+    )
+    description_model: str | None = Field(..., description="The model that wrote the description.")
+    answers: list[RuleAnswerOut] = Field(..., description="Its rules' questions (`ask`), answered, in order.")
 
 
 class EventsAnswer(_Answer):

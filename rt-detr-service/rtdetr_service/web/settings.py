@@ -20,6 +20,7 @@ from rtdetr_service.inference.settings import EmbedSettings, InferenceSettings, 
 from rtdetr_service.outputs.embeddings.settings import EmbeddingSettings
 from rtdetr_service.outputs.recordings.settings import RecordingSettings
 from rtdetr_service.outputs.settings import OutputSettings
+from rtdetr_service.outputs.vlm.settings import VlmStageSettings
 from rtdetr_service.sessions.settings import ClusterSettings, SessionSettings
 
 
@@ -33,6 +34,7 @@ class Settings(
     OutputSettings,
     RecordingSettings,
     EmbeddingSettings,
+    VlmStageSettings,
 ):
     """Every knob of the service; environment variables use the upper-case field names."""
 

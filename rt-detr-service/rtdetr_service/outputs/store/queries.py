@@ -18,7 +18,7 @@ from typing import Sequence
 
 import sqlalchemy as sa
 
-from rtdetr_service.core.results import EventRecord
+from rtdetr_service.core.results import EventRecord, RuleAnswer
 from rtdetr_service.outputs.messages import clip_fields
 from rtdetr_service.outputs.store.schema import Database, event_zones_table, events_table, recordings_table
 from rtdetr_service.outputs.store.snapshots import SnapshotFiles
@@ -267,7 +267,28 @@ def event_record(row) -> EventRecord:
         has_snapshot=row.snapshot_path is not None,
         track_hz=row.track_hz,
         global_id=row.global_id,
+        description=row.description,
+        description_model=row.description_model,
+        answers=_answers(row.answers),
     )
+
+
+def _answers(text: str | None) -> tuple[RuleAnswer, ...]:
+    """The stored answers (a JSON list of RuleAnswer.as_data()); a row that does not hold that list
+    (written by hand, or by a later version with other fields) reads as the answers it can."""
+    if not text:
+        return ()
+    try:
+        items = json.loads(text)
+    except ValueError:
+        return ()
+    answers = []
+    for item in items if isinstance(items, list) else ():
+        try:
+            answers.append(RuleAnswer(**{k: item[k] for k in RuleAnswer.__dataclass_fields__ if k in item}))
+        except TypeError:
+            continue
+    return tuple(answers)
 
 
 def event_dict(row) -> dict:
