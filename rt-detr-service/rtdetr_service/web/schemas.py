@@ -279,7 +279,6 @@ class ZoneConfigOut(_Answer):
 class RecordAnswer(_Answer):
     session_id: str
     record: Literal["off", "events", "continuous"]
-    describe: DescribeOut | None = Field(..., description="Its events described by the VLM; null: never.")
     recording: RecordingOut | None = Field(
         ..., description="Its recorder now (as in the status); null when off or when another replica runs it."
     )
