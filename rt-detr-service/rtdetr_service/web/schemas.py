@@ -377,6 +377,63 @@ class SearchStatusOut(_Answer):
     detail: str = Field(..., description="The state in words, to show a user.")
 
 
+# -- the vision-language model and /ask ------------------------------------------------------------
+
+
+class VlmStateOut(_Answer):
+    enabled: bool = Field(..., description="VLM_PROVIDER names a provider (not `off`).")
+    state: Literal["off", "loading", "failed", "ready"]
+    provider: Literal["off", "openai", "transformers"]
+    model_id: str | None = Field(..., description="What answers; null until it has loaded.")
+    trained: bool | None = Field(..., description="False: random weights; its words mean nothing.")
+    detail: str = Field(..., description="The state in words, to show a user.")
+
+
+class AsksOut(_Answer):
+    running: int = Field(..., description="POST /api/v1/ask being answered now.")
+    limit: int = Field(..., description="ASK_CONCURRENCY: one more is answered 429 too_many_asks.")
+
+
+class VlmAnswerOut(VlmStateOut):
+    provider_status: dict | None = Field(
+        ...,
+        description="The provider's own figures (keys by label with their state and counts, the local "
+        "model's queue and counts); never a key. null until it has loaded.",
+    )
+    asks: AsksOut
+
+
+class AskResultOut(_Answer):
+    event_id: str
+    camera: str | None
+    label: str
+    start: float = Field(..., description="The event's start (Unix seconds).")
+    end: float | None = Field(..., description="null while the event is active.")
+    answer: Literal["yes", "no"] | None = Field(
+        ..., description="The model's verdict; null when its words did not pass the schema check."
+    )
+    score: float | None = Field(
+        ..., description="How sure the model is that the answer is yes, 0..1; null when unchecked (ranked last)."
+    )
+    reason: str = Field(..., description="The model's words (untrusted text: show it as text), bounded.")
+    snapshot_url: str | None
+    clip_url: str | None = Field(..., description="The event's MP4 clip, when recordings hold it; else null.")
+    recall_score: float = Field(..., description="Cosine similarity of the question's words to the event, -1..1.")
+
+
+class AskAnswer(_Answer):
+    question: str
+    results: list[AskResultOut] = Field(
+        ..., description="Highest score first (ties by recall), at most top_k; unchecked verdicts last."
+    )
+    checked: int = Field(..., description="Candidates the model answered.")
+    failed: int = Field(..., description="Candidates the model could not answer (notices say why).")
+    took_s: float
+    model_id: str = Field(..., description="The vision-language model that answered.")
+    trained: bool = Field(..., description="False: the model has random weights; its answers mean nothing.")
+    notices: list[str] = Field(..., description="Words to show beside the results (random weights, failures).")
+
+
 class TrackPointOut(_Answer):
     t: float = Field(..., description="Frame timestamp (Unix seconds).")
     bbox: tuple[float, float, float, float] = Field(..., description="x1, y1, x2, y2 in source pixels.")
@@ -453,6 +510,7 @@ class ReadyAnswer(_Answer):
     last_inference_error: str | None
     max_sessions: int
     search: SearchStatusOut
+    vlm: VlmStateOut
 
 
 class NotReadyAnswer(_Answer):
