@@ -322,6 +322,12 @@ class EventOut(_Answer):
         description="The object's identity across cameras (Re-ID): the same on every event of the same object; "
         "null until the event has ended and been linked.",
     )
+    description: str | None = Field(
+        None,
+        description="What a vision-language model said it saw (VLM_ANSWER_MAX_CHARS at most): a model's words, "
+        "untrusted, to show as text. Only on described events.",
+    )
+    description_model: str | None = Field(None, description="The model that wrote `description`.")
 
 
 class EventsAnswer(_Answer):
