@@ -336,7 +336,22 @@ class EventsAnswer(_Answer):
 
 
 class SearchHitOut(EventOut):
-    score: float = Field(..., description="Cosine similarity to the query, -1..1; higher is closer.")
+    score: float = Field(
+        ...,
+        description="Higher is closer. By words: the fused rank score, 0..1 (1: first by what was seen and by "
+        "what was said; 0.5: first by one of them). By an event or a picture: the cosine similarity, -1..1.",
+    )
+    image_score: float | None = Field(
+        ..., description="The cosine similarity of the event's image vector to the query; null: not in that list."
+    )
+    text_score: float | None = Field(
+        ...,
+        description="By words: the cosine similarity of the event's description to the words; null: not in that "
+        "list (no description, or not among the closest).",
+    )
+    matched: list[Literal["image", "description"]] = Field(
+        ..., description="Which rankings found it: by what was seen (`image`), by what was said (`description`)."
+    )
 
 
 class SearchAnswer(_Answer):
@@ -359,10 +374,16 @@ class ReindexAnswer(_Answer):
     state: Literal["idle", "waiting", "running", "done", "stopped", "failed"]
     detail: str = Field(..., description="The state in words.")
     model_id: str | None = Field(..., description="The encoder whose vectors the run makes; null until it has loaded.")
-    done: int = Field(..., description="Events embedded by this run.")
-    skipped: int = Field(..., description="Events without a readable snapshot (or deleted meanwhile): left missing.")
+    done: int = Field(..., description="Vectors made by this run: events' from their snapshots, and descriptions'.")
+    texts_done: int = Field(..., description="Of `done`, the descriptions embedded (their text vectors).")
+    skipped: int = Field(
+        ...,
+        description="Events without a readable snapshot, or no longer described (or deleted meanwhile): left missing.",
+    )
     failed: int = Field(..., description="Events whose batch failed (last_error says why).")
-    remaining: int | None = Field(..., description="Events still missing a vector: counted at the start, then down.")
+    remaining: int | None = Field(
+        ..., description="Vectors still missing (events' and descriptions'): counted at the start, then down."
+    )
     total_estimate: int | None = Field(..., description="done + skipped + failed + remaining.")
     estimate_capped: bool = Field(
         ..., description="True: more than 10 000 were missing at the start; `remaining` is a floor."
