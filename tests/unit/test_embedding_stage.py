@@ -377,3 +377,24 @@ def test_a_description_is_bounded_and_never_in_the_stages_errors_or_logs(stages,
     described(stage, keeper, scene, secret)
     assert wait_until(lambda: event_id in index.texts.upserts, timeout=10)
     assert encoder.texts[-1] == secret[:DESCRIPTION_MAX_CHARS]
+
+
+def test_a_live_events_description_is_embedded_and_touches_nothing_the_publisher_keeps(stages):
+    # Given a live event the stage knows (its publisher's thread keeps its crops), early not yet due
+    stage, keeper, index, _ = build(MeanColour(), embed_early_s=1000.0)
+    stages.append(stage)
+    scene = Scene("s1")
+    publish([keeper, stage], [scene.step(0.0, (1, RED, 10)), scene.step(0.1, (1, RED, 12))])
+    record = next(c.event for _, c in keeper.changes if c.kind == "new")
+    life = stage._sessions["s1"].by_id[record.id]
+    handled = stage.stats().handled
+    # When the VLM stage describes it while it lives (its own thread, VLM_DESCRIBE_AFTER_S)
+    described(stage, keeper, scene, "a person in red", record)
+    # Then only its words are queued and embedded; the life the publisher keeps is untouched
+    assert wait_until(lambda: record.id in index.texts.upserts, timeout=10)
+    assert stage.stats().handled == handled + 1
+    assert stage._sessions["s1"].by_id[record.id] is life and life.record.description is None
+    # and one the stage never saw gets no life from it
+    described(stage, keeper, scene, "a cat", replace(record, id="unseen", track_id=99))
+    assert wait_until(lambda: "unseen" in index.texts.upserts, timeout=10)
+    assert "unseen" not in stage._sessions["s1"].by_id

@@ -15,7 +15,8 @@ Descriptions: a change (new, update or end) whose record carries a `description`
 embedded for that event (a digest per event id, the newest DESCRIPTIONS_KEPT remembered) queues a
 text request in the same queue; the thread embeds the descriptions with the encoder's text tower, in
 passes of at most EMBED_BATCH, and upserts each into the index's text vectors under the encoder's id.
-A description is a model's words: bounded here too (DESCRIPTION_MAX_CHARS) and never logged.
+A description is a model's words: bounded here too (DESCRIPTION_MAX_CHARS) and never logged. An
+update that brings only words (the VLM stage's, from its own thread) touches nothing else here.
 
 Until the encoder has loaded (or when it failed to), requests wait in the queue, the oldest of the
 busiest session dropped past its bound, counted; the stage says so in its state.
@@ -212,6 +213,8 @@ class EmbeddingStage(QueuedSink):
         record = change.event
         if record.description and self._texts is not None:
             self._maybe_describe(view, record.id, record.description)
+        if _newly_said(change):
+            return  # the VLM stage's update, from its own thread: new words, nothing new to see
         if change.kind == "update" and record.end_time is not None:
             return  # an ended event's update (ours, Re-ID): nothing new to see
         life = lives.by_id.get(record.id)
@@ -441,6 +444,12 @@ class EmbeddingStage(QueuedSink):
             state = "failing" if self._slot.failed else "degraded"
             return replace(base, state=state, detail={**detail, "detail": waiting})
         return replace(base, detail=detail)
+
+
+def _newly_said(change: EventChange) -> bool:
+    """An update that brings a description and nothing else to see (no snapshot)."""
+    before = change.before.description if change.before is not None else None
+    return change.kind == "update" and change.snapshot is None and change.event.description not in (None, before)
 
 
 def _mean_direction(rows: np.ndarray) -> np.ndarray:
