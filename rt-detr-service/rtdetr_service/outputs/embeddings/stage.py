@@ -33,6 +33,7 @@ from rtdetr_service.outputs.base import QueuedSink, Sink, SinkStats
 from rtdetr_service.outputs.embeddings.crops import Crop, EventCrops, cut
 from rtdetr_service.outputs.embeddings.reid import Records, ReidOptions, link
 from rtdetr_service.outputs.embeddings.settings import EmbeddingSettings
+from rtdetr_service.outputs.store.vectors import VectorsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,8 @@ class EmbeddingStage(QueuedSink):
         self.crops_embedded = 0
         self.linked = 0  # ended events given an earlier look's global_id
         self.new_identities = 0
+        self.unlinked = 0  # ended events left without a global_id: the index cannot search (no pgvector)
+        self.reid_problem: str | None = None  # why, in the index's words
         self.superseded = 0  # early requests whose event's end came in the same batch
         self.republish_errors = 0
         self.model_id: str | None = None
@@ -257,7 +260,17 @@ class EmbeddingStage(QueuedSink):
             self.embedded += 1
         if not request.final:
             return
-        decision = link(record, vector, model_id, search=self._index.search, records=self._known, options=self._reid)
+        try:
+            decision = link(
+                record, vector, model_id, search=self._index.search, records=self._known, options=self._reid
+            )
+        except VectorsUnavailable as exc:
+            # The vector is kept (searched once the extension is there); an identity given without a
+            # search would be a guess, so the event has none, and the stage's state says why.
+            with self._lock:
+                self.unlinked += 1
+                self.reid_problem = f"Re-ID is off: {exc}"[:500]
+            return
         with self._lock:
             if decision.matched is None:
                 self.new_identities += 1
@@ -305,7 +318,10 @@ class EmbeddingStage(QueuedSink):
                 "new_identities": self.new_identities,
                 "superseded": self.superseded,
                 "republish_errors": self.republish_errors,
+                "unlinked": self.unlinked,
             }
+            if self.reid_problem is not None:
+                detail["reid"] = self.reid_problem
         if waiting is not None and base.state != "failing":
             state = "failing" if self._slot.failed else "degraded"
             return replace(base, state=state, detail={**detail, "detail": waiting})
