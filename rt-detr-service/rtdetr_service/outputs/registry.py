@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from rtdetr_service.outputs.base import Sink
 
 if TYPE_CHECKING:
+    from rtdetr_service.core.slot import ModelSlot
+    from rtdetr_service.core.vlm import VisionLanguageModel
     from rtdetr_service.outputs.embeddings.stage import EmbeddingParts
     from rtdetr_service.outputs.hub import Hub
     from rtdetr_service.outputs.prometheus import Metrics
@@ -31,6 +33,7 @@ class SinkContext:
     event_store: EventStore | None
     renderer: FrameRenderer | None = None  # shared with the bus, so a frame is drawn and encoded once
     embeddings: EmbeddingParts | None = None  # the encoder and the vector index, when search is on
+    vlm: ModelSlot[VisionLanguageModel] | None = None  # the vision-language model, once loaded (or why not)
 
 
 def _websocket(ctx: SinkContext) -> Sink:

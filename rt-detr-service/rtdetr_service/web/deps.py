@@ -16,6 +16,8 @@ from typing import Annotated
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
+from rtdetr_service.core.slot import ModelSlot
+from rtdetr_service.core.vlm import VisionLanguageModel
 from rtdetr_service.outputs.bus.relay import BusRelay
 from rtdetr_service.outputs.embeddings.reindex import Reindexer
 from rtdetr_service.outputs.embeddings.stage import EmbedderSlot
@@ -115,6 +117,11 @@ async def get_embedder(connection: HTTPConnection) -> EmbedderSlot:
     return connection.app.state.embedder
 
 
+async def get_vlm(connection: HTTPConnection) -> ModelSlot[VisionLanguageModel]:
+    """The vision-language model's slot: the model once loaded, or why not (off, loading, failed)."""
+    return connection.app.state.vlm
+
+
 async def get_vector_index(connection: HTTPConnection) -> VectorIndex | None:
     """The event store's vector index; None without a store."""
     return connection.app.state.vector_index
@@ -141,6 +148,7 @@ ModelErrorDep = Annotated[str | None, Depends(get_model_error)]
 HistoryReadsDep = Annotated[ThreadPoolExecutor, Depends(get_history_reads)]
 RelayDep = Annotated[BusRelay | None, Depends(get_relay)]
 EmbedderDep = Annotated[EmbedderSlot, Depends(get_embedder)]
+VlmDep = Annotated[ModelSlot[VisionLanguageModel], Depends(get_vlm)]
 VectorIndexDep = Annotated[VectorIndex | None, Depends(get_vector_index)]
 SearchEmbedsDep = Annotated[SearchEmbeds, Depends(get_search_embeds)]
 ReindexerDep = Annotated[Reindexer | None, Depends(get_reindexer)]

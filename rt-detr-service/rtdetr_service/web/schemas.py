@@ -398,7 +398,10 @@ class ReindexAnswer(_Answer):
 
 class SearchStatusOut(_Answer):
     enabled: bool = Field(..., description="Events are embedded and can be searched (EMBED_ENABLED, and a store).")
-    state: Literal["off", "loading", "failed", "ready"]
+    state: Literal["off", "loading", "failed", "unavailable", "ready"] = Field(
+        ...,
+        description="unavailable: the database cannot search vectors (PostgreSQL without pgvector); detail says so.",
+    )
     model_id: str | None
     trained: bool | None = Field(..., description="False: random weights; similarities and Re-ID mean nothing.")
     detail: str = Field(..., description="The state in words, to show a user.")

@@ -35,11 +35,13 @@ import numpy as np
 
 from rtdetr_service.core.results import Embedding, EventChange, EventRecord, Published, SessionView
 from rtdetr_service.core.search import Embedder, SearchFilters, SearchHit
+from rtdetr_service.core.slot import ModelSlot
 from rtdetr_service.core.types import FrameResult
 from rtdetr_service.outputs.base import QueuedSink, Sink, SinkStats
 from rtdetr_service.outputs.embeddings.crops import Crop, EventCrops, cut
 from rtdetr_service.outputs.embeddings.reid import Records, ReidOptions, link
 from rtdetr_service.outputs.embeddings.settings import EmbeddingSettings
+from rtdetr_service.outputs.store.vectors import VectorsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -68,46 +70,11 @@ class VectorIndex(Protocol):
     ) -> list[SearchHit]: ...
 
 
-class EmbedderSlot:
-    """The image encoder, once whoever loads it (the app, on a thread of its own) has set it, or why it
-    could not; the stage waits for it without blocking anyone."""
+class EmbedderSlot(ModelSlot[Embedder]):
+    """The image encoder, once the app's loader thread has set it (core/slot.py `ModelSlot`)."""
 
     def __init__(self) -> None:
-        self._loaded = threading.Event()
-        self._lock = threading.Lock()
-        self._embedder: Embedder | None = None
-        self._error: str | None = None
-
-    def set(self, embedder: Embedder) -> None:
-        with self._lock:
-            self._embedder, self._error = embedder, None
-        self._loaded.set()
-
-    def fail(self, words: str) -> None:
-        with self._lock:
-            self._error = words
-
-    @property
-    def failed(self) -> bool:
-        with self._lock:
-            return self._embedder is None and self._error is not None
-
-    def get(self) -> Embedder | None:
-        with self._lock:
-            return self._embedder
-
-    def wait(self, timeout: float) -> Embedder | None:
-        self._loaded.wait(timeout)
-        return self.get()
-
-    def waiting_for(self) -> str | None:
-        """Why nothing is embedded now, in words; None once the encoder is there."""
-        with self._lock:
-            if self._embedder is not None:
-                return None
-            if self._error is not None:
-                return f"the image encoder failed to load ({self._error}): requests wait, and the oldest are dropped"
-            return "the image encoder is loading: requests wait in the queue"
+        super().__init__("the image encoder", "requests wait, and the oldest are dropped")
 
 
 @dataclass(frozen=True)
@@ -185,6 +152,8 @@ class EmbeddingStage(QueuedSink):
         self.crops_embedded = 0
         self.linked = 0  # ended events given an earlier look's global_id
         self.new_identities = 0
+        self.unlinked = 0  # ended events left without a global_id: the index cannot search (no pgvector)
+        self.reid_problem: str | None = None  # why, in the index's words
         self.superseded = 0  # early requests whose event's end came in the same batch
         self.republish_errors = 0
         self.model_id: str | None = None
@@ -390,7 +359,17 @@ class EmbeddingStage(QueuedSink):
             self.embedded += 1
         if not request.final:
             return
-        decision = link(record, vector, model_id, search=self._index.search, records=self._known, options=self._reid)
+        try:
+            decision = link(
+                record, vector, model_id, search=self._index.search, records=self._known, options=self._reid
+            )
+        except VectorsUnavailable as exc:
+            # The vector is kept (searched once the extension is there); an identity given without a
+            # search would be a guess, so the event has none, and the stage's state says why.
+            with self._lock:
+                self.unlinked += 1
+                self.reid_problem = f"Re-ID is off: {exc}"[:500]
+            return
         with self._lock:
             if decision.matched is None:
                 self.new_identities += 1
@@ -439,7 +418,10 @@ class EmbeddingStage(QueuedSink):
                 "new_identities": self.new_identities,
                 "superseded": self.superseded,
                 "republish_errors": self.republish_errors,
+                "unlinked": self.unlinked,
             }
+            if self.reid_problem is not None:
+                detail["reid"] = self.reid_problem
         if waiting is not None and base.state != "failing":
             state = "failing" if self._slot.failed else "degraded"
             return replace(base, state=state, detail={**detail, "detail": waiting})

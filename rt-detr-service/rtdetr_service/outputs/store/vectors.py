@@ -143,6 +143,10 @@ class VectorIndex:
         self._lock = threading.Lock()
         self._dims: dict[str, int] = {}  # model → its vectors' length, once seen
 
+    def problem(self) -> str | None:
+        """Why vectors cannot be searched here, in words; None when they can (for /ready and search's 503)."""
+        return None
+
     # -- writes (the embedding thread) ----------------------------------------------------------
 
     def upsert(self, event_id: str, vector: np.ndarray, model_id: str) -> bool:
@@ -313,9 +317,12 @@ class SqliteVectorIndex(VectorIndex):
     def _loaded(self, value: bytes) -> np.ndarray:
         return np.frombuffer(value, dtype="<f4").astype(np.float32)
 
+    def problem(self) -> str | None:
+        return None if self._db.vector_problem is None else f"vector search is off: {self._db.vector_problem}"
+
     def _prepare(self, model_id: str, dim: int) -> None:
-        if self._db.vector_problem is not None:
-            raise VectorsUnavailable(f"vector search is off: {self._db.vector_problem}")
+        if (problem := self.problem()) is not None:
+            raise VectorsUnavailable(problem)
 
     def _search(
         self, vec: np.ndarray, model_id: str, filters: SearchFilters, limit: int, offset: int
@@ -378,6 +385,35 @@ class PgVectorIndex(VectorIndex):
         self._exact_below = exact_below
         self._indexed: set[tuple[str, int]] = set()
         self._problem: str | None = None
+        self._checked = False  # whether the server was asked for pgvector (once per process)
+
+    def problem(self) -> str | None:
+        """Asked of the server once (restart the service after installing pgvector); an unreachable
+        database is the store's to report, so it leaves the question open."""
+        with self._lock:
+            if self._checked or self._problem is not None:
+                return self._problem
+        try:
+            with self._db.engine.connect() as conn:
+                available = self._has_pgvector(conn)
+        except sa.exc.SQLAlchemyError:
+            return None
+        with self._lock:
+            self._checked = True
+            if not available:
+                self._problem = self._missing_words()
+            return self._problem
+
+    @staticmethod
+    def _has_pgvector(conn: sa.Connection) -> bool:
+        query = "SELECT default_version FROM pg_available_extensions WHERE name = 'vector'"
+        return conn.exec_driver_sql(query).scalar() is not None
+
+    def _missing_words(self) -> str:
+        return (
+            f"the PostgreSQL server at {self._db.safe_url} has no pgvector extension: vectors are kept "
+            "but cannot be searched; run a server with pgvector 0.8 or newer (the pgvector/pgvector image)"
+        )
 
     def _stored(self, vec: np.ndarray) -> list[float]:
         return vec.tolist()
@@ -403,14 +439,8 @@ class PgVectorIndex(VectorIndex):
         literal = "'" + model_id.replace("'", "''") + "'"
         with self._db.engine.begin() as conn:
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(LOCK_KEY)))  # replicas take turns with DDL
-            available = conn.exec_driver_sql(
-                "SELECT default_version FROM pg_available_extensions WHERE name = 'vector'"
-            ).scalar()
-            if available is None:
-                self._problem = (
-                    f"the PostgreSQL server at {self._db.safe_url} has no pgvector extension: vectors are kept "
-                    "but cannot be searched; run a server with pgvector 0.8 or newer (the pgvector/pgvector image)"
-                )
+            if not self._has_pgvector(conn):
+                self._problem = self._missing_words()
                 raise VectorsUnavailable(self._problem)
             conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS vector")
             conn.exec_driver_sql(

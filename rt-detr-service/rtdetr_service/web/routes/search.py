@@ -96,6 +96,8 @@ def search_status(settings: Settings, store: EventStore | None, slot: EmbedderSl
         return _status(False, "off", None, None, f"Search is off: {why}")
     if store is None:
         return _status(False, "off", None, None, "Search is off: it needs the event store, which is off or not open")
+    if (problem := store.vectors.problem()) is not None:
+        return _status(True, "unavailable", None, None, f"Search is unavailable: {problem}")
     embedder = slot.get()
     if embedder is None:
         if slot.failed:
@@ -122,7 +124,7 @@ def _ready(settings: Settings, store: EventStore | None, index: VectorIndex | No
     the parameters were checked (a wrong one is named first)."""
     store = available_store(store, settings.events_enabled)
     status = search_status(settings, store, slot)
-    if status["state"] == "off" or index is None:
+    if status["state"] in ("off", "unavailable") or index is None:
         raise ApiError("search_unavailable", status["detail"])
     if status["state"] == "loading":
         raise ApiError("encoder_loading", status["detail"])
