@@ -112,18 +112,27 @@ def test_a_key_leaves_the_pool_only_as_its_authorization_header(clock):
 # -- limits ------------------------------------------------------------------------------------------------
 
 
-def test_qps_allows_that_many_starts_in_any_second(clock):
+def test_qps_spreads_starts_evenly_so_no_second_holds_more(clock):
     p = pool(clock, keys=KEYS[:1], qps=5, concurrency=100)
-    started = [take(p) for _ in range(5)]
-    assert all(not isinstance(lease, VlmError) for lease in started)
-    refusal = take(p)
+    assert not isinstance(take(p), VlmError)
+    refusal = take(p)  # not a burst: the next start is 1/5 s later
     assert isinstance(refusal, VlmError) and refusal.reason == "rate_limited"
     assert "at their QPS/RPM limits" in refusal.words
-    clock.now += 0.999
-    assert isinstance(take(p), VlmError)  # still within the second of the first five
-    clock.now += 0.001
-    assert all(not isinstance(take(p), VlmError) for _ in range(5))
+    clock.now += 0.19
     assert isinstance(take(p), VlmError)
+    clock.now += 0.01
+    assert not isinstance(take(p), VlmError)
+
+
+def test_qps_allows_that_many_starts_in_any_second_asked_as_often_as_you_like(clock):
+    p = pool(clock, keys=KEYS[:1], qps=5, concurrency=100)
+    starts = []
+    for step in range(400):  # 4 s, asking every 10 ms
+        clock.now = 100.0 + step * 0.01
+        if not isinstance(take(p), VlmError):
+            starts.append(clock.now)
+    assert len(starts) == 20
+    assert max(sum(1 for t in starts if first <= t < first + 1.0) for first in starts) == 5
 
 
 def test_a_qps_below_one_spaces_single_starts(clock):

@@ -102,12 +102,30 @@ class _Window:
         self._starts.append(now)
 
 
-def _windows(qps: float, rpm: int) -> list[_Window]:
-    windows = []
+class _Spacing:
+    """One start every `interval` seconds at most (a token bucket that holds one token). Starts are
+    spread evenly rather than sent in a burst and then held back: what reaches the provider is
+    jittered by connection setup and the network, and a burst of QPS requests followed a second
+    later by the next burst can land in one second of the provider's count."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._next = -math.inf
+
+    def allows(self, now: float) -> bool:
+        return now >= self._next - 1e-9  # a clock step's rounding is not a wait
+
+    def free_at(self) -> float:
+        return self._next
+
+    def add(self, now: float) -> None:
+        self._next = max(self._next, now) + self.interval
+
+
+def _windows(qps: float, rpm: int) -> list[_Window | _Spacing]:
+    windows: list[_Window | _Spacing] = []
     if qps > 0:
-        # At most ⌊QPS⌋ starts in any second; below 1, one start per 1/QPS seconds. A fraction above
-        # 1 is given up rather than let any one second hold more than QPS.
-        windows.append(_Window(int(qps), 1.0) if qps >= 1 else _Window(1, 1.0 / qps))
+        windows.append(_Spacing(1.0 / qps))
     if rpm > 0:
         windows.append(_Window(rpm, 60.0))
     return windows
@@ -117,7 +135,7 @@ def _windows(qps: float, rpm: int) -> list[_Window]:
 class _Key:
     label: str
     secret: SecretStr | None
-    windows: list[_Window]
+    windows: list[_Window | _Spacing]
     in_flight: int = 0
     cooling_until: float = 0.0  # on the pool's clock
     cooling_reason: str | None = None
