@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 from pydantic import SecretStr
@@ -308,6 +309,23 @@ def test_acquire_waits_for_a_release_from_another_thread():
     held.release("ok")
     waiter.join(10)
     assert got and got[0].label == "key-1"
+
+
+def test_acquire_fails_at_once_when_waiting_cannot_help():
+    # every key disabled, or every key resting past the deadline: no wait, the words at once
+    disabled = KeyPool(KEYS[:1])
+    disabled.acquire("rule", deadline=float("inf")).release("refused", status=401)
+    resting = KeyPool(KEYS[:2], cooldown_s=600)
+    for _ in range(2):
+        resting.acquire("rule", deadline=float("inf")).release("rate_limited", retry_after="600")
+    with pytest.raises(VlmError, match="every key is disabled"):
+        disabled.acquire("rule", deadline=float("inf"))
+    with pytest.raises(VlmError, match="all 2 keys cooling down until"):
+        resting.acquire("rule", deadline=time.monotonic() + 300)
+    # while one rests only until before the deadline, acquire waits for it instead
+    soon = KeyPool(KEYS[:1])
+    soon.acquire("rule", deadline=float("inf")).release("rate_limited", retry_after="0.5")
+    assert soon.acquire("rule", deadline=time.monotonic() + 300).label == "key-1"
 
 
 def test_close_fails_every_waiting_acquire_with_closed():

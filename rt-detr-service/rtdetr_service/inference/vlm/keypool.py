@@ -231,6 +231,7 @@ class KeyPool:
 
     def acquire(self, purpose: Purpose, deadline: float) -> Lease:
         """A lease on a usable key, waiting for one until `deadline` (on the pool's clock); past it,
+        or at once when waiting cannot help (every key disabled, or resting past the deadline),
         `VlmError` saying why none was usable. A deadline already past asks without waiting."""
         with self._cond:
             self._waiting += 1
@@ -242,7 +243,7 @@ class KeyPool:
                     key = self._pick(purpose, now)
                     if key is not None:
                         return self._take(key, purpose, now)
-                    if now >= deadline:
+                    if now >= deadline or self._hopeless(deadline):
                         raise self._refusal(purpose, now)
                     wake = self._wake_at(now)
                     pause = deadline - now if wake is None else min(wake, deadline) - now
@@ -298,6 +299,10 @@ class KeyPool:
         if purpose == "ask":
             self._ask_in_flight += 1
         return Lease(self, key, purpose)
+
+    def _hopeless(self, deadline: float) -> bool:
+        """Whether waiting cannot help: every key disabled, or resting past the deadline."""
+        return all(key.disabled is not None or key.cooling_until >= deadline for key in self._keys)
 
     def _wake_at(self, now: float) -> float | None:
         """The next time a key could become usable without a release: a cooldown's end, or a full

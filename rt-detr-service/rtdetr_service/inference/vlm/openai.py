@@ -308,8 +308,9 @@ class OpenAiVlm:
             try:
                 lease = self._pool.acquire(request.purpose, deadline)
             except VlmError as refusal:
-                if last is not None and refusal.reason == "rate_limited" and time.monotonic() >= deadline:
-                    # Time ran out while waiting for a key after a failure: say both.
+                if last is not None and last.outcome not in ("rate_limited", "refused"):
+                    # No key for a retry after a 5xx or a timeout: say both (a 429 or 401 before
+                    # is what the refusal itself says).
                     return VlmError(f"{refusal.words}; before that: {last.words}", refusal.reason)
                 return refusal
             tried = _Tried("broken", "the request was not sent")
