@@ -318,6 +318,19 @@ def test_a_stalled_or_trickling_server_gives_a_timeout_error_before_it_answers(p
         assert provider.status()["keys"][0]["counts"]["timeouts"] == 1
 
 
+def test_the_bound_covers_the_wait_for_a_free_key_and_a_request_that_never_started_is_never_sent(providers):
+    with ChatServer(KEYS[:1]) as server:
+        server.script(KEYS[0], Reply(delay_s=1.2))
+        provider = providers(server, keys=KEYS[:1], vlm_key_concurrency=1, vlm_timeout_s=2.0, vlm_retries=0)
+        first, second, third = provider.generate([VlmRequest(f"r{i}", (JPEG,)) for i in range(3)])
+        # one at a time: the first is answered, the second is cut at the batch's bound, the third
+        # never got the key before it
+        assert isinstance(first, VlmAnswer)
+        assert [second.reason, third.reason] == ["timeout", "timeout"]
+        assert len(server.seen) == 2
+        assert provider.status()["keys"][0]["counts"]["timeouts"] == 1
+
+
 def seconds_counted(arrivals: list[float], start: float, seconds: int) -> list[int]:
     """How many requests had reached the server by the end of each second after `start`."""
     return [sum(1 for t in arrivals if t < start + second) for second in range(1, seconds + 1)]

@@ -230,6 +230,7 @@ class OpenAiVlm:
             except CancelledError:
                 results.append(VlmError("the VLM is stopping", "closed"))
             except FutureTimeout:
+                item.cancel()  # still queued behind others: it never starts
                 results.append(self._timed_out(0))
             except Exception as exc:  # noqa: BLE001 - a bug here is one request's failure, said in words
                 log.exception("VLM request to %s failed unexpectedly", self.host)
@@ -305,6 +306,8 @@ class OpenAiVlm:
         while True:
             if self._closed.is_set():
                 return VlmError("the VLM is stopping", "closed")
+            if time.monotonic() >= deadline:  # it waited for a thread, or for the pauses, that long
+                return self._timed_out(max(0, failures - 1))
             try:
                 lease = self._pool.acquire(request.purpose, deadline)
             except VlmError as refusal:
