@@ -400,3 +400,46 @@ def test_ask_says_why_when_the_vlm_failed_or_is_off(tiny_model_dir, tiny_siglip,
             assert "EMBED_ENABLED=false" in answer.json()["detail"]
     finally:
         service.stop()
+
+
+def test_the_real_openai_providers_keys_show_by_label_and_state_never_the_key(tiny_model_dir, tmp_path):
+    # Given the service with the `openai` provider against a real chat-completions server, whose second
+    # key is refused with a 401 that echoes it (as OpenAI's own answer does)
+    from rtdetr_service.inference.vlm.openai import OpenAiVlm
+
+    from chat_server import ChatServer, refused
+
+    keys = ("sk-ask-first-0c4e7d91a2b35f60", "sk-ask-second-9e8d7c6b5a493827")
+    with ChatServer(keys) as server:
+        server.script(keys[1], refused(401, echo=keys[1]))
+        settings = make_settings(
+            tiny_model_dir,
+            data_dir=tmp_path / "data",
+            vlm_provider="openai",
+            vlm_model="test-vlm",
+            vlm_base_url=server.base_url,
+            vlm_api_keys=",".join(keys),
+            vlm_timeout_s=10.0,
+        )
+        service = run_service(settings, detector_factory=lambda _s: ScheduledWalks(), vlm_factory=OpenAiVlm)
+        try:
+            with service.client() as client:
+                assert wait_until(lambda: client.get("/ready").json()["vlm"]["state"] == "ready", timeout=30)
+                vlm = service.app.state.vlm.get()
+                # When it is asked enough for both keys to be tried
+                answers = vlm.generate([VlmRequest("hello?", purpose="rule") for _ in range(4)])
+                assert all(not isinstance(a, VlmError) for a in answers), answers
+                status = client.get("/api/v1/vlm").json()
+                metrics = client.get("/metrics").text
+                ready = client.get("/ready").text
+        finally:
+            service.stop()
+    # Then the refused key shows as disabled, by its label, in the status and in /metrics
+    by_label = {k["label"]: k for k in status["provider_status"]["keys"]}
+    assert by_label["key-2"]["state"] == "disabled" and by_label["key-1"]["state"] == "ok", by_label
+    assert 'rtdetr_vlm_key_state{key="key-2",state="disabled"} 1.0' in metrics
+    assert 'rtdetr_vlm_key_state{key="key-1",state="ok"} 1.0' in metrics
+    # and no key, nor a piece of one, appears anywhere
+    for page in (str(status), metrics, ready):
+        for key in keys:
+            assert key not in page and key[8:20] not in page

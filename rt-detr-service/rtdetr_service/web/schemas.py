@@ -322,6 +322,12 @@ class EventOut(_Answer):
         description="The object's identity across cameras (Re-ID): the same on every event of the same object; "
         "null until the event has ended and been linked.",
     )
+    description: str | None = Field(
+        None,
+        description="What a vision-language model said it saw (VLM_ANSWER_MAX_CHARS at most): a model's words, "
+        "untrusted, to show as text. Only on described events.",
+    )
+    description_model: str | None = Field(None, description="The model that wrote `description`.")
 
 
 class EventsAnswer(_Answer):
@@ -330,7 +336,22 @@ class EventsAnswer(_Answer):
 
 
 class SearchHitOut(EventOut):
-    score: float = Field(..., description="Cosine similarity to the query, -1..1; higher is closer.")
+    score: float = Field(
+        ...,
+        description="Higher is closer. By words: the fused rank score, 0..1 (1: first by what was seen and by "
+        "what was said; 0.5: first by one of them). By an event or a picture: the cosine similarity, -1..1.",
+    )
+    image_score: float | None = Field(
+        ..., description="The cosine similarity of the event's image vector to the query; null: not in that list."
+    )
+    text_score: float | None = Field(
+        ...,
+        description="By words: the cosine similarity of the event's description to the words; null: not in that "
+        "list (no description, or not among the closest).",
+    )
+    matched: list[Literal["image", "description"]] = Field(
+        ..., description="Which rankings found it: by what was seen (`image`), by what was said (`description`)."
+    )
 
 
 class SearchAnswer(_Answer):
@@ -353,10 +374,16 @@ class ReindexAnswer(_Answer):
     state: Literal["idle", "waiting", "running", "done", "stopped", "failed"]
     detail: str = Field(..., description="The state in words.")
     model_id: str | None = Field(..., description="The encoder whose vectors the run makes; null until it has loaded.")
-    done: int = Field(..., description="Events embedded by this run.")
-    skipped: int = Field(..., description="Events without a readable snapshot (or deleted meanwhile): left missing.")
+    done: int = Field(..., description="Vectors made by this run: events' from their snapshots, and descriptions'.")
+    texts_done: int = Field(..., description="Of `done`, the descriptions embedded (their text vectors).")
+    skipped: int = Field(
+        ...,
+        description="Events without a readable snapshot, or no longer described (or deleted meanwhile): left missing.",
+    )
     failed: int = Field(..., description="Events whose batch failed (last_error says why).")
-    remaining: int | None = Field(..., description="Events still missing a vector: counted at the start, then down.")
+    remaining: int | None = Field(
+        ..., description="Vectors still missing (events' and descriptions'): counted at the start, then down."
+    )
     total_estimate: int | None = Field(..., description="done + skipped + failed + remaining.")
     estimate_capped: bool = Field(
         ..., description="True: more than 10 000 were missing at the start; `remaining` is a floor."
@@ -371,7 +398,10 @@ class ReindexAnswer(_Answer):
 
 class SearchStatusOut(_Answer):
     enabled: bool = Field(..., description="Events are embedded and can be searched (EMBED_ENABLED, and a store).")
-    state: Literal["off", "loading", "failed", "ready"]
+    state: Literal["off", "loading", "failed", "unavailable", "ready"] = Field(
+        ...,
+        description="unavailable: the database cannot search vectors (PostgreSQL without pgvector); detail says so.",
+    )
     model_id: str | None
     trained: bool | None = Field(..., description="False: random weights; similarities and Re-ID mean nothing.")
     detail: str = Field(..., description="The state in words, to show a user.")

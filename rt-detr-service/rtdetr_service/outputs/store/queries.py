@@ -215,7 +215,7 @@ class Tombstones:
 
 
 def delete_event(engine: sa.Engine, files: SnapshotFiles, tombstones: Tombstones, event_id: str) -> bool:
-    """Delete an event, its zones, its track, its vector and its snapshot file; False if there was no such event."""
+    """Delete an event, its zones, its track, its vectors and its snapshot file; False if there was no such event."""
     tombstones.add(event_id)
     t = events_table
     with engine.begin() as conn:
@@ -267,12 +267,17 @@ def event_record(row) -> EventRecord:
         has_snapshot=row.snapshot_path is not None,
         track_hz=row.track_hz,
         global_id=row.global_id,
+        description=row.description,
+        description_model=row.description_model,
     )
 
 
 def event_dict(row) -> dict:
-    """An events row as the API shows it."""
+    """An events row as the API shows it; a described event with its description and the model that said it."""
     record = event_record(row)
     out = record.as_dict()
     out["snapshot_url"] = f"/api/v1/events/{row.id}/snapshot.jpg" if record.has_snapshot else None
+    if record.description is not None:
+        out["description"] = record.description
+        out["description_model"] = record.description_model
     return out | clip_fields(row.id, bool(row.has_clip))

@@ -223,7 +223,7 @@ def _parts(
     store = available_store(store, settings.events_enabled)
     search = search_status(settings, store, embedder_slot)
     recall = "Asking recalls events by the question's words, as search does: "
-    if search["state"] == "off" or index is None:
+    if search["state"] in ("off", "unavailable") or index is None:
         raise ApiError("search_unavailable", recall + search["detail"])
     if search["state"] == "loading":
         raise ApiError("encoder_loading", recall + search["detail"])
