@@ -11,12 +11,12 @@ import threading
 import time
 
 import pytest
-from scripted_vlm import ScriptedVlm, default_script
 from websockets.sync.client import connect
 
 from rtdetr_service.core.vlm import VlmError
 
 from scripted_detector import WALK_ZONES, WalkingPeople
+from scripted_vlm import ScriptedVlm, default_script
 from servers import WebhookReceiver
 from support import make_settings, run_service, start_session
 from support import wait_until as _wait
@@ -101,7 +101,11 @@ def test_a_described_session_and_a_rule_that_asks_get_their_words_stored_and_sen
             # publisher's later updates and the end did not wipe
             def ended_and_said():
                 return next(
-                    (e for e in _events(client, session_id) if not e["active"] and e["description"] and e["answers"]),
+                    (
+                        e
+                        for e in _events(client, session_id)
+                        if not e["active"] and e["description"] and len(e["answers"]) == 2
+                    ),
                     None,
                 )
 

@@ -15,7 +15,6 @@ import cv2
 import jsonschema
 import numpy as np
 import pytest
-from scripted_vlm import ScriptedVlm, default_script
 
 from rtdetr_service.analytics.events import EventLifecycle
 from rtdetr_service.core.results import Alert, EventChange, Published, SessionView
@@ -28,6 +27,7 @@ from rtdetr_service.outputs.registry import connect_republishers
 from rtdetr_service.outputs.vlm.settings import VlmStageSettings
 from rtdetr_service.outputs.vlm.stage import VlmLimits, VlmStage, VlmStageParts
 
+from scripted_vlm import ScriptedVlm, default_script
 from support import wait_until
 
 T0 = 1_700_000_000.0

@@ -40,9 +40,10 @@ from rtdetr_service.sessions.cluster import Cluster
 from rtdetr_service.sessions.manager import SessionManager
 from rtdetr_service.sessions.records import SessionRecords
 from rtdetr_service.web.auth import install_api_key_check
+from rtdetr_service.web.deps import Asks
 from rtdetr_service.web.errors import error_response, install_error_handlers
 from rtdetr_service.web.middleware import install_body_limit, install_cancel_on_disconnect
-from rtdetr_service.web.routes import events, health, recordings, search, video, ws
+from rtdetr_service.web.routes import ask, events, health, recordings, search, video, ws
 from rtdetr_service.web.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -244,6 +245,8 @@ async def lifespan(app: FastAPI):
     app.state.vector_index = store.vectors if store is not None else None  # sqlite-vec / pgvector
     app.state.history_reads = events.history_reads_pool()
     app.state.search_embeds = search.search_embeds_pool()
+    app.state.asks = Asks(settings.ask_concurrency)
+    app.state.metrics.watch_vlm(lambda: ask.vlm_metrics(settings, app.state.vlm, app.state.asks))
     app.state.reindexer = _reindexer(app, settings)
     if app.state.reindexer is not None:
         app.state.metrics.watch_reindex(app.state.reindexer.progress)
@@ -311,7 +314,9 @@ async def lifespan(app: FastAPI):
         app.state.search_embeds.shutdown(wait=True, cancel_futures=True)
         vlm = app.state.vlm.get()
         if vlm is not None:
+            # Asks in progress end at their next batch once the model answers "closed": close first.
             await asyncio.to_thread(vlm.close)  # after the outputs: their last questions had their bound
+        await asyncio.to_thread(app.state.asks.shutdown, wait=True, cancel_futures=True)
         if app.state.recordings is not None:
             app.state.recordings.stop()
         if app.state.event_store is not None:
@@ -430,6 +435,7 @@ def create_app(
     app.include_router(video.router)
     app.include_router(search.router)  # before events: /events/search is not an event id
     app.include_router(events.router)
+    app.include_router(ask.router)
     app.include_router(recordings.router)
     app.include_router(ws.router)
 

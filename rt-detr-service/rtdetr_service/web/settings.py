@@ -78,6 +78,13 @@ class Settings(
         description="Most pixels (width x height, read from the JPEG's header before decoding) of a search "
         "image: a small file that would decode into gigabytes is refused unread.",
     )
+    ask_concurrency: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Most POST /api/v1/ask running at once (each checks its candidates with the VLM on a "
+        "thread of its own); one more is answered 429 too_many_asks at once.",
+    )
     metrics_require_key: bool = Field(
         True, description="/metrics needs an API key (it lists session ids); ignored with AUTH_DISABLED=true."
     )

@@ -215,7 +215,7 @@ class Tombstones:
 
 
 def delete_event(engine: sa.Engine, files: SnapshotFiles, tombstones: Tombstones, event_id: str) -> bool:
-    """Delete an event, its zones, its track, its vector and its snapshot file; False if there was no such event."""
+    """Delete an event, its zones, its track, its vectors and its snapshot file; False if there was no such event."""
     tombstones.add(event_id)
     t = events_table
     with engine.begin() as conn:
@@ -292,7 +292,7 @@ def _answers(text: str | None) -> tuple[RuleAnswer, ...]:
 
 
 def event_dict(row) -> dict:
-    """An events row as the API shows it."""
+    """An events row as the API shows it (its description and answers included: null and [] without)."""
     record = event_record(row)
     out = record.as_dict()
     out["snapshot_url"] = f"/api/v1/events/{row.id}/snapshot.jpg" if record.has_snapshot else None
