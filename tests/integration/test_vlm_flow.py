@@ -15,6 +15,7 @@ from websockets.sync.client import connect
 
 from rtdetr_service.core.vlm import VlmError
 
+from chat_server import ANONYMOUS, ChatServer, Reply
 from scripted_detector import WALK_ZONES, WalkingPeople
 from scripted_vlm import ScriptedVlm, default_script
 from servers import WebhookReceiver
@@ -201,3 +202,46 @@ def test_a_stalled_model_never_slows_the_publisher_and_its_drops_are_counted(vlm
         stopper.start()
         stopper.join(30)
         vlm.resume()
+
+
+def test_a_stalled_openai_endpoint_never_slows_the_publisher(vlm_settings, rtsp_url):
+    # given the real `openai` provider against a local chat-completions server that holds every request
+    # and never answers, a short bound on each request, and two sessions of one camera: one that
+    # describes every event and asks at every rule, one that asks nothing
+    with ChatServer() as server:
+        server.script(ANONYMOUS, Reply(stall=True))
+        settings = vlm_settings(
+            vlm_base_url=server.base_url, vlm_model="stand-in", vlm_timeout_s=3.0, vlm_retries=0, vlm_queue_size=4
+        )
+        detector = WalkingPeople(rows=3, walk_s=2.0, period_s=3.0)
+        service = run_service(settings, detector_factory=lambda _s: detector)  # the app's own vlm_factory
+        try:
+            with service.client() as client:
+                asking = start_session(
+                    client, rtsp_url, zones=asking_zones(), alert=None, describe={"after_s": 0.2}, enable_drawing=True
+                )["session_id"]
+                plain = start_session(client, rtsp_url, zones=WALK_ZONES, alert=None, enable_drawing=True)["session_id"]
+
+                def published(session_id: str) -> int:
+                    return client.get(f"/api/v1/video/status/{session_id}").json()["stats"]["frames_published"]
+
+                # when they run side by side while the endpoint stalls
+                time.sleep(2.0)
+                first = {s: published(s) for s in (asking, plain)}
+                time.sleep(8.0)
+                done = {s: published(s) - first[s] for s in (asking, plain)}
+                # then the asking session published as many frames as the other (within 20 %)
+                assert done[plain] > 0 and done[asking] >= 0.8 * done[plain], done
+                # and the endpoint did get the questions, which ended as timeouts said in words
+                assert server.seen, "no request reached the endpoint"
+                assert _wait(lambda: _vlm_output(client)["failed"] > 0, timeout=10), _vlm_output(client)
+                status = client.get("/api/v1/vlm").json()
+                assert status["provider_status"]["keys"][0]["counts"]["timeouts"] > 0, status
+        finally:
+            stopper = threading.Thread(target=service.stop, daemon=True)
+            stopper.start()
+            stopper.join(30)
+
+
+def _vlm_output(client) -> dict:
+    return next(o for o in client.get("/api/v1/outputs").json()["outputs"] if o["name"] == "vlm")
