@@ -186,7 +186,9 @@ def vlm_byte_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     vocab = {token: i for i, token in enumerate(_VLM_SPECIAL)}
-    for symbol in pre_tokenizers.ByteLevel.alphabet():
+    # Sorted: the alphabet comes as a set, in another order in every process, and with it every
+    # byte's id, so the same weights would answer differently from run to run.
+    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
         vocab[symbol] = len(vocab)
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

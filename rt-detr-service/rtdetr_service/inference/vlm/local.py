@@ -198,6 +198,10 @@ class LocalVlm:
         if self._pad_id is None:
             self._pad_id = processor.tokenizer.eos_token_id
         self._specials = _special_token_pattern(processor.tokenizer)
+        self._tile_limit = _tiling_limit(processor)
+        # Pictures are shrunk while decoded to VLM_IMAGE_MAX_PX, and for a tiling processor to the
+        # long side it was trained to tile at most (2048 px, 4×4 tiles, for SmolVLM).
+        self._image_px = min(options.image_max_px, self._tile_limit or options.image_max_px)
         self._gate = _Gate()
         self._counts_lock = threading.Lock()
         self._counts: Counter[str] = Counter()
@@ -254,6 +258,8 @@ class LocalVlm:
             "generate_calls": counts.get("generate_calls", 0),  # forward batches: model.generate calls
             "requests": counts.get("requests", 0),
             "answers": counts.get("answers", 0),
+            "input_tokens": counts.get("input_tokens", 0),
+            "output_tokens": counts.get("output_tokens", 0),
             "errors": errors,
             "last_error": last_error,
         }
@@ -290,7 +296,7 @@ class LocalVlm:
         images = []
         for number, data in enumerate(request.images, 1):
             try:
-                images.append(decode_jpeg(data, options.image_max_px))
+                images.append(decode_jpeg(data, self._image_px))
             except ImageRefused as exc:
                 raise VlmError(f"image {number} {exc}", "bad_request") from exc
         content = [{"type": "image"} for _ in images]
@@ -351,7 +357,11 @@ class LocalVlm:
         processor = self._processor
         processor.tokenizer.padding_side = "left"  # decoder-only: new tokens follow every prompt's end
         images = [item.images for item in chunk] if any(item.images for item in chunk) else None
-        inputs = processor(text=[item.text for item in chunk], images=images, return_tensors="pt", padding=True)
+        # A tiling processor cuts each picture into whole tiles of its own size (see `_tiling_limit`).
+        own_size = {"do_resize": False} if images and self._tile_limit else {}
+        inputs = processor(
+            text=[item.text for item in chunk], images=images, return_tensors="pt", padding=True, **own_size
+        )
         inputs = inputs.to(self._device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self._dtype)
@@ -370,6 +380,9 @@ class LocalVlm:
             if self._device.type == "cpu":
                 torch.set_num_threads(previous)
         new_tokens = output[:, inputs["input_ids"].shape[1] :].cpu()
+        with self._counts_lock:  # what the model read (images' tokens included) and wrote: its cost
+            self._counts["input_tokens"] += int(inputs["attention_mask"].sum())
+            self._counts["output_tokens"] += int((new_tokens != self._pad_id).sum())
         texts = processor.batch_decode(
             [row[: item.max_tokens] for row, item in zip(new_tokens, chunk, strict=True)], skip_special_tokens=True
         )
@@ -386,6 +399,30 @@ _WAIT_WORDS: dict[str, str] = {
     "closed": "the local VLM is closed (the service is stopping)",
     "queue_full": f"{MAX_WAITING} callers already wait for the local VLM",
 }
+
+
+def _longest_edge(size) -> int | None:
+    """`longest_edge` of an image processor's size (a dict, or transformers' SizeDict)."""
+    if isinstance(size, dict):
+        return size.get("longest_edge")
+    return getattr(size, "longest_edge", None)
+
+
+def _tiling_limit(processor) -> int | None:
+    """For a processor that cuts pictures into tiles (Idefics3, SmolVLM): the long side it scales every
+    picture to first; None for others, which resize their own way.
+
+    SmolVLM's scales every picture up or down to 4 tiles a side (2048 px): a 768-px snapshot would
+    become 13 tiles, 8 of them only repeating its pixels, and a 100-px crop 13 tiles of blur. Told
+    not to (`do_resize=False`), it still rounds each picture up to whole tiles and cuts it there,
+    so a snapshot is 5 tiles (320 image tokens, not 832) with the same detail, a crop one, and each
+    picture is prepared the same whatever else is in its batch."""
+    image_processor = getattr(processor, "image_processor", None)
+    tile = _longest_edge(getattr(image_processor, "max_image_size", None))
+    limit = _longest_edge(getattr(image_processor, "size", None))
+    if not tile or not limit or not getattr(image_processor, "do_image_splitting", False):
+        return None
+    return int(limit)
 
 
 def _special_token_pattern(tokenizer) -> re.Pattern | None:
