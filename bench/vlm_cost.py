@@ -7,7 +7,7 @@ is a random-weight model of the default VLM_MODEL's architecture (SmolVLM-256M: 
 it computes what the trained checkpoint computes per token, but random weights rarely write the
 end-of-answer token, so every answer runs to `--max-tokens` (a trained model often stops sooner):
 an upper bound for that many tokens. Pictures are 768×432 noise JPEGs (a 16:9 snapshot at the
-default VLM_IMAGE_MAX_PX: 2×1 tiles and the global view for SmolVLM).
+default VLM_IMAGE_MAX_PX: rounded up to 1024×1024, 2×2 tiles and the global view for SmolVLM).
 
     PYTHONPATH=rt-detr-service .venv/bin/python bench/vlm_cost.py --arch tiny --threads 2 --rounds 3
     PYTHONPATH=rt-detr-service .venv/bin/python bench/vlm_cost.py --arch smolvlm-256m --device cuda --max-tokens 64

@@ -179,9 +179,22 @@ def test_corrupt_images_fail_only_their_own_request_in_words(vlm):
     assert "not a readable JPEG" in answers[2].words  # only the JPEG decoder is tried
 
 
-def test_text_is_not_bytes(vlm):
-    [answer] = vlm.generate([VlmRequest("what?", ("a string",))])  # type: ignore[arg-type]
-    assert isinstance(answer, VlmError) and "not JPEG bytes" in answer.words
+def test_malformed_requests_fail_alone_in_words(vlm):
+    answers = vlm.generate(
+        [
+            VlmRequest("what?", ("a string",)),  # type: ignore[arg-type]
+            VlmRequest("what?", None),  # type: ignore[arg-type]
+            VlmRequest("   ", ()),
+            VlmRequest("what?", (), max_tokens=0),
+            "not a request",  # type: ignore[list-item]
+            THREE[0],
+        ]
+    )
+    assert isinstance(answers[-1], VlmAnswer)
+    words = [answer.words for answer in answers[:-1]]
+    assert all(isinstance(answer, VlmError) and answer.reason == "bad_request" for answer in answers[:-1])
+    assert "not JPEG bytes" in words[0] and "not a tuple of JPEG bytes" in words[1]
+    assert "prompt is empty" in words[2] and "positive whole number" in words[3] and "not a VlmRequest" in words[4]
 
 
 def test_a_decompression_bomb_is_refused_from_its_header_before_decoding(vlm):

@@ -191,6 +191,7 @@ class LocalVlm:
         self.trained = trained
         self._model = model
         self._processor = processor
+        processor.tokenizer.padding_side = "left"  # decoder-only: new tokens follow every prompt's end
         self._device, self._dtype = device, dtype
         self._options = options
         self._threads = options.threads or backends.default_cpu_threads("torch")
@@ -221,6 +222,9 @@ class LocalVlm:
                 items.append(self._checked(index, request))
             except VlmError as exc:
                 results[index] = exc
+            except Exception as exc:  # noqa: BLE001 - a malformed request is its own failure, never the batch's
+                words = f"request {index} cannot be prepared: {type(exc).__name__}: {redact(str(exc))[:300]}"
+                results[index] = VlmError(words, "bad_request")
         items.sort(key=lambda item: (item.rank, item.index))
         batch = self._options.batch
         for start in range(0, len(items), batch):
@@ -285,6 +289,8 @@ class LocalVlm:
                 f"the prompt has {len(prompt)} characters, over VLM_PROMPT_MAX_CHARS={options.prompt_max_chars}",
                 "bad_request",
             )
+        if not isinstance(request.images, (tuple, list)):
+            raise VlmError(f"images is a {type(request.images).__name__}, not a tuple of JPEG bytes", "bad_request")
         if len(request.images) > options.images_max:
             raise VlmError(
                 f"the request has {len(request.images)} images, over VLM_IMAGES_MAX={options.images_max}",
@@ -320,15 +326,14 @@ class LocalVlm:
         """One generate call for a chunk, once it is the chunk's turn; its failure is the chunk's, in words."""
         why = self._gate.acquire(min(item.rank for item in chunk), deadline)
         if why is not None:
-            return [VlmError(_WAIT_WORDS[why].format(timeout=self._options.timeout_s), why)] * len(chunk)
+            return [VlmError(_WAIT_WORDS[why].format(timeout=self._options.timeout_s), why) for _ in chunk]
         try:
             if self._gate.closed or self._model is None:
-                return [VlmError("the local VLM is closing", "closed")] * len(chunk)
+                return [VlmError("the local VLM is closing", "closed") for _ in chunk]
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return [VlmError(_WAIT_WORDS["timeout"].format(timeout=self._options.timeout_s), "timeout")] * len(
-                    chunk
-                )
+                words = _WAIT_WORDS["timeout"].format(timeout=self._options.timeout_s)
+                return [VlmError(words, "timeout") for _ in chunk]
             with self._counts_lock:
                 self._counts["generate_calls"] += 1
             try:
@@ -345,7 +350,7 @@ class LocalVlm:
                     f"the local VLM failed on a batch of {len(chunk)}: {type(exc).__name__}: {redact(str(exc))[:300]}"
                 )
             log.warning("%s", words)
-            return [VlmError(words, "upstream")] * len(chunk)
+            return [VlmError(words, "upstream") for _ in chunk]
         finally:
             self._gate.release()
             if self._gate.closed:
@@ -355,7 +360,6 @@ class LocalVlm:
     def _forward(self, chunk: list[_Item], *, max_time: float | None = None) -> list[str]:
         """Greedy answers of a chunk, decoded without the prompt, each cut to its own max_tokens."""
         processor = self._processor
-        processor.tokenizer.padding_side = "left"  # decoder-only: new tokens follow every prompt's end
         images = [item.images for item in chunk] if any(item.images for item in chunk) else None
         # A tiling processor cuts each picture into whole tiles of its own size (see `_tiling_limit`).
         own_size = {"do_resize": False} if images and self._tile_limit else {}
