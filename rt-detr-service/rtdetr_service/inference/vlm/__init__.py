@@ -1,3 +1,2 @@
-"""The vision-language model providers behind `core.vlm.VisionLanguageModel`: a local transformers
-model (`local.py`) or an OpenAI-compatible endpoint behind a key pool; `loading.load_vlm` picks one
-from VLM_PROVIDER."""
+"""The vision-language model's providers: a hosted OpenAI-compatible endpoint behind a key pool, or a
+local transformers model; both implement `core.vlm.VisionLanguageModel`."""
