@@ -136,7 +136,9 @@ GROUPS = (
         "own QPS, RPM and in-flight limits, rests after a 429 (its `Retry-After`, else `VLM_COOLDOWN_S`), is "
         "disabled after a 401/403 (said in words in the status, never the key). Only 5xx, broken connections "
         "and timeouts are retried. A provider down at start stops nothing; the model's words are untrusted "
-        "text, cut to `VLM_ANSWER_MAX_CHARS`.",
+        "text, cut to `VLM_ANSWER_MAX_CHARS`. `POST /api/v1/ask` runs at most `ASK_CONCURRENCY` at once "
+        "(more get `429 too_many_asks`), and holds at most `VLM_ASK_SHARE` of the provider's capacity.",
+        ("ask_concurrency",),
     ),
     Group(
         "streams",

@@ -1,9 +1,11 @@
 """Test helpers for the embedding stage and Re-ID: an exact cosine index over numpy arrays with the
 filters inside the query (what the real index does with sqlite-vec or pgvector, for a handful of
-vectors), and an encoder whose answer is known (the crop's mean colour as a direction)."""
+vectors; its `texts` holds the descriptions' vectors), and an encoder whose answer is known (the crop's
+mean colour as a direction; a text's digest as one)."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from typing import Mapping, Sequence
 
@@ -16,12 +18,13 @@ from rtdetr_service.core.search import SearchFilters, SearchHit
 class ExactIndex:
     """Vectors by event id with each event's record (for the filters); brute-force cosine search."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, texts: bool = True) -> None:
         self._lock = threading.Lock()
         self.vectors: dict[str, tuple[np.ndarray, str]] = {}
         self.records: dict[str, EventRecord] = {}
         self.upserts: list[str] = []
         self.searches: list[SearchFilters] = []
+        self.texts: ExactIndex | None = ExactIndex(texts=False) if texts else None
 
     def add_record(self, record: EventRecord) -> None:
         with self._lock:
@@ -31,6 +34,11 @@ class ExactIndex:
         with self._lock:
             self.vectors[event_id] = (np.asarray(vector, np.float32), model_id)
             self.upserts.append(event_id)
+
+    def upsert_many(self, model_id: str, items: Sequence[tuple[str, np.ndarray]]) -> int:
+        for event_id, vector in items:
+            self.upsert(event_id, vector, model_id)
+        return len(items)
 
     def get(self, event_id: str):
         with self._lock:
@@ -78,6 +86,9 @@ class MeanColour:
     def __init__(self) -> None:
         self.calls: list[int] = []
         self.fail = False
+        self.texts: list[str] = []  # every text embedded, in order
+        self.text_threads: set[str] = set()  # the threads that embedded them
+        self.fail_texts = False
 
     def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         if self.fail:
@@ -87,4 +98,11 @@ class MeanColour:
         return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        raise NotImplementedError("not needed by the stage")
+        """Each text's digest as a direction: the same text the same vector, another text another."""
+        if self.fail_texts:
+            raise RuntimeError(f"the text tower broke on {texts[0]!r}")  # as a tokenizer's error may quote
+        self.texts.extend(texts)
+        self.text_threads.add(threading.current_thread().name)
+        digests = [hashlib.blake2b(text.encode(), digest_size=3).digest() for text in texts]
+        rows = np.array([[b + 0.5 for b in digest] for digest in digests], np.float32)
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)

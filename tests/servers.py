@@ -31,7 +31,7 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 needs_mosquitto = pytest.mark.skipif(
     not Path(MOSQUITTO).exists(), reason="mosquitto is not installed (make setup-test)"
 )
-KAFKA_TOPICS = ("detection-results", "rtdetr-events", "rtdetr-alerts")
+KAFKA_TOPICS = ("detection-results", "rtdetr-events", "rtdetr-alerts", "rtdetr-answers")
 
 
 class BrokerProcess:

@@ -196,14 +196,17 @@ class LiveService:
         self.thread.join(30)
 
 
-def run_service(settings: Settings, detector_factory=None, embedder_factory=None) -> LiveService:
+def run_service(settings: Settings, detector_factory=None, embedder_factory=None, vlm_factory=None) -> LiveService:
     """The real app under a real uvicorn on a free port, in a thread of the test process (the image
-    encoder from EMBED_* unless `embedder_factory` builds another)."""
+    encoder from EMBED_* unless `embedder_factory` builds another, the VLM from VLM_* unless
+    `vlm_factory` does)."""
     factories = {}
     if detector_factory is not None:
         factories["detector_factory"] = detector_factory
     if embedder_factory is not None:
         factories["embedder_factory"] = embedder_factory
+    if vlm_factory is not None:
+        factories["vlm_factory"] = vlm_factory
     app = create_app(settings, **factories)
     config = server_config(app, settings, host="127.0.0.1", log_level="warning")
     server = uvicorn.Server(config)

@@ -23,6 +23,12 @@ export class AlertQueue {
     this.flush();
   }
 
+  /** A rule's answer: shown under its alert, once every alert before it is shown (so it finds it). */
+  answer(data) {
+    this.flush(true);
+    this.view.addAnswer(data);
+  }
+
   /**
    * Show, in order, the alerts whose frame (or a later one) is on the canvas, cropped from it.
    * An alert whose frame never comes (dropped, drawing off) gives up after ALERT_FRAME_WAIT_MS and

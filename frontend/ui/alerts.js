@@ -1,5 +1,7 @@
 // Alert toasts that dismiss themselves, and a bounded, scrolling alert log.
 
+import { answerElement } from "./answers.js";
+
 const TOAST_MS = 5000;
 const MAX_TOASTS = 4;
 const MAX_LOG = 200;
@@ -70,6 +72,9 @@ export class AlertView {
     this.toast(`${name} ${conf}`, time, thumbnail);
 
     const item = document.createElement("li");
+    // Its rule's answer (type "answer") comes later and is shown under it: found by event and rule.
+    if (data.event_id) item.dataset.eventId = String(data.event_id);
+    if (data.rule) item.dataset.rule = String(data.rule);
     item.append(thumbElement(thumbnail, `${name} crop`));
     const text = document.createElement("div");
     const what = document.createElement("span");
@@ -80,6 +85,42 @@ export class AlertView {
     if (typeof alert.timestamp === "number") when.dateTime = new Date(alert.timestamp * 1000).toISOString();
     text.append(what, when);
     item.append(text);
+    this.log.prepend(item);
+    while (this.log.children.length > MAX_LOG) this.log.lastElementChild.remove();
+  }
+
+  /**
+   * Show a rule's answer ({rule, question, event_id, answer, score, text, error}) under its alert in the
+   * log; an answer whose alert is not listed (cleared, or past the log's length) gets a row of its own.
+   */
+  addAnswer(answer) {
+    const eventId = answer.event_id ? String(answer.event_id) : null;
+    const rule = answer.rule ? String(answer.rule) : null;
+    const alert = [...this.log.children].find(
+      (li) => eventId !== null && li.dataset.eventId === eventId && (rule === null || li.dataset.rule === rule),
+    );
+    let list = alert ? alert.querySelector("ul.vlm-answers") : null;
+    if (alert && !list) {
+      list = document.createElement("ul");
+      list.className = "vlm-answers";
+      (alert.querySelector("div") || alert).append(list);
+    }
+    if (list) {
+      list.append(answerElement(answer));
+      return;
+    }
+    const item = document.createElement("li");
+    if (eventId !== null) item.dataset.eventId = eventId;
+    if (rule !== null) item.dataset.rule = rule;
+    const text = document.createElement("div");
+    const what = document.createElement("span");
+    what.className = "what";
+    what.textContent = `Answer${rule ? ` for ${rule}` : ""}`;
+    list = document.createElement("ul");
+    list.className = "vlm-answers";
+    list.append(answerElement(answer));
+    text.append(what, list);
+    item.append(thumbElement(null, ""), text);
     this.log.prepend(item);
     while (this.log.children.length > MAX_LOG) this.log.lastElementChild.remove();
   }

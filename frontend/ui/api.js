@@ -117,6 +117,8 @@ export const api = {
   /** One object's appearances across cameras (its global_id), oldest first. */
   identity: (key, globalId, signal) =>
     request("GET", `/api/v1/identities/${encodeURIComponent(globalId)}?limit=100`, { key, signal }),
+  /** A yes/no question over stored events ({question, top_k, ...}): candidates checked by the VLM, ranked. */
+  ask: (key, body, signal) => request("POST", "/api/v1/ask", { key, body, signal }),
   /** /ready (no key): whether search works now, in its `search` field. */
   ready: () => request("GET", "/ready"),
   snapshot: (key, snapshotUrl, signal) => requestImage(snapshotUrl, { key, signal }),

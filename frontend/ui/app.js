@@ -1,7 +1,7 @@
 // Viewer page: start or attach to a session, show its live annotated video, numbers, alerts,
 // zones and lines with their counts, the session's events and their clips, search over every camera's
-// events (by words, or "similar" to one), an object's appearances across cameras, and the last minutes
-// of a camera's recordings. This file only builds the pieces
+// events (by words, or "similar" to one), an object's appearances across cameras, questions over the
+// stored footage answered by the vision-language model, and the last minutes of a camera's recordings. This file only builds the pieces
 // and wires them; each piece is one class in its own module.
 
 import { FrameRenderer } from "./renderer.js";
@@ -18,6 +18,7 @@ import { ClipPlayer } from "./player.js";
 import { RecentPanel } from "./recent.js";
 import { SearchBox } from "./search.js";
 import { IdentityView } from "./identity.js";
+import { AskBox } from "./ask.js";
 
 const HUD_INTERVAL_MS = 250;
 
@@ -65,6 +66,9 @@ const events = new EventsPanel(byId({
 new SearchBox(byId({
   form: "search-form", text: "search-text", submit: "search-btn", clear: "search-clear", notice: "search-notice",
 }), { getKey, describe, events });
+new AskBox(byId({
+  form: "ask-form", text: "ask-text", submit: "ask-btn", notice: "ask-notice", status: "ask-status", list: "ask-list",
+}), { getKey, describe, onPlay: (event, name) => player.playEvent(event, name) });
 const hud = new Hud(byId({
   badge: "state-badge", overlay: "overlay", state: "hud-state", backend: "hud-backend",
   sourceFps: "hud-source-fps", inferenceFps: "hud-inference-fps", shownFps: "hud-shown-fps",

@@ -1,11 +1,13 @@
 // The watched session's events (one per tracked object), newest first, with snapshot thumbnails and
-// a button that plays the event's clip (unless the service says it has none), one that searches for
+// what the vision-language model said of it (its description, its rules' answers), a button that plays
+// the event's clip (unless the service says it has none), one that searches for
 // events that look like it, and one that shows the same object on every camera (its global_id).
 // A search's results (search.js) take the list's place until the person goes back to the live list.
 // Snapshots need the key header, so each is fetched and shown through a blob: URL; one URL per
 // listed event at most, revoked when the event leaves the list or the session is left.
 
 import { api } from "./api.js";
+import { answersElement, descriptionElement } from "./answers.js";
 
 const POLL_MS = 3000;
 const FAILED_POLL_MS = 15000; // after a failed refresh (events off, service away): ask less often
@@ -293,6 +295,11 @@ export class EventsPanel {
     if (typeof event.score === "number") parts.push(`score ${event.score.toFixed(2)}`);
     details.textContent = parts.join(" · ");
     text.append(head, time, details);
+    // What the vision-language model said of it: its description, its rules' answers (words, as text).
+    const description = descriptionElement(event);
+    if (description) text.append(description);
+    const answers = answersElement(event.answers);
+    if (answers) text.append(answers);
     if (this.onSimilar) {
       const similar = document.createElement("button");
       similar.type = "button";

@@ -106,6 +106,12 @@ export class SessionController {
         this.alertQueue.queue(message);
         this.events.refreshSoon(); // an alert usually opens or updates an event
         break;
+      case "answer":
+        // A rule's question answered by the VLM (its fields flat, or under `data`): under its alert,
+        // and on its event's row once the list is refreshed.
+        this.alertQueue.answer(message.data && typeof message.data === "object" ? message.data : message);
+        this.events.refreshSoon();
+        break;
       case "session_stopped":
         break; // the close that follows ends the view (StreamConnection.onEnd)
       case "error":

@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 
 from rtdetr_service.analytics.events import EventLifecycle
-from rtdetr_service.core.results import Alert, Embedding, EventChange, Published, SessionView
+from rtdetr_service.core.results import Alert, Embedding, EventChange, Published, RuleAnswer, SessionView
 from rtdetr_service.core.types import Detection, FrameResult
 from rtdetr_service.outputs import messages
 from rtdetr_service.outputs.settings import KafkaSettings, MqttSettings, WebhookSettings
@@ -24,7 +24,7 @@ from servers import Mosquitto, MqttSubscriber, Tansu, WebhookReceiver, consume, 
 from support import free_port, wait_until
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
-NAMES = ("rtdetr.event.v1", "rtdetr.alert.v1", "rtdetr.detections.v1")
+NAMES = ("rtdetr.event.v1", "rtdetr.alert.v1", "rtdetr.detections.v1", "rtdetr.answer.v1")
 
 
 def validator(name: str) -> jsonschema.Draft202012Validator:
@@ -74,6 +74,7 @@ def steps() -> list[Published]:
                         rule="door",
                         zone="porch",
                         event_id=event_id,
+                        ask="Is the person carrying a parcel?",
                     ),
                     Alert(
                         "person",
@@ -101,6 +102,33 @@ def steps() -> list[Published]:
             linked = replace(end.event, global_id=f"identity-{end.event.track_id}")
             embedding = Embedding("google/siglip2-base-patch16-224", (0.6, 0.0, 0.8))
             steps.append(Published(view, None, (), (EventChange("update", linked, end.event, embedding=embedding),)))
+        # The VLM stage's words: a rule's answer with its verdict, one that failed, and the description
+        # and answers on the ended record's update
+        answer = RuleAnswer(
+            "door",
+            "Is the person carrying a parcel?",
+            T0 + 1.0,
+            event_id,
+            view.session_id,
+            view.camera,
+            '{"answer": "yes", "score": 0.86, "reason": "a box"}',
+            "yes",
+            0.86,
+            "m",
+        )
+        failed = RuleAnswer(
+            "door",
+            "Anyone?",
+            T0 + 1.0,
+            None,
+            view.session_id,
+            view.camera,
+            error="every key is cooling down after a 429",
+        )
+        steps.append(Published(view, None, answers=(answer, failed)))
+        for end in ended:
+            said = replace(end.event, description="A person in a red coat.", description_model="m", answers=(answer,))
+            steps.append(Published(view, None, (), (EventChange("update", said, end.event),)))
     kinds = [c.kind for s in steps for c in s.events]
     assert {"new", "update", "end"} <= set(kinds), kinds
     return steps
@@ -152,11 +180,12 @@ def test_webhook_bodies_match_the_schemas():
     sink.start()
     try:
         items = steps()
-        expected = sum(len(s.events) + len(s.alerts) for s in items)
+        expected = sum(len(s.events) + len(s.alerts) + len(s.answers) for s in items)
         for item in items:
             sink.handle(item)
         assert wait_until(lambda: len(receiver.received()) == expected, 5)
-        assert check([json.loads(r["body"]) for r in receiver.received()]) == {"rtdetr.event.v1", "rtdetr.alert.v1"}
+        bodies = [json.loads(r["body"]) for r in receiver.received()]
+        assert check(bodies) == {"rtdetr.event.v1", "rtdetr.alert.v1", "rtdetr.answer.v1"}
     finally:
         sink.close(1.0)
         receiver.close()
@@ -175,16 +204,17 @@ def test_mqtt_payloads_match_the_schemas(tmp_path):
         assert wait_until(lambda: sink.connected, 5)
         watcher = MqttSubscriber(broker.port)
         items = steps()
-        expected = sum(len(s.events) + len(s.alerts) for s in items)
+        expected = sum(len(s.events) + len(s.alerts) + len(s.answers) for s in items)
         for item in items:
             sink.handle(item)
 
         def json_payloads() -> list[dict]:
             with watcher.lock:
-                return [json.loads(m.payload) for m in watcher.messages if m.topic.endswith(("/events", "/alerts"))]
+                ends = ("/events", "/alerts", "/answers")
+                return [json.loads(m.payload) for m in watcher.messages if m.topic.endswith(ends)]
 
         assert wait_until(lambda: len(json_payloads()) == expected, 5)
-        assert check(json_payloads()) == {"rtdetr.event.v1", "rtdetr.alert.v1"}
+        assert check(json_payloads()) == {"rtdetr.event.v1", "rtdetr.alert.v1", "rtdetr.answer.v1"}
     finally:
         if watcher is not None:
             watcher.close()
@@ -202,7 +232,7 @@ def test_kafka_values_match_the_schemas():
     sink.start()
     try:
         items = steps()
-        expected = sum(len(s.events) + len(s.alerts) + (s.result is not None) for s in items)
+        expected = sum(len(s.events) + len(s.alerts) + len(s.answers) + (s.result is not None) for s in items)
         for item in items:
             sink.handle(item)
         assert wait_until(lambda: sink.stats().sent == expected, timeout=10), sink.stats()

@@ -148,10 +148,17 @@ def test_text_search_answers_with_scores_and_keeps_to_its_filters(walked):
         assert [first["events"][0]["id"], second.json()["events"][0]["id"]] == [e["id"] for e in whole[:2]]
         other = client.get("/api/v1/events/search", params={"q": "y", "limit": 1, "cursor": first["next_cursor"]})
         assert other.status_code == 422 and other.json()["error"] == "invalid_cursor", other.text
+        # and a search by words reads past its page (fusion needs it), so a last full page says it is the last
         last = client.get("/api/v1/events/search", params={"q": "x", "limit": 4}).json()
-        assert last["next_cursor"] is not None  # a full page may have more: the next one says
-        after_last = client.get("/api/v1/events/search", params={"q": "x", "limit": 4, "cursor": last["next_cursor"]})
-        assert after_last.json()["events"] == [] and after_last.json()["next_cursor"] is None
+        assert len(last["events"]) == 4 and last["next_cursor"] is None
+        assert all(e["matched"] == ["image"] and e["text_score"] is None for e in last["events"])  # none described
+        # while one by example cannot know: a full page may have more, the next one says
+        by_example = {"similar_to": events["a"][0]["id"], "limit": 3}
+        full = client.get("/api/v1/events/search", params=by_example).json()
+        assert len(full["events"]) == 3 and full["next_cursor"] is not None
+        after = client.get("/api/v1/events/search", params={**by_example, "cursor": full["next_cursor"]}).json()
+        assert after["events"] == [] and after["next_cursor"] is None
+        assert all(e["score"] == e["image_score"] and e["matched"] == ["image"] for e in full["events"])
 
 
 def crop_jpeg(client, event: dict) -> bytes:

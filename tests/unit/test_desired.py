@@ -10,6 +10,7 @@ import pytest
 from rtdetr_service.analytics.alerts import AlertRule
 from rtdetr_service.analytics.tracking import TrackerOptions
 from rtdetr_service.core.types import Detection
+from rtdetr_service.core.vlm import DescribeOptions
 from rtdetr_service.sessions.desired import options_from_record, options_to_record
 from rtdetr_service.sessions.session import SessionOptions
 
@@ -30,10 +31,11 @@ FULL = SessionOptions(
         "units": "normalized",
         "zones": [{"name": "door", "points": [[0, 0], [1, 0], [1, 1]]}],
         "lines": [],
-        "rules": [],
+        "rules": [{"name": "at-door", "kind": "enter", "zone": "door", "ask": "Is the person carrying a parcel?"}],
     },
     tracking=TrackerOptions(min_hits=3, keep_s=2.5, iou_threshold=0.2),
     record="continuous",
+    describe=DescribeOptions(labels=frozenset({"person"}), prompt="What is it wearing?", after_s=2.0),
 )
 
 
@@ -69,3 +71,11 @@ def test_a_record_this_code_cannot_read_is_refused_in_words(record, words):
 def test_a_record_written_before_recordings_resumes_without_recording():
     old = {k: v for k, v in options_to_record(FULL).items() if k != "record"}
     assert options_from_record(old).record == "off"
+
+
+def test_a_record_written_before_descriptions_resumes_undescribed_and_every_describe_comes_back():
+    old = {k: v for k, v in options_to_record(FULL).items() if k != "describe"}
+    assert options_from_record(old).describe is None
+    for describe in (DescribeOptions(), DescribeOptions(labels=frozenset({"car"}), after_s=0.0)):
+        options = SessionOptions("rtsp://cam/x", describe=describe)
+        assert options_from_record(json.loads(json.dumps(options_to_record(options)))).describe == describe

@@ -151,6 +151,40 @@ def test_text_lines_mask_exception_text_too(text_lines):
         assert secret not in text_lines.text
 
 
+VLM_KEY = "sk-proj-Zq81vLmKeyForTests0042"
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        f"POST /v1/chat/completions headers={{'Authorization': 'Bearer {VLM_KEY}'}}",
+        f'{{"authorization": "Bearer {VLM_KEY}"}}',
+        f"Authorization: Bearer {VLM_KEY}",
+        f"x-api-key: {VLM_KEY}",
+        f"Incorrect API key provided: {VLM_KEY}. You can find your API key at …",
+        f"token rejected: bearer {VLM_KEY}",
+    ],
+)
+def test_no_api_key_reaches_a_line_in_a_header_after_bearer_or_shaped_like_sk(text_lines, said):
+    # given a VLM key as an HTTP library or a provider's error may print it: in the message and in
+    # an exception's text
+    log.warning("VLM said: %s", said)
+    try:
+        raise RuntimeError(said)
+    except RuntimeError:
+        log.exception("VLM request failed")
+
+    # then neither line holds the key, or any long piece of it, and the line still says what it was
+    assert VLM_KEY not in text_lines.text and VLM_KEY[3:15] not in text_lines.text
+    assert text_lines.text.count("***") >= 2
+    assert "VLM said:" in text_lines.text and "RuntimeError" in text_lines.text
+
+
+def test_words_that_merely_look_like_a_header_are_left_alone(text_lines):
+    log.info("the Bearer of bad news; sk-learn; api-keys are set; authorization pending")
+    assert "***" not in text_lines.text
+
+
 # -- the context ------------------------------------------------------------------------------------
 
 

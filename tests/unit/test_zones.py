@@ -306,4 +306,23 @@ def test_a_hit_is_json_ready():
         "timestamp": 12.5,
         "direction": None,
         "count": None,
+        "ask": None,
     }
+
+
+def test_a_rule_may_ask_a_bounded_question_that_its_hits_carry_and_its_config_shows_back():
+    # given a rule with a question
+    e = engine(Rule("in-door", "enter", zone="door", ask="  Is the person carrying a parcel?\n"))
+    # then its hit carries it, trimmed, and the config shows it back
+    (hit,) = frame(e, 1.0, Detection(0, "person", (100.0, 100.0, 300.0, 400.0), 0.9, 7)).hits
+    assert hit.ask == "Is the person carrying a parcel?"
+    assert e.config.as_dict()["rules"][0]["ask"] == "Is the person carrying a parcel?"
+    assert ZoneConfig.from_dict(e.config.as_dict()).rules[0].ask == "Is the person carrying a parcel?"
+    # and a blank question is none, a long one or one with a control character is refused in words
+    assert Rule("r", "enter", zone="door", ask="   ").ask is None
+    with pytest.raises(ValueError, match="at most 500 characters"):
+        Rule("r", "enter", zone="door", ask="why? " * 101)
+    with pytest.raises(ValueError, match="control character"):
+        Rule("r", "enter", zone="door", ask="why\x1b[2J?")
+    with pytest.raises(ValueError, match="a question in words"):
+        Rule("r", "enter", zone="door", ask=["why?"])

@@ -221,6 +221,7 @@ class Publisher:
             line=hit.line,
             direction=hit.direction,
             count=hit.count,
+            ask=hit.ask,
             event_id=self._event_ids.get(hit.track_id) if hit.track_id is not None else None,
         )
 

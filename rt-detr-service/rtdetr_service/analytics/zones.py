@@ -15,6 +15,7 @@ import numpy as np
 from rtdetr_service.core.geometry import Polygons, crossings
 from rtdetr_service.core.names import checked_name
 from rtdetr_service.core.types import Detection
+from rtdetr_service.core.vlm import ASK_MAX_CHARS
 
 MAX_POINTS = 256
 MAX_ZONES = 16
@@ -99,6 +100,7 @@ class Rule:
     dwell_s: float = 10.0
     direction: Literal["in", "out", "any"] = "any"
     min_count: int = 1
+    ask: str | None = None  # a question for the vision-language model about the frame that fired it
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", _name(self.name, "rule"))
@@ -127,6 +129,24 @@ class Rule:
             raise _fail(where, f"direction must be in, out or any, got {self.direction!r}")
         if isinstance(self.min_count, bool) or not isinstance(self.min_count, int) or not 1 <= self.min_count <= 1000:
             raise _fail(where, f"min_count must be a whole number from 1 to 1000, got {self.min_count!r}")
+        object.__setattr__(self, "ask", _question(self.ask, where))
+
+
+def _question(ask: object, where: str) -> str | None:
+    """A rule's question, trimmed; None for none. Bounded, and printable but for line breaks: it goes
+    into a prompt and back out in every answer."""
+    if ask is None:
+        return None
+    if not isinstance(ask, str):
+        raise _fail(where, f"ask must be a question in words, got {ask!r}")
+    ask = ask.strip()
+    if not ask:
+        return None
+    if len(ask) > ASK_MAX_CHARS:
+        raise _fail(where, f"ask must be at most {ASK_MAX_CHARS} characters, got {len(ask)}")
+    if not all(c.isprintable() or c in "\n\t" for c in ask):
+        raise _fail(where, "ask holds a control character")
+    return ask
 
 
 def _number_in(value: object, low: float, high: float) -> bool:
@@ -239,6 +259,7 @@ class RuleHit:
     timestamp: float
     direction: str | None = None  # cross: "in" or "out"
     count: int | None = None  # occupancy: objects in the zone when it fired
+    ask: str | None = None  # the rule's question, for the alert to carry
 
     def as_data(self) -> dict:
         return {**_fields(self), "confidence": round(self.confidence, 4), "bbox": [round(v, 1) for v in self.bbox]}
@@ -415,7 +436,7 @@ def _bump(counter: dict[str, int], key: str) -> None:
 
 
 def _hit(rule: Rule, det: Detection, timestamp: float, **extra) -> RuleHit:
-    where = {"rule": rule.name, "kind": rule.kind, "zone": rule.zone, "line": rule.line}
+    where = {"rule": rule.name, "kind": rule.kind, "zone": rule.zone, "line": rule.line, "ask": rule.ask}
     return RuleHit(
         **where, class_name=det.class_name, confidence=det.confidence, bbox=det.bbox, timestamp=timestamp, **extra
     )

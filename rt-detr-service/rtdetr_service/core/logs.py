@@ -1,5 +1,6 @@
 """Logging setup: text or JSON lines, the session and camera a line is about, and no secret in any
-line (viewer tokens travel in query strings, camera passwords in stream URLs)."""
+line (viewer tokens travel in query strings, camera passwords in stream URLs, VLM keys in
+Authorization headers)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,16 @@ _SECRET_QUERY = re.compile(
     r"(?<![A-Za-z0-9_])((?:token|apikey|api_key|key|password|passwd|pass|pwd|secret|auth)=)[^&\s\"']+",
     re.IGNORECASE,
 )
+# An API key in a header as it may be printed (a request dump, a dict's repr, an error that echoes
+# it): the header's value is masked, whatever scheme word comes first.
+_SECRET_HEADER = re.compile(
+    r"(?<![A-Za-z0-9_-])((?:proxy-)?authorization|(?:x-)?api-key)([\"']?[ \t]*[:=][ \t]*[\"']?)"
+    r"((?:bearer|basic|token)[ \t]+)?[^\s\"',;&}]+",
+    re.IGNORECASE,
+)
+# A bearer token or an OpenAI-style key anywhere else in a line (VLM providers echo refused keys).
+_BEARER = re.compile(r"(?<![A-Za-z0-9_-])(bearer[ \t]+)(?!\*\*\*)[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE)
+_KEY_LIKE = re.compile(r"(?<![A-Za-z0-9_-])sk-[A-Za-z0-9_-]{12,}")
 # Where a URL starts: a scheme at the start of a word, bounded in length, so that a long run of
 # scheme-like characters costs linear time, not quadratic (log lines can come from clients).
 _SCHEME = re.compile(r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{0,31}://")
@@ -46,8 +57,10 @@ def redact_userinfo(text: str) -> str:
 
 
 def redact(text: str) -> str:
-    """Mask query-string secrets and the userinfo of URLs."""
-    return redact_userinfo(_SECRET_QUERY.sub(r"\1***", text))
+    """Mask query-string secrets, the userinfo of URLs, and API keys: in an Authorization or
+    api-key header, after "Bearer", or shaped like "sk-…"."""
+    text = _SECRET_HEADER.sub(r"\1\2\3***", _SECRET_QUERY.sub(r"\1***", text))
+    return redact_userinfo(_KEY_LIKE.sub("sk-***", _BEARER.sub(r"\1***", text)))
 
 
 # -- what a line is about ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from typing import Literal
 
 from rtdetr_service.core.stats import SessionStats
 from rtdetr_service.core.types import Detection, Frame, FrameResult
+from rtdetr_service.core.vlm import DescribeOptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,7 @@ class Alert:
     direction: str | None = None
     count: int | None = None
     event_id: str | None = None
+    ask: str | None = None  # the rule's question to the vision-language model, answered later
 
     def as_data(self) -> dict:
         return {
@@ -43,6 +45,7 @@ class Alert:
             "direction": self.direction,
             "count": self.count,
             "event_id": self.event_id,
+            "ask": self.ask,
         }
 
 
@@ -108,7 +111,7 @@ class EventRecord:
     # earlier look of the same object, or given a new one; None before that (outputs/embeddings/).
     global_id: str | None = None
     # What a vision-language model said about it (outputs/vlm/): a description once its life ended
-    # (or after VLM_DESCRIBE_AFTER_S live), and the answers to the questions its rules asked.
+    # (or after the session's `describe.after_s` live), and the answers to the questions its rules asked.
     # Untrusted words, bounded.
     description: str | None = None
     description_model: str | None = None
@@ -138,6 +141,9 @@ class EventRecord:
             "has_snapshot": self.has_snapshot,
             "active": self.active,
             "global_id": self.global_id,
+            "description": self.description,
+            "description_model": self.description_model,
+            "answers": [a.as_data() for a in self.answers],
         }
 
 
@@ -185,7 +191,8 @@ class EventChange:
     """One step of a life. `before` is the record as it was (None for "new"); an "end" carries
     `event.track_id`, which is how the zone engine and tracker learn to forget a track. `points`
     are the track points kept since the event's previous change, oldest first. An "update" may
-    follow the "end": the ended record with the global_id Re-ID gave it (outputs/embeddings/)."""
+    follow the "end": the ended record with the global_id Re-ID gave it (outputs/embeddings/), or with
+    a description or a rule's answer (outputs/vlm/); those updates may come for a live event too."""
 
     kind: Literal["new", "update", "end"]
     event: EventRecord
@@ -204,17 +211,20 @@ class SessionView:
     enable_drawing: bool
     jpeg_quality: int
     records: bool = False  # its record mode is not off and recordings are available: its events get clips
+    describe: DescribeOptions | None = None  # its events are described by the vision-language model
 
 
 @dataclass(frozen=True, slots=True)
 class Published:
     """One step of a session's results: a frame with its tracked detections (None when only
-    time passed), the alerts it raised and the event changes it caused."""
+    time passed), the alerts it raised and the event changes it caused; or, from the VLM stage,
+    the answers to the questions its alerts asked (`ask`), with the events they were attached to."""
 
     session: SessionView
     result: FrameResult | None
     alerts: tuple[Alert, ...] = ()
     events: tuple[EventChange, ...] = ()
+    answers: tuple[RuleAnswer, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,3 +63,47 @@ class LatestSlot(Generic[T]):
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+class ModelSlot(Generic[T]):
+    """A model another thread loads (the app's loader thread): set once it is there, or why it could
+    not be; whoever uses it waits without blocking anyone and can say, in words, why it is not there."""
+
+    def __init__(self, what: str, meanwhile: str = "requests wait") -> None:
+        self._what = what  # "the image encoder", "the vision-language model"
+        self._meanwhile = meanwhile  # what happens to the work while it is not there
+        self._loaded = threading.Event()
+        self._lock = threading.Lock()
+        self._model: T | None = None
+        self._error: str | None = None
+
+    def set(self, model: T) -> None:
+        with self._lock:
+            self._model, self._error = model, None
+        self._loaded.set()
+
+    def fail(self, words: str) -> None:
+        with self._lock:
+            self._error = words
+
+    @property
+    def failed(self) -> bool:
+        with self._lock:
+            return self._model is None and self._error is not None
+
+    def get(self) -> T | None:
+        with self._lock:
+            return self._model
+
+    def wait(self, timeout: float) -> T | None:
+        self._loaded.wait(timeout)
+        return self.get()
+
+    def waiting_for(self) -> str | None:
+        """Why the model is not there, in words; None once it is."""
+        with self._lock:
+            if self._model is not None:
+                return None
+            if self._error is not None:
+                return f"{self._what} failed to load ({self._error}): {self._meanwhile}"
+            return f"{self._what} is loading: requests wait in the queue"

@@ -94,6 +94,25 @@ class VisionLanguageModel(Protocol):
         ...
 
 
+ASK_MAX_CHARS = 500  # a rule's question (`ask`)
+DESCRIBE_PROMPT_MAX_CHARS = 1000  # a session's own prompt for its descriptions
+DESCRIBE_AFTER_S_MAX = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class DescribeOptions:
+    """A session's wish for descriptions of its events (the start option `describe`): which labels
+    (None: every label), its own prompt (None: VLM_DESCRIBE_DEFAULT_PROMPT), and whether an event is
+    described once after `after_s` live instead of at its end."""
+
+    labels: frozenset[str] | None = None
+    prompt: str | None = None
+    after_s: float | None = None
+
+    def wants(self, label: str) -> bool:
+        return self.labels is None or label in self.labels
+
+
 class _VerdictDoc(BaseModel):
     model_config = ConfigDict(extra="ignore")
 

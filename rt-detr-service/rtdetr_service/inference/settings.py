@@ -125,7 +125,9 @@ class VlmSettings(SettingsModel):
     vlm_key_strategy: Literal["round_robin", "least_loaded", "priority"] = Field(
         "round_robin", description="Which usable key takes the next request."
     )
-    vlm_key_qps: float = Field(0.0, ge=0, le=10_000, description="Most requests per second per key (0 = no limit).")
+    vlm_key_qps: float = Field(
+        0.0, ge=0, le=10_000, description="Most requests per second per key, spread one every 1/QPS s (0 = no limit)."
+    )
     vlm_key_rpm: int = Field(0, ge=0, le=1_000_000, description="Most requests per minute per key (0 = no limit).")
     vlm_key_concurrency: int = Field(4, ge=1, le=256, description="Most requests in flight per key.")
     vlm_ask_share: float = Field(

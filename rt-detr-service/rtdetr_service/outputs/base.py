@@ -88,7 +88,8 @@ class QueuedSink:
     sink may override, all on the writer thread: `idle()` before every wait for entries (the
     first at start), `after_write(batch)` after a write that returned, `given_up(count)` for
     what `drain()` had no time to write, and `ready()`, asked before each take: while it says no,
-    entries wait in the queue (a sink whose resource is still loading).
+    entries wait in the queue (a sink whose resource is still loading); and one on the offering
+    thread, `dropped_entry(entry)`, for an entry the full queue pushed out.
     """
 
     name = "queued"
@@ -140,6 +141,11 @@ class QueuedSink:
         pushed_out = self._queue.put_nowait(entry, session_id)
         if pushed_out is not None:
             self._count_dropped(self.weight(pushed_out))
+            self.dropped_entry(pushed_out)
+
+    def dropped_entry(self, entry) -> None:
+        """Called on the offering thread with an entry the queue dropped to make room (counted already):
+        a sink that remembers what it queued forgets it here."""
 
     def _count_dropped(self, n: int) -> None:
         with self._lock:

@@ -1,8 +1,9 @@
-"""The Kafka sink: every frame's detections, event changes and alerts, each kind on its own topic.
+"""The Kafka sink: every frame's detections, event changes, alerts and answers, each kind on its own topic.
 
     KAFKA_DETECTIONS_TOPIC  (detection-results)  rtdetr.detections.v1, one per inferred frame
     KAFKA_EVENTS_TOPIC      (rtdetr-events)      rtdetr.event.v1
     KAFKA_ALERTS_TOPIC      (rtdetr-alerts)      rtdetr.alert.v1
+    KAFKA_ANSWERS_TOPIC     (rtdetr-answers)     rtdetr.answer.v1, a rule's question answered by the VLM
 
 Every message is keyed by the session's camera (its id when it has none): one key goes to one
 partition, so each camera's messages are read in the order they were made. The producer is
@@ -30,10 +31,12 @@ from rtdetr_service.core.results import Published
 from rtdetr_service.outputs.base import DEGRADED_FOR_S, QueuedSink, SinkStats
 from rtdetr_service.outputs.messages import (
     ALERT_SCHEMA,
+    ANSWER_SCHEMA,
     DETECTIONS_SCHEMA,
     EVENT_SCHEMA,
     dumps,
     output_alert,
+    output_answer,
     output_detections,
     output_event,
 )
@@ -98,6 +101,7 @@ class KafkaSink(QueuedSink):
             "detections": settings.detections_topic,
             "events": settings.events_topic,
             "alerts": settings.alerts_topic,
+            "answers": settings.answers_topic,
         }
         self._config = {
             **_producer_config(settings, self.brokers, reconnect_max_s, stats_interval_s),
@@ -135,6 +139,7 @@ class KafkaSink(QueuedSink):
             (1 if item.result is not None and self.topics["detections"] else 0)
             + (len(item.events) if self.topics["events"] else 0)
             + (len(item.alerts) if self.topics["alerts"] else 0)
+            + (len(item.answers) if self.topics["answers"] else 0)
         )
 
     def accept(self, item: Published):
@@ -158,6 +163,9 @@ class KafkaSink(QueuedSink):
         if topics["alerts"]:
             for alert in item.alerts:
                 yield topics["alerts"], key, ALERT_SCHEMA, dumps(output_alert(view, alert))
+        if topics["answers"]:
+            for answer in item.answers:
+                yield topics["answers"], key, ANSWER_SCHEMA, dumps(output_answer(view, answer))
 
     def idle(self) -> None:
         """Serve librdkafka's callbacks between waits for steps: delivery reports, errors, statistics."""

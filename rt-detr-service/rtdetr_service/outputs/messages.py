@@ -14,13 +14,14 @@ import struct
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
-    from rtdetr_service.core.results import Alert, EventChange, Published, SessionSnapshot, SessionView
+    from rtdetr_service.core.results import Alert, EventChange, Published, RuleAnswer, SessionSnapshot, SessionView
     from rtdetr_service.core.types import Detection, FrameResult, ModelInfo, StreamInfo
 
 # The outputs' message formats; a change that could break a consumer gets a new name (v2).
 EVENT_SCHEMA = "rtdetr.event.v1"
 ALERT_SCHEMA = "rtdetr.alert.v1"
 DETECTIONS_SCHEMA = "rtdetr.detections.v1"
+ANSWER_SCHEMA = "rtdetr.answer.v1"
 
 
 def dumps(message: dict) -> str:
@@ -61,6 +62,12 @@ def split_frame_binary(data: bytes) -> tuple[dict, bytes | None]:
 
 def alert_message(session_id: str, alert: Alert) -> dict:
     return {"type": "alert", "session_id": session_id, "timestamp": alert.timestamp, "data": alert.as_data()}
+
+
+def answer_message(session_id: str, answer: RuleAnswer) -> dict:
+    """A rule's question answered by the vision-language model, for the viewers (untrusted words:
+    shown as text, never as markup)."""
+    return {"type": "answer", "session_id": session_id, "timestamp": answer.time, "data": answer.as_data()}
 
 
 def status_message(snapshot: SessionSnapshot) -> dict:
@@ -161,6 +168,17 @@ def output_alert(view: SessionView, alert: Alert) -> dict:
     }
 
 
+def output_answer(view: SessionView, answer: RuleAnswer) -> dict:
+    """`rtdetr.answer.v1`: the answer to the question a rule asked when it fired (`ask`)."""
+    return {
+        "schema": ANSWER_SCHEMA,
+        "session_id": view.session_id,
+        "camera": view.camera,
+        "timestamp": answer.time,
+        "answer": answer.as_data(),
+    }
+
+
 def output_detections(view: SessionView, result: FrameResult) -> dict:
     """`rtdetr.detections.v1`: one frame's detections, boxes in source pixels, with track ids
     (null until the tracker has confirmed one)."""
@@ -178,9 +196,14 @@ def output_detections(view: SessionView, result: FrameResult) -> dict:
 
 
 def output_messages(item: Published) -> list[dict]:
-    """The event and alert messages of one published step: its event changes, then its alerts."""
+    """The event, alert and answer messages of one published step: its event changes, its alerts,
+    then the answers to its rules' questions."""
     view = item.session
-    return [output_event(view, c) for c in item.events] + [output_alert(view, a) for a in item.alerts]
+    return (
+        [output_event(view, c) for c in item.events]
+        + [output_alert(view, a) for a in item.alerts]
+        + [output_answer(view, a) for a in item.answers]
+    )
 
 
 # -- the bus between replicas (outputs/bus/) ----------------------------------------------------

@@ -5,6 +5,7 @@
     <prefix>/events                  {"schema": "rtdetr.event.v1", "type", "before", "after", ...}, QoS 1
     <prefix>/<camera>/<label>        tracked objects of that label now in view, retained, on change
     <prefix>/<camera>/alerts         {"schema": "rtdetr.alert.v1", ...}, QoS 1
+    <prefix>/<camera>/answers        {"schema": "rtdetr.answer.v1", ...}: a rule's question answered, QoS 1
 
 `<camera>` is the session's camera name, or its id when it has none. paho's own thread keeps the
 connection and reconnects with capped backoff; the connect is asynchronous, so a broker that is
@@ -29,7 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from rtdetr_service.core.results import Published
 from rtdetr_service.outputs.base import DEGRADED_FOR_S, QueuedSink, SinkStats
-from rtdetr_service.outputs.messages import dumps, output_alert, output_detections, output_event
+from rtdetr_service.outputs.messages import dumps, output_alert, output_answer, output_detections, output_event
 from rtdetr_service.outputs.settings import MqttSettings
 
 log = logging.getLogger(__name__)
@@ -203,6 +204,9 @@ class MqttSink(QueuedSink):
                 out.append((f"{self.prefix}/{camera}/detections", detections, 0, False))
         out.extend(
             (f"{self.prefix}/{camera}/alerts", dumps(output_alert(view, alert)), 1, False) for alert in item.alerts
+        )
+        out.extend(
+            (f"{self.prefix}/{camera}/answers", dumps(output_answer(view, answer)), 1, False) for answer in item.answers
         )
         return out
 

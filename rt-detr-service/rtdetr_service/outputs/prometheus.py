@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from prometheus_client import (
@@ -151,11 +152,28 @@ class _SinkCollector(Collector):
                 "rtdetr_sink_queue_depth", "Items waiting in an output's queue", labels=["sink"]
             ),
         }
+        vlm = {
+            key: CounterMetricFamily(f"rtdetr_vlm_{key}", words, labels=["purpose"])
+            for key, words in (
+                ("asked", "Requests the VLM stage queued, by purpose (describe, rule)"),
+                ("answered", "Requests the vision-language model answered, by purpose"),
+                ("failed", "Requests that got no answer (the model's error, in words in GET /api/v1/outputs)"),
+                ("dropped", "Requests dropped from the VLM stage's full queue, by purpose"),
+            )
+        }
+        in_flight = GaugeMetricFamily("rtdetr_vlm_in_flight", "Requests the VLM stage has with the model now")
         for sink in self._sinks():
             stats = sink.stats()
             for key, family in families.items():
                 family.add_metric([stats.name], getattr(stats, key))
+            for purpose, counts in stats.detail.get("purposes", {}).items():  # the VLM stage's
+                for key, family in vlm.items():
+                    family.add_metric([purpose], counts[key])
+            if "in_flight" in stats.detail:
+                in_flight.add_metric([], stats.detail["in_flight"])
         yield from families.values()
+        yield from vlm.values()
+        yield in_flight
 
 
 class _ClusterCollector(Collector):
@@ -209,6 +227,81 @@ class _ReindexCollector(Collector):
         yield from (running, done, failed, remaining, rate)
 
 
+_KEY_LABEL = re.compile(r"key-\d{1,4}|anonymous")  # how a provider names its keys; any other text is left out
+_WORD = re.compile(r"[a-z0-9_]{1,40}")  # a state, an outcome or a reason as a label value
+KEY_STATES = ("ok", "cooling", "disabled")
+
+
+def _count(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+
+class _VlmCollector(Collector):
+    """The vision-language model, read at scrape time from its provider's status (keys by label, their
+    states and counts; a local model's queue and counts) and from POST /ask's own bound. Label values
+    are only key labels (`key-2`) and short lower-case words: a provider that slipped a key or a
+    sentence into its status could not put it on the metrics page."""
+
+    def __init__(self, figures: Callable[[], dict]) -> None:
+        self._figures = figures
+
+    def collect(self):
+        f = self._figures()
+        status = f.get("status") or {}
+        ready = GaugeMetricFamily("rtdetr_vlm_ready", "1 while the vision-language model answers")
+        ready.add_metric([], 1.0 if f["state"] == "ready" else 0.0)
+        info = GaugeMetricFamily(
+            "rtdetr_vlm_info",
+            "The VLM's provider and state (value 1); trained=false means random weights",
+            labels=["provider", "state", "trained"],
+        )
+        info.add_metric([f["provider"], f["state"], str(f.get("trained")).lower()], 1.0)
+        key_state = GaugeMetricFamily(
+            "rtdetr_vlm_key_state",
+            "1 for each pool key's current state (ok, cooling, disabled)",
+            labels=["key", "state"],
+        )
+        in_flight = GaugeMetricFamily("rtdetr_vlm_key_in_flight", "Requests in flight on a pool key", labels=["key"])
+        key_requests = CounterMetricFamily(
+            "rtdetr_vlm_key_requests", "Requests a pool key sent, by outcome", labels=["key", "outcome"]
+        )
+        for key in status.get("keys") or ():
+            label = key.get("label") if isinstance(key, dict) else None
+            if not isinstance(label, str) or not _KEY_LABEL.fullmatch(label):
+                continue
+            state = key.get("state")
+            for known in dict.fromkeys((*KEY_STATES, state)):
+                if isinstance(known, str) and _WORD.fullmatch(known):
+                    key_state.add_metric([label, known], 1.0 if known == state else 0.0)
+            if _count(key.get("in_flight")):
+                in_flight.add_metric([label], key["in_flight"])
+            counts = key.get("counts")
+            for outcome, n in counts.items() if isinstance(counts, dict) else ():
+                if isinstance(outcome, str) and _WORD.fullmatch(outcome) and _count(n):
+                    key_requests.add_metric([label, outcome], n)
+        requests = CounterMetricFamily("rtdetr_vlm_requests", "Requests the provider was handed")
+        answers = CounterMetricFamily("rtdetr_vlm_answers", "Requests the provider answered")
+        waiting = GaugeMetricFamily("rtdetr_vlm_waiting", "Requests waiting for the provider")
+        for family, name in ((requests, "requests"), (answers, "answers"), (waiting, "waiting")):
+            if _count(status.get(name)):
+                family.add_metric([], status[name])
+        failures = CounterMetricFamily(
+            "rtdetr_vlm_errors", "Requests the provider failed, by reason", labels=["reason"]
+        )
+        errors = status.get("errors")
+        for reason, n in errors.items() if isinstance(errors, dict) else ():
+            if isinstance(reason, str) and _WORD.fullmatch(reason) and _count(n):
+                failures.add_metric([reason], n)
+        asks_running = GaugeMetricFamily("rtdetr_asks_running", "POST /ask being answered now")
+        asks_running.add_metric([], f["asks_running"])
+        asks_refused = CounterMetricFamily("rtdetr_asks_refused", "POST /ask refused: ASK_CONCURRENCY were running")
+        asks_refused.add_metric([], f["asks_refused"])
+        asks_finished = CounterMetricFamily("rtdetr_asks_finished", "POST /ask whose checks are done")
+        asks_finished.add_metric([], f["asks_finished"])
+        yield from (ready, info, key_state, in_flight, key_requests, requests, answers, waiting, failures)
+        yield from (asks_running, asks_refused, asks_finished)
+
+
 class Metrics:
     """The service's metrics; tests and each app get their own registry."""
 
@@ -256,6 +349,11 @@ class Metrics:
     def watch_reindex(self, progress: Callable[[], dict]) -> None:
         """`progress()`: the reindexer's progress dict (outputs/embeddings/reindex.py)."""
         self.registry.register(_ReindexCollector(progress))
+
+    def watch_vlm(self, figures: Callable[[], dict]) -> None:
+        """`figures()`: {"state", "provider", "trained", "status": the provider's status or None,
+        "asks_running", "asks_refused", "asks_finished"} (web/routes/ask.py `vlm_metrics`)."""
+        self.registry.register(_VlmCollector(figures))
 
     def frame_latency(self, session_id: str, seconds: float) -> None:
         self.latency.labels(session_id).observe(seconds)

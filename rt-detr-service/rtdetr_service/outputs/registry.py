@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from rtdetr_service.outputs.base import Sink
 
 if TYPE_CHECKING:
+    from rtdetr_service.core.slot import ModelSlot
+    from rtdetr_service.core.vlm import VisionLanguageModel
     from rtdetr_service.outputs.embeddings.stage import EmbeddingParts
     from rtdetr_service.outputs.hub import Hub
     from rtdetr_service.outputs.prometheus import Metrics
@@ -31,6 +33,7 @@ class SinkContext:
     event_store: EventStore | None
     renderer: FrameRenderer | None = None  # shared with the bus, so a frame is drawn and encoded once
     embeddings: EmbeddingParts | None = None  # the encoder and the vector index, when search is on
+    vlm: ModelSlot[VisionLanguageModel] | None = None  # the vision-language model, once loaded (or why not)
 
 
 def _websocket(ctx: SinkContext) -> Sink:
@@ -103,6 +106,23 @@ def _embeddings(ctx: SinkContext) -> Sink | None:
     return sink
 
 
+def _vlm(ctx: SinkContext) -> Sink | None:
+    # The app's settings are the whole Settings: the stage's own (VLM_QUEUE_SIZE, ...) and the inference
+    # floor's VLM_* (which outputs cannot import). A model still loading or failed gets a stage whose
+    # requests wait, bounded, its state saying why; descriptions publish with or without a store.
+    if ctx.vlm is None or getattr(ctx.settings, "vlm_provider", "off") == "off":
+        return None
+    from rtdetr_service.outputs.vlm.settings import VlmStageSettings
+    from rtdetr_service.outputs.vlm.stage import VlmLimits, VlmStage, VlmStageParts
+
+    settings = VlmStageSettings.model_validate(
+        {name: getattr(ctx.settings, name) for name in VlmStageSettings.model_fields}
+    )
+    sink = VlmStage(VlmStageParts(settings, VlmLimits.of(ctx.settings), ctx.vlm))
+    sink.start()
+    return sink
+
+
 SINKS: list[Callable[[SinkContext], Sink | None]] = [
     _websocket,
     _metrics,
@@ -112,6 +132,7 @@ SINKS: list[Callable[[SinkContext], Sink | None]] = [
     _mqtt,
     _kafka,
     _embeddings,
+    _vlm,
 ]
 
 
@@ -130,7 +151,8 @@ def build_sinks(ctx: SinkContext) -> list[Sink]:
 
 
 def connect_republishers(sinks: Sequence[Sink]) -> None:
-    """A sink that sends changes of its own (the embedding stage's global_id updates) sends them to
+    """A sink that sends changes of its own (the embedding stage's global_id updates, the VLM stage's
+    descriptions and answers) sends them to
     every other sink; called once the app's list of sinks is whole."""
     for sink in sinks:
         republish_to = getattr(sink, "republish_to", None)

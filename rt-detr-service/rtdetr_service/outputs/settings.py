@@ -85,6 +85,11 @@ class KafkaSettings(SettingsModel):
     alerts_topic: str = Field(
         "rtdetr-alerts", pattern=_KAFKA_TOPIC, description="Topic of alerts (rtdetr.alert.v1); empty = not sent."
     )
+    answers_topic: str = Field(
+        "rtdetr-answers",
+        pattern=_KAFKA_TOPIC,
+        description="Topic of the VLM's answers to rules' questions (rtdetr.answer.v1); empty = not sent.",
+    )
     client_id: str = Field(
         "rtdetr-service", min_length=1, max_length=128, description="Kafka client.id (broker logs, quotas)."
     )
@@ -130,7 +135,7 @@ class KafkaSettings(SettingsModel):
             raise ValueError(
                 "KAFKA_SSL_CA_LOCATION is set but KAFKA_SECURITY_PROTOCOL is not SSL or SASL_SSL: it would be ignored"
             )
-        topics = (self.detections_topic, self.events_topic, self.alerts_topic)
+        topics = (self.detections_topic, self.events_topic, self.alerts_topic, self.answers_topic)
         if self.bootstrap_servers.strip() and not any(topics):
             raise ValueError("KAFKA_BOOTSTRAP_SERVERS is set but every KAFKA_*_TOPIC is empty: nothing would be sent")
         return self

@@ -61,6 +61,8 @@ class WebSocketSink:
         session_id = item.session.session_id
         for alert in item.alerts:
             self._hub.publish_event(session_id, messages.alert_message(session_id, alert))
+        for answer in item.answers:
+            self._hub.publish_event(session_id, messages.answer_message(session_id, answer))
         result = item.result
         if result is None:
             return

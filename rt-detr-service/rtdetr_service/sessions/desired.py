@@ -19,6 +19,7 @@ import numpy as np
 
 from rtdetr_service.analytics.alerts import AlertRule
 from rtdetr_service.analytics.tracking import TrackerOptions
+from rtdetr_service.core.vlm import DescribeOptions
 from rtdetr_service.outputs.recordings.settings import RECORD_MODES
 from rtdetr_service.sessions.session import SessionOptions
 
@@ -47,7 +48,27 @@ def options_to_record(options: SessionOptions) -> dict[str, Any]:
         "zones": options.zones,
         "tracking": dataclasses.asdict(options.tracking),
         "record": options.record,
+        "describe": _describe_to_record(options.describe),
     }
+
+
+def _describe_to_record(describe: DescribeOptions | None) -> dict | None:
+    if describe is None:
+        return None
+    labels = sorted(describe.labels) if describe.labels is not None else None
+    return {"labels": labels, "prompt": describe.prompt, "after_s": describe.after_s}
+
+
+def _describe_from_record(value: Any) -> DescribeOptions | None:
+    """Recorded before sessions could be described (no key): they were not, and go on so."""
+    if value is None:
+        return None
+    labels, after_s = value["labels"], value["after_s"]
+    return DescribeOptions(
+        labels=frozenset(str(label) for label in labels) if labels is not None else None,
+        prompt=str(value["prompt"]) if value["prompt"] is not None else None,
+        after_s=float(after_s) if after_s is not None else None,
+    )
 
 
 def record_mode(value: Any) -> str:
@@ -89,6 +110,7 @@ def options_from_record(record: dict[str, Any]) -> SessionOptions:
             tracking=TrackerOptions(**record["tracking"]),
             # Recorded before sessions could record: they did not, and go on so.
             record=record_mode(record.get("record", "off")),
+            describe=_describe_from_record(record.get("describe")),
         )
     except (KeyError, TypeError) as exc:
         raise ValueError(f"session record is missing or mistypes {exc}") from None

@@ -22,6 +22,7 @@ from rtdetr_service.core.results import SessionSnapshot, SessionView
 from rtdetr_service.core.slot import LatestSlot
 from rtdetr_service.core.stats import RateMeter, SessionStats
 from rtdetr_service.core.types import Detection, Frame, FrameResult, ModelInfo, StreamInfo, VideoPacket, VideoTemplate
+from rtdetr_service.core.vlm import DescribeOptions
 from rtdetr_service.ingest.reader import ReaderState, StreamReader
 from rtdetr_service.outputs import messages
 from rtdetr_service.outputs.base import Sink
@@ -83,6 +84,7 @@ class SessionOptions:
     zones: dict | None = field(default=None, compare=False)
     tracking: TrackerOptions = TrackerOptions()
     record: RecordMode = "off"  # what of the camera's video is kept (the start route fills in RECORD)
+    describe: DescribeOptions | None = None  # its events described by the vision-language model; None: never
 
 
 class Session:
@@ -213,7 +215,9 @@ class Session:
         """What the sinks know of the session: its events have clips when it has a recorder."""
         options = self.options
         records = self.recorder is not None
-        return SessionView(self.id, options.camera, options.enable_drawing, options.jpeg_quality, records)
+        return SessionView(
+            self.id, options.camera, options.enable_drawing, options.jpeg_quality, records, options.describe
+        )
 
     def start(self) -> None:
         # RUNNING first: a reader that loses the stream at once reports `reconnecting`, which

@@ -17,6 +17,8 @@ from fastapi.staticfiles import StaticFiles
 
 from rtdetr_service import __version__
 from rtdetr_service.core.search import Embedder
+from rtdetr_service.core.slot import ModelSlot
+from rtdetr_service.core.vlm import VisionLanguageModel
 from rtdetr_service.inference.detector import Detector
 from rtdetr_service.inference.loading import detector_from_settings
 from rtdetr_service.inference.worker import InferenceWorker
@@ -38,9 +40,10 @@ from rtdetr_service.sessions.cluster import Cluster
 from rtdetr_service.sessions.manager import SessionManager
 from rtdetr_service.sessions.records import SessionRecords
 from rtdetr_service.web.auth import install_api_key_check
+from rtdetr_service.web.deps import Asks
 from rtdetr_service.web.errors import error_response, install_error_handlers
 from rtdetr_service.web.middleware import install_body_limit, install_cancel_on_disconnect
-from rtdetr_service.web.routes import events, health, recordings, search, video, ws
+from rtdetr_service.web.routes import ask, events, health, recordings, search, video, ws
 from rtdetr_service.web.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,7 +57,9 @@ def _load_model(app: FastAPI, settings: Settings, ready: threading.Event) -> Non
         state.encoder = JpegEncoder(detector.info.device)
         renderer = FrameRenderer(state.encoder)
         parts = _embedding_parts(app, settings)
-        context = SinkContext(settings, state.hub, state.metrics, state.encoder, state.event_store, renderer, parts)
+        context = SinkContext(
+            settings, state.hub, state.metrics, state.encoder, state.event_store, renderer, parts, state.vlm
+        )
         sinks = build_sinks(context)
         session_hub = None
         if state.bus is not None:
@@ -143,6 +148,43 @@ def _load_embedder(slot: EmbedderSlot, factory: Callable[[Settings], Embedder], 
         log.warning("!!! the image encoder %s has random weights: similarities mean nothing !!!", embedder.model_id)
 
 
+def vlm_from_settings(settings: Settings) -> VisionLanguageModel | None:
+    """The vision-language model VLM_PROVIDER names (None when off): a hosted endpoint's client or
+    a local transformers model."""
+    from rtdetr_service.inference.vlm.loading import load_vlm  # transformers or httpx: only when asked for
+
+    return load_vlm(settings)
+
+
+def _start_vlm(app: FastAPI, settings: Settings) -> None:
+    """The VLM loads on a thread of its own when VLM_PROVIDER asks for one: a large local model or an
+    endpoint that is down delays nothing and stops nothing; its slot says why it is not there."""
+    state = app.state
+    if settings.vlm_provider == "off" or state.vlm_factory is None:
+        state.vlm.fail("VLM_PROVIDER=off")
+        return
+    threading.Thread(
+        target=_load_vlm, args=(state.vlm, state.vlm_factory, settings), name="vlm-loader", daemon=True
+    ).start()
+
+
+def _load_vlm(
+    slot: ModelSlot[VisionLanguageModel], factory: Callable[[Settings], VisionLanguageModel | None], settings: Settings
+) -> None:
+    try:
+        vlm = factory(settings)
+    except Exception as exc:  # noqa: BLE001 - said by the VLM's status and the log; detection goes on
+        slot.fail(str(exc) or type(exc).__name__)
+        log.error("the vision-language model failed to load: %s", exc, exc_info=not isinstance(exc, RuntimeError))
+        return
+    if vlm is None:
+        slot.fail("VLM_PROVIDER=off")
+        return
+    slot.set(vlm)
+    if not vlm.trained:
+        log.warning("!!! the vision-language model %s has random weights: its words mean nothing !!!", vlm.model_id)
+
+
 def _reindexer(app: FastAPI, settings: Settings) -> Reindexer | None:
     """The reindex runner, when events are embedded (the same conditions as the embedding stage's)."""
     state = app.state
@@ -197,10 +239,14 @@ async def lifespan(app: FastAPI):
     app.state.encoder = JpegEncoder("cpu")
     app.state.event_store = _open_event_store(settings)
     app.state.embedder = EmbedderSlot()
+    app.state.vlm = ModelSlot("the vision-language model", "descriptions and questions wait, the oldest dropped")
+    _start_vlm(app, settings)
     store = app.state.event_store
     app.state.vector_index = store.vectors if store is not None else None  # sqlite-vec / pgvector
     app.state.history_reads = events.history_reads_pool()
     app.state.search_embeds = search.search_embeds_pool()
+    app.state.asks = Asks(settings.ask_concurrency)
+    app.state.metrics.watch_vlm(lambda: ask.vlm_metrics(settings, app.state.vlm, app.state.asks))
     app.state.reindexer = _reindexer(app, settings)
     if app.state.reindexer is not None:
         app.state.metrics.watch_reindex(app.state.reindexer.progress)
@@ -266,6 +312,11 @@ async def lifespan(app: FastAPI):
             await asyncio.to_thread(app.state.bus.close, 2.0)
         app.state.history_reads.shutdown(wait=True, cancel_futures=True)
         app.state.search_embeds.shutdown(wait=True, cancel_futures=True)
+        vlm = app.state.vlm.get()
+        if vlm is not None:
+            # Asks in progress end at their next batch once the model answers "closed": close first.
+            await asyncio.to_thread(vlm.close)  # after the outputs: their last questions had their bound
+        await asyncio.to_thread(app.state.asks.shutdown, wait=True, cancel_futures=True)
         if app.state.recordings is not None:
             app.state.recordings.stop()
         if app.state.event_store is not None:
@@ -350,10 +401,12 @@ def create_app(
     settings: Settings | None = None,
     detector_factory: Callable[[Settings], Detector] = detector_from_settings,
     embedder_factory: Callable[[Settings], Embedder] | None = embedder_from_settings,
+    vlm_factory: Callable[[Settings], VisionLanguageModel | None] | None = vlm_from_settings,
 ) -> FastAPI:
     """The service. `detector_factory` builds the model in the lifespan (another Detector can be
     given: the same pipeline then runs on it); `embedder_factory` the image encoder events are embedded
-    with, when EMBED_ENABLED says so (None: events are never embedded)."""
+    with, when EMBED_ENABLED says so (None: events are never embedded); `vlm_factory` the
+    vision-language model, when VLM_PROVIDER names one (None: never)."""
     settings = settings or Settings()
     app = FastAPI(
         title="rt-detr-service",
@@ -371,6 +424,7 @@ def create_app(
     app.state.settings = settings
     app.state.detector_factory = detector_factory
     app.state.embedder_factory = embedder_factory
+    app.state.vlm_factory = vlm_factory
     install_error_handlers(app)
     # A "find this" picture is the one body allowed to be larger than MAX_BODY_KB.
     larger = {("POST", "/api/v1/events/search"): settings.search_image_max_kb * 1024}
@@ -381,6 +435,7 @@ def create_app(
     app.include_router(video.router)
     app.include_router(search.router)  # before events: /events/search is not an event id
     app.include_router(events.router)
+    app.include_router(ask.router)
     app.include_router(recordings.router)
     app.include_router(ws.router)
 

@@ -16,6 +16,8 @@ from typing import Annotated
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
+from rtdetr_service.core.slot import ModelSlot
+from rtdetr_service.core.vlm import VisionLanguageModel
 from rtdetr_service.outputs.bus.relay import BusRelay
 from rtdetr_service.outputs.embeddings.reindex import Reindexer
 from rtdetr_service.outputs.embeddings.stage import EmbedderSlot
@@ -55,6 +57,56 @@ class SearchEmbeds:
 
     def _done(self, _future) -> None:
         self._in -= 1
+
+    def shutdown(self, **kwargs) -> None:
+        self._pool.shutdown(**kwargs)
+
+
+class Asks:
+    """The threads POST /ask checks its candidates on (their snapshots, then the VLM, batch after batch),
+    one per ask, and at most `limit` asks at once: one more is answered 429 at once. Each holds a person
+    waiting and a share of the provider's keys; queued behind the others it would only be later, and
+    the provider already bounds what asks may hold (VLM_ASK_SHARE). An ask counts until its thread is
+    done, also when the person went away meanwhile (it stops at its next batch), so the bound holds on
+    the threads, not only on the requests. `enter`/`leave` run on the event loop only: no lock."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.running = 0
+        self.refused = 0  # answered 429 too_many_asks
+        self.finished = 0  # asks whose thread is done, answered or not
+        self._pool = ThreadPoolExecutor(limit, thread_name_prefix="ask")
+
+    def enter(self) -> None:
+        if self.running >= self.limit:
+            self.refused += 1
+            raise ApiError(
+                "too_many_asks",
+                f"{self.running} questions are being answered already (ASK_CONCURRENCY={self.limit}); "
+                "ask again once one has its answer",
+            )
+        self.running += 1
+
+    def leave(self) -> None:
+        self.running -= 1
+
+    def _done(self) -> None:
+        self.running -= 1
+        self.finished += 1
+
+    async def run(self, fn, *args):
+        """fn(*args) on an ask thread; the slot `enter` took is given back when the thread is done (at
+        once if it never started)."""
+        loop = asyncio.get_running_loop()
+        future = self._pool.submit(fn, *args)
+        future.add_done_callback(lambda _f: self._left(loop))
+        return await asyncio.wrap_future(future)
+
+    def _left(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            loop.call_soon_threadsafe(self._done)
+        except RuntimeError:  # the loop closed at shutdown: nobody is counting any more
+            pass
 
     def shutdown(self, **kwargs) -> None:
         self._pool.shutdown(**kwargs)
@@ -115,6 +167,11 @@ async def get_embedder(connection: HTTPConnection) -> EmbedderSlot:
     return connection.app.state.embedder
 
 
+async def get_vlm(connection: HTTPConnection) -> ModelSlot[VisionLanguageModel]:
+    """The vision-language model's slot: the model once loaded, or why not (off, loading, failed)."""
+    return connection.app.state.vlm
+
+
 async def get_vector_index(connection: HTTPConnection) -> VectorIndex | None:
     """The event store's vector index; None without a store."""
     return connection.app.state.vector_index
@@ -123,6 +180,11 @@ async def get_vector_index(connection: HTTPConnection) -> VectorIndex | None:
 async def get_search_embeds(connection: HTTPConnection) -> SearchEmbeds:
     """The one thread a search's text or image is embedded on (a model call: one at a time)."""
     return connection.app.state.search_embeds
+
+
+async def get_asks(connection: HTTPConnection) -> Asks:
+    """The threads and the bound of POST /ask."""
+    return connection.app.state.asks
 
 
 async def get_reindexer(connection: HTTPConnection) -> Reindexer | None:
@@ -141,6 +203,8 @@ ModelErrorDep = Annotated[str | None, Depends(get_model_error)]
 HistoryReadsDep = Annotated[ThreadPoolExecutor, Depends(get_history_reads)]
 RelayDep = Annotated[BusRelay | None, Depends(get_relay)]
 EmbedderDep = Annotated[EmbedderSlot, Depends(get_embedder)]
+VlmDep = Annotated[ModelSlot[VisionLanguageModel], Depends(get_vlm)]
 VectorIndexDep = Annotated[VectorIndex | None, Depends(get_vector_index)]
 SearchEmbedsDep = Annotated[SearchEmbeds, Depends(get_search_embeds)]
+AsksDep = Annotated[Asks, Depends(get_asks)]
 ReindexerDep = Annotated[Reindexer | None, Depends(get_reindexer)]

@@ -65,6 +65,7 @@ ERRORS: dict[str, ErrorCode] = {
     "too_many_opens": ErrorCode(429, "MAX_OPENS streams are being opened right now."),
     "too_many_clips": ErrorCode(429, "RECORD_CLIPS_MAX clips and exports are being streamed right now."),
     "too_many_searches": ErrorCode(429, "Searches by words or by a picture are waiting for the encoder already."),
+    "too_many_asks": ErrorCode(429, "ASK_CONCURRENCY questions over stored footage are being answered right now."),
     "internal_error": ErrorCode(500, "A bug; the service log has the details."),
     "stream_unavailable": ErrorCode(
         502, "The stream could not be opened: refused, not found, bad data (words in `detail`)."
@@ -78,6 +79,10 @@ ERRORS: dict[str, ErrorCode] = {
     ),
     "encoder_loading": ErrorCode(503, "The image–text encoder is still loading; search answers once it has."),
     "encoder_failed": ErrorCode(503, "The image–text encoder failed to load (why in `detail`); see the service log."),
+    "vlm_unavailable": ErrorCode(
+        503, "The vision-language model is off (VLM_PROVIDER=off) or failed to load (why in `detail`)."
+    ),
+    "vlm_loading": ErrorCode(503, "The vision-language model is still loading (or connecting); ask again shortly."),
     "recordings_unavailable": ErrorCode(503, "Recordings need the event store, which is off or could not be opened."),
     "stream_timeout": ErrorCode(504, "The stream did not open (or send a picture) within OPEN_TIMEOUT_S."),
 }

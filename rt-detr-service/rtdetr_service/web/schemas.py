@@ -171,6 +171,12 @@ class RecordingOut(_Answer):
     last_error: str | None = Field(..., description="Why segments are not written now, in words.")
 
 
+class DescribeOut(_Answer):
+    labels: list[str] | None = Field(..., description="Only events of these classes; null = every event.")
+    prompt: str | None = Field(..., description="Its own prompt; null = VLM_DESCRIBE_DEFAULT_PROMPT.")
+    after_s: float | None = Field(..., description="Described once this long live; null = at its end.")
+
+
 class StatusAnswer(_Answer):
     session_id: str
     state: SessionState | Literal["pending", "opening", "moving"] = Field(
@@ -188,6 +194,7 @@ class StatusAnswer(_Answer):
     classes: list[str] | None = Field(..., description="The class filter (sorted); null for every class.")
     tracking: TrackingOut
     record: Literal["off", "events", "continuous"]
+    describe: DescribeOut | None = Field(..., description="Its events described by the VLM; null: never.")
     recording: RecordingOut | None = Field(
         ..., description="The recorder's figures; null when the session does not record here."
     )
@@ -257,6 +264,9 @@ class RuleOut(_Answer):
     dwell_s: float
     direction: Literal["in", "out", "any"]
     min_count: int
+    ask: str | None = Field(
+        ..., description="The question the vision-language model answers about the frame that fired it; null: none."
+    )
 
 
 class ZoneConfigOut(_Answer):
@@ -293,6 +303,20 @@ class FrameSizeOut(_Answer):
     height: int
 
 
+class RuleAnswerOut(_Answer):
+    rule: str
+    question: str
+    time: float = Field(..., description="Unix seconds of the frame that fired the rule.")
+    event_id: str | None
+    session_id: str
+    camera: str | None
+    text: str = Field(..., description="The model's words (untrusted, bounded).")
+    answer: Literal["yes", "no"] | None = Field(..., description="Only when the words held a valid verdict.")
+    score: float | None = Field(..., description="0..1, how sure the model is of yes; null without a verdict.")
+    model_id: str | None
+    error: str | None = Field(..., description="Why there is no answer, in words; null when answered.")
+
+
 class EventOut(_Answer):
     id: str
     session_id: str
@@ -322,6 +346,13 @@ class EventOut(_Answer):
         description="The object's identity across cameras (Re-ID): the same on every event of the same object; "
         "null until the event has ended and been linked.",
     )
+    description: str | None = Field(
+        ...,
+        description="What the vision-language model said it saw (untrusted words, at most VLM_ANSWER_MAX_CHARS); "
+        "null until its session's `describe` has had it described.",
+    )
+    description_model: str | None = Field(..., description="The model that wrote the description.")
+    answers: list[RuleAnswerOut] = Field(..., description="Its rules' questions (`ask`), answered, in order.")
 
 
 class EventsAnswer(_Answer):
@@ -330,7 +361,22 @@ class EventsAnswer(_Answer):
 
 
 class SearchHitOut(EventOut):
-    score: float = Field(..., description="Cosine similarity to the query, -1..1; higher is closer.")
+    score: float = Field(
+        ...,
+        description="Higher is closer. By words: the fused rank score, 0..1 (1: first by what was seen and by "
+        "what was said; 0.5: first by one of them). By an event or a picture: the cosine similarity, -1..1.",
+    )
+    image_score: float | None = Field(
+        ..., description="The cosine similarity of the event's image vector to the query; null: not in that list."
+    )
+    text_score: float | None = Field(
+        ...,
+        description="By words: the cosine similarity of the event's description to the words; null: not in that "
+        "list (no description, or not among the closest).",
+    )
+    matched: list[Literal["image", "description"]] = Field(
+        ..., description="Which rankings found it: by what was seen (`image`), by what was said (`description`)."
+    )
 
 
 class SearchAnswer(_Answer):
@@ -353,10 +399,16 @@ class ReindexAnswer(_Answer):
     state: Literal["idle", "waiting", "running", "done", "stopped", "failed"]
     detail: str = Field(..., description="The state in words.")
     model_id: str | None = Field(..., description="The encoder whose vectors the run makes; null until it has loaded.")
-    done: int = Field(..., description="Events embedded by this run.")
-    skipped: int = Field(..., description="Events without a readable snapshot (or deleted meanwhile): left missing.")
+    done: int = Field(..., description="Vectors made by this run: events' from their snapshots, and descriptions'.")
+    texts_done: int = Field(..., description="Of `done`, the descriptions embedded (their text vectors).")
+    skipped: int = Field(
+        ...,
+        description="Events without a readable snapshot, or no longer described (or deleted meanwhile): left missing.",
+    )
     failed: int = Field(..., description="Events whose batch failed (last_error says why).")
-    remaining: int | None = Field(..., description="Events still missing a vector: counted at the start, then down.")
+    remaining: int | None = Field(
+        ..., description="Vectors still missing (events' and descriptions'): counted at the start, then down."
+    )
     total_estimate: int | None = Field(..., description="done + skipped + failed + remaining.")
     estimate_capped: bool = Field(
         ..., description="True: more than 10 000 were missing at the start; `remaining` is a floor."
@@ -371,10 +423,70 @@ class ReindexAnswer(_Answer):
 
 class SearchStatusOut(_Answer):
     enabled: bool = Field(..., description="Events are embedded and can be searched (EMBED_ENABLED, and a store).")
-    state: Literal["off", "loading", "failed", "ready"]
+    state: Literal["off", "loading", "failed", "unavailable", "ready"] = Field(
+        ...,
+        description="unavailable: the database cannot search vectors (PostgreSQL without pgvector); detail says so.",
+    )
     model_id: str | None
     trained: bool | None = Field(..., description="False: random weights; similarities and Re-ID mean nothing.")
     detail: str = Field(..., description="The state in words, to show a user.")
+
+
+# -- the vision-language model and /ask ------------------------------------------------------------
+
+
+class VlmStateOut(_Answer):
+    enabled: bool = Field(..., description="VLM_PROVIDER names a provider (not `off`).")
+    state: Literal["off", "loading", "failed", "ready"]
+    provider: Literal["off", "openai", "transformers"]
+    model_id: str | None = Field(..., description="What answers; null until it has loaded.")
+    trained: bool | None = Field(..., description="False: random weights; its words mean nothing.")
+    detail: str = Field(..., description="The state in words, to show a user.")
+
+
+class AsksOut(_Answer):
+    running: int = Field(..., description="POST /api/v1/ask being answered now.")
+    limit: int = Field(..., description="ASK_CONCURRENCY: one more is answered 429 too_many_asks.")
+
+
+class VlmAnswerOut(VlmStateOut):
+    provider_status: dict | None = Field(
+        ...,
+        description="The provider's own figures (keys by label with their state and counts, the local "
+        "model's queue and counts); never a key. null until it has loaded.",
+    )
+    asks: AsksOut
+
+
+class AskResultOut(_Answer):
+    event_id: str
+    camera: str | None
+    label: str
+    start: float = Field(..., description="The event's start (Unix seconds).")
+    end: float | None = Field(..., description="null while the event is active.")
+    answer: Literal["yes", "no"] | None = Field(
+        ..., description="The model's verdict; null when its words did not pass the schema check."
+    )
+    score: float | None = Field(
+        ..., description="How sure the model is that the answer is yes, 0..1; null when unchecked (ranked last)."
+    )
+    reason: str = Field(..., description="The model's words (untrusted text: show it as text), bounded.")
+    snapshot_url: str | None
+    clip_url: str | None = Field(..., description="The event's MP4 clip, when recordings hold it; else null.")
+    recall_score: float = Field(..., description="Cosine similarity of the question's words to the event, -1..1.")
+
+
+class AskAnswer(_Answer):
+    question: str
+    results: list[AskResultOut] = Field(
+        ..., description="Highest score first (ties by recall), at most top_k; unchecked verdicts last."
+    )
+    checked: int = Field(..., description="Candidates the model answered.")
+    failed: int = Field(..., description="Candidates the model could not answer (notices say why).")
+    took_s: float
+    model_id: str = Field(..., description="The vision-language model that answered.")
+    trained: bool = Field(..., description="False: the model has random weights; its answers mean nothing.")
+    notices: list[str] = Field(..., description="Words to show beside the results (random weights, failures).")
 
 
 class TrackPointOut(_Answer):
@@ -453,6 +565,7 @@ class ReadyAnswer(_Answer):
     last_inference_error: str | None
     max_sessions: int
     search: SearchStatusOut
+    vlm: VlmStateOut
 
 
 class NotReadyAnswer(_Answer):

@@ -20,6 +20,7 @@ from rtdetr_service.inference.settings import EmbedSettings, InferenceSettings, 
 from rtdetr_service.outputs.embeddings.settings import EmbeddingSettings
 from rtdetr_service.outputs.recordings.settings import RecordingSettings
 from rtdetr_service.outputs.settings import OutputSettings
+from rtdetr_service.outputs.vlm.settings import VlmStageSettings
 from rtdetr_service.sessions.settings import ClusterSettings, SessionSettings
 
 
@@ -33,6 +34,7 @@ class Settings(
     OutputSettings,
     RecordingSettings,
     EmbeddingSettings,
+    VlmStageSettings,
 ):
     """Every knob of the service; environment variables use the upper-case field names."""
 
@@ -75,6 +77,13 @@ class Settings(
         le=200_000_000,
         description="Most pixels (width x height, read from the JPEG's header before decoding) of a search "
         "image: a small file that would decode into gigabytes is refused unread.",
+    )
+    ask_concurrency: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Most POST /api/v1/ask running at once (each checks its candidates with the VLM on a "
+        "thread of its own); one more is answered 429 too_many_asks at once.",
     )
     metrics_require_key: bool = Field(
         True, description="/metrics needs an API key (it lists session ids); ignored with AUTH_DISABLED=true."

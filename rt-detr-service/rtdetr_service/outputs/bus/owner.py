@@ -132,6 +132,8 @@ class BusSink:
             self.handled += 1
         for alert in item.alerts:
             self._queue_event(session_id, messages.alert_message(session_id, alert))
+        for answer in item.answers:
+            self._queue_event(session_id, messages.answer_message(session_id, answer))
         result = item.result
         if result is not None:
             header = messages.frame_header(session_id, result, result.detections)

@@ -1,5 +1,7 @@
 """Reindex: vectors for the stored events that have none of the current model (stored before search
-was on, or under another model), made from each event's snapshot file.
+was on, or under another model), made from each event's snapshot file; then text vectors for the
+described events whose description has none of the current model, made with the encoder's text
+tower (texts are cheap: a description costs far less than a crop).
 
 One thread (`reindex`), one run at a time. It pages through the index's `missing` list oldest first,
 so a run stopped half-way (a restart) starts again with what is still missing and never embeds an
@@ -27,6 +29,7 @@ import numpy as np
 from rtdetr_service.core.results import EventRecord
 from rtdetr_service.core.search import Embedder
 from rtdetr_service.outputs.embeddings.crops import cut
+from rtdetr_service.outputs.embeddings.stage import DESCRIPTION_MAX_CHARS
 from rtdetr_service.outputs.store.vectors import MissingEvent
 
 log = logging.getLogger(__name__)
@@ -34,12 +37,18 @@ log = logging.getLogger(__name__)
 ESTIMATE_PAGE = 10_000  # events counted to estimate what is left (the index's `missing` page bound)
 
 
-class ReindexIndex(Protocol):
-    """What a reindex needs of the vector index."""
+class VectorTable(Protocol):
+    """What a reindex needs of one kind of vectors (an event's image, or its description's text)."""
 
     def missing(self, model_id: str, limit: int, after: MissingEvent | None = None) -> list[MissingEvent]: ...
 
     def upsert_many(self, model_id: str, items: Sequence[tuple[str, np.ndarray]]) -> int: ...
+
+
+class ReindexIndex(VectorTable, Protocol):
+    """The image vectors, holding the descriptions' text vectors as `texts` (None: none are kept)."""
+
+    texts: VectorTable | None
 
 
 class ReindexSource(Protocol):
@@ -89,6 +98,7 @@ class Reindexer:
         self._state = "idle"
         self._model_id: str | None = None
         self._done = self._skipped = self._failed = self._runs = 0
+        self._texts_done = 0  # of `done`, the descriptions
         self._remaining: int | None = None
         self._remaining_capped = False
         self._started_at: float | None = None
@@ -106,7 +116,7 @@ class Reindexer:
                 return False
             self._stop.clear()
             self._state = "waiting"
-            self._done = self._skipped = self._failed = 0
+            self._done = self._skipped = self._failed = self._texts_done = 0
             self._remaining, self._remaining_capped = None, False
             self._started_at, self._finished_at = time.time(), None
             self._wall_started, self._work_s = self._clock(), 0.0
@@ -141,6 +151,7 @@ class Reindexer:
                 "detail": self._detail(),
                 "model_id": self._model_id,
                 "done": self._done,
+                "texts_done": self._texts_done,
                 "skipped": self._skipped,
                 "failed": self._failed,
                 "remaining": self._remaining,
@@ -158,8 +169,10 @@ class Reindexer:
         words = {
             "idle": "no reindex has run since the service started",
             "waiting": "waiting for the image encoder to load",
-            "running": "embedding stored events that have no vector of the current model, oldest first",
-            "done": "every stored event with a snapshot has a vector of the current model",
+            "running": "embedding stored events that have no vector of the current model, oldest first, then "
+            "descriptions that have no text vector of it",
+            "done": "every stored event with a snapshot has a vector of the current model, and every description "
+            "its text vector",
             "stopped": "stopped before the end; a new run continues with what is still missing",
             "failed": "stopped by an error (last_error); a new run continues with what is still missing",
         }
@@ -183,34 +196,71 @@ class Reindexer:
             with self._lock:
                 self._model_id, self._state = embedder.model_id, "running"
             self._estimate(embedder.model_id)
-            after: MissingEvent | None = None
-            while not self._stop.is_set():
-                page = self._index.missing(embedder.model_id, self._options.batch, after)
-                if not page:
-                    self._finish("done")
-                    return
-                after = page[-1]
-                began = self._clock()
-                self._batch(embedder, [event.event_id for event in page])
-                worked = self._clock() - began
-                with self._lock:
-                    self._work_s += worked
-                # The duty cycle: rest in proportion to the work, so the thread's share stays bounded.
-                self._stop.wait(worked * (1.0 - self._options.duty) / self._options.duty)
-            self._finish("stopped")
+            done = self._pages(embedder, self._index, self._images_batch)
+            if done and self._index.texts is not None:
+                done = self._pages(embedder, self._index.texts, self._texts_batch)
+            self._finish("done" if done else "stopped")
         except Exception as exc:  # noqa: BLE001 - said in the progress and the log; the service goes on
             log.exception("reindex failed")
             with self._lock:
                 self._last_error = f"{type(exc).__name__}: {exc}"[:500]
             self._finish("failed")
 
-    def _estimate(self, model_id: str) -> None:
-        """What is left, counted once at the start (at most ESTIMATE_PAGE: then "at least")."""
-        remaining = len(self._index.missing(model_id, ESTIMATE_PAGE))
-        with self._lock:
-            self._remaining, self._remaining_capped = remaining, remaining >= ESTIMATE_PAGE
+    def _pages(
+        self, embedder: Embedder, table: VectorTable, batch: Callable[[Embedder, VectorTable, list[str]], None]
+    ) -> bool:
+        """Page through what `table` misses of the model, oldest first, `batch` at a time; False if stopped."""
+        after: MissingEvent | None = None
+        while not self._stop.is_set():
+            page = table.missing(embedder.model_id, self._options.batch, after)
+            if not page:
+                return True
+            after = page[-1]
+            began = self._clock()
+            batch(embedder, table, [event.event_id for event in page])
+            worked = self._clock() - began
+            with self._lock:
+                self._work_s += worked
+            # The duty cycle: rest in proportion to the work, so the thread's share stays bounded.
+            self._stop.wait(worked * (1.0 - self._options.duty) / self._options.duty)
+        return False
 
-    def _batch(self, embedder: Embedder, event_ids: list[str]) -> None:
+    def _estimate(self, model_id: str) -> None:
+        """What is left, counted once at the start (at most ESTIMATE_PAGE of each kind: then "at least")."""
+        tables = [self._index] if self._index.texts is None else [self._index, self._index.texts]
+        counts = [len(table.missing(model_id, ESTIMATE_PAGE)) for table in tables]
+        with self._lock:
+            self._remaining, self._remaining_capped = sum(counts), max(counts) >= ESTIMATE_PAGE
+
+    def _texts_batch(self, embedder: Embedder, table: VectorTable, event_ids: list[str]) -> None:
+        """Embed one page of descriptions; an event deleted meanwhile, or no longer described, is skipped."""
+        records = self._source.records(event_ids)
+        items = [
+            (i, records[i].description[:DESCRIPTION_MAX_CHARS])
+            for i in event_ids
+            if i in records and records[i].description
+        ]
+        stored = failed = 0
+        if items:
+            try:
+                vectors = np.asarray(embedder.embed_texts([text for _, text in items]), np.float32)
+                stored = table.upsert_many(
+                    embedder.model_id, [(i, v) for (i, _), v in zip(items, vectors, strict=True)]
+                )
+            except Exception as exc:  # noqa: BLE001 - the batch's descriptions only; never their words in the error
+                failed = len(items)
+                with self._lock:
+                    self._last_error = f"embedding {failed} description(s) failed: {type(exc).__name__}"
+                log.warning("reindex: a batch of %d description(s) failed: %s", failed, type(exc).__name__)
+        with self._lock:
+            self._done += stored
+            self._texts_done += stored
+            self._skipped += len(event_ids) - stored - failed
+            self._failed += failed
+            if self._remaining is not None:
+                self._remaining = max(0, self._remaining - len(event_ids))
+
+    def _images_batch(self, embedder: Embedder, table: VectorTable, event_ids: list[str]) -> None:
         """Embed one page of events from their snapshots; one that cannot be read is skipped."""
         records = self._source.records(event_ids)
         ids, crops, skipped = [], [], 0
@@ -226,7 +276,7 @@ class Reindexer:
         if crops:
             try:
                 vectors = np.asarray(embedder.embed_images(crops), np.float32)
-                stored = self._index.upsert_many(embedder.model_id, list(zip(ids, vectors, strict=True)))
+                stored = table.upsert_many(embedder.model_id, list(zip(ids, vectors, strict=True)))
                 skipped += len(ids) - stored  # deleted while they were embedded
             except Exception as exc:  # noqa: BLE001 - one batch's failure costs its events, the run goes on
                 failed = len(ids)
@@ -260,4 +310,11 @@ class Reindexer:
             self._finished_at = time.time()
             if state == "done":
                 self._remaining, self._remaining_capped = 0, False
-        log.info("reindex %s: %d embedded, %d skipped, %d failed", state, self._done, self._skipped, self._failed)
+        log.info(
+            "reindex %s: %d embedded (%d descriptions), %d skipped, %d failed",
+            state,
+            self._done,
+            self._texts_done,
+            self._skipped,
+            self._failed,
+        )

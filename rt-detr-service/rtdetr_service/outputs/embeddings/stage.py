@@ -11,35 +11,57 @@ vector and upserts it with the model's id. At an end, Re-ID (reid.py) decides th
 ended record with it goes out as one more "update" to every other output of the session (the store
 keeps it, webhook/MQTT/Kafka send it), on this thread, bounded by what was queued.
 
+Descriptions: a change (new, update or end) whose record carries a `description` this stage has not
+embedded for that event (a digest per event id, the newest DESCRIPTIONS_KEPT remembered) queues a
+text request in the same queue; the thread embeds the descriptions with the encoder's text tower, in
+passes of at most EMBED_BATCH, and upserts each into the index's text vectors under the encoder's id.
+A description is a model's words: bounded here too (DESCRIPTION_MAX_CHARS) and never logged. An
+update that brings only words (the VLM stage's, from its own thread) touches nothing else here.
+
 Until the encoder has loaded (or when it failed to), requests wait in the queue, the oldest of the
 busiest session dropped past its bound, counted; the stage says so in its state.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 from rtdetr_service.core.results import Embedding, EventChange, EventRecord, Published, SessionView
 from rtdetr_service.core.search import Embedder, SearchFilters, SearchHit
+from rtdetr_service.core.slot import ModelSlot
 from rtdetr_service.core.types import FrameResult
 from rtdetr_service.outputs.base import QueuedSink, Sink, SinkStats
 from rtdetr_service.outputs.embeddings.crops import Crop, EventCrops, cut
 from rtdetr_service.outputs.embeddings.reid import Records, ReidOptions, link
 from rtdetr_service.outputs.embeddings.settings import EmbeddingSettings
+from rtdetr_service.outputs.store.vectors import VectorsUnavailable
 
 log = logging.getLogger(__name__)
 
 DECIDED_KEPT = 10_000  # identities decided here, remembered until the store surely has them
+DESCRIPTIONS_KEPT = 10_000  # events whose description's digest is remembered (a resend is not embedded again)
+# Descriptions come bounded (VLM_ANSWER_MAX_CHARS); this holds whatever sends one. The text tower reads
+# far less anyway (64 tokens for SigLIP).
+DESCRIPTION_MAX_CHARS = 4096
+
+
+class TextVectors(Protocol):
+    """What the stage needs of the index's text vectors (the descriptions')."""
+
+    def upsert_many(self, model_id: str, items: Sequence[tuple[str, np.ndarray]]) -> int: ...
 
 
 class VectorIndex(Protocol):
     """What the stage needs of the event store's vector index (sqlite-vec or pgvector)."""
+
+    texts: TextVectors | None  # None: descriptions are not embedded
 
     def upsert(self, event_id: str, vector: np.ndarray, model_id: str) -> None: ...
 
@@ -48,46 +70,11 @@ class VectorIndex(Protocol):
     ) -> list[SearchHit]: ...
 
 
-class EmbedderSlot:
-    """The image encoder, once whoever loads it (the app, on a thread of its own) has set it, or why it
-    could not; the stage waits for it without blocking anyone."""
+class EmbedderSlot(ModelSlot[Embedder]):
+    """The image encoder, once the app's loader thread has set it (core/slot.py `ModelSlot`)."""
 
     def __init__(self) -> None:
-        self._loaded = threading.Event()
-        self._lock = threading.Lock()
-        self._embedder: Embedder | None = None
-        self._error: str | None = None
-
-    def set(self, embedder: Embedder) -> None:
-        with self._lock:
-            self._embedder, self._error = embedder, None
-        self._loaded.set()
-
-    def fail(self, words: str) -> None:
-        with self._lock:
-            self._error = words
-
-    @property
-    def failed(self) -> bool:
-        with self._lock:
-            return self._embedder is None and self._error is not None
-
-    def get(self) -> Embedder | None:
-        with self._lock:
-            return self._embedder
-
-    def wait(self, timeout: float) -> Embedder | None:
-        self._loaded.wait(timeout)
-        return self.get()
-
-    def waiting_for(self) -> str | None:
-        """Why nothing is embedded now, in words; None once the encoder is there."""
-        with self._lock:
-            if self._embedder is not None:
-                return None
-            if self._error is not None:
-                return f"the image encoder failed to load ({self._error}): requests wait, and the oldest are dropped"
-            return "the image encoder is loading: requests wait in the queue"
+        super().__init__("the image encoder", "requests wait, and the oldest are dropped")
 
 
 @dataclass(frozen=True)
@@ -111,6 +98,15 @@ class EmbedRequest:
     record: EventRecord
     crops: tuple[np.ndarray, ...]
     final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TextRequest:
+    """One event's description to embed with the text tower (a model's words: bounded, never logged)."""
+
+    event_id: str
+    text: str
+    digest: bytes
 
 
 @dataclass(slots=True)
@@ -148,10 +144,16 @@ class EmbeddingStage(QueuedSink):
         self._sessions_lock = threading.Lock()
         self._targets: tuple[Sink, ...] = ()
         self._decided: OrderedDict[str, EventRecord] = OrderedDict()  # writer thread only
+        self._texts = parts.index.texts
+        self._described: OrderedDict[str, bytes] = OrderedDict()  # event → digest queued or embedded
+        self._described_lock = threading.Lock()  # publishers and other stages' threads hand changes over
         self.embedded = 0  # vectors upserted
+        self.texts_embedded = 0  # description vectors upserted
         self.crops_embedded = 0
         self.linked = 0  # ended events given an earlier look's global_id
         self.new_identities = 0
+        self.unlinked = 0  # ended events left without a global_id: the index cannot search (no pgvector)
+        self.reid_problem: str | None = None  # why, in the index's words
         self.superseded = 0  # early requests whose event's end came in the same batch
         self.republish_errors = 0
         self.model_id: str | None = None
@@ -178,6 +180,10 @@ class EmbeddingStage(QueuedSink):
 
     def _on_change(self, view: SessionView, lives: _SessionLives, change: EventChange) -> None:
         record = change.event
+        if record.description and self._texts is not None:
+            self._maybe_describe(view, record.id, record.description)
+        if _newly_said(change):
+            return  # the VLM stage's update, from its own thread: new words, nothing new to see
         if change.kind == "update" and record.end_time is not None:
             return  # an ended event's update (ours, Re-ID): nothing new to see
         life = lives.by_id.get(record.id)
@@ -227,6 +233,29 @@ class EmbeddingStage(QueuedSink):
         if crops:
             self.offer(EmbedRequest(view, life.record, crops, final), view.session_id)
 
+    def _maybe_describe(self, view: SessionView, event_id: str, text: str) -> None:
+        """A text request, unless this very description of the event was queued or embedded already."""
+        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        with self._described_lock:
+            if self._described.get(event_id) == digest:
+                return
+            self._described[event_id] = digest
+            self._described.move_to_end(event_id)
+            while len(self._described) > DESCRIPTIONS_KEPT:
+                self._described.popitem(last=False)
+        self.offer(TextRequest(event_id, text[:DESCRIPTION_MAX_CHARS], digest), view.session_id)
+
+    def _forget(self, requests: Sequence[TextRequest]) -> None:
+        """Not embedded after all (dropped, failed, no event yet): the same description sent again is."""
+        with self._described_lock:
+            for request in requests:
+                if self._described.get(request.event_id) == request.digest:
+                    del self._described[request.event_id]
+
+    def dropped_entry(self, entry) -> None:
+        if isinstance(entry, TextRequest):
+            self._forget([entry])
+
     def session_ended(self, session_id: str) -> None:
         """Its publisher closed every event (their ends are queued); what it kept goes."""
         with self._sessions_lock:
@@ -238,29 +267,21 @@ class EmbeddingStage(QueuedSink):
         """Requests wait in the queue until the encoder is there (bounded: the oldest are dropped)."""
         return self._slot.wait(self.wait_s) is not None
 
-    def write(self, batch: list[EmbedRequest]) -> None:
-        """Embed every request's crops in passes of at most EMBED_BATCH, then each event's vector."""
+    def write(self, batch: list[EmbedRequest | TextRequest]) -> None:
+        """Embed every request's crops and descriptions in passes of at most EMBED_BATCH, then store
+        each event's vectors."""
         embedder = self._slot.get()
         if embedder is None:  # ready() said it was there; it is never taken back
             raise RuntimeError("the image encoder is not loaded")
-        finals = {r.record.id for r in batch if r.final}
-        todo = [r for r in batch if r.final or r.record.id not in finals]
-        with self._lock:
-            self.superseded += len(batch) - len(todo)
-        crops = [crop for request in todo for crop in request.crops]
-        vectors = self._embed(embedder, crops)
+        texts = [r for r in batch if isinstance(r, TextRequest)]
+        try:
+            failed = self._write_crops(embedder, [r for r in batch if isinstance(r, EmbedRequest)])
+            failed += self._write_texts(embedder, texts)
+        except BaseException:
+            self._forget(texts)  # the whole batch failed: a description sent again is embedded then
+            raise
         self.model_id = embedder.model_id
-        failed: list[str] = []
-        start = 0
-        for request in todo:
-            rows = vectors[start : start + len(request.crops)]
-            start += len(request.crops)
-            try:
-                self._store(request, _mean_direction(rows), embedder.model_id)
-            except Exception as exc:  # noqa: BLE001 - one event's index write or Re-ID costs that event only
-                failed.append(f"{type(exc).__name__}: {exc}")
         with self._lock:
-            self.crops_embedded += len(crops)
             self.sent += len(batch) - len(failed)
             self.failed += len(failed)
             if failed:
@@ -276,12 +297,59 @@ class EmbeddingStage(QueuedSink):
     def after_write(self, batch: list) -> None:
         pass  # write() counts what it indexed and what failed, request by request
 
-    def _embed(self, embedder: Embedder, crops: list[np.ndarray]) -> np.ndarray:
+    def _write_crops(self, embedder: Embedder, batch: list[EmbedRequest]) -> list[str]:
+        """Each event's crops averaged into its vector, stored (and Re-ID at an end); the failures in words."""
+        finals = {r.record.id for r in batch if r.final}
+        todo = [r for r in batch if r.final or r.record.id not in finals]
+        with self._lock:
+            self.superseded += len(batch) - len(todo)
+        crops = [crop for request in todo for crop in request.crops]
+        vectors = self._embed(embedder.embed_images, crops, embedder.dim)
+        failed: list[str] = []
+        start = 0
+        for request in todo:
+            rows = vectors[start : start + len(request.crops)]
+            start += len(request.crops)
+            try:
+                self._store(request, _mean_direction(rows), embedder.model_id)
+            except Exception as exc:  # noqa: BLE001 - one event's index write or Re-ID costs that event only
+                failed.append(f"{type(exc).__name__}: {exc}")
+        with self._lock:
+            self.crops_embedded += len(crops)
+        return failed
+
+    def _write_texts(self, embedder: Embedder, batch: list[TextRequest]) -> list[str]:
+        """Each event's newest description in the batch embedded and stored; the failures in words (never
+        the description's: an encoder's error may quote its input, so only the error's type is said)."""
+        if not batch or self._texts is None:
+            return []
+        latest = list({r.event_id: r for r in batch}.values())  # a description changed twice: the last one
+        with self._lock:
+            self.superseded += len(batch) - len(latest)
+        try:
+            vectors = self._embed(embedder.embed_texts, [r.text for r in latest], embedder.dim)
+        except Exception as exc:  # noqa: BLE001 - the descriptions' pass costs its descriptions only
+            self._forget(latest)
+            return [f"embedding {len(latest)} description(s) failed: {type(exc).__name__}"] * len(latest)
+        try:
+            stored = self._texts.upsert_many(
+                embedder.model_id, [(r.event_id, v) for r, v in zip(latest, vectors, strict=True)]
+            )
+        except Exception as exc:  # noqa: BLE001 - the index write costs these descriptions only
+            self._forget(latest)
+            return [f"{type(exc).__name__}: {exc}"] * len(latest)
+        if stored < len(latest):
+            self._forget(latest)  # some event is not stored (yet, or no more): a resend may find it
+        with self._lock:
+            self.texts_embedded += stored
+        return []
+
+    def _embed(self, embed: Callable[[list], np.ndarray], inputs: list, dim: int) -> np.ndarray:
         size = self._batch
-        parts = [np.asarray(embedder.embed_images(crops[i : i + size]), np.float32) for i in range(0, len(crops), size)]
-        vectors = np.concatenate(parts) if parts else np.zeros((0, embedder.dim), np.float32)
-        if vectors.shape != (len(crops), embedder.dim):
-            raise ValueError(f"the encoder gave {vectors.shape} for {len(crops)} crop(s) of dim {embedder.dim}")
+        parts = [np.asarray(embed(inputs[i : i + size]), np.float32) for i in range(0, len(inputs), size)]
+        vectors = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+        if vectors.shape != (len(inputs), dim):
+            raise ValueError(f"the encoder gave {vectors.shape} for {len(inputs)} input(s) of dim {dim}")
         return vectors
 
     def _store(self, request: EmbedRequest, vector: np.ndarray, model_id: str) -> None:
@@ -291,7 +359,17 @@ class EmbeddingStage(QueuedSink):
             self.embedded += 1
         if not request.final:
             return
-        decision = link(record, vector, model_id, search=self._index.search, records=self._known, options=self._reid)
+        try:
+            decision = link(
+                record, vector, model_id, search=self._index.search, records=self._known, options=self._reid
+            )
+        except VectorsUnavailable as exc:
+            # The vector is kept (searched once the extension is there); an identity given without a
+            # search would be a guess, so the event has none, and the stage's state says why.
+            with self._lock:
+                self.unlinked += 1
+                self.reid_problem = f"Re-ID is off: {exc}"[:500]
+            return
         with self._lock:
             if decision.matched is None:
                 self.new_identities += 1
@@ -335,15 +413,25 @@ class EmbeddingStage(QueuedSink):
                 "model_id": self.model_id,
                 "embedded": self.embedded,
                 "crops_embedded": self.crops_embedded,
+                "texts_embedded": self.texts_embedded,
                 "linked": self.linked,
                 "new_identities": self.new_identities,
                 "superseded": self.superseded,
                 "republish_errors": self.republish_errors,
+                "unlinked": self.unlinked,
             }
+            if self.reid_problem is not None:
+                detail["reid"] = self.reid_problem
         if waiting is not None and base.state != "failing":
             state = "failing" if self._slot.failed else "degraded"
             return replace(base, state=state, detail={**detail, "detail": waiting})
         return replace(base, detail=detail)
+
+
+def _newly_said(change: EventChange) -> bool:
+    """An update that brings a description and nothing else to see (no snapshot)."""
+    before = change.before.description if change.before is not None else None
+    return change.kind == "update" and change.snapshot is None and change.event.description not in (None, before)
 
 
 def _mean_direction(rows: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import sqlalchemy as sa
 
-from rtdetr_service.core.results import EventRecord
+from rtdetr_service.core.results import EventRecord, RuleAnswer
 from rtdetr_service.outputs.messages import clip_fields
 from rtdetr_service.outputs.store.schema import Database, event_zones_table, events_table, recordings_table
 from rtdetr_service.outputs.store.snapshots import SnapshotFiles
@@ -215,7 +215,7 @@ class Tombstones:
 
 
 def delete_event(engine: sa.Engine, files: SnapshotFiles, tombstones: Tombstones, event_id: str) -> bool:
-    """Delete an event, its zones, its track, its vector and its snapshot file; False if there was no such event."""
+    """Delete an event, its zones, its track, its vectors and its snapshot file; False if there was no such event."""
     tombstones.add(event_id)
     t = events_table
     with engine.begin() as conn:
@@ -267,11 +267,32 @@ def event_record(row) -> EventRecord:
         has_snapshot=row.snapshot_path is not None,
         track_hz=row.track_hz,
         global_id=row.global_id,
+        description=row.description,
+        description_model=row.description_model,
+        answers=_answers(row.answers),
     )
 
 
+def _answers(text: str | None) -> tuple[RuleAnswer, ...]:
+    """The stored answers (a JSON list of RuleAnswer.as_data()); a row that does not hold that list
+    (written by hand, or by a later version with other fields) reads as the answers it can."""
+    if not text:
+        return ()
+    try:
+        items = json.loads(text)
+    except ValueError:
+        return ()
+    answers = []
+    for item in items if isinstance(items, list) else ():
+        try:
+            answers.append(RuleAnswer(**{k: item[k] for k in RuleAnswer.__dataclass_fields__ if k in item}))
+        except TypeError:
+            continue
+    return tuple(answers)
+
+
 def event_dict(row) -> dict:
-    """An events row as the API shows it."""
+    """An events row as the API shows it (its description and answers included: null and [] without)."""
     record = event_record(row)
     out = record.as_dict()
     out["snapshot_url"] = f"/api/v1/events/{row.id}/snapshot.jpg" if record.has_snapshot else None

@@ -280,10 +280,15 @@ def shipped_driver(url: sa.URL) -> sa.URL:
     return url if backend == "sqlite" else url.set(drivername=f"{backend}+{shipped}")
 
 
+# Columns only a later stage sets (Re-ID, the VLM stage): NULL in a row means "not carried", never "clear".
+KEPT_UNLESS_SET = ("global_id", "description", "description_model", "answers")
+
+
 def _event_upsert(insert):
     ins = insert(events_table)
-    # truncated: set by thinning only; global_id: by Re-ID only, so an event's later changes keep it
-    keep = {"id", "snapshot_path", "snapshot_bytes", "track_truncated", "global_id"}
+    # truncated: set by thinning only; global_id: by Re-ID only; what the VLM said, by its stage only:
+    # an event's later changes keep them
+    keep = {"id", "snapshot_path", "snapshot_bytes", "track_truncated", *KEPT_UNLESS_SET}
     set_ = {c.name: ins.excluded[c.name] for c in events_table.c if c.name not in keep}
     # A change without a new snapshot keeps the one already on record.
     set_["snapshot_path"] = sa.func.coalesce(ins.excluded.snapshot_path, events_table.c.snapshot_path)
@@ -291,8 +296,10 @@ def _event_upsert(insert):
         (ins.excluded.snapshot_path.is_not(None), ins.excluded.snapshot_bytes),
         else_=events_table.c.snapshot_bytes,
     )
-    # Re-ID decides an identity once, after the end: a change that does not carry one keeps it.
-    set_["global_id"] = sa.func.coalesce(ins.excluded.global_id, events_table.c.global_id)
+    # Re-ID decides an identity once, after the end; the VLM stage's words come on updates of their own:
+    # a change that does not carry them (the publisher's next update, the end) keeps them.
+    for name in KEPT_UNLESS_SET:
+        set_[name] = sa.func.coalesce(ins.excluded[name], events_table.c[name])
     return ins.on_conflict_do_update(index_elements=[events_table.c.id], set_=set_)
 
 
@@ -320,4 +327,7 @@ def event_row(record: EventRecord, snapshot: tuple[str, int] | None, now: float)
         "updated_at": now,
         "track_hz": record.track_hz,
         "global_id": record.global_id,
+        "description": record.description,
+        "description_model": record.description_model,
+        "answers": json.dumps([a.as_data() for a in record.answers]) if record.answers else None,
     }

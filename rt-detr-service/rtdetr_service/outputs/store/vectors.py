@@ -1,9 +1,13 @@
-"""The event store's vector index: one appearance vector per event, with the model that made it, searched
-by cosine similarity with the event filters inside the query, so a page is never short because of them.
+"""The event store's vector indexes: one appearance vector per event (event_embeddings) and one text
+vector per described event (event_text_embeddings: its description through the encoder's text tower),
+each with the model that made it, searched by cosine similarity with the event filters inside the
+query, so a page is never short because of them. Both tables are one code path (`VectorIndex` takes
+its table); the image index holds the text one as `texts`, so whoever has one has both. A search by
+words asks both and fuses their rankings (`fuse`: reciprocal rank fusion, see there).
 
 The embedding thread writes (`upsert`), API threads read; every call takes its own connection from the
 engine's pool. A vector whose event is gone is never kept: `upsert` inserts only while the event exists,
-and the store's deletes (queries.py, retention.py) delete vectors with their events (`delete_vectors`).
+and the store's deletes (queries.py, retention.py) delete both vectors with their events (`delete_vectors`).
 
 SQLite (sqlite-vec): an exact scan, `vec_distance_cosine` over the model's rows with the filters as plain
 SQL. Without an event filter the vectors are scanned alone (no event is looked up per row: a vector
@@ -31,14 +35,21 @@ from __future__ import annotations
 
 import threading
 import zlib
-from typing import NamedTuple, Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple, Sequence
 
 import numpy as np
 import sqlalchemy as sa
 
 from rtdetr_service.core.search import SearchFilters, SearchHit
 from rtdetr_service.outputs.store.migrate import LOCK_KEY
-from rtdetr_service.outputs.store.schema import Database, event_embeddings_table, event_zones_table, events_table
+from rtdetr_service.outputs.store.schema import (
+    Database,
+    event_embeddings_table,
+    event_text_embeddings_table,
+    event_zones_table,
+    events_table,
+)
 
 MAX_DIM = 2000  # pgvector indexes vectors of at most 2,000 dimensions; the same bound on both backends
 _MODEL_CHARS = event_embeddings_table.c.model_id.type.length
@@ -47,6 +58,10 @@ _MODEL_CHARS = event_embeddings_table.c.model_id.type.length
 # HNSW with an iterative scan that must skip the 9 in 10 others; the two meet near 20,000.
 EXACT_BELOW = 20_000
 _MAX_PAGE = 1000  # limit + offset: deeper pages are not searched (pgvector's ef_search tops out at 1,000 too)
+RRF_K = 60  # reciprocal rank fusion's constant, as its authors set it (Cormack et al., SIGIR 2009)
+
+Kind = Literal["image", "text"]
+_TABLES = {"image": event_embeddings_table, "text": event_text_embeddings_table}
 
 
 class VectorsUnavailable(RuntimeError):
@@ -61,28 +76,76 @@ class MissingEvent(NamedTuple):
 
 
 def open_index(db: Database, *, ef_search: int = 100, exact_below: int = EXACT_BELOW) -> VectorIndex:
-    """The vector index of the store's database, for its backend."""
+    """The image vector index of the store's database, for its backend, holding the text one as `texts`."""
     if db.backend == "postgresql":
-        return PgVectorIndex(db, ef_search=ef_search, exact_below=exact_below)
-    return SqliteVectorIndex(db)
+        index = PgVectorIndex(db, ef_search=ef_search, exact_below=exact_below)
+        index.texts = PgVectorIndex(db, ef_search=ef_search, exact_below=exact_below, kind="text")
+    else:
+        index = SqliteVectorIndex(db)
+        index.texts = SqliteVectorIndex(db, kind="text")
+    return index
 
 
 def delete_vectors(conn: sa.Connection, event_ids: list[str]) -> None:
-    """Delete the vectors of these events, inside the transaction that deletes the events (after them:
-    on PostgreSQL an `upsert` waiting on the event row has then either written or found no event)."""
-    e = event_embeddings_table
-    conn.execute(sa.delete(e).where(e.c.event_id.in_(event_ids)))
+    """Delete the vectors (image and text) of these events, inside the transaction that deletes the events
+    (after them: on PostgreSQL an `upsert` waiting on the event row has then either written or found no event)."""
+    for e in _TABLES.values():
+        conn.execute(sa.delete(e).where(e.c.event_id.in_(event_ids)))
+
+
+@dataclass(frozen=True, slots=True)
+class FusedHit:
+    """One event of a search by words: its fused score, and each side's cosine (None: not in its list)."""
+
+    event_id: str
+    score: float
+    image_score: float | None
+    text_score: float | None
+
+
+def fuse(image: Sequence[SearchHit], text: Sequence[SearchHit], k: int = RRF_K) -> list[FusedHit]:
+    """The two rankings of a search by words as one, by reciprocal rank fusion: an event scores
+    1/(k + rank) in each list it is in (rank from 1), summed. Image–text and text–text cosines live on
+    different scales (a SigLIP's text–text similarities run far higher), so their raw scores are never
+    compared; only the order within each list counts. An event both lists found outranks one that only
+    one list found at the same rank. The score is scaled by the most it can be, 2/(k + 1): 1.0 is first
+    in both lists, 0.5 first in one. Highest first, ties by event id."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    ranks: dict[str, list] = {}
+    for side, hits in enumerate((image, text)):
+        for rank, hit in enumerate(hits, start=1):
+            entry = ranks.setdefault(hit.event_id, [0.0, None, None])
+            if entry[1 + side] is None:  # a list names an event once; the first place counts
+                entry[0] += 1.0 / (k + rank)
+                entry[1 + side] = hit.score
+    best = 2.0 / (k + 1)
+    fused = [
+        FusedHit(event_id, total / best, image_score, text_score)
+        for event_id, (total, image_score, text_score) in ranks.items()
+    ]
+    fused.sort(key=lambda hit: (-hit.score, hit.event_id))
+    return fused
 
 
 class VectorIndex:
-    """Store, read and search event vectors (see the module docstring). Vectors are float32 and, by the
-    Embedder contract, L2-normalised; a score is the cosine similarity, vectors of different models are
-    never compared, and an event holds one vector (a reindex under another model replaces it)."""
+    """Store, read and search event vectors of one kind, image or text (see the module docstring).
+    Vectors are float32 and, by the Embedder contract, L2-normalised; a score is the cosine similarity,
+    vectors of different models are never compared, and an event holds one vector of each kind (a
+    reindex under another model replaces it)."""
 
-    def __init__(self, db: Database) -> None:
+    texts: VectorIndex | None = None  # the image index's sibling over descriptions (open_index sets it)
+
+    def __init__(self, db: Database, *, kind: Kind = "image") -> None:
         self._db = db
+        self.kind = kind
+        self._table = _TABLES[kind]
         self._lock = threading.Lock()
         self._dims: dict[str, int] = {}  # model → its vectors' length, once seen
+
+    def problem(self) -> str | None:
+        """Why vectors cannot be searched here, in words; None when they can (for /ready and search's 503)."""
+        return None
 
     # -- writes (the embedding thread) ----------------------------------------------------------
 
@@ -104,7 +167,7 @@ class VectorIndex:
             self._prepare(model_id, dim)
         except VectorsUnavailable:
             pass  # kept all the same, to be searched once the extension is there
-        t, e = events_table, event_embeddings_table
+        t, e = events_table, self._table
         stored = {event_id: self._stored(vec) for (event_id, _), vec in zip(items, vectors, strict=True)}
         # The events are looked up and held in the writing transaction (SQLite: the write lock, taken at
         # BEGIN; PostgreSQL: FOR KEY SHARE on their rows), so a delete of one waits and then takes its
@@ -126,28 +189,31 @@ class VectorIndex:
 
     def get(self, event_id: str) -> tuple[np.ndarray, str] | None:
         """The event's vector and the model that made it, or None."""
-        e = event_embeddings_table
+        e = self._table
         with self._db.engine.connect() as conn:
             row = conn.execute(sa.select(e.c.embedding, e.c.model_id).where(e.c.event_id == event_id)).first()
         return None if row is None else (self._loaded(row.embedding), row.model_id)
 
     def count(self, model_id: str) -> int:
         """How many events hold a vector of this model."""
-        e = event_embeddings_table
+        e = self._table
         with self._db.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).where(e.c.model_id == model_id)).scalar_one())
 
     def missing(self, model_id: str, limit: int, after: MissingEvent | None = None) -> list[MissingEvent]:
-        """Events without a vector of this model, oldest first, from just after `after`: a reindex pages
-        through them and, after a restart, starts again where vectors are still missing."""
+        """Events without a vector of this model (text: described events only), oldest first, from just
+        after `after`: a reindex pages through them and, after a restart, starts again where vectors are
+        still missing."""
         if not 1 <= limit <= 10_000:
             raise ValueError(f"limit must be 1..10000, got {limit}")
-        t, e = events_table, event_embeddings_table
+        t, e = events_table, self._table
         stmt = (
             sa.select(t.c.start_time, t.c.id)
             .outerjoin(e, e.c.event_id == t.c.id)
             .where(sa.or_(e.c.event_id.is_(None), e.c.model_id != model_id))
         )
+        if self.kind == "text":
+            stmt = stmt.where(t.c.description.is_not(None), t.c.description != "")
         if after is not None:
             start, event_id = after
             stmt = stmt.where(sa.or_(t.c.start_time > start, sa.and_(t.c.start_time == start, t.c.id > event_id)))
@@ -196,7 +262,7 @@ class VectorIndex:
         with self._lock:
             known = self._dims.get(model_id)
         if known is None:
-            e = event_embeddings_table
+            e = self._table
             with self._db.engine.connect() as conn:
                 known = conn.execute(sa.select(e.c.dim).where(e.c.model_id == model_id).limit(1)).scalar()
             known = dim if known is None else known
@@ -208,7 +274,7 @@ class VectorIndex:
     def _matching(self, model_id: str, filters: SearchFilters, model_column: sa.ColumnElement | None = None) -> list:
         """The WHERE terms of a search: this model's vectors, of events that pass every filter
         (`model_column`: the model column as the backend should see it)."""
-        t, e = events_table, event_embeddings_table
+        t, e = events_table, self._table
         # Inlined, not bound: PostgreSQL's partial index for the model matches only a literal model.
         model = e.c.model_id if model_column is None else model_column
         where = [model == sa.bindparam("model_id", model_id, literal_execute=True)]
@@ -233,7 +299,7 @@ class VectorIndex:
 
     def _ranked(self, distance: sa.ColumnElement, model_id: str, filters: SearchFilters) -> sa.Select:
         """This model's matching vectors, nearest first by `distance` (ties by event id)."""
-        t, e = events_table, event_embeddings_table
+        t, e = events_table, self._table
         return (
             sa.select(e.c.event_id, distance.label("distance"))
             .join(t, t.c.id == e.c.event_id)
@@ -251,14 +317,17 @@ class SqliteVectorIndex(VectorIndex):
     def _loaded(self, value: bytes) -> np.ndarray:
         return np.frombuffer(value, dtype="<f4").astype(np.float32)
 
+    def problem(self) -> str | None:
+        return None if self._db.vector_problem is None else f"vector search is off: {self._db.vector_problem}"
+
     def _prepare(self, model_id: str, dim: int) -> None:
-        if self._db.vector_problem is not None:
-            raise VectorsUnavailable(f"vector search is off: {self._db.vector_problem}")
+        if (problem := self.problem()) is not None:
+            raise VectorsUnavailable(problem)
 
     def _search(
         self, vec: np.ndarray, model_id: str, filters: SearchFilters, limit: int, offset: int
     ) -> list[SearchHit]:
-        t, e = events_table, event_embeddings_table
+        t, e = events_table, self._table
         query = sa.bindparam("query", self._stored(vec), type_=sa.LargeBinary)
         distance = sa.func.vec_distance_cosine(e.c.embedding, query)
         if _filters_events(filters):
@@ -306,14 +375,45 @@ class PgVectorIndex(VectorIndex):
     HNSW_M = 16  # pgvector's defaults: the graph's degree, and the candidates kept while building it
     HNSW_EF_CONSTRUCTION = 64
 
-    def __init__(self, db: Database, *, ef_search: int = 100, exact_below: int = EXACT_BELOW) -> None:
-        super().__init__(db)
+    def __init__(
+        self, db: Database, *, ef_search: int = 100, exact_below: int = EXACT_BELOW, kind: Kind = "image"
+    ) -> None:
+        super().__init__(db, kind=kind)
         if not 1 <= ef_search <= 1000 or exact_below < 0:
             raise ValueError("ef_search must be 1..1000 (pgvector's range), exact_below >= 0")
         self._ef_search = ef_search
         self._exact_below = exact_below
         self._indexed: set[tuple[str, int]] = set()
         self._problem: str | None = None
+        self._checked = False  # whether the server was asked for pgvector (once per process)
+
+    def problem(self) -> str | None:
+        """Asked of the server once (restart the service after installing pgvector); an unreachable
+        database is the store's to report, so it leaves the question open."""
+        with self._lock:
+            if self._checked or self._problem is not None:
+                return self._problem
+        try:
+            with self._db.engine.connect() as conn:
+                available = self._has_pgvector(conn)
+        except sa.exc.SQLAlchemyError:
+            return None
+        with self._lock:
+            self._checked = True
+            if not available:
+                self._problem = self._missing_words()
+            return self._problem
+
+    @staticmethod
+    def _has_pgvector(conn: sa.Connection) -> bool:
+        query = "SELECT default_version FROM pg_available_extensions WHERE name = 'vector'"
+        return conn.exec_driver_sql(query).scalar() is not None
+
+    def _missing_words(self) -> str:
+        return (
+            f"the PostgreSQL server at {self._db.safe_url} has no pgvector extension: vectors are kept "
+            "but cannot be searched; run a server with pgvector 0.8 or newer (the pgvector/pgvector image)"
+        )
 
     def _stored(self, vec: np.ndarray) -> list[float]:
         return vec.tolist()
@@ -321,10 +421,10 @@ class PgVectorIndex(VectorIndex):
     def _loaded(self, value) -> np.ndarray:
         return np.asarray(value, dtype=np.float32)
 
-    @staticmethod
-    def index_name(model_id: str, dim: int) -> str:
-        """The HNSW index of one model: named by a hash of its id, which may hold any character."""
-        return f"ix_event_embeddings_hnsw_{zlib.crc32(model_id.encode()):08x}_{dim}"
+    def index_name(self, model_id: str, dim: int) -> str:
+        """The HNSW index of one model on this kind's table: named by a hash of its id, which may hold any
+        character (at most 43 characters, under PostgreSQL's 63)."""
+        return f"ix_{self._table.name}_hnsw_{zlib.crc32(model_id.encode()):08x}_{dim}"
 
     def _prepare(self, model_id: str, dim: int) -> None:
         """pgvector created if the server has it, and this model's index made, once per process (a server
@@ -339,18 +439,12 @@ class PgVectorIndex(VectorIndex):
         literal = "'" + model_id.replace("'", "''") + "'"
         with self._db.engine.begin() as conn:
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(LOCK_KEY)))  # replicas take turns with DDL
-            available = conn.exec_driver_sql(
-                "SELECT default_version FROM pg_available_extensions WHERE name = 'vector'"
-            ).scalar()
-            if available is None:
-                self._problem = (
-                    f"the PostgreSQL server at {self._db.safe_url} has no pgvector extension: vectors are kept "
-                    "but cannot be searched; run a server with pgvector 0.8 or newer (the pgvector/pgvector image)"
-                )
+            if not self._has_pgvector(conn):
+                self._problem = self._missing_words()
                 raise VectorsUnavailable(self._problem)
             conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS vector")
             conn.exec_driver_sql(
-                f"CREATE INDEX IF NOT EXISTS {self.index_name(model_id, dim)} ON event_embeddings "
+                f"CREATE INDEX IF NOT EXISTS {self.index_name(model_id, dim)} ON {self._table.name} "
                 f"USING hnsw ((CAST(embedding AS vector({dim}))) vector_cosine_ops) "
                 f"WITH (m = {self.HNSW_M}, ef_construction = {self.HNSW_EF_CONSTRUCTION}) "
                 f"WHERE model_id = {literal}"
@@ -361,7 +455,7 @@ class PgVectorIndex(VectorIndex):
     def _search(
         self, vec: np.ndarray, model_id: str, filters: SearchFilters, limit: int, offset: int
     ) -> list[SearchHit]:
-        e = event_embeddings_table
+        e = self._table
         dim = len(vec)
         query = sa.cast(sa.bindparam("query", vec, type_=_Vector(dim)), _Vector(dim))
         indexed = sa.cast(e.c.embedding, _Vector(dim)).op("<=>", return_type=sa.Double)(query)
@@ -384,7 +478,7 @@ class PgVectorIndex(VectorIndex):
         """Whether fewer than n vectors pass the filters (counts at most n rows)."""
         if n == 0:
             return False
-        t, e = events_table, event_embeddings_table
+        t, e = events_table, self._table
         some = sa.select(sa.literal(1)).select_from(e).join(t, t.c.id == e.c.event_id)
         some = some.where(*self._matching(model_id, filters)).limit(n).subquery()
         return conn.execute(sa.select(sa.func.count()).select_from(some)).scalar_one() < n

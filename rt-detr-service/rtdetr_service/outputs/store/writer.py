@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import sqlalchemy as sa
@@ -32,7 +32,7 @@ from rtdetr_service.core.results import EventChange, EventRecord, SnapshotReques
 from rtdetr_service.outputs.base import ENDED, QueuedSink
 from rtdetr_service.outputs.store.queries import Tombstones
 from rtdetr_service.outputs.store.retention import Retention
-from rtdetr_service.outputs.store.schema import Database, event_row, words
+from rtdetr_service.outputs.store.schema import KEPT_UNLESS_SET, Database, event_row, words
 from rtdetr_service.outputs.store.snapshots import SnapshotFiles
 from rtdetr_service.outputs.store.tracks import point_rows, within, write_points
 
@@ -87,6 +87,15 @@ def unreachable(exc: BaseException) -> bool:
     return isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)) or bool(
         getattr(exc, "connection_invalidated", False)
     )
+
+
+def _newest(before: EventRecord | None, record: EventRecord) -> EventRecord:
+    """The newer of two records of one event in a batch, with what only a later stage sets (global_id,
+    description, answers) kept from the older where the newer does not carry it, as the upsert keeps it."""
+    if before is None:
+        return record
+    kept = {n: getattr(before, n) for n in KEPT_UNLESS_SET if not getattr(record, n) and getattr(before, n)}
+    return replace(record, **kept) if kept else record
 
 
 class EventWriter(QueuedSink):
@@ -189,7 +198,10 @@ class EventWriter(QueuedSink):
 
     def write(self, batch: list[EventChange]) -> None:
         """The newest record of each event in the batch, its snapshot first; see the module docstring."""
-        latest = {c.event.id: c.event for c in batch if c.event.id not in self._tombstones}
+        latest: dict[str, EventRecord] = {}
+        for change in batch:
+            if change.event.id not in self._tombstones:
+                latest[change.event.id] = _newest(latest.get(change.event.id), change.event)
         snapshots: dict[str, SnapshotRequest] = {}
         for change in batch:
             if change.snapshot is not None and change.event.id in latest:
@@ -310,6 +322,9 @@ class EventWriter(QueuedSink):
             before = merged.pop(event_id, None)
             if before is not None and row.get("snapshot_path") is None and before.get("snapshot_path") is not None:
                 row = dict(row, snapshot_path=before["snapshot_path"], snapshot_bytes=before["snapshot_bytes"])
+            if before is not None:
+                kept = {k: before[k] for k in KEPT_UNLESS_SET if row.get(k) is None and before.get(k) is not None}
+                row = {**row, **kept}
             merged[event_id] = row
             changes[event_id] = changes.get(event_id, 0) + changes_of.get(event_id, 0)
         all_records.update(records)

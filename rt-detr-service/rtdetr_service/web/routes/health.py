@@ -15,7 +15,9 @@ from rtdetr_service.web.deps import (
     ModelErrorDep,
     SettingsDep,
     StoreDep,
+    VlmDep,
 )
+from rtdetr_service.web.routes.ask import vlm_status
 from rtdetr_service.web.routes.search import search_status
 
 router = APIRouter(tags=["health"])
@@ -34,6 +36,7 @@ async def ready(
     encoder: EncoderDep,
     model_error: ModelErrorDep,
     embedder: EmbedderDep,
+    vlm: VlmDep,
 ) -> JSONResponse:
     worker = manager.worker
     if worker is None:
@@ -74,6 +77,7 @@ async def ready(
             "last_inference_error": worker.last_error,
             "max_sessions": settings.max_sessions,
             "search": search_status(settings, store, embedder),
+            "vlm": vlm_status(settings, vlm),
         }
     )
 

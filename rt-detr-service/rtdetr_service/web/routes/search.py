@@ -1,5 +1,11 @@
-"""Search over the events' appearance vectors (by words, by an event, by a picture), an identity's
-appearances across cameras, and reindexing the stored events.
+"""Search over the events' appearance vectors (by words, by an event, by a picture) and, by words, over
+their descriptions' text vectors too, an identity's appearances across cameras, and reindexing the
+stored events.
+
+A search by words ranks by what was seen (the image vectors against the words' text vector) and by
+what was said (the descriptions' text vectors against the same), each side's first offset + limit +
+MARGIN hits, fused by reciprocal rank fusion (vectors.fuse says why not by score), then paged. By an
+event or a picture it is the image vectors alone.
 
 Searches read on the history-read threads (events.py: at most two at once, apart from the default
 pool); the query's text or picture is embedded on one thread of its own (a model call: one at a
@@ -30,7 +36,7 @@ from rtdetr_service.outputs.embeddings.crops import cut
 from rtdetr_service.outputs.embeddings.stage import EmbedderSlot
 from rtdetr_service.outputs.store.event_store import EventStore
 from rtdetr_service.outputs.store.queries import InvalidCursor
-from rtdetr_service.outputs.store.vectors import VectorIndex, VectorsUnavailable
+from rtdetr_service.outputs.store.vectors import FusedHit, VectorIndex, VectorsUnavailable, fuse
 from rtdetr_service.web.auth import API_KEY_SCHEMES, PROTECTED_PREFIX
 from rtdetr_service.web.deps import (
     EmbedderDep,
@@ -61,6 +67,9 @@ MAX_TEXT = 256  # characters of a text query; the encoder cuts its tokens far so
 MAX_LIMIT = 100
 MAX_DEPTH = 1000  # limit + offset, the vector index's bound
 MAX_FILTER_VALUES = 20  # cameras or labels one search may name
+# Hits each side of a search by words reads past the page: an event just below the page on one side
+# may climb into it once the other side's list is read as deep, so both are read deeper than the page.
+MARGIN = 50
 SEARCH_ERRORS = ("search_unavailable", "encoder_loading", "encoder_failed", "events_unavailable", "too_many_searches")
 RANDOM_WEIGHTS = (
     "The image–text encoder has random weights (no trained weights at EMBED_MODEL; `make models` fetches "
@@ -87,6 +96,8 @@ def search_status(settings: Settings, store: EventStore | None, slot: EmbedderSl
         return _status(False, "off", None, None, f"Search is off: {why}")
     if store is None:
         return _status(False, "off", None, None, "Search is off: it needs the event store, which is off or not open")
+    if (problem := store.vectors.problem()) is not None:
+        return _status(True, "unavailable", None, None, f"Search is unavailable: {problem}")
     embedder = slot.get()
     if embedder is None:
         if slot.failed:
@@ -113,7 +124,7 @@ def _ready(settings: Settings, store: EventStore | None, index: VectorIndex | No
     the parameters were checked (a wrong one is named first)."""
     store = available_store(store, settings.events_enabled)
     status = search_status(settings, store, slot)
-    if status["state"] == "off" or index is None:
+    if status["state"] in ("off", "unavailable") or index is None:
         raise ApiError("search_unavailable", status["detail"])
     if status["state"] == "loading":
         raise ApiError("encoder_loading", status["detail"])
@@ -242,6 +253,7 @@ async def search(
         offset = _decode_cursor(cursor, key)
         ready = _ready(settings, store, index, slot)
         vector = (await embeds.run(ready.embedder.embed_texts, [text]))[0]
+        return await loop.run_in_executor(reads, _answer, ready, vector, filters, _Page(limit, offset, key, True))
     else:
         check_event_id(similar_to)
         filters = params.filters(exclude=(similar_to,))
@@ -249,7 +261,7 @@ async def search(
         offset = _decode_cursor(cursor, key)
         ready = _ready(settings, store, index, slot)
         vector = await loop.run_in_executor(reads, _example_vector, ready, similar_to)
-    return await loop.run_in_executor(reads, _answer, ready, vector, filters, limit, offset, key)
+    return await loop.run_in_executor(reads, _answer, ready, vector, filters, _Page(limit, offset, key))
 
 
 def _example_vector(ready: _Ready, event_id: str) -> np.ndarray:
@@ -274,20 +286,30 @@ def _example_vector(ready: _Ready, event_id: str) -> np.ndarray:
     return vector
 
 
-def _answer(
-    ready: _Ready, vector: np.ndarray, filters: SearchFilters, limit: int, offset: int, key: str
-) -> JSONResponse:
+@dataclass(frozen=True)
+class _Page:
+    """Which page of a search: `words` also ranks by the descriptions and fuses the two rankings."""
+
+    limit: int
+    offset: int
+    key: str
+    words: bool = False
+
+
+def _answer(ready: _Ready, vector: np.ndarray, filters: SearchFilters, page: _Page) -> JSONResponse:
     """One page of hits as event documents with their scores (on a history-read thread, JSON included)."""
-    limit = min(limit, MAX_DEPTH - offset)
-    model_id = ready.embedder.model_id
+    offset, key = page.offset, page.key
+    limit = min(page.limit, MAX_DEPTH - offset)
+    ranked = _words_hits if page.words else _image_hits
     try:
-        hits = ready.index.search(vector, model_id, filters, limit, offset)
+        hits, more = ranked(ready, vector, filters, offset, limit)
     except VectorsUnavailable as exc:
         raise ApiError("search_unavailable", str(exc)) from exc
     documents = ready.store.documents([hit.event_id for hit in hits])
     # An event deleted between the search and this read is left out of its page.
-    events = [{**documents[hit.event_id], "score": hit.score} for hit in hits if hit.event_id in documents]
-    more = len(hits) == limit and offset + limit < MAX_DEPTH
+    events = [{**documents[hit.event_id], **_scores(hit)} for hit in hits if hit.event_id in documents]
+    more = more and offset + limit < MAX_DEPTH
+    model_id = ready.embedder.model_id
     return JSONResponse(
         {
             "events": events,
@@ -297,6 +319,34 @@ def _answer(
             "notice": None if ready.embedder.trained else RANDOM_WEIGHTS,
         }
     )
+
+
+def _image_hits(
+    ready: _Ready, vector: np.ndarray, filters: SearchFilters, offset: int, limit: int
+) -> tuple[list[FusedHit], bool]:
+    """A page of the image vectors alone (by an event, by a picture): its score is the cosine."""
+    hits = ready.index.search(vector, ready.embedder.model_id, filters, limit, offset)
+    return [FusedHit(hit.event_id, hit.score, hit.score, None) for hit in hits], len(hits) == limit
+
+
+def _words_hits(
+    ready: _Ready, vector: np.ndarray, filters: SearchFilters, offset: int, limit: int
+) -> tuple[list[FusedHit], bool]:
+    """A page of the fused ranking of what was seen and what was said, each side read MARGIN deeper."""
+    depth = min(offset + limit + MARGIN, MAX_DEPTH)
+    model_id = ready.embedder.model_id
+    image = ready.index.search(vector, model_id, filters, depth, 0)
+    texts = ready.index.texts
+    said = [] if texts is None else texts.search(vector, model_id, filters, depth, 0)
+    fused = fuse(image, said)
+    return fused[offset : offset + limit], len(fused) > offset + limit
+
+
+def _scores(hit: FusedHit) -> dict:
+    matched = [
+        side for side, score in (("image", hit.image_score), ("description", hit.text_score)) if score is not None
+    ]
+    return {"score": hit.score, "image_score": hit.image_score, "text_score": hit.text_score, "matched": matched}
 
 
 _JPEG_BODY = {
@@ -340,7 +390,7 @@ async def search_by_image(
     loop = asyncio.get_running_loop()
     crop = await embeds.run(_decoded, body, settings)
     vector = (await embeds.run(ready.embedder.embed_images, [crop]))[0]
-    return await loop.run_in_executor(reads, _answer, ready, vector, filters, limit, offset, key)
+    return await loop.run_in_executor(reads, _answer, ready, vector, filters, _Page(limit, offset, key))
 
 
 def _decoded(body: bytes, settings: Settings) -> np.ndarray:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rtdetr_service.analytics.alerts import AlertRule
 from rtdetr_service.analytics.tracking import TrackerOptions
 from rtdetr_service.analytics.zones import MAX_LINES, MAX_POINTS, MAX_RULES, MAX_ZONES, ZoneConfig
+from rtdetr_service.core.vlm import ASK_MAX_CHARS, DESCRIBE_AFTER_S_MAX, DESCRIBE_PROMPT_MAX_CHARS, DescribeOptions
 from rtdetr_service.ingest.urls import redact_url
 from rtdetr_service.outputs.recordings.settings import RecordMode
 from rtdetr_service.outputs.registry import output_warnings
@@ -109,6 +110,12 @@ class RuleIn(BaseModel):
     dwell_s: float = Field(10.0, gt=0.0, le=86400.0, description="dwell: seconds inside before it fires.")
     direction: Literal["in", "out", "any"] = Field("any", description="cross: which way counts.")
     min_count: int = Field(1, ge=1, le=1000, description="occupancy: objects at once before it fires.")
+    ask: str | None = Field(
+        None,
+        max_length=ASK_MAX_CHARS,
+        description="A question the vision-language model answers about the frame that fired the rule (the "
+        "object boxed); the answer comes as an `answer` message and on the event's `answers`.",
+    )
 
 
 class ZonesIn(BaseModel):
@@ -130,6 +137,25 @@ class TrackingIn(BaseModel):
     iou_threshold: float | None = Field(None, ge=0.01, le=0.99, description="Least IoU to match a track.")
 
 
+class DescribeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    labels: list[str] | None = Field(
+        None, max_length=80, description="Describe only events of these class names; null = every event."
+    )
+    prompt: str | None = Field(
+        None,
+        max_length=DESCRIBE_PROMPT_MAX_CHARS,
+        description="What to ask the model about each event; null = VLM_DESCRIBE_DEFAULT_PROMPT.",
+    )
+    after_s: float | None = Field(
+        None,
+        ge=0.0,
+        le=DESCRIBE_AFTER_S_MAX,
+        description="Describe an event once it has lived this long (live); null = once it has ended.",
+    )
+
+
 class StartRequest(BaseModel):
     # strict: "yes" is no boolean, "0.5" and true are no confidence (lax pydantic took them all).
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -147,6 +173,10 @@ class StartRequest(BaseModel):
         None,
         description="What of the camera's video is kept: off, events (segments around events), continuous. "
         "Default: RECORD.",
+    )
+    describe: DescribeIn | None = Field(
+        None,
+        description="Have the vision-language model describe this session's events (VLM_PROVIDER); null = never.",
     )
 
 
@@ -190,7 +220,19 @@ def _options(body: StartRequest, manager: SessionManager) -> SessionOptions:
         alert_rule=rule,
         jpeg_quality=body.jpeg_quality or settings.jpeg_quality,
         record=body.record or settings.record,
+        describe=_describe(body.describe, known),
     )
+
+
+def _describe(body: DescribeIn | None, known: tuple[str, ...]) -> DescribeOptions | None:
+    """The session's wish for descriptions, its labels checked against the model's; a blank prompt is none."""
+    if body is None:
+        return None
+    prompt = (body.prompt or "").strip() or None
+    if prompt is not None and not all(c.isprintable() or c in "\n\t" for c in prompt):
+        raise ApiError("invalid_request", "describe.prompt: holds a control character")
+    labels = _check_classes(body.labels, known, "describe.labels")
+    return DescribeOptions(labels=labels, prompt=prompt, after_s=body.after_s)
 
 
 def _alert_rule(body: StartRequest, known: tuple[str, ...]) -> AlertRule | None:
@@ -277,6 +319,7 @@ def _status(session: Session, replica: str) -> dict:
         "classes": sorted(options.classes) if options.classes is not None else None,
         "tracking": dataclasses.asdict(options.tracking),
         "record": options.record,
+        "describe": _describe_dict(options.describe),
         "recording": snap.recording,
         "stats": snap.stats.as_dict(),
         "counts": snap.counts,
@@ -284,6 +327,13 @@ def _status(session: Session, replica: str) -> dict:
         "started_at": session.started_at,
         "model": session.model.as_dict(),
     }
+
+
+def _describe_dict(describe: DescribeOptions | None) -> dict | None:
+    if describe is None:
+        return None
+    labels = sorted(describe.labels) if describe.labels is not None else None
+    return {"labels": labels, "prompt": describe.prompt, "after_s": describe.after_s}
 
 
 def _moving_words(record: SessionRecord) -> str | None:
@@ -308,6 +358,7 @@ def _recorded_status(record: SessionRecord) -> dict:
         "classes": sorted(options.classes) if options.classes is not None else None,
         "tracking": dataclasses.asdict(options.tracking),
         "record": options.record,
+        "describe": _describe_dict(options.describe),
         "recording": None,
         "stats": None,
         "counts": None,
