@@ -81,6 +81,11 @@ def test_the_tiny_model_loads_through_load_vlm_as_downloaded_weights_do(vlm, tin
     status = vlm.status()
     assert status["provider"] == "transformers" and status["model"] == "tiny-smolvlm" and status["trained"] is False
     assert status["device"] == "cpu" and status["dtype"] == "float32" and status["threads"] == 1
+    fresh = load_vlm(settings(tiny_vlm_dir))
+    try:  # the warm-up at load is not counted as the service's work
+        assert [fresh.status()[name] for name in ("generate_calls", "requests", "input_tokens")] == [0, 0, 0]
+    finally:
+        fresh.close()
 
 
 def test_a_batch_of_three_gets_three_bounded_answers_in_one_generate_call(vlm):

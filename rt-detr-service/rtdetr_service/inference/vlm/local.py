@@ -521,6 +521,8 @@ def _warm_up(vlm: LocalVlm, options: LocalOptions) -> None:
     try:
         item = vlm._checked(0, VlmRequest("Describe the picture.", (buffer.getvalue(),), max_tokens=1))
         vlm._forward([item])
+        with vlm._counts_lock:  # the counts are the service's requests, not the start's
+            vlm._counts.clear()
     except Exception as exc:  # noqa: BLE001 - whatever the model raises, the start says it in words
         raise ModelLoadError(
             f"VLM_MODEL={options.setting} loaded but cannot answer: {type(exc).__name__}: {redact(str(exc))[:500]}"
