@@ -9,6 +9,8 @@ DEPS := $(VENV)/.deps-installed
 SERVICE_ENV := PYTHONPATH=rt-detr-service
 MODEL_VARIANT ?= r18vd
 EMBED_VARIANT ?= siglip2-base
+# The local VLM is off unless VLM_PROVIDER=transformers: fetch it then (smolvlm-256m, ~0.5 GB).
+VLM_VARIANT ?= none
 
 .PHONY: help run serve test models export deps constraints system system-test up down logs push soak soak-hour bench bench-cpu bench-cluster bench-record lint settings-doc clean
 
@@ -52,9 +54,10 @@ serve: deps ## run only the service (settings from the environment / .env)
 test: system-test deps ## set up, then run every test (CPU only)
 	$(SERVICE_ENV) $(PY) -m pytest
 
-models: deps ## download official weights into models/ (MODEL_VARIANT=r18vd|r34vd|...|d-fine-s|rf-detr-base|lw-detr-s|deimv2-n; EMBED_VARIANT=siglip2-base|none)
+models: deps ## download official weights into models/ (MODEL_VARIANT=r18vd|r34vd|...|d-fine-s|rf-detr-base|lw-detr-s|deimv2-n; EMBED_VARIANT=siglip2-base|none; VLM_VARIANT=none|smolvlm-256m|smolvlm-500m)
 	$(SERVICE_ENV) $(PY) scripts/download_models.py $(MODEL_VARIANT)
 	$(if $(filter-out none,$(EMBED_VARIANT)),$(SERVICE_ENV) $(PY) scripts/download_models.py $(EMBED_VARIANT))
+	$(if $(filter-out none,$(VLM_VARIANT)),$(SERVICE_ENV) $(PY) scripts/download_models.py $(VLM_VARIANT))
 
 export: deps ## export MODEL for BACKEND now (ONNX / OpenVINO IR / TensorRT engine, cached in models/.cache)
 	$(SERVICE_ENV) $(PY) -m rtdetr_service.inference.export_cli

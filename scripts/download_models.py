@@ -3,6 +3,7 @@
 python scripts/download_models.py r18vd       # -> models/rtdetr_v2_r18vd (the default MODEL)
 python scripts/download_models.py d-fine-s    # -> models/dfine-small-coco; run with MODEL=models/dfine-small-coco
 python scripts/download_models.py siglip2-base  # -> models/siglip2-base-patch16-224 (the default EMBED_MODEL)
+python scripts/download_models.py smolvlm-256m  # -> models/SmolVLM-256M-Instruct (the default VLM_MODEL)
 """
 
 from __future__ import annotations
@@ -38,6 +39,15 @@ HUB_IDS = {
 # 256k-token vocabulary). Saved with its processor (image preprocessing and Gemma tokenizer).
 EMBED_HUB_IDS = {"siglip2-base": "google/siglip2-base-patch16-224"}
 HUB_IDS.update(EMBED_HUB_IDS)
+# The vision-language models VLM_PROVIDER=transformers runs (VLM_MODEL): SmolVLM (Idefics3: a SigLIP
+# image tower, a SmolLM2 text model), Apache-2.0. 256M: 256 M parameters, about 0.5 GB in bf16, the
+# default, for a CPU; 500M: about 1 GB, better words where a GPU or time allows. Saved with their
+# processors (image tiling, tokenizer, chat template).
+VLM_HUB_IDS = {
+    "smolvlm-256m": "HuggingFaceTB/SmolVLM-256M-Instruct",
+    "smolvlm-500m": "HuggingFaceTB/SmolVLM-500M-Instruct",
+}
+HUB_IDS.update(VLM_HUB_IDS)
 VARIANTS = tuple(HUB_IDS)
 
 OFFLINE_HELP = """Without internet, supply the weights yourself:
@@ -51,7 +61,7 @@ The service still runs without weights, on random weights, and says so."""
 def folder_name(variant: str) -> str:
     """The folder under models/ a variant is saved in (the default MODEL for r18vd)."""
     hub_id = HUB_IDS[variant]
-    if variant in EMBED_HUB_IDS:
+    if variant in EMBED_HUB_IDS or variant in VLM_HUB_IDS:
         return hub_id.split("/", 1)[1]
     return f"rtdetr_v2_{variant}" if hub_id.startswith("PekingU/") else hub_id.split("/", 1)[1]
 
@@ -68,6 +78,8 @@ def main() -> int:
     print(f"downloading {hub_id} ...", flush=True)
     if args.variant in EMBED_HUB_IDS:
         return download_encoder(hub_id, target, shown)
+    if args.variant in VLM_HUB_IDS:
+        return download_vlm(hub_id, target, shown)
     from transformers import AutoConfig, AutoModelForObjectDetection
 
     from rtdetr_service.inference.loading import REALTIME_DETRS
@@ -114,6 +126,34 @@ def download_encoder(hub_id: str, target: Path, shown: Path) -> int:
     model.save_pretrained(target)
     processor.save_pretrained(target)
     print(f"saved to {target}; the default EMBED_MODEL={shown} finds it")
+    return 0
+
+
+def download_vlm(hub_id: str, target: Path, shown: Path) -> int:
+    """A vision-language model and its processor into `target` (VLM_MODEL's folder)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(hub_id)
+        processor = AutoProcessor.from_pretrained(hub_id)
+    except (OSError, ValueError) as exc:
+        print(f"cannot download {hub_id}: {exc}", file=sys.stderr)
+        print(
+            OFFLINE_HELP.replace("AutoModelForObjectDetection", "AutoModelForImageTextToText")
+            .replace("set MODEL", "set VLM_MODEL")
+            .replace(
+                "The service still runs without weights, on random weights, and says so.",
+                "The service runs on without them: VLM_PROVIDER=off (the default), or openai for a served model.",
+            )
+            .format(hub_id=hub_id, folder=target.name, target=shown)
+            + "\n  (save AutoProcessor.from_pretrained(hub_id) into the same folder)",
+            file=sys.stderr,
+        )
+        return 1
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target)
+    processor.save_pretrained(target)
+    print(f"saved to {target}; VLM_PROVIDER=transformers VLM_MODEL={shown} runs it")
     return 0
 
 

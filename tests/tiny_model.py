@@ -154,3 +154,135 @@ def bench_encoders(scratch: Path, *, base: bool = True) -> dict[str, Path]:
         processor.save_pretrained(scratch / "base")
         models["SigLIP 2 base arch. (224 px, 768-d)"] = scratch / "base"
     return models
+
+
+# -- the vision-language model ------------------------------------------------------------------------
+
+# SmolVLM's turn markers and image tokens (Idefics3's processor looks them up by name), then bytes.
+_VLM_SPECIAL = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<end_of_utterance>",
+    "<fake_token_around_image>",
+    "<image>",
+    "<global-img>",
+    *(f"<row_{row}_col_{col}>" for row in range(1, 7) for col in range(1, 7)),
+)
+# SmolVLM's turn format: "<|im_start|>User:<image>question<end_of_utterance>\nAssistant:".
+_VLM_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{{ ':' if message['content'][0]['type'] == 'image' else ': ' }}"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% elif part['type'] == 'image' %}<image>{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def vlm_byte_tokenizer():
+    """An offline tokenizer for a random-weight SmolVLM: SmolVLM's special tokens, then one token per
+    byte (random weights have no vocabulary to match; this one never meets an unknown character)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(_VLM_SPECIAL)}
+    # Sorted: the alphabet comes as a set, in another order in every process, and with it every
+    # byte's id, so the same weights would answer differently from run to run.
+    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[symbol] = len(vocab)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|im_start|>",
+        eos_token="<end_of_utterance>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        extra_special_tokens=list(_VLM_SPECIAL[3:]),
+    )
+
+
+# The architecture of HuggingFaceTB/SmolVLM-256M-Instruct (Idefics3: a SigLIP-B/16 at 512 px, pixel
+# shuffle by 4 into 64 tokens per 512-px tile, a 30-layer SmolLM2 of width 576 and its 49280-token
+# vocabulary): the text part as the checkpoint's config.json has it, the vision tower as its model
+# card describes it. Random weights of it cost what the trained model costs, for the benches.
+SMOLVLM_256M = dict(
+    vision=dict(
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        image_size=512,
+        patch_size=16,
+    ),
+    text=dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49280,
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
+    ),
+    scale_factor=4,
+    tile_px=512,
+)
+# A sliver of it: 32-px tiles of 8-px patches shuffled into 4 tokens, a 2-layer text model of width 32.
+TINY_VLM = dict(
+    vision=dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+    ),
+    text=dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=4096,
+    ),
+    scale_factor=2,
+    tile_px=32,
+)
+
+
+def save_tiny_vlm(path: Path, *, seed: int = 0, arch: dict | None = None) -> Path:
+    """A random-weight SmolVLM (Idefics3) with its processor (the offline byte tokenizer, SmolVLM's chat
+    format, Idefics3's tiling image processor), saved with save_pretrained and marked untrained: it
+    loads through `load_vlm` as a downloaded checkpoint does. `arch`: TINY_VLM (default) or SMOLVLM_256M."""
+    import torch
+    from transformers import AutoModelForImageTextToText, Idefics3Config, Idefics3ImageProcessor, Idefics3Processor
+
+    from rtdetr_service.inference.random_weights import UNTRAINED_MARKER
+
+    arch = arch or TINY_VLM
+    tokenizer = vlm_byte_tokenizer()
+    tile, scale = arch["tile_px"], arch["scale_factor"]
+    image_processor = Idefics3ImageProcessor(size={"longest_edge": 4 * tile}, max_image_size={"longest_edge": tile})
+    image_seq_len = (tile // arch["vision"]["patch_size"]) ** 2 // scale**2
+    processor = Idefics3Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_len=image_seq_len,
+        chat_template=_VLM_CHAT_TEMPLATE,
+    )
+    ids = dict(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    text = dict(model_type="llama", vocab_size=len(tokenizer), **ids) | arch["text"]
+    config = Idefics3Config(
+        vision_config=arch["vision"],
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        scale_factor=scale,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    setattr(config, UNTRAINED_MARKER, True)
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config).eval()
+    for name, value in ids.items():
+        setattr(model.generation_config, name, value)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

@@ -20,12 +20,12 @@ def run_download(repo, variant: str, dest) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("variant", ["r18vd", "rf-detr-base", "siglip2-base"])
+@pytest.mark.parametrize("variant", ["r18vd", "rf-detr-base", "siglip2-base", "smolvlm-256m"])
 def test_offline_download_fails_with_the_way_to_supply_weights(repo, tmp_path, variant):
     result = run_download(repo, variant, tmp_path / "models")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "cannot download" in result.stderr
-    setting = "EMBED_MODEL" if variant == "siglip2-base" else "MODEL"
+    setting = {"siglip2-base": "EMBED_MODEL", "smolvlm-256m": "VLM_MODEL"}.get(variant, "MODEL")
     assert "save_pretrained" in result.stderr and f"set {setting}" in result.stderr
     assert not (tmp_path / "models").exists(), "nothing may be saved when nothing was downloaded"
 
@@ -43,3 +43,9 @@ def test_every_variant_has_its_own_folder_and_a_hub_id(repo):
     assert {"rf-detr-base", "lw-detr-s", "deimv2-n", "d-fine-s", "siglip2-base"} <= set(download_models.VARIANTS)
     # The default EMBED_MODEL's folder.
     assert f"models/{download_models.folder_name('siglip2-base')}" == "models/siglip2-base-patch16-224"
+    # The default VLM_MODEL's folder, and the variant the local VLM's missing-weights words name.
+    from rtdetr_service.inference.settings import DEFAULT_VLM_MODEL
+    from rtdetr_service.inference.vlm.local import DEFAULT_VLM_NAME, DEFAULT_VLM_VARIANT
+
+    assert f"models/{download_models.folder_name(DEFAULT_VLM_VARIANT)}" == DEFAULT_VLM_MODEL
+    assert download_models.HUB_IDS[DEFAULT_VLM_VARIANT] == DEFAULT_VLM_NAME
