@@ -21,6 +21,7 @@ from scripted_vlm import ScriptedVlm, default_script
 from servers import WebhookReceiver
 from support import make_settings, run_service, start_session
 from support import wait_until as _wait
+from tiny_model import save_tiny_siglip, save_tiny_vlm
 
 PARCEL = "Is the person carrying a parcel?"
 FAILS = "Is anyone there?"
@@ -245,3 +246,59 @@ def test_a_stalled_openai_endpoint_never_slows_the_publisher(vlm_settings, rtsp_
 
 def _vlm_output(client) -> dict:
     return next(o for o in client.get("/api/v1/outputs").json()["outputs"] if o["name"] == "vlm")
+
+
+def test_the_tiny_local_model_describes_answers_and_checks_asks_through_the_real_service(
+    vlm_settings, rtsp_url, tmp_path_factory
+):
+    # given the `transformers` provider on the tiny random-weight SmolVLM (its words are nonsense, the
+    # path is the real one: the app's loader, batching, the stage, the store, /ask) and the tiny SigLIP
+    # for /ask's recall
+    vlm_dir = save_tiny_vlm(tmp_path_factory.mktemp("vlm") / "tiny-smolvlm")
+    siglip = save_tiny_siglip(tmp_path_factory.mktemp("embed") / "tiny-siglip")
+    settings = vlm_settings(
+        vlm_provider="transformers",
+        vlm_model=str(vlm_dir),
+        vlm_max_tokens=8,
+        embed_enabled="true",
+        embed_model=str(siglip),
+        embed_backend="torch",
+        embed_crops_per_event=0,
+    )
+    service = run_service(settings, detector_factory=lambda _s: WalkingPeople())  # the app's own vlm_factory
+    try:
+        with service.client() as client:
+            assert _wait(lambda: client.get("/api/v1/vlm").json()["state"] == "ready", timeout=60), client.get(
+                "/api/v1/vlm"
+            ).json()
+            assert client.get("/api/v1/vlm").json()["trained"] is False
+            session_id = start_session(client, rtsp_url, zones=asking_zones(), alert=None, describe={})["session_id"]
+
+            # when walks end, then one is stored with the model's words (bounded) and its rules' answers
+            def said():
+                return next(
+                    (e for e in _events(client, session_id) if not e["active"] and e["description"] and e["answers"]),
+                    None,
+                )
+
+            event = _wait(said, timeout=60)
+            assert event, _events(client, session_id)
+            assert event["description_model"] == "tiny-smolvlm" and len(event["description"]) <= 300
+            assert {a["question"] for a in event["answers"]} <= {PARCEL, FAILS}
+            # (nonsense holds no verdict: the words are kept, no yes/no is believed, and the answer says so)
+            for a in event["answers"]:
+                assert a["model_id"] == "tiny-smolvlm" and isinstance(a["text"], str) and a["answer"] is None, a
+                assert a["error"] == "the model's words held no yes/no verdict", a
+            client.post("/api/v1/video/stop", json={"session_id": session_id})
+
+            # and /ask recalls stored events and has the model check each, with its words as the reason
+            # (nonsense words fail the verdict's schema check: no score, ranked last, never believed)
+            assert _wait(lambda: client.get("/ready").json()["search"]["state"] == "ready", timeout=30)
+            answer = client.post("/api/v1/ask", json={"question": "is someone carrying a parcel?", "top_k": 3})
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert body["model_id"] == "tiny-smolvlm" and body["trained"] is False and body["checked"] >= 1
+            assert body["results"] and all(isinstance(r["reason"], str) for r in body["results"])
+            assert all(r["score"] is None for r in body["results"])
+    finally:
+        service.stop()
