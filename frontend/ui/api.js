@@ -132,3 +132,25 @@ export const api = {
     return requestVideo(`/api/v1/recordings/export.mp4?${query}`, { key, signal });
   },
 };
+
+/**
+ * Read one field of /ready (`search`, `vlm`) and hand it to `show`; again every `retryMs` while it is
+ * missing (the detector still loads, or the service is away) or says "loading". Returns the check, to
+ * call again at once (after a 503 that says the state changed).
+ */
+export function watchReady(field, show, retryMs) {
+  let timer = 0;
+  const check = async () => {
+    clearTimeout(timer);
+    let status = null;
+    try {
+      status = (await api.ready())?.[field] ?? null;
+    } catch {
+      status = null;
+    }
+    if (!status || status.state === "loading") timer = setTimeout(check, retryMs);
+    if (status) show(status);
+  };
+  check();
+  return check;
+}

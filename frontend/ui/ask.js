@@ -5,7 +5,7 @@
 // page fetches is built here from the event's id, never taken from an answer. What the service says
 // of the model (off, loading, failed, random weights) shows beside the box.
 
-import { api } from "./api.js";
+import { api, watchReady } from "./api.js";
 
 const STATUS_RETRY_MS = 5000; // while the model or the detector loads, ask /ready again this often
 const TOP_K = 8;
@@ -28,7 +28,6 @@ export class AskBox {
     this.describe = describe;
     this.onPlay = onPlay;
     this.controller = null;
-    this.statusTimer = 0;
     this.urls = []; // blob: URLs of the shown snapshots, revoked when the results are replaced
     this.generation = 0;
     el.form.addEventListener("submit", (e) => {
@@ -36,28 +35,16 @@ export class AskBox {
       const question = el.text.value.trim();
       if (question) this.ask(question);
     });
-    this.checkStatus();
+    this.checkStatus = watchReady("vlm", (status) => this.showStatus(status), STATUS_RETRY_MS);
   }
 
-  /** Ask /ready whether the model answers, and say so beside the box (off: the box is disabled). */
-  async checkStatus() {
-    clearTimeout(this.statusTimer);
-    let status = null;
-    try {
-      status = (await api.ready())?.vlm ?? null;
-    } catch {
-      status = null; // 503 while the detector loads (no vlm field yet), or the service is away
-    }
-    if (!status) {
-      this.statusTimer = setTimeout(() => this.checkStatus(), STATUS_RETRY_MS);
-      return;
-    }
+  /** What /ready says of the model, beside the box (off: the box is disabled). */
+  showStatus(status) {
     const off = status.state === "off";
     this.el.text.disabled = off;
     this.el.submit.disabled = off;
     const quiet = status.state === "ready" && status.trained !== false;
     this.say(quiet ? "" : status.detail, status.state === "ready" || status.state === "failed" ? "warn" : "info");
-    if (status.state === "loading") this.statusTimer = setTimeout(() => this.checkStatus(), STATUS_RETRY_MS);
   }
 
   say(words, kind = "info") {

@@ -2,7 +2,7 @@
 // like one event ("Similar" on a row), shown in the panel in place of the live list until "Back to
 // live events". What the service says of search (off, loading, random weights) shows beside the box.
 
-import { api } from "./api.js";
+import { api, watchReady } from "./api.js";
 
 const STATUS_RETRY_MS = 5000; // while the encoder loads, ask /ready again this often
 
@@ -14,7 +14,6 @@ export class SearchBox {
     this.describe = describe;
     this.events = events;
     this.controller = null;
-    this.statusTimer = 0;
     el.form.addEventListener("submit", (e) => {
       e.preventDefault();
       const text = el.text.value.trim();
@@ -22,28 +21,16 @@ export class SearchBox {
     });
     el.clear.addEventListener("click", () => this.back());
     events.onSimilar = (event, title) => this.run({ similar_to: event.id }, `Looks like ${title}`);
-    this.checkStatus();
+    this.checkStatus = watchReady("search", (status) => this.showStatus(status), STATUS_RETRY_MS);
   }
 
-  /** Ask /ready whether search works, and say so beside the box (off: the box is disabled). */
-  async checkStatus() {
-    clearTimeout(this.statusTimer);
-    let status = null;
-    try {
-      status = (await api.ready())?.search ?? null;
-    } catch {
-      status = null; // 503 while the detector loads (no search field yet), or the service is away
-    }
-    if (!status) {
-      this.statusTimer = setTimeout(() => this.checkStatus(), STATUS_RETRY_MS);
-      return;
-    }
+  /** What /ready says of search, beside the box (off: the box is disabled). */
+  showStatus(status) {
     const off = status.state === "off";
     this.el.text.disabled = off;
     this.el.submit.disabled = off;
     const quiet = status.state === "ready" && status.trained !== false;
     this.say(quiet ? "" : status.detail, status.state === "ready" ? "warn" : "info");
-    if (status.state === "loading") this.statusTimer = setTimeout(() => this.checkStatus(), STATUS_RETRY_MS);
   }
 
   say(words, kind = "info") {

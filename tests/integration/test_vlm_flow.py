@@ -182,14 +182,8 @@ def test_a_stalled_model_never_slows_the_publisher_and_its_drops_are_counted(vlm
             )["session_id"]
             plain = start_session(client, rtsp_url, zones=WALK_ZONES, alert=None, enable_drawing=True)["session_id"]
 
-            def published(session_id: str) -> int:
-                return client.get(f"/api/v1/video/status/{session_id}").json()["stats"]["frames_published"]
-
             # when they run for 8 s side by side
-            time.sleep(2.0)
-            first = {s: published(s) for s in (asking, plain)}
-            time.sleep(8.0)
-            done = {s: published(s) - first[s] for s in (asking, plain)}
+            done = _published_side_by_side(client, asking, plain)
             # then the asking session published as many frames as the other (within 20 %)
             assert done[plain] > 0 and done[asking] >= 0.8 * done[plain], done
             # and the stage, stuck on its one request, dropped the rest, counted by purpose
@@ -223,14 +217,8 @@ def test_a_stalled_openai_endpoint_never_slows_the_publisher(vlm_settings, rtsp_
                 )["session_id"]
                 plain = start_session(client, rtsp_url, zones=WALK_ZONES, alert=None, enable_drawing=True)["session_id"]
 
-                def published(session_id: str) -> int:
-                    return client.get(f"/api/v1/video/status/{session_id}").json()["stats"]["frames_published"]
-
-                # when they run side by side while the endpoint stalls
-                time.sleep(2.0)
-                first = {s: published(s) for s in (asking, plain)}
-                time.sleep(8.0)
-                done = {s: published(s) - first[s] for s in (asking, plain)}
+                # when they run for 8 s side by side while the endpoint stalls
+                done = _published_side_by_side(client, asking, plain)
                 # then the asking session published as many frames as the other (within 20 %)
                 assert done[plain] > 0 and done[asking] >= 0.8 * done[plain], done
                 # and the endpoint did get the questions, which ended as timeouts said in words
@@ -242,6 +230,18 @@ def test_a_stalled_openai_endpoint_never_slows_the_publisher(vlm_settings, rtsp_
             stopper = threading.Thread(target=service.stop, daemon=True)
             stopper.start()
             stopper.join(30)
+
+
+def _published_side_by_side(client, asking: str, plain: str, seconds: float = 8.0) -> dict[str, int]:
+    """Frames each session published over `seconds`, after 2 s to settle."""
+
+    def published(session_id: str) -> int:
+        return client.get(f"/api/v1/video/status/{session_id}").json()["stats"]["frames_published"]
+
+    time.sleep(2.0)
+    first = {s: published(s) for s in (asking, plain)}
+    time.sleep(seconds)
+    return {s: published(s) - first[s] for s in (asking, plain)}
 
 
 def _vlm_output(client) -> dict:

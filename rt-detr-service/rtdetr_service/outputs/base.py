@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, Sequence
 
 from rtdetr_service.core.fairqueue import FairQueue
 from rtdetr_service.core.results import Published
@@ -74,6 +74,20 @@ class Sink(Protocol):
         ...
 
     def stats(self) -> SinkStats: ...
+
+
+def republish(targets: Sequence[Sink], item: Published, what: str) -> int:
+    """An item a sink made of its own (an update with its words or identity) to the other outputs: each
+    takes it without blocking, and one's failure is its own, logged with `what` it was taking. Returns
+    how many failed."""
+    failed = 0
+    for sink in targets:
+        try:
+            sink.handle(item)
+        except Exception:  # noqa: BLE001 - one output's failure must not keep the others from it
+            failed += 1
+            log.exception("sink %s: taking %s failed", sink.name, what)
+    return failed
 
 
 class QueuedSink:

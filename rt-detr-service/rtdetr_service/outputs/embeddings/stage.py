@@ -37,7 +37,7 @@ from rtdetr_service.core.results import Embedding, EventChange, EventRecord, Pub
 from rtdetr_service.core.search import Embedder, SearchFilters, SearchHit
 from rtdetr_service.core.slot import ModelSlot
 from rtdetr_service.core.types import FrameResult
-from rtdetr_service.outputs.base import QueuedSink, Sink, SinkStats
+from rtdetr_service.outputs.base import QueuedSink, Sink, SinkStats, republish
 from rtdetr_service.outputs.embeddings.crops import Crop, EventCrops, cut
 from rtdetr_service.outputs.embeddings.reid import Records, ReidOptions, link
 from rtdetr_service.outputs.embeddings.settings import EmbeddingSettings
@@ -394,14 +394,10 @@ class EmbeddingStage(QueuedSink):
             self._decided.popitem(last=False)
 
     def _republish(self, item: Published) -> None:
-        """The update to every other output; each takes it without blocking, and one's failure is its own."""
-        for sink in self._targets:
-            try:
-                sink.handle(item)
-            except Exception:  # noqa: BLE001 - one output's failure must not keep the others from it
-                with self._lock:
-                    self.republish_errors += 1
-                log.exception("sink %s: taking an event's global_id failed", sink.name)
+        """The update to every other output (outputs/base.py `republish`)."""
+        if failed := republish(self._targets, item, "an event's global_id"):
+            with self._lock:
+                self.republish_errors += failed
 
     # -- state --------------------------------------------------------------------------------
 

@@ -46,7 +46,7 @@ from rtdetr_service.core.vlm import (
     VlmRequest,
     parse_verdict,
 )
-from rtdetr_service.outputs.base import QueuedSink, Sink, SinkStats
+from rtdetr_service.outputs.base import QueuedSink, Sink, SinkStats, republish
 from rtdetr_service.outputs.embeddings.crops import Crop, EventCrops
 from rtdetr_service.outputs.vlm.settings import VlmStageSettings
 from rtdetr_service.outputs.vlm.views import alert_view, cut_view, jpeg
@@ -458,14 +458,10 @@ class VlmStage(QueuedSink):
         self._republish(Published(job.view, None, (), (change,)))
 
     def _republish(self, item: Published) -> None:
-        """To every other output; each takes it without blocking, and one's failure is its own."""
-        for sink in self._targets:
-            try:
-                sink.handle(item)
-            except Exception:  # noqa: BLE001 - one output's failure must not keep the others from it
-                with self._lock:
-                    self.republish_errors += 1
-                log.exception("sink %s: taking the vision-language model's words failed", sink.name)
+        """To every other output (outputs/base.py `republish`)."""
+        if failed := republish(self._targets, item, "the vision-language model's words"):
+            with self._lock:
+                self.republish_errors += failed
 
     def _count_answered(self, purpose: str) -> None:
         with self._lock:
