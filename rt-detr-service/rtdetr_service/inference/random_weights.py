@@ -95,7 +95,7 @@ def byte_tokenizer(max_length: int = SIGLIP_TEXT_LENGTH):
     from transformers import PreTrainedTokenizerFast
 
     vocab = {token: i for i, token in enumerate(_SPECIAL_TOKENS)}
-    for symbol in pre_tokenizers.ByteLevel.alphabet():
+    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):  # a set: sorted, so every process maps alike
         vocab[symbol] = len(vocab)
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
