@@ -1,6 +1,7 @@
 """Search by words over what was seen and what was said, end to end: the real service under uvicorn with
 the tiny random-weight SigLIP loaded through the real loader (EMBED_ENABLED=true), its embedding stage,
-its reindex and its vector indexes in SQLite (sqlite-vec).
+its reindex and its vector indexes in SQLite (sqlite-vec); and POST /ask, whose recall is the same
+ranking (the scripted VLM answers its checks: what is under test there is which events it is shown).
 
 Events are written into the service's store with plain SQL, descriptions included: the store's writer
 does not keep descriptions yet (the VLM stage's helper adds that), so the test writes them the way it
@@ -19,15 +20,17 @@ import time
 import uuid
 from dataclasses import replace
 
+import cv2
 import numpy as np
 import pytest
 import sqlalchemy as sa
 
 from rtdetr_service.core.results import EventChange, Published, SessionView
 from rtdetr_service.outputs.store.schema import events_table
-from rtdetr_service.web.schemas import IdentityAnswer, ReindexAnswer, SearchAnswer
+from rtdetr_service.web.schemas import AskAnswer, IdentityAnswer, ReindexAnswer, SearchAnswer
 
 from scripted_detector import ScheduledWalks
+from scripted_vlm import ScriptedVlm
 from support import make_settings, run_service, wait_until
 from tiny_model import save_tiny_siglip
 
@@ -44,7 +47,25 @@ def tiny_siglip(tmp_path_factory):
     return save_tiny_siglip(tmp_path_factory.mktemp("embed") / "tiny-siglip")
 
 
-def row(n: int, event_id: str, now: float, description: str | None) -> dict:
+def snapshot(data_dir, n: int, event_id: str) -> str:
+    """A small real JPEG where the store keeps snapshots, its grey level the event's number (so an ask's
+    pictures can be told apart); its path relative to the data directory, as the row holds it."""
+    rel = f"snapshots/test/{event_id}.jpg"
+    path = data_dir / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, data = cv2.imencode(".jpg", np.full((48, 64, 3), 10 + 20 * n, np.uint8))
+    assert ok
+    path.write_bytes(data.tobytes())
+    return rel
+
+
+def shown(request) -> int:
+    """The number of the event whose snapshot a VLM request carries (its grey level)."""
+    image = cv2.imdecode(np.frombuffer(request.images[0], np.uint8), cv2.IMREAD_GRAYSCALE)
+    return round((float(image.mean()) - 10) / 20)
+
+
+def row(n: int, event_id: str, now: float, description: str | None, snapshot_path: str) -> dict:
     start = now - 600 + n
     return {
         "id": event_id,
@@ -67,6 +88,7 @@ def row(n: int, event_id: str, now: float, description: str | None) -> dict:
         "description": description,
         "description_model": None if description is None else "scripted-vlm",
         "global_id": "walker-1" if n in (0, 1) else None,
+        "snapshot_path": snapshot_path,
     }
 
 
@@ -85,18 +107,24 @@ def search(client, **params) -> dict:
 def stored(tiny_model_dir, tiny_siglip, tmp_path_factory):
     """The service, and 12 events: 0 says "a red umbrella" but looks unlike the words (its image vector
     is opposite them), 1-2 say other things, 3 is described but not yet embedded, 4-11 say nothing and
-    look like the words (noise around them), 4 the most."""
+    look like the words (noise around them), 4 the most. Each has a snapshot; a scripted VLM answers asks."""
+    data_dir = tmp_path_factory.mktemp("text-search")
     settings = make_settings(
         tiny_model_dir,
-        data_dir=tmp_path_factory.mktemp("text-search"),
+        data_dir=data_dir,
         embed_enabled="true",
         embed_model=str(tiny_siglip),
         embed_backend="torch",
+        vlm_provider="transformers",
     )
-    service = run_service(settings, detector_factory=lambda _s: ScheduledWalks())
+    service = run_service(settings, detector_factory=lambda _s: ScheduledWalks(), vlm_factory=lambda _s: ScriptedVlm())
     try:
         with service.client() as client:
-            ready = lambda: client.get("/ready").json().get("search", {}).get("state") == "ready"  # noqa: E731
+
+            def ready() -> bool:
+                state = client.get("/ready").json()
+                return state.get("search", {}).get("state") == "ready" and state.get("vlm", {}).get("state") == "ready"
+
             assert wait_until(ready, timeout=60), client.get("/ready").json()
         state = service.app.state
         embedder, store, index = state.embedder.get(), state.event_store, state.vector_index
@@ -104,7 +132,8 @@ def stored(tiny_model_dir, tiny_siglip, tmp_path_factory):
         said = {0: UMBRELLA, **SAID, **LATER}
         now = time.time()
         with store.database.engine.begin() as conn:
-            conn.execute(sa.insert(events_table), [row(n, ids[n], now, said.get(n)) for n in range(12)])
+            rows = [row(n, ids[n], now, said.get(n), snapshot(data_dir, n, ids[n])) for n in range(12)]
+            conn.execute(sa.insert(events_table), rows)
         query = embedder.embed_texts(["red umbrella"])[0]
         noise = np.random.default_rng(5).standard_normal((12, len(query)))
         looks = {0: -query, 1: noise[1], 2: noise[2], 3: noise[3]}
@@ -200,3 +229,30 @@ def test_a_reindex_embeds_descriptions_without_a_text_vector_and_a_delete_takes_
         assert client.delete(f"/api/v1/events/{ids[3]}").status_code == 200
         assert texts.get(ids[3]) is None
         assert ids[3] not in {e["id"] for e in search(client, q=LATER[3])["events"]}
+
+
+def test_an_ask_recalls_by_what_was_said_as_a_search_by_words_ranks(stored):
+    service, ids = stored
+    texts = service.app.state.vector_index.texts
+    vlm = service.app.state.vlm.get()
+    for n in (0, *SAID):
+        describe(service, ids[n])
+    assert wait_until(lambda: all(texts.get(ids[n]) is not None for n in (0, *SAID)), timeout=30)
+    before = len(vlm.requests)
+    with service.client() as client:
+        # When asked with room for 3 candidates, where by what was seen alone 4, 5 and 6 would fill it
+        answer = client.post("/api/v1/ask", json={"question": "red umbrella", "recall_limit": 3, "top_k": 3})
+        assert answer.status_code == 200, answer.text
+        results = AskAnswer.model_validate(answer.json()).model_dump()["results"]
+        # then the umbrella, which looks least like the words, is a candidate: recalled by what was said
+        recalled = {r["event_id"]: r for r in results}
+        assert ids[0] in recalled, [(r["event_id"], r["recall_score"], r["matched"]) for r in results]
+        assert recalled[ids[0]]["matched"] == ["image", "description"]
+        # and the candidates are a search's first page for the same words, with its scores
+        page = search(client, q="red umbrella", limit=3)["events"]
+        assert {r["event_id"]: (r["recall_score"], r["matched"]) for r in results} == {
+            e["id"]: (round(e["score"], 4), e["matched"]) for e in page
+        }
+    # and the model was shown each candidate's own snapshot, the umbrella's among them
+    asked = vlm.requests[before:]
+    assert sorted(shown(r) for r in asked) == sorted(ids.index(r["event_id"]) for r in results)

@@ -473,7 +473,14 @@ class AskResultOut(_Answer):
     reason: str = Field(..., description="The model's words (untrusted text: show it as text), bounded.")
     snapshot_url: str | None
     clip_url: str | None = Field(..., description="The event's MP4 clip, when recordings hold it; else null.")
-    recall_score: float = Field(..., description="Cosine similarity of the question's words to the event, -1..1.")
+    recall_score: float = Field(
+        ...,
+        description="Where recall ranked it, as a search by the question's words scores it: the fused rank "
+        "score, 0..1 (1: first by what was seen and by what was said; 0.5: first by one of them).",
+    )
+    matched: list[Literal["image", "description"]] = Field(
+        ..., description="Which rankings recalled it: by what was seen (`image`), by what was said (`description`)."
+    )
 
 
 class AskAnswer(_Answer):

@@ -2,10 +2,12 @@
 (`GET /api/v1/vlm`, the `vlm` field of /ready).
 
 An ask runs in two steps. Recall: the question's words are embedded as a search's are (the one
-`search-embed` thread) and the vector index returns the `recall_limit` closest events, the filters
-inside the query. Check: each candidate's stored snapshot, shrunk to VLM_IMAGE_MAX_PX, goes to the VLM
-with the question and the verdict instructions, in batches, on a thread of the asks' own; the answers
-are believed only after the schema check (core.vlm.parse_verdict) and ranked by the model's score.
+`search-embed` thread) and ranked as a search by words ranks them (search.words_hits): against the
+image vectors and the descriptions' text vectors, each with the filters inside the query, fused; the
+first `recall_limit` are the candidates. Check: each candidate's stored snapshot, shrunk to
+VLM_IMAGE_MAX_PX, goes to the VLM with the question and the verdict instructions, in batches, on a
+thread of the asks' own; the answers are believed only after the schema check
+(core.vlm.parse_verdict) and ranked by the model's score.
 The model's words are untrusted text: bounded here, and shown by the page with `textContent`.
 """
 
@@ -26,7 +28,7 @@ from rtdetr_service.core.search import Embedder, SearchFilters
 from rtdetr_service.core.slot import ModelSlot
 from rtdetr_service.core.vlm import VERDICT_INSTRUCTIONS, VisionLanguageModel, VlmError, VlmRequest, parse_verdict
 from rtdetr_service.outputs.store.event_store import EventStore
-from rtdetr_service.outputs.store.vectors import VectorIndex, VectorsUnavailable
+from rtdetr_service.outputs.store.vectors import FusedHit, VectorIndex, VectorsUnavailable
 from rtdetr_service.web.auth import API_KEY_SCHEMES, PROTECTED_PREFIX
 from rtdetr_service.web.deps import (
     Asks,
@@ -41,7 +43,7 @@ from rtdetr_service.web.deps import (
 )
 from rtdetr_service.web.errors import ApiError
 from rtdetr_service.web.routes.events import available_store
-from rtdetr_service.web.routes.search import RANDOM_WEIGHTS, jpeg_size, search_status
+from rtdetr_service.web.routes.search import RANDOM_WEIGHTS, jpeg_size, matched, search_status, words_hits
 from rtdetr_service.web.schemas import BODY, KEYED, NAME_WORDS, AskAnswer, Name, VlmAnswerOut, errors
 from rtdetr_service.web.settings import Settings
 
@@ -194,7 +196,7 @@ class AskIn(BaseModel):
 @dataclass(frozen=True)
 class _Candidate:
     document: dict  # the event as the events API answers it
-    recall_score: float
+    hit: FusedHit  # where recall ranked it: the fused score and each side's cosine
     snapshot: Path | None
 
 
@@ -322,15 +324,16 @@ def _answer(
 
 
 def _recall(parts: _Parts, vector: np.ndarray, filters: SearchFilters, limit: int) -> list[_Candidate]:
-    """The events closest to the question's words, with their documents and snapshot files."""
+    """The events a search by the question's words ranks first, by what was seen and by what was said,
+    with their documents and snapshot files."""
     try:
-        hits = parts.index.search(vector, parts.embedder.model_id, filters, limit, 0)
+        hits, _ = words_hits(parts.index, parts.embedder.model_id, vector, filters, 0, limit)
     except VectorsUnavailable as exc:
         raise ApiError("search_unavailable", str(exc)) from exc
     documents = parts.store.documents([hit.event_id for hit in hits])
     # An event deleted between the search and this read is left out.
     return [
-        _Candidate(documents[hit.event_id], hit.score, parts.store.snapshot_path(hit.event_id))
+        _Candidate(documents[hit.event_id], hit, parts.store.snapshot_path(hit.event_id))
         for hit in hits
         if hit.event_id in documents
     ]
@@ -402,7 +405,8 @@ def _result(candidate: _Candidate, answer, score: float | None, reason: str) -> 
         "reason": reason,
         "snapshot_url": event.get("snapshot_url"),
         "clip_url": event.get("clip_url") if event.get("has_clip") else None,
-        "recall_score": round(candidate.recall_score, 4),
+        "recall_score": round(candidate.hit.score, 4),
+        "matched": matched(candidate.hit),
     }
 
 

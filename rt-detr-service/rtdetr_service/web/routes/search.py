@@ -300,9 +300,9 @@ def _answer(ready: _Ready, vector: np.ndarray, filters: SearchFilters, page: _Pa
     """One page of hits as event documents with their scores (on a history-read thread, JSON included)."""
     offset, key = page.offset, page.key
     limit = min(page.limit, MAX_DEPTH - offset)
-    ranked = _words_hits if page.words else _image_hits
+    ranked = words_hits if page.words else _image_hits
     try:
-        hits, more = ranked(ready, vector, filters, offset, limit)
+        hits, more = ranked(ready.index, ready.embedder.model_id, vector, filters, offset, limit)
     except VectorsUnavailable as exc:
         raise ApiError("search_unavailable", str(exc)) from exc
     documents = ready.store.documents([hit.event_id for hit in hits])
@@ -322,31 +322,33 @@ def _answer(ready: _Ready, vector: np.ndarray, filters: SearchFilters, page: _Pa
 
 
 def _image_hits(
-    ready: _Ready, vector: np.ndarray, filters: SearchFilters, offset: int, limit: int
+    index: VectorIndex, model_id: str, vector: np.ndarray, filters: SearchFilters, offset: int, limit: int
 ) -> tuple[list[FusedHit], bool]:
     """A page of the image vectors alone (by an event, by a picture): its score is the cosine."""
-    hits = ready.index.search(vector, ready.embedder.model_id, filters, limit, offset)
+    hits = index.search(vector, model_id, filters, limit, offset)
     return [FusedHit(hit.event_id, hit.score, hit.score, None) for hit in hits], len(hits) == limit
 
 
-def _words_hits(
-    ready: _Ready, vector: np.ndarray, filters: SearchFilters, offset: int, limit: int
+def words_hits(
+    index: VectorIndex, model_id: str, vector: np.ndarray, filters: SearchFilters, offset: int, limit: int
 ) -> tuple[list[FusedHit], bool]:
-    """A page of the fused ranking of what was seen and what was said, each side read MARGIN deeper."""
+    """A page of the fused ranking of what was seen and what was said, each side read MARGIN deeper, and
+    whether more follow. The one recall by words: a search's pages and an ask's candidates alike."""
     depth = min(offset + limit + MARGIN, MAX_DEPTH)
-    model_id = ready.embedder.model_id
-    image = ready.index.search(vector, model_id, filters, depth, 0)
-    texts = ready.index.texts
+    image = index.search(vector, model_id, filters, depth, 0)
+    texts = index.texts
     said = [] if texts is None else texts.search(vector, model_id, filters, depth, 0)
     fused = fuse(image, said)
     return fused[offset : offset + limit], len(fused) > offset + limit
 
 
+def matched(hit: FusedHit) -> list[str]:
+    """Which rankings found the event: by what was seen (`image`), by what was said (`description`)."""
+    return [side for side, score in (("image", hit.image_score), ("description", hit.text_score)) if score is not None]
+
+
 def _scores(hit: FusedHit) -> dict:
-    matched = [
-        side for side, score in (("image", hit.image_score), ("description", hit.text_score)) if score is not None
-    ]
-    return {"score": hit.score, "image_score": hit.image_score, "text_score": hit.text_score, "matched": matched}
+    return {"score": hit.score, "image_score": hit.image_score, "text_score": hit.text_score, "matched": matched(hit)}
 
 
 _JPEG_BODY = {
