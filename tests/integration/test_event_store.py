@@ -407,7 +407,7 @@ def test_stop_returns_within_its_timeout_while_the_database_is_locked(make_store
 
     with writes_locked(store, backend, store_url):
         store.submit([new])
-        wait_until(lambda: store.status()["queued"] == 0, what="the writer to take the change")
+        wait_until(lambda: store.status()["queued"] == 0, timeout=20, what="the writer to take the change")
         started = time.perf_counter()
         store.stop(timeout=0.5)
         assert time.perf_counter() - started < 1.5

@@ -374,3 +374,18 @@ def _until(condition, limit_s: float = 30.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition never came true"
         time.sleep(0.01)
+
+
+def test_images_are_read_by_the_jpeg_plugin_never_through_a_replaced_image_open(vlm, monkeypatch):
+    # Given Image.open replaced process-wide, as importing ultralytics does (it then fetches and
+    # registers a HEIF plugin for any file Pillow does not recognise)
+    from PIL import Image
+
+    def replaced(*_args, **_kwargs):
+        raise AssertionError("Image.open was called")
+
+    monkeypatch.setattr(Image, "open", replaced)
+    # When a PNG and a JPEG come, then the PNG is refused as not a JPEG and the JPEG is answered
+    answers = vlm.generate([VlmRequest("what?", (_png(),)), THREE[0]])
+    assert isinstance(answers[0], VlmError) and "not a readable JPEG" in answers[0].words, answers[0]
+    assert isinstance(answers[1], VlmAnswer)

@@ -85,17 +85,21 @@ def decode_jpeg(data: bytes, max_px: int) -> object:
     parser sees untrusted bytes), and the decoder scales down by 2, 4 or 8 while it decodes
     (`draft`), so a large frame costs a fraction of a full decode before the resize.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+    from PIL.JpegImagePlugin import JpegImageFile
 
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ImageRefused(f"is a {type(data).__name__}, not JPEG bytes")
     if len(data) > MAX_JPEG_BYTES:
         raise ImageRefused(f"is {len(data)} bytes, over the {MAX_JPEG_BYTES} a JPEG may have")
     try:
-        image = Image.open(io.BytesIO(data), formats=["JPEG"])
+        # The JPEG plugin itself, not Image.open: a library may replace Image.open process-wide
+        # (ultralytics does, to fetch and register a HEIF plugin when a file is not recognised).
+        image = JpegImageFile(io.BytesIO(data))
+        Image._decompression_bomb_check(image.size)  # what Image.open would check
     except Image.DecompressionBombError as exc:
         raise ImageRefused(f"claims too many pixels in its header ({exc})") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageRefused(f"is not a readable JPEG ({exc})") from exc
     width, height = image.size
     if width < 1 or height < 1 or width * height > MAX_SOURCE_PIXELS:
