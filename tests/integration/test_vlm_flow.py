@@ -272,7 +272,9 @@ def test_the_tiny_local_model_describes_answers_and_checks_asks_through_the_real
                 "/api/v1/vlm"
             ).json()
             assert client.get("/api/v1/vlm").json()["trained"] is False
-            session_id = start_session(client, rtsp_url, zones=asking_zones(), alert=None, describe={})["session_id"]
+            session_id = start_session(client, rtsp_url, zones=asking_zones(), alert=None, describe=True)["session_id"]
+            status = client.get(f"/api/v1/video/status/{session_id}").json()
+            assert status["describe"] == {"labels": None, "prompt": None, "after_s": None}  # true: the defaults
 
             # when walks end, then one is stored with the model's words (bounded) and its rules' answers
             def said():

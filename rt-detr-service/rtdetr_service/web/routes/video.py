@@ -174,9 +174,10 @@ class StartRequest(BaseModel):
         description="What of the camera's video is kept: off, events (segments around events), continuous. "
         "Default: RECORD.",
     )
-    describe: DescribeIn | None = Field(
+    describe: DescribeIn | bool | None = Field(
         None,
-        description="Have the vision-language model describe this session's events (VLM_PROVIDER); null = never.",
+        description="Have the vision-language model describe this session's events (VLM_PROVIDER): true = every "
+        "event at its end with the default prompt, or the options; false or null = never.",
     )
 
 
@@ -224,10 +225,12 @@ def _options(body: StartRequest, manager: SessionManager) -> SessionOptions:
     )
 
 
-def _describe(body: DescribeIn | None, known: tuple[str, ...]) -> DescribeOptions | None:
+def _describe(body: DescribeIn | bool | None, known: tuple[str, ...]) -> DescribeOptions | None:
     """The session's wish for descriptions, its labels checked against the model's; a blank prompt is none."""
-    if body is None:
+    if body is None or body is False:
         return None
+    if body is True:
+        body = DescribeIn()
     prompt = (body.prompt or "").strip() or None
     if prompt is not None and not all(c.isprintable() or c in "\n\t" for c in prompt):
         raise ApiError("invalid_request", "describe.prompt: holds a control character")
