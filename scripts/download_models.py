@@ -77,9 +77,12 @@ def main() -> int:
     shown = target.relative_to(ROOT) if target.is_relative_to(ROOT) else target
     print(f"downloading {hub_id} ...", flush=True)
     if args.variant in EMBED_HUB_IDS:
-        return download_encoder(hub_id, target, shown)
+        done = "the default EMBED_MODEL={shown} finds it"
+        return download_with_processor(hub_id, target, shown, "AutoModel", "EMBED_MODEL", None, done)
     if args.variant in VLM_HUB_IDS:
-        return download_vlm(hub_id, target, shown)
+        without = "The service runs on without them: VLM_PROVIDER=off (the default), or openai for a served model."
+        done = "VLM_PROVIDER=transformers VLM_MODEL={shown} runs it"
+        return download_with_processor(hub_id, target, shown, "AutoModelForImageTextToText", "VLM_MODEL", without, done)
     from transformers import AutoConfig, AutoModelForObjectDetection
 
     from rtdetr_service.inference.loading import REALTIME_DETRS
@@ -105,19 +108,29 @@ def main() -> int:
     return 0
 
 
-def download_encoder(hub_id: str, target: Path, shown: Path) -> int:
-    """An image–text encoder and its processor into `target` (EMBED_MODEL's folder)."""
-    from transformers import AutoModel, AutoProcessor
+RANDOM_FALLBACK = "The service still runs without weights, on random weights, and says so."  # in OFFLINE_HELP
+
+
+def download_with_processor(
+    hub_id: str, target: Path, shown: Path, auto_class: str, setting: str, without: str | None, done: str
+) -> int:
+    """A model of transformers' `auto_class` and its processor into `target` (`setting`'s folder): the
+    image–text encoder (AutoModel, EMBED_MODEL) or the vision-language model (AutoModelForImageTextToText,
+    VLM_MODEL). `without`: what the service does without these weights, when not what OFFLINE_HELP says."""
+    import transformers
 
     try:
-        model = AutoModel.from_pretrained(hub_id)
-        processor = AutoProcessor.from_pretrained(hub_id)
+        model = getattr(transformers, auto_class).from_pretrained(hub_id)
+        processor = transformers.AutoProcessor.from_pretrained(hub_id)
     except (OSError, ValueError) as exc:
         print(f"cannot download {hub_id}: {exc}", file=sys.stderr)
+        help_text = OFFLINE_HELP.replace("AutoModelForObjectDetection", auto_class).replace(
+            "set MODEL", f"set {setting}"
+        )
+        if without is not None:
+            help_text = help_text.replace(RANDOM_FALLBACK, without)
         print(
-            OFFLINE_HELP.replace("AutoModelForObjectDetection", "AutoModel")
-            .replace("set MODEL", "set EMBED_MODEL")
-            .format(hub_id=hub_id, folder=target.name, target=shown)
+            help_text.format(hub_id=hub_id, folder=target.name, target=shown)
             + "\n  (save AutoProcessor.from_pretrained(hub_id) into the same folder)",
             file=sys.stderr,
         )
@@ -125,35 +138,7 @@ def download_encoder(hub_id: str, target: Path, shown: Path) -> int:
     target.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(target)
     processor.save_pretrained(target)
-    print(f"saved to {target}; the default EMBED_MODEL={shown} finds it")
-    return 0
-
-
-def download_vlm(hub_id: str, target: Path, shown: Path) -> int:
-    """A vision-language model and its processor into `target` (VLM_MODEL's folder)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    try:
-        model = AutoModelForImageTextToText.from_pretrained(hub_id)
-        processor = AutoProcessor.from_pretrained(hub_id)
-    except (OSError, ValueError) as exc:
-        print(f"cannot download {hub_id}: {exc}", file=sys.stderr)
-        print(
-            OFFLINE_HELP.replace("AutoModelForObjectDetection", "AutoModelForImageTextToText")
-            .replace("set MODEL", "set VLM_MODEL")
-            .replace(
-                "The service still runs without weights, on random weights, and says so.",
-                "The service runs on without them: VLM_PROVIDER=off (the default), or openai for a served model.",
-            )
-            .format(hub_id=hub_id, folder=target.name, target=shown)
-            + "\n  (save AutoProcessor.from_pretrained(hub_id) into the same folder)",
-            file=sys.stderr,
-        )
-        return 1
-    target.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(target)
-    processor.save_pretrained(target)
-    print(f"saved to {target}; VLM_PROVIDER=transformers VLM_MODEL={shown} runs it")
+    print(f"saved to {target}; {done.format(shown=shown)}")
     return 0
 
 
