@@ -5,9 +5,15 @@ rare filter (3 events), plus the time to build the HNSW index over the vectors a
 
 Random L2-normalised vectors (similarities mean nothing; only the cost is measured). Rows are written
 in bulk, not through `upsert`: executemany on SQLite, generated inside PostgreSQL with pgvector's
-l2_normalize. Each query is a new random vector, asked once per filter.
+l2_normalize. Each query is a new random vector, asked once per filter; the first `--warmup` of each
+filter are not counted (the pages they read are then in the caches, as in a service that has run).
+
+PostgreSQL's searches are timed under each `--shared-buffers` in turn (the server started again with
+it, same data, its tables and indexes then read in with pg_prewarm as far as they fit; default its own
+128 MB): pgvector's HNSW is fastest when its index fits in them (about 4 KB a 768-number vector).
 
     python bench/search_latency.py --sizes 10000 100000 --dim 768 --queries 50 --out search.json
+    python bench/search_latency.py --sizes 1000000 --backends pgvector --shared-buffers 128MB 8GB
 """
 
 from __future__ import annotations
@@ -100,7 +106,20 @@ def fill_postgres(db: Database, n: int, dim: int, rare: set[int]) -> None:
         conn.exec_driver_sql("ANALYZE")
 
 
-def measure(db: Database, n: int, dim: int, queries: int, fill, wait_file: Path | None = None) -> dict:
+def prewarm(db: Database) -> None:
+    """Read the store's tables and indexes (TOAST included) into shared_buffers, as far as they fit, as
+    pg_prewarm's autoprewarm does at a server start: the searches are then timed on a warm server."""
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+        conn.exec_driver_sql(
+            "SELECT pg_prewarm(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'i', 't') AND n.nspname IN ('public', 'pg_toast') ORDER BY c.relpages"
+        )
+
+
+def measure(db: Database, n: int, dim: int, queries: int, fill, args: argparse.Namespace, restart=None) -> dict:
+    """Fill, build (PostgreSQL), then time each filter's searches, once per shared_buffers setting
+    (`restart(setting)` starts the server again with it; None: SQLite, one pass)."""
     migrate.upgrade(db)
     rare = set(np.random.default_rng(2).choice(n, RARE, replace=False).tolist())
     started = time.perf_counter()
@@ -110,38 +129,57 @@ def measure(db: Database, n: int, dim: int, queries: int, fill, wait_file: Path 
     started = time.perf_counter()
     index.search(np.ones(dim, np.float32), MODEL, limit=1)  # PostgreSQL: the HNSW index is built here
     result["first_search_s"] = round(time.perf_counter() - started, 1)  # the index build, on PostgreSQL
-    if wait_file is not None:  # the build may share the machine; the searches are timed when it is quiet
-        print(json.dumps(result | {"waiting_for": str(wait_file)}), flush=True)
-        while not wait_file.exists():
+    if args.wait_file is not None:  # the build may share the machine; the searches are timed when it is quiet
+        print(json.dumps(result | {"waiting_for": str(args.wait_file)}), flush=True)
+        while not args.wait_file.exists():
             time.sleep(5)
-    rng = np.random.default_rng(3)
-    for name, filters in FILTERS.items():
-        latencies, short = [], 0
-        for _ in range(queries):
-            query = rng.standard_normal(dim).astype(np.float32)
-            query /= np.linalg.norm(query)
-            t = time.perf_counter()
-            hits = index.search(query, MODEL, filters, limit=50)
-            latencies.append(time.perf_counter() - t)
-            short += len(hits) < min(50, RARE if filters.cameras == ("yard",) else 50)
-        result[name] = percentiles_ms(latencies) | {"short_pages": short}
+    for setting in args.shared_buffers if restart is not None else [None]:
+        if restart is not None:
+            db.dispose()  # the pool's connections die with the server
+            restart(setting)
+            prewarm(db)
+        rng = np.random.default_rng(3)
+        timed = result.setdefault(f"shared_buffers {setting}", {}) if setting else result
+        for name, filters in FILTERS.items():
+            latencies, short = [], 0
+            for k in range(args.warmup + queries):
+                query = rng.standard_normal(dim).astype(np.float32)
+                query /= np.linalg.norm(query)
+                t = time.perf_counter()
+                hits = index.search(query, MODEL, filters, limit=50)
+                if k >= args.warmup:
+                    latencies.append(time.perf_counter() - t)
+                    short += len(hits) < min(50, RARE if filters.cameras == ("yard",) else 50)
+            timed[name] = percentiles_ms(latencies) | {"short_pages": short}
+        print(json.dumps({"events": n, "setting": setting, "timed": timed}), flush=True)
     return result
 
 
-def run(backend: str, sizes: list[int], dim: int, queries: int, wait_file: Path | None) -> list[dict]:
+def run(backend: str, sizes: list[int], dim: int, queries: int, args: argparse.Namespace) -> list[dict]:
     results = []
     with contextlib.ExitStack() as stack:
+        restart = None
         if backend == "pgvector":
             server = stack.enter_context(running_postgres(pgvector=True))
-            server._admin("ALTER SYSTEM SET maintenance_work_mem = '4GB'")  # the HNSW build in memory
+            server._admin("ALTER SYSTEM SET maintenance_work_mem = '8GB'")  # the 1 M HNSW build fits in it
+            server._admin("ALTER SYSTEM SET max_parallel_maintenance_workers = 1")  # and the leader: 2 cores
             server._admin("SELECT pg_reload_conf()")
+
+            def restart(setting: str) -> None:
+                """The server again with this shared_buffers (read only at start), after a clean stop."""
+                server._admin(f"ALTER SYSTEM SET shared_buffers = '{setting}'")
+                server._run(
+                    str(server.bin_dir / "pg_ctl"), "-D", str(server.data), "-m", "fast", "-w", "stop", timeout=600
+                )
+                server.up()
+
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="search-bench-")))
         for n in sizes:
             url = server.url(server.new_database()) if backend == "pgvector" else f"sqlite:///{folder}/{n}.db"
             db = Database(url, folder, busy_timeout_s=30.0)
             try:
                 fill = fill_postgres if backend == "pgvector" else fill_sqlite
-                result = {"backend": backend} | measure(db, n, dim, queries, fill, wait_file)
+                result = {"backend": backend} | measure(db, n, dim, queries, fill, args, restart)
             finally:
                 db.dispose()
             print(json.dumps(result), flush=True)
@@ -157,12 +195,19 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--backends", nargs="+", default=["sqlite", "pgvector"], choices=["sqlite", "pgvector"])
+    parser.add_argument("--warmup", type=int, default=10, help="queries per filter run first and not counted")
+    parser.add_argument(
+        "--shared-buffers",
+        nargs="+",
+        default=["128MB"],
+        help="PostgreSQL's shared_buffers to time the searches under, each in turn on the same data (default 128MB)",
+    )
     parser.add_argument("--out", type=Path)
     parser.add_argument(
         "--wait-file", type=Path, help="after filling and building, time the searches only once this file exists"
     )
     args = parser.parse_args()
-    results = [r for b in args.backends for r in run(b, args.sizes, args.dim, args.queries, args.wait_file)]
+    results = [r for b in args.backends for r in run(b, args.sizes, args.dim, args.queries, args)]
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
 

@@ -24,11 +24,14 @@ is checked against.
 
 PostgreSQL (pgvector): vectors are real[]; each model gets a partial HNSW index (cosine) on
 `CAST(embedding AS vector(dim))` where `model_id` is that model, so models of any length live side by
-side (pgvector's answer to mixed dimensions: an expression index per dimension). When the filters leave
-fewer than `exact_below` events, those are scanned exactly (the events' b-tree indexes find them);
-otherwise HNSW with pgvector 0.8's iterative scan, allowed to walk on until the page is full; and if a
-page still comes back short, the exact scan answers it. Without pgvector the vectors are still stored,
-and searches say in words what is missing.
+side (pgvector's answer to mixed dimensions: an expression index per dimension). A search without an
+event filter goes through HNSW. When the filters leave fewer than `exact_below` events, those are
+scanned exactly (the events' b-tree indexes find them); otherwise HNSW with pgvector 0.8's iterative
+scan in relaxed order, allowed to walk on until the page is full, its rows sorted again; and if a page
+still comes back short, the exact scan answers it. Each statement is planned for its own values
+(schema.py sets plan_cache_mode): which plan is right depends on how many events the filter leaves.
+HNSW is fast when its index sits in shared_buffers (docs/deploy.md sizes them). Without pgvector the
+vectors are still stored, and searches say in words what is missing.
 """
 
 from __future__ import annotations
@@ -462,14 +465,23 @@ class PgVectorIndex(VectorIndex):
         # The same distance on the untyped cast: no index serves it, so the scan is exact.
         exact = sa.cast(e.c.embedding, _Vector()).op("<=>", return_type=sa.Double)(query)
         with self._db.engine.begin() as conn:
-            if self._fewer_than(conn, model_id, filters, self._exact_below):
+            # Without an event filter HNSW finds a page in one short walk at any size (at 10 k vectors
+            # the exact scan took 60 ms, the walk a few); a filter makes it walk past what the filter
+            # drops, so a filter that leaves few events is scanned exactly instead.
+            if _filters_events(filters) and self._fewer_than(conn, model_id, filters, self._exact_below):
                 return self._hits(conn, self._ranked(exact, model_id, filters), limit, offset)
             conn.exec_driver_sql(f"SET LOCAL hnsw.ef_search = {max(self._ef_search, limit + offset)}")
-            conn.exec_driver_sql("SET LOCAL hnsw.iterative_scan = strict_order")
+            # Relaxed: each further pass over the graph may bring a nearer vector than the last pass's
+            # farthest, so the first limit + offset the index gives are sorted again here (`_resorted`).
+            # Strict order costs far more for a filtered search that must walk on: at 1 M vectors, 1
+            # camera in 10, 5 times the buffers for the same page (docs/benchmarks.md, Search).
+            conn.exec_driver_sql("SET LOCAL hnsw.iterative_scan = relaxed_order")
             # Walk the graph as far as it takes to fill the page, within a bounded memory.
             conn.exec_driver_sql("SET LOCAL hnsw.max_scan_tuples = 2147483647")
             conn.exec_driver_sql("SET LOCAL hnsw.scan_mem_multiplier = 16")
-            hits = self._hits(conn, self._ranked(indexed, model_id, filters), limit, offset)
+            hits = self._hits(
+                conn, self._resorted(self._ranked(indexed, model_id, filters), limit + offset), limit, offset
+            )
             if len(hits) < limit:  # the graph could not fill it: the exact scan can, if there is more
                 hits = self._hits(conn, self._ranked(exact, model_id, filters), limit, offset)
             return hits
@@ -482,6 +494,15 @@ class PgVectorIndex(VectorIndex):
         some = sa.select(sa.literal(1)).select_from(e).join(t, t.c.id == e.c.event_id)
         some = some.where(*self._matching(model_id, filters)).limit(n).subquery()
         return conn.execute(sa.select(sa.func.count()).select_from(some)).scalar_one() < n
+
+    @staticmethod
+    def _resorted(ranked: sa.Select, depth: int) -> sa.Select:
+        """The first `depth` rows the index gives for `ranked`, fetched once (a materialized CTE, so the
+        planner cannot fold it back into one scan) and ordered again by distance, then event id. The
+        order is by `distance + 0`: PostgreSQL 17 and later take the CTE's own ORDER BY as the order of
+        its rows and would skip a sort by `distance` itself, which is the sort this is for."""
+        first = ranked.limit(depth).cte("found").prefix_with("MATERIALIZED")
+        return sa.select(first.c.event_id, first.c.distance).order_by(first.c.distance + 0, first.c.event_id)
 
     @staticmethod
     def _hits(conn: sa.Connection, ranked: sa.Select, limit: int, offset: int) -> list[SearchHit]:
