@@ -25,7 +25,8 @@ is checked against.
 PostgreSQL (pgvector): vectors are real[]; each model gets a partial HNSW index (cosine) on
 `CAST(embedding AS vector(dim))` where `model_id` is that model, so models of any length live side by
 side (pgvector's answer to mixed dimensions: an expression index per dimension). A search without an
-event filter goes through HNSW. When the filters leave fewer than `exact_below` events, those are
+event filter goes through HNSW. When the filters leave fewer events than the walk would cost (a
+number that grows with the square root of the model's vectors, at most `exact_below`), those are
 scanned exactly (the events' b-tree indexes find them); otherwise HNSW with pgvector 0.8's iterative
 scan in relaxed order, allowed to walk on until the page is full, its rows sorted again; and if a page
 still comes back short, the exact scan answers it. Each statement is planned for its own values
@@ -36,6 +37,7 @@ vectors are still stored, and searches say in words what is missing.
 
 from __future__ import annotations
 
+import math
 import threading
 import zlib
 from dataclasses import dataclass
@@ -56,9 +58,15 @@ from rtdetr_service.outputs.store.schema import (
 
 MAX_DIM = 2000  # pgvector indexes vectors of at most 2,000 dimensions; the same bound on both backends
 _MODEL_CHARS = event_embeddings_table.c.model_id.type.length
-# pgvector: filters that leave fewer events than this are scanned exactly. Measured at 100 k (docs/
-# benchmarks.md, Search): 10,000 matches cost 109 ms exactly (about 11 µs each) against 198 ms through
-# HNSW with an iterative scan that must skip the 9 in 10 others; the two meet near 20,000.
+# pgvector: a filter that leaves m of a model's n vectors costs about EXACT_COST_S × m scanned exactly,
+# and about WALK_COST_S × depth × n / m through HNSW (the walk passes n / m vectors for each one the
+# filter keeps, to fill limit + offset). Measured at 1 M (docs/benchmarks.md, Search): 10 µs a
+# vector exactly, 0.1 ms a vector walked in relaxed order (45 ms to find 50 of 1 camera in 10). The
+# two meet at m = sqrt(WALK_COST_S / EXACT_COST_S × depth × n): about 2,000 at 10 k vectors, 7,000 at
+# 100 k and 22,000 at 1 M for a page of 50. Fewer matches are scanned exactly, at most EXACT_BELOW:
+# the count that decides reads up to that many rows.
+EXACT_COST_S = 10e-6
+WALK_COST_S = 100e-6
 EXACT_BELOW = 20_000
 _MAX_PAGE = 1000  # limit + offset: deeper pages are not searched (pgvector's ef_search tops out at 1,000 too)
 RRF_K = 60  # reciprocal rank fusion's constant, as its authors set it (Cormack et al., SIGIR 2009)
@@ -468,8 +476,10 @@ class PgVectorIndex(VectorIndex):
             # Without an event filter HNSW finds a page in one short walk at any size (at 10 k vectors
             # the exact scan took 60 ms, the walk a few); a filter makes it walk past what the filter
             # drops, so a filter that leaves few events is scanned exactly instead.
-            if _filters_events(filters) and self._fewer_than(conn, model_id, filters, self._exact_below):
-                return self._hits(conn, self._ranked(exact, model_id, filters), limit, offset)
+            if _filters_events(filters):
+                below = self._exact_limit(conn, model_id, dim, limit + offset)
+                if self._fewer_than(conn, model_id, filters, below):
+                    return self._hits(conn, self._ranked(exact, model_id, filters), limit, offset)
             conn.exec_driver_sql(f"SET LOCAL hnsw.ef_search = {max(self._ef_search, limit + offset)}")
             # Relaxed: each further pass over the graph may bring a nearer vector than the last pass's
             # farthest, so the first limit + offset the index gives are sorted again here (`_resorted`).
@@ -485,6 +495,19 @@ class PgVectorIndex(VectorIndex):
             if len(hits) < limit:  # the graph could not fill it: the exact scan can, if there is more
                 hits = self._hits(conn, self._ranked(exact, model_id, filters), limit, offset)
             return hits
+
+    def _exact_limit(self, conn: sa.Connection, model_id: str, dim: int, depth: int) -> int:
+        """Below how many matches an exact scan is cheaper than the walk (see EXACT_COST_S), from the
+        model's vector count as PostgreSQL's statistics have it (the HNSW index's reltuples, kept by
+        autovacuum: no count of its own); `exact_below` while they have none, and never above it."""
+        if self._exact_below == 0:
+            return 0
+        query = sa.text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:name)")
+        vectors = conn.execute(query, {"name": self.index_name(model_id, dim)}).scalar()
+        if vectors is None or vectors <= 0:
+            return self._exact_below
+        meet = math.sqrt(WALK_COST_S / EXACT_COST_S * depth * vectors)
+        return max(1, min(self._exact_below, int(meet)))
 
     def _fewer_than(self, conn: sa.Connection, model_id: str, filters: SearchFilters, n: int) -> bool:
         """Whether fewer than n vectors pass the filters (counts at most n rows)."""
