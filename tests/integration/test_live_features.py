@@ -130,3 +130,23 @@ def test_the_viewer_page_is_served_locked_down(live_service):
         assert response.headers["cache-control"] == "no-cache"
     # the API answers are not the page's business
     assert "content-security-policy" not in httpx.get(live_service.base_url + "/health").headers
+
+
+def test_a_viewer_told_a_session_stopped_finds_it_stopped(live_service, rtsp_url, stop_sessions, monkeypatch):
+    # The race is narrow (the store's write after the viewers are told), so the test looks at the
+    # store at the very moment the viewers are told, instead of hoping to ask in between.
+    manager = live_service.app.state.manager
+    hub = manager.session_hub
+    seen = []
+    close_session = hub.close_session
+
+    def told(session_id, message, reason):
+        seen.append(manager.cluster.find(session_id).desired)
+        close_session(session_id, message, reason)
+
+    monkeypatch.setattr(hub, "close_session", told)
+    with live_service.client() as client:
+        session_id = start_session(client, rtsp_url)["session_id"]
+        assert client.post("/api/v1/video/stop", json={"session_id": session_id}).status_code == 200
+        assert client.get(f"/api/v1/video/status/{session_id}").status_code == 404
+    assert seen == ["stop"]

@@ -292,9 +292,11 @@ class SessionManager:
             session = self._sessions.pop(session_id, None)
         if session is None:
             raise SessionError("session_not_found", f"No session with id {session_id!r}")
-        session.stop(reason)
+        # Recorded before its viewers are told: whoever hears `session_stopped` and asks finds it
+        # stopped, on every replica.
         if self.cluster is not None:
             self.cluster.stopped(session_id)
+        session.stop(reason)
         return session
 
     def drop(self, session_id: str, reason: str, *, handover: bool = False) -> Session | None:
