@@ -1,16 +1,22 @@
 """The event store keeps what Re-ID decides: an ended event's update with its global_id, a later change
-without one keeping it, and the records Re-ID reads back (camera, times, global_id) by id. On SQLite and
+without one keeping it, the records Re-ID reads back (camera, times, global_id) by id, and a decision
+written at once under a lock per label that replicas take turns on (PostgreSQL). On SQLite and
 PostgreSQL, with changes from the real event lifecycle."""
 
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
+import pytest
+import sqlalchemy as sa
 
 from rtdetr_service.analytics.events import EventLifecycle
 from rtdetr_service.core.results import EventChange
 from rtdetr_service.core.types import Detection, Frame
+from rtdetr_service.outputs.store import identities
+from rtdetr_service.outputs.store.event_store import EventStore
 
 from support import STORE_NOW, wait_until
 
@@ -51,3 +57,39 @@ def test_an_update_after_the_end_stores_the_global_id_and_a_later_change_keeps_i
     store.submit([end])
     wait_until(lambda: store.status()["written"] >= 4, timeout=10)
     assert store.get(new.event.id)["global_id"] == "g-1"
+
+
+def test_a_decision_is_kept_at_once_and_an_earlier_one_stands(make_store):
+    store = make_store()
+    new, end = ended_event()
+    store.submit([new, end])
+    event_id = new.event.id
+    assert wait_until(lambda: store.get(event_id) is not None, timeout=10)
+    with store.decisions.deciding("person") as keep:
+        assert keep(event_id, "g-1") == "g-1"
+    assert store.records([event_id])[event_id].global_id == "g-1"  # written, not waiting for the writer
+    with store.decisions.deciding("person") as keep:
+        assert keep(event_id, "g-2") == "g-1"  # decided once: that decision stands
+        assert keep("no-such-event", "g-3") is None
+
+
+def test_deciders_of_one_label_take_turns_across_replicas_and_other_labels_do_not_wait(
+    postgres_url, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(identities, "LOCK_TIMEOUT_S", 1)
+    one = EventStore(postgres_url, tmp_path / "one", clock=lambda: STORE_NOW)
+    other = EventStore(postgres_url, tmp_path / "other", clock=lambda: STORE_NOW)  # another replica's
+    try:
+        with one.decisions.deciding("person"):
+            with other.decisions.deciding("car") as keep:  # another label: no wait
+                assert keep("no-such-event", "g-1") is None
+            started = time.monotonic()
+            with pytest.raises(sa.exc.OperationalError, match="lock timeout"):
+                with other.decisions.deciding("person"):
+                    pass
+            assert 0.9 <= time.monotonic() - started < 5  # bounded by LOCK_TIMEOUT_S, then said in words
+        with other.decisions.deciding("person") as keep:  # the first decider done: the next goes
+            assert keep("no-such-event", "g-2") is None
+    finally:
+        one.stop()
+        other.stop()

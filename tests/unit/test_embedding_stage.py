@@ -14,9 +14,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from rtdetr_service.analytics.events import EventLifecycle
 from rtdetr_service.core.results import EventChange, Published, SessionView
-from rtdetr_service.core.types import Detection, Frame, FrameResult
 from rtdetr_service.outputs import messages
 from rtdetr_service.outputs.base import SinkStats
 from rtdetr_service.outputs.embeddings.settings import EmbeddingSettings
@@ -28,45 +26,11 @@ from rtdetr_service.outputs.embeddings.stage import (
 )
 from rtdetr_service.outputs.registry import connect_republishers
 
-from exact_index import ExactIndex, MeanColour
+from exact_index import T0, ExactIndex, MeanColour, Scene
 from support import wait_until
 
-T0 = 1_700_000_000.0
 RED, BLUE, GREEN = (0, 0, 255), (255, 0, 0), (0, 255, 0)  # BGR
 SCHEMA = Path(__file__).resolve().parents[2] / "docs" / "schemas" / "rtdetr.event.v1.json"
-
-
-class Scene:
-    """One session's camera: grey frames with coloured boxes, through a real event lifecycle."""
-
-    def __init__(self, session_id: str, camera: str | None = None) -> None:
-        self.view = SessionView(session_id, camera, enable_drawing=False, jpeg_quality=75)
-        self.events = EventLifecycle(session_id, camera, end_after_s=1.0, snapshot_interval_s=0.5)
-        self.index = 0
-
-    def step(self, t: float, *objects: tuple[int, tuple[int, int, int], float]) -> Published:
-        """The frame at `t` s with each (track id, BGR colour, x) as a 20x30 box, and what it changed."""
-        image = np.full((120, 160, 3), 128, np.uint8)
-        detections = []
-        for track, colour, x in objects:
-            x1 = int(x)
-            image[40:70, x1 : x1 + 20] = colour
-            detections.append(Detection(0, "person", (float(x1), 40.0, float(x1 + 20), 70.0), 0.8, track))
-        frame = Frame(image, self.index, T0 + t, t)
-        self.index += 1
-        changes = self.events.update(frame, detections)
-        return Published(
-            self.view, FrameResult(self.view.session_id, frame, tuple(detections), 0.01), (), tuple(changes)
-        )
-
-    def walk(self, start: float, seconds: float, *objects: tuple[int, tuple[int, int, int]], fps: float = 10.0):
-        """Steps of the objects walking right for `seconds`, then the step that ends them."""
-        steps, n = [], int(seconds * fps)
-        for i in range(n):
-            t = start + i / fps
-            steps.append(self.step(t, *((track, colour, 5 + i * 100 / n) for track, colour in objects)))
-        steps.append(Published(self.view, None, (), tuple(self.events.tick(T0 + start + seconds + 2.0))))
-        return steps
 
 
 class Keeper:
@@ -104,7 +68,7 @@ def build(encoder: MeanColour | None = None, **settings) -> tuple[EmbeddingStage
     if encoder is not None:
         slot.set(encoder)
     batch = settings.pop("embed_batch", 16)
-    stage = EmbeddingStage(EmbeddingParts(EmbeddingSettings(**settings), slot, index, index.lookup, batch=batch))
+    stage = EmbeddingStage(EmbeddingParts(EmbeddingSettings(**settings), slot, index, index.lookup, index, batch=batch))
     keeper = Keeper(index)
     connect_republishers([keeper, stage])
     stage.start()

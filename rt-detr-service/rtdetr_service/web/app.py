@@ -125,7 +125,12 @@ def _embedding_parts(app: FastAPI, settings: Settings) -> EmbeddingParts | None:
     )
     loader.start()
     return EmbeddingParts(
-        settings, state.embedder, state.vector_index, state.event_store.records, batch=settings.embed_batch
+        settings,
+        state.embedder,
+        state.vector_index,
+        state.event_store.records,
+        state.event_store.decisions,
+        batch=settings.embed_batch,
     )
 
 

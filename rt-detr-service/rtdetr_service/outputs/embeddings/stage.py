@@ -7,9 +7,11 @@ event: once early (the event has lived EMBED_EARLY_S, so live objects can be fou
 end (all its crops). The queue is bounded and fair between sessions; requests hold crops, never
 frames. Its own thread (`sink-embeddings`) takes requests, batches their crops across sessions
 (at most EMBED_BATCH a pass), runs the encoder, averages each event's crops into one normalised
-vector and upserts it with the model's id. At an end, Re-ID (reid.py) decides the global_id, and the
-ended record with it goes out as one more "update" to every other output of the session (the store
-keeps it, webhook/MQTT/Kafka send it), on this thread, bounded by what was queued.
+vector and upserts it with the model's id. At an end, Re-ID (reid.py) decides the global_id inside the
+store's `deciding` (store/identities.py: written at once, one decision per label at a time across
+replicas, so two replicas ending look-alikes together never mint two ids), and the ended record with
+it goes out as one more "update" to every other output of the session (the store keeps it again,
+webhook/MQTT/Kafka send it), on this thread, bounded by what was queued.
 
 Descriptions: a change (new, update or end) whose record carries a `description` this stage has not
 embedded for that event (a digest per event id, the newest DESCRIPTIONS_KEPT remembered) queues a
@@ -28,6 +30,7 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol, Sequence
 
@@ -45,7 +48,6 @@ from rtdetr_service.outputs.store.vectors import VectorsUnavailable
 
 log = logging.getLogger(__name__)
 
-DECIDED_KEPT = 10_000  # identities decided here, remembered until the store surely has them
 DESCRIPTIONS_KEPT = 10_000  # events whose description's digest is remembered (a resend is not embedded again)
 # Descriptions come bounded (VLM_ANSWER_MAX_CHARS); this holds whatever sends one. The text tower reads
 # far less anyway (64 tokens for SigLIP).
@@ -63,11 +65,19 @@ class VectorIndex(Protocol):
 
     texts: TextVectors | None  # None: descriptions are not embedded
 
-    def upsert(self, event_id: str, vector: np.ndarray, model_id: str) -> None: ...
+    def upsert(self, event_id: str, vector: np.ndarray, model_id: str) -> bool: ...  # False: no such event
 
     def search(
         self, vector: np.ndarray, model_id: str, filters: SearchFilters, limit: int, offset: int
     ) -> list[SearchHit]: ...
+
+
+class Decisions(Protocol):
+    """Where Re-ID's decisions are kept (store/identities.py): `deciding(label)` yields
+    `keep(event_id, global_id)`, which writes the decision and answers the event's global_id as
+    stored (an earlier decision stands; None: the event is not stored)."""
+
+    def deciding(self, label: str) -> AbstractContextManager[Callable[[str, str], str | None]]: ...
 
 
 class EmbedderSlot(ModelSlot[Embedder]):
@@ -80,13 +90,14 @@ class EmbedderSlot(ModelSlot[Embedder]):
 @dataclass(frozen=True)
 class EmbeddingParts:
     """What the app hands the stage: its settings, the encoder's slot, the index, the store's
-    records (what Re-ID knows of earlier looks), and the most crops one encoder pass takes
-    (EMBED_BATCH, the encoder's setting)."""
+    records (what Re-ID knows of earlier looks) and where its decisions are kept, and the most crops
+    one encoder pass takes (EMBED_BATCH, the encoder's setting)."""
 
     settings: EmbeddingSettings
     embedder: EmbedderSlot
     index: VectorIndex
     records: Records
+    decisions: Decisions
     batch: int = 16
 
 
@@ -139,11 +150,11 @@ class EmbeddingStage(QueuedSink):
         self._slot = parts.embedder
         self._index = parts.index
         self._records = parts.records
+        self._decisions = parts.decisions
         self._reid = ReidOptions(settings.reid_threshold, settings.reid_window_s)
         self._sessions: dict[str, _SessionLives] = {}
         self._sessions_lock = threading.Lock()
         self._targets: tuple[Sink, ...] = ()
-        self._decided: OrderedDict[str, EventRecord] = OrderedDict()  # writer thread only
         self._texts = parts.index.texts
         self._described: OrderedDict[str, bytes] = OrderedDict()  # event → digest queued or embedded
         self._described_lock = threading.Lock()  # publishers and other stages' threads hand changes over
@@ -152,6 +163,8 @@ class EmbeddingStage(QueuedSink):
         self.crops_embedded = 0
         self.linked = 0  # ended events given an earlier look's global_id
         self.new_identities = 0
+        self.not_stored = 0  # vectors of events the store does not have (dropped or deleted): not kept
+        self.decided_before = 0  # ended events decided once already: the stored global_id stands
         self.unlinked = 0  # ended events left without a global_id: the index cannot search (no pgvector)
         self.reid_problem: str | None = None  # why, in the index's words
         self.superseded = 0  # early requests whose event's end came in the same batch
@@ -354,15 +367,20 @@ class EmbeddingStage(QueuedSink):
 
     def _store(self, request: EmbedRequest, vector: np.ndarray, model_id: str) -> None:
         record = request.record
-        self._index.upsert(record.id, vector, model_id)
+        stored = self._index.upsert(record.id, vector, model_id)
         with self._lock:
-            self.embedded += 1
+            if stored:
+                self.embedded += 1
+            else:
+                self.not_stored += 1
         if not request.final:
             return
         try:
-            decision = link(
-                record, vector, model_id, search=self._index.search, records=self._known, options=self._reid
-            )
+            with self._decisions.deciding(record.label) as keep:
+                decision = link(
+                    record, vector, model_id, search=self._index.search, records=self._records, options=self._reid
+                )
+                kept = keep(record.id, decision.global_id)
         except VectorsUnavailable as exc:
             # The vector is kept (searched once the extension is there); an identity given without a
             # search would be a guess, so the event has none, and the stage's state says why.
@@ -371,27 +389,16 @@ class EmbeddingStage(QueuedSink):
                 self.reid_problem = f"Re-ID is off: {exc}"[:500]
             return
         with self._lock:
-            if decision.matched is None:
+            if kept is not None and kept != decision.global_id:
+                self.decided_before += 1  # decided once already (a replayed end): that decision stands
+            elif decision.matched is None:
                 self.new_identities += 1
             else:
                 self.linked += 1
-        linked = replace(record, global_id=decision.global_id)
-        self._remember(linked)
+        linked = replace(record, global_id=kept or decision.global_id)
         embedding = Embedding(model_id, tuple(float(v) for v in vector)) if self._settings.output_embeddings else None
         change = EventChange("update", linked, record, embedding=embedding)
         self._republish(Published(request.view, None, (), (change,)))
-
-    def _known(self, event_ids: Sequence[str]) -> dict[str, EventRecord]:
-        """Stored records, with what was decided here a moment ago and may not be written yet."""
-        known = dict(self._records([i for i in event_ids if i not in self._decided]))
-        known.update((i, self._decided[i]) for i in event_ids if i in self._decided)
-        return known
-
-    def _remember(self, record: EventRecord) -> None:
-        self._decided[record.id] = record
-        self._decided.move_to_end(record.id)
-        while len(self._decided) > DECIDED_KEPT:
-            self._decided.popitem(last=False)
 
     def _republish(self, item: Published) -> None:
         """The update to every other output (outputs/base.py `republish`)."""
@@ -412,6 +419,8 @@ class EmbeddingStage(QueuedSink):
                 "texts_embedded": self.texts_embedded,
                 "linked": self.linked,
                 "new_identities": self.new_identities,
+                "decided_before": self.decided_before,
+                "not_stored": self.not_stored,
                 "superseded": self.superseded,
                 "republish_errors": self.republish_errors,
                 "unlinked": self.unlinked,

@@ -12,6 +12,7 @@ Reads come from API threads through the engine's pool. `EventStore` puts the par
     retention.py  the sweep: age limit, snapshot size limit, open events of stopped replicas
     queries.py    lists with cursors, one event, its snapshot's path, delete
     vectors.py    each event's appearance vector, and the search over them (sqlite-vec | pgvector)
+    identities.py Re-ID's decisions, written as they are made, one at a time per label across replicas
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import sqlalchemy as sa
 
 from rtdetr_service.core.results import EventChange
 from rtdetr_service.outputs.store import migrate, queries, tracks
+from rtdetr_service.outputs.store.identities import Decisions
 from rtdetr_service.outputs.store.queries import ClipWindow, EventQuery, Tombstones
 from rtdetr_service.outputs.store.retention import Retention, RetentionPolicy, total_snapshot_bytes
 from rtdetr_service.outputs.store.schema import Database, words
@@ -85,6 +87,7 @@ class EventStore:
         self._clips = clips or ClipWindow()  # has_clip: what an event's clip would hold
         self.closed_at_start = self._open()
         self.vectors: VectorIndex = open_index(self._db)  # the events' appearance vectors and their search
+        self.decisions = Decisions(self._db)  # Re-ID's global_ids, kept as they are decided
 
     def _open(self) -> int:
         """Schema upgraded, events left open closed, snapshot bytes counted; returns how many were closed."""
