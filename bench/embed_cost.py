@@ -1,9 +1,13 @@
 """What embedding costs on this CPU: ms per crop at batch 1, 8 and 32, and per text, for each CPU
 backend (torch eager, OpenVINO, ONNX Runtime), with the tiny test SigLIP and with a random-weight
 model of the default EMBED_MODEL's architecture (SigLIP 2 ViT-B/16 at 224 px: the figure that
-matters; random weights compute exactly what trained ones do). Also the preprocessing alone.
+matters; random weights compute exactly what trained ones do). Also the preprocessing alone, and
+how far each backend's vectors lie from torch fp32's for the same 32 crops (the least cosine): bf16
+(`--precisions fp32,bf16`, OpenVINO only; what CPU_PRECISION=auto picks on a CPU with bf16
+instructions) is a bounded drift, not parity.
 
     PYTHONPATH=rt-detr-service .venv/bin/python bench/embed_cost.py --threads 2 --rounds 3
+    PYTHONPATH=rt-detr-service .venv/bin/python bench/embed_cost.py --backends openvino --precisions fp32,bf16
 """
 
 from __future__ import annotations
@@ -46,11 +50,15 @@ def timed(call, rounds: int) -> float:
     return statistics.median(samples)
 
 
-def measure(label: str, folder: Path, backend: str, threads: int, rounds: int, cache: Path) -> None:
+def measure(
+    label: str, folder: Path, backend: str, precision: str, threads: int, rounds: int, cache: Path, reference
+) -> None:
     started = time.perf_counter()
-    options = EmbedOptions(backend=backend, device="cpu", cpu_precision="fp32", threads=threads, cache_dir=cache)
+    options = EmbedOptions(backend=backend, device="cpu", cpu_precision=precision, threads=threads, cache_dir=cache)
     embedder = build_embedder(str(folder), options)
     load_s = time.perf_counter() - started
+    gallery = crops(32, seed=1)
+    least_cos = float((embedder.embed_images(gallery) * reference.embed_images(gallery)).sum(1).min())
     cells = []
     for batch in BATCHES:
         images = crops(batch)
@@ -59,8 +67,8 @@ def measure(label: str, folder: Path, backend: str, threads: int, rounds: int, c
     text_s = timed(lambda: embedder.embed_texts(TEXTS), rounds)
     prep_s = timed(lambda: embedder.pixels(crops(32)), rounds)
     print(
-        f"| {label} | {backend} | {' | '.join(cells)} | {text_s * 1000 / len(TEXTS):.1f} | "
-        f"{prep_s * 1000 / 32:.2f} | {load_s:.1f} |",
+        f"| {label} | {backend} {embedder.info.precision} | {' | '.join(cells)} | {text_s * 1000 / len(TEXTS):.1f} | "
+        f"{prep_s * 1000 / 32:.2f} | {load_s:.1f} | {least_cos:.5f} |",
         flush=True,
     )
 
@@ -70,6 +78,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backends", default="torch,openvino,onnxruntime")
+    parser.add_argument("--precisions", default="fp32", help="fp32,bf16: bf16 is measured on OpenVINO only")
     parser.add_argument("--skip-base", action="store_true", help="only the tiny model")
     args = parser.parse_args()
 
@@ -83,12 +92,19 @@ def main() -> None:
         models = bench_encoders(scratch, base=not args.skip_base)
         print(f"threads {args.threads}, rounds {args.rounds}; ms per crop at batch {', '.join(map(str, BATCHES))}")
         print(
-            "| model | backend | " + " | ".join(f"batch {b}" for b in BATCHES) + " | ms/text | prep ms/crop | load s |"
+            "| model | backend | "
+            + " | ".join(f"batch {b}" for b in BATCHES)
+            + " | ms/text | prep ms/crop | load s | least cos vs torch fp32 |"
         )
-        print("| --- | --- |" + " ---: |" * (len(BATCHES) + 3))
+        print("| --- | --- |" + " ---: |" * (len(BATCHES) + 4))
         for label, folder in models.items():
+            reference = build_embedder(str(folder), EmbedOptions(backend="torch", device="cpu", cpu_precision="fp32"))
             for backend in args.backends.split(","):
-                measure(label, folder, backend, args.threads, args.rounds, scratch / "cache")
+                for precision in args.precisions.split(","):
+                    if precision == "bf16" and backend != "openvino":
+                        continue  # torch eager and ONNX Runtime run the encoder in fp32 on a CPU
+                    cache = scratch / "cache"
+                    measure(label, folder, backend, precision, args.threads, args.rounds, cache, reference)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
+from rtdetr_service.inference.backends import cpu_has_native_bf16
 from rtdetr_service.inference.detector import ModelLoadError
 from rtdetr_service.inference.embedder import EmbedOptions, build_embedder, load_embedder
 from rtdetr_service.inference.settings import EmbedSettings, InferenceSettings
@@ -26,6 +27,7 @@ from tiny_model import save_tiny_siglip
 pytestmark = pytest.mark.timeout(300)
 
 BACKENDS = ("torch", "openvino", "onnxruntime")
+BF16_COS = 0.99  # the least cosine between a bf16 vector and the fp32 one of the same input
 COLOURS = {"red": (230, 20, 20), "dark red": (190, 40, 30), "blue": (20, 20, 230), "navy": (40, 30, 190)}
 TEXTS = ["red", "a person in a blue jacket", "white van " * 20, ""]
 
@@ -53,12 +55,17 @@ def tiny_siglip(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def embedders(tiny_siglip, tmp_path_factory):
     cache = tmp_path_factory.mktemp("embed-cache")
-    return {
+    made = {
         backend: build_embedder(
             str(tiny_siglip), EmbedOptions(backend=backend, device="cpu", cpu_precision="fp32", cache_dir=cache)
         )
         for backend in BACKENDS
     }
+    # What CPU_PRECISION=auto gives the encoder on a CPU with bf16 instructions (AVX512-BF16, AMX).
+    made["openvino-bf16"] = build_embedder(
+        str(tiny_siglip), EmbedOptions(backend="openvino", device="cpu", cpu_precision="bf16", cache_dir=cache)
+    )
+    return made
 
 
 def test_same_crops_and_texts_embed_the_same_on_every_backend(embedders):
@@ -135,7 +142,20 @@ def test_texts_longer_than_the_tower_are_cut_at_its_length(embedders):
     assert float(embedder.embed_texts(["abcdefghijklmn"])[0] @ embedder.embed_texts(["abcdefghijklmX"])[0]) < 0.9999
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+def test_bf16_moves_each_vector_by_a_bounded_angle(embedders):
+    # bf16 keeps 8 bits of mantissa: not parity, a drift, bounded well inside REID_THRESHOLD's margin
+    # (0.8) and the ranking margins below. Measured on this tiny model: at least BF16_COS.
+    reference, bf16 = embedders["torch"], embedders["openvino-bf16"]
+    assert bf16.info.precision == "bf16"
+    image_cos = (bf16.embed_images(crops()) * reference.embed_images(crops())).sum(1)
+    text_cos = (bf16.embed_texts(TEXTS) * reference.embed_texts(TEXTS)).sum(1)
+    assert image_cos.min() >= BF16_COS, image_cos
+    assert text_cos.min() >= BF16_COS, text_cos
+    if cpu_has_native_bf16():  # where the CPU computes bf16, it really is bf16 (0.99997 measured here)
+        assert image_cos.min() < 0.999999, image_cos
+
+
+@pytest.mark.parametrize("backend", [*BACKENDS, "openvino-bf16"])
 def test_a_red_square_finds_red_crops_before_blue_ones(embedders, backend):
     embedder = embedders[backend]
     gallery = {name: square(colour, (120, 50)) for name, colour in COLOURS.items()}  # other size than the query
