@@ -60,6 +60,15 @@ def test_the_best_view_comes_first_and_a_beaten_best_stays_as_another_look():
     assert [int(c[0, 0, 0]) for c in crops.crops()] == [2, 1]
 
 
+def test_a_beaten_best_can_be_let_go_and_nbytes_counts_what_is_held():
+    crops = EventCrops(k=2)
+    crops.offer_best(view(0.0, 1))
+    one = crops.nbytes
+    assert one == crops.best.image.nbytes > 0
+    crops.offer_best(view(3.0, 2), keep_beaten=False)
+    assert [int(c[0, 0, 0]) for c in crops.crops()] == [2] and crops.nbytes == one
+
+
 @pytest.mark.parametrize("k", [1, 2, 3, 5])
 def test_at_most_k_others_are_kept_however_long_the_life(k):
     crops = EventCrops(k=k)

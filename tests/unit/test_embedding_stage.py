@@ -133,6 +133,24 @@ def test_an_end_request_holds_the_best_view_and_at_most_k_more(stages):
     assert encoder.calls == [3]
 
 
+def test_past_embed_crops_max_mb_a_session_keeps_best_views_only_and_counts_the_rest(stages):
+    encoder = MeanColour()
+    budget = 0.01  # MB: about four crops of a 20x30 box
+    stage, keeper, _, _ = build(encoder, embed_crops_per_event=2, embed_early_s=1000.0, embed_crops_max_mb=budget)
+    stages.append(stage)
+    crop = 24 * 36 * 3  # one crop: the box padded by a tenth on each side, RGB
+    most = 0
+    for step in Scene("s1").walk(0.0, 30.0, (1, RED), (2, BLUE), (3, GREEN)):
+        publish([keeper, stage], [step])
+        most = max(most, stage._held_bytes())
+    # three lives of a best view and two more each would hold 9 crops; the session held the bound
+    assert budget * 2**20 - crop < most <= budget * 2**20 + crop  # past it by one crop at most
+    assert wait_until(lambda: len(keeper.identities()) == 3, timeout=10)  # each still embedded
+    assert 3 <= sum(encoder.calls) < 9
+    assert stage.stats().detail["crops_shed"] > 0
+    assert stage._held_bytes() == 0  # every life ended: what the session held is given back, to the byte
+
+
 def test_two_sessions_seeing_the_same_object_give_it_one_global_id_and_another_object_another(stages):
     stage, keeper, _, _ = build(MeanColour())
     stages.append(stage)

@@ -71,9 +71,10 @@ class EventCrops:
         """Whether a crop seen at frame time `t` would be kept as one of the others."""
         return self._k > 0 and t >= self._next
 
-    def offer_best(self, crop: Crop) -> None:
-        """A better view of the object (the frame its snapshot is made from)."""
-        if self.best is not None:
+    def offer_best(self, crop: Crop, *, keep_beaten: bool = True) -> None:
+        """A better view of the object (the frame its snapshot is made from); the view it beats is
+        kept as one of the others when `keep_beaten`, else let go."""
+        if self.best is not None and keep_beaten:
             self._keep(self.best)
         self.best = crop
 
@@ -96,6 +97,12 @@ class EventCrops:
         """Every kept crop's pixels, the best first."""
         kept = [self.best] if self.best is not None else []
         return [c.image for c in kept + self.others]
+
+    @property
+    def nbytes(self) -> int:
+        """The pixels held, in bytes."""
+        kept = [self.best] if self.best is not None else []
+        return sum(c.image.nbytes for c in kept + self.others)
 
     def __len__(self) -> int:
         return (self.best is not None) + len(self.others)

@@ -19,6 +19,13 @@ class EmbeddingSettings(SettingsModel):
         description="Crops kept per event besides its best view, spread over its life; its vector is the "
         "normalised mean of all of them (each one more costs one more encoder pass per event).",
     )
+    embed_crops_max_mb: float = Field(
+        32.0,
+        gt=0,
+        le=4096,
+        description="Memory the crops of one session's live events may hold (MB). Past it their lives keep their "
+        "best view only, no more crops over the life; each crop not kept is counted (`crops_shed`).",
+    )
     embed_early_s: float = Field(
         1.0,
         ge=0,

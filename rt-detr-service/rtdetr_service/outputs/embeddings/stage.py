@@ -1,17 +1,18 @@
 """The embedding stage: each event's appearance vector, into the index, and its global_id out.
 
 A sink like the others. On a session's publisher thread it does only cheap work (outputs/base.py):
-from the frames it is handed it cuts small crops of each live event (crops.py: the best view, and
-up to EMBED_CROPS_PER_EVENT more over the life), and it queues an embedding request twice per
-event: once early (the event has lived EMBED_EARLY_S, so live objects can be found) and once at its
-end (all its crops). The queue is bounded and fair between sessions; requests hold crops, never
-frames. Its own thread (`sink-embeddings`) takes requests, batches their crops across sessions
-(at most EMBED_BATCH a pass), runs the encoder, averages each event's crops into one normalised
-vector and upserts it with the model's id. At an end, Re-ID (reid.py) decides the global_id inside the
-store's `deciding` (store/identities.py: written at once, one decision per label at a time across
-replicas, so two replicas ending look-alikes together never mint two ids), and the ended record with
-it goes out as one more "update" to every other output of the session (the store keeps it again,
-webhook/MQTT/Kafka send it), on this thread, bounded by what was queued.
+from the frames it is handed it cuts small crops of each live event (crops.py: the best view, and up
+to EMBED_CROPS_PER_EVENT more over the life, while the session's crops hold less than
+EMBED_CROPS_MAX_MB: past it best views only, the others not cut and counted as shed), and it queues
+an embedding request twice per event: once early (the event has lived EMBED_EARLY_S, so live objects
+can be found) and once at its end (all its crops). The queue is bounded and fair between sessions;
+requests hold crops, never frames. Its own thread (`sink-embeddings`) takes requests, batches their
+crops across sessions (at most EMBED_BATCH a pass), runs the encoder, averages each event's crops
+into one normalised vector and upserts it with the model's id. At an end, Re-ID (reid.py) decides
+the global_id inside the store's `deciding` (store/identities.py: written at once, one decision per
+label at a time across replicas, so two replicas ending look-alikes together never mint two ids),
+and the ended record with it goes out as one more "update" to every other output of the session (the
+store keeps it again, webhook/MQTT/Kafka send it), on this thread, bounded by what was queued.
 
 Descriptions: a change (new, update or end) whose record carries a `description` this stage has not
 embedded for that event (a digest per event id, the newest DESCRIPTIONS_KEPT remembered) queues a
@@ -135,6 +136,7 @@ class _SessionLives:
 
     by_id: dict[str, _Life] = field(default_factory=dict)
     by_track: dict[int, str] = field(default_factory=dict)
+    nbytes: int = 0  # what its lives' crops hold
 
 
 class EmbeddingStage(QueuedSink):
@@ -152,6 +154,7 @@ class EmbeddingStage(QueuedSink):
         self._records = parts.records
         self._decisions = parts.decisions
         self._reid = ReidOptions(settings.reid_threshold, settings.reid_window_s)
+        self._crops_max = int(settings.embed_crops_max_mb * 1024 * 1024)
         self._sessions: dict[str, _SessionLives] = {}
         self._sessions_lock = threading.Lock()
         self._targets: tuple[Sink, ...] = ()
@@ -168,6 +171,7 @@ class EmbeddingStage(QueuedSink):
         self.unlinked = 0  # ended events left without a global_id: the index cannot search (no pgvector)
         self.reid_problem: str | None = None  # why, in the index's words
         self.superseded = 0  # early requests whose event's end came in the same batch
+        self.crops_shed = 0  # crops not kept: their session's crops held EMBED_CROPS_MAX_MB
         self.republish_errors = 0
         self.model_id: str | None = None
 
@@ -208,9 +212,10 @@ class EmbeddingStage(QueuedSink):
         life.record = record
         if change.snapshot is not None:
             snap, det = change.snapshot, change.snapshot.detection
-            self._add(life, snap.frame.image, det.bbox, snap.frame.timestamp, det.confidence, best=True)
+            self._add(lives, life, snap.frame.image, det.bbox, snap.frame.timestamp, det.confidence, best=True)
         if change.kind == "end":
             del lives.by_id[record.id]
+            lives.nbytes -= life.crops.nbytes
             if lives.by_track.get(record.track_id) == record.id:
                 del lives.by_track[record.track_id]
             self._request(view, life, final=True)
@@ -226,15 +231,33 @@ class EmbeddingStage(QueuedSink):
                 continue
             life = lives.by_id[event_id]
             if life.crops.due(t):
-                self._add(life, result.frame.image, det.bbox, t, det.confidence, best=False)
+                self._add(lives, life, result.frame.image, det.bbox, t, det.confidence, best=False)
             self._maybe_early(view, life, t)
 
-    def _add(self, life: _Life, image: np.ndarray, bbox, t: float, confidence: float, *, best: bool) -> None:
+    def _add(
+        self, lives: _SessionLives, life: _Life, image: np.ndarray, bbox, t: float, confidence: float, *, best: bool
+    ) -> None:
+        """A crop kept for the life: a best view always (it replaces one), another only while the
+        session's crops hold less than EMBED_CROPS_MAX_MB (else counted as shed, without cutting it)."""
+        room = lives.nbytes < self._crops_max
+        if not best and not room:
+            self._shed()
+            return
         pixels = cut(image, bbox, self._settings.embed_crop_px)
         if pixels is None:
             return
-        crop = Crop(pixels, t, confidence)
-        life.crops.offer_best(crop) if best else life.crops.offer(crop)
+        crop, before = Crop(pixels, t, confidence), life.crops.nbytes
+        if best:
+            if not room and life.crops.best is not None:
+                self._shed()  # the view it beats goes, instead of joining the others
+            life.crops.offer_best(crop, keep_beaten=room)
+        else:
+            life.crops.offer(crop)
+        lives.nbytes += life.crops.nbytes - before
+
+    def _shed(self) -> None:
+        with self._lock:
+            self.crops_shed += 1
 
     def _maybe_early(self, view: SessionView, life: _Life, t: float) -> None:
         if not life.early_sent and t - life.record.start_time >= self._settings.embed_early_s and len(life.crops):
@@ -408,8 +431,14 @@ class EmbeddingStage(QueuedSink):
 
     # -- state --------------------------------------------------------------------------------
 
+    def _held_bytes(self) -> int:
+        """What every session's live events' crops hold now (read across threads: a moment's sum)."""
+        with self._sessions_lock:
+            return sum(lives.nbytes for lives in self._sessions.values())
+
     def stats(self) -> SinkStats:
         base = super().stats()
+        held_mb = round(self._held_bytes() / 1024 / 1024, 1)
         waiting = self._slot.waiting_for()
         with self._lock:
             detail = {
@@ -422,6 +451,8 @@ class EmbeddingStage(QueuedSink):
                 "decided_before": self.decided_before,
                 "not_stored": self.not_stored,
                 "superseded": self.superseded,
+                "crops_shed": self.crops_shed,
+                "crops_held_mb": held_mb,
                 "republish_errors": self.republish_errors,
                 "unlinked": self.unlinked,
             }
