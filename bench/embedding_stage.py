@@ -30,7 +30,9 @@ LIFE_S = 4.0  # each person crosses the picture in this long, then the next one 
 
 
 class NoIndex:
-    """Never reached: the encoder is not loaded, so nothing is written."""
+    """Never reached: the encoder is not loaded, so nothing is written or decided."""
+
+    texts = None  # no descriptions in the bench
 
     def upsert(self, event_id: str, vector: np.ndarray, model_id: str) -> None:
         raise AssertionError("the bench loads no encoder")
@@ -38,10 +40,14 @@ class NoIndex:
     def search(self, vector, model_id, filters: SearchFilters, limit: int, offset: int) -> list[SearchHit]:
         raise AssertionError("the bench loads no encoder")
 
+    def deciding(self, label: str):
+        raise AssertionError("the bench loads no encoder")
+
 
 def run(people: int, frames: int, k: int) -> dict:
     settings = EmbeddingSettings(embed_crops_per_event=k, embed_queue_size=100_000)
-    stage = EmbeddingStage(EmbeddingParts(settings, EmbedderSlot(), NoIndex(), lambda ids: {}))
+    nothing = NoIndex()
+    stage = EmbeddingStage(EmbeddingParts(settings, EmbedderSlot(), nothing, lambda ids: {}, nothing))
     view = SessionView("bench", "cam", enable_drawing=False, jpeg_quality=75)
     events = EventLifecycle("bench", "cam", end_after_s=1.0)
     rng = np.random.default_rng(0)
