@@ -93,16 +93,17 @@ class EventCrops:
             self._interval *= 2
         self._next = max(self._next, crop.t + self._interval)
 
+    def _kept(self) -> list[Crop]:
+        return ([self.best] if self.best is not None else []) + self.others
+
     def crops(self) -> list[np.ndarray]:
         """Every kept crop's pixels, the best first."""
-        kept = [self.best] if self.best is not None else []
-        return [c.image for c in kept + self.others]
+        return [c.image for c in self._kept()]
 
     @property
     def nbytes(self) -> int:
         """The pixels held, in bytes."""
-        kept = [self.best] if self.best is not None else []
-        return sum(c.image.nbytes for c in kept + self.others)
+        return sum(c.image.nbytes for c in self._kept())
 
     def __len__(self) -> int:
         return (self.best is not None) + len(self.others)

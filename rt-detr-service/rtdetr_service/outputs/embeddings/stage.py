@@ -45,6 +45,7 @@ from rtdetr_service.outputs.base import QueuedSink, Sink, SinkStats, republish
 from rtdetr_service.outputs.embeddings.crops import Crop, EventCrops, cut
 from rtdetr_service.outputs.embeddings.reid import Records, ReidOptions, link
 from rtdetr_service.outputs.embeddings.settings import EmbeddingSettings
+from rtdetr_service.outputs.store.identities import Keep
 from rtdetr_service.outputs.store.vectors import VectorsUnavailable
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class Decisions(Protocol):
     `keep(event_id, global_id)`, which writes the decision and answers the event's global_id as
     stored (an earlier decision stands; None: the event is not stored)."""
 
-    def deciding(self, label: str) -> AbstractContextManager[Callable[[str, str], str | None]]: ...
+    def deciding(self, label: str) -> AbstractContextManager[Keep]: ...
 
 
 class EmbedderSlot(ModelSlot[Embedder]):
